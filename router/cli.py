@@ -1,0 +1,235 @@
+"""The `fleet` command line.
+
+Errors reach the user as one `error:` line and one `hint:` line, with an exit
+status per error class (see router.errors); tracebacks are for bugs only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import requests
+
+from router import __version__, cluster
+from router import model as model_store
+from router.devices import discover
+from router.errors import ClusterError, FleetError
+from router.plan import build_plan, choose_engine
+from router.render import check_nginx, check_prometheus, render_all, write_rendered
+from router.runtime import RuntimePaths, read_state
+from router.spec import EXAMPLE_SPEC, load_spec, resolve_engine_settings
+
+
+def _progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _spec_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--spec", type=Path, default=None, metavar="FILE",
+                        help=f"cluster spec YAML (default: {EXAMPLE_SPEC})")
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+                     for row in rows)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    plan = cluster.up(args.spec, _progress)
+    print(_status_table(cluster.status(plan.spec)))
+    print(f"\ngateway: {plan.gateway_url}/v1  (model '{plan.engine.served_model_name}')")
+    return 0
+
+
+def _status_table(status: cluster.ClusterStatus) -> str:
+    rows = [["REPLICA", "DEVICE", "URL", "STATE", "PID", "HEALTH"]]
+    for r in status.replicas:
+        health = str(r.health.status) if r.health.status else (r.health.error or "-")
+        rows.append([r.name, r.device, r.url, r.state, str(r.pid or "-"), health])
+    others = [p for p in status.processes if not p.name.startswith("replica-")]
+    for p in others:
+        rows.append([p.name, "-", "-", p.state, str(p.pid or "-"), "-"])
+    return _table(rows)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec)
+    status = cluster.status(spec)
+    if args.json:
+        print(json.dumps(status.to_json(), indent=2))
+        return 0 if status.running else 1
+    if not status.running:
+        print(f"no cluster is running from {spec.runtime_dir}")
+        return 1
+    print(_status_table(status))
+    gw = status.gateway_health
+    print(f"\ngateway: {status.gateway_url}  /health: "
+          f"{gw.status if gw and gw.status else (gw.error if gw else '-')}")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec)
+    left = cluster.down(spec, _progress)
+    if left:
+        print(f"killed {len(left)} process(es) that outlived supervisord: {left}",
+              file=sys.stderr)
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec)
+    paths = RuntimePaths(spec.runtime_dir)
+    state = read_state(paths)
+    known = [r["name"] for r in state["replicas"]] if state else []
+    known += ["gateway", "prometheus", "nginx-error", "gateway-access", "supervisord"]
+    if args.name not in known:
+        raise ClusterError(f"no log named {args.name!r}", hint="choose one of: " + ", ".join(known))
+    path = paths.log(args.name)
+    if not path.exists():
+        raise ClusterError(f"{path} does not exist yet", hint="has the cluster been started?")
+    tail = ["tail", "-n", str(args.lines)] + (["-F"] if args.follow else []) + [str(path)]
+    try:
+        return subprocess.call(tail)
+    except KeyboardInterrupt:
+        return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec)
+    inventory = discover()
+    engine = choose_engine(spec, inventory)
+    settings = resolve_engine_settings(spec, engine)
+    # Rendering needs no prepared model: show where it would be loaded from.
+    try:
+        model_path = model_store.resolve(settings.model, spec.model.cache_dir)
+    except FleetError:
+        model_path = settings.model
+    plan = build_plan(spec, settings, inventory, model_path, sys.executable)
+    out = args.out.resolve()
+    paths = RuntimePaths(out, config_override=out)
+    paths.logs_dir.mkdir(parents=True, exist_ok=True)
+    paths.nginx_temp_dir.mkdir(parents=True, exist_ok=True)
+    rendered = render_all(plan, paths)
+    write_rendered(rendered, out)
+    check_nginx(paths.nginx_conf, paths.log("nginx-check"))
+    if spec.prometheus.enabled:
+        check_prometheus(paths.prometheus_yml)
+    for name in sorted(rendered.files):
+        print(out / name)
+    return 0
+
+
+def cmd_model_prepare(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec)
+    engine = args.engine or choose_engine(spec, discover())
+    settings = resolve_engine_settings(spec, engine)
+    _progress(f"preparing {settings.model} for the {engine} engine")
+    folder = model_store.prepare(settings.model, spec.model.cache_dir, force=args.force)
+    print(folder)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec)
+    state = read_state(RuntimePaths(spec.runtime_dir))
+    if state is None:
+        raise ClusterError("no cluster state found", hint="start one with `fleet up`")
+    url = state["gateway_url"] + "/v1/chat/completions"
+    body = {"model": state["served_model_name"], "max_tokens": args.max_tokens,
+            "messages": [{"role": "user", "content": args.message}]}
+    try:
+        response = requests.post(url, json=body, timeout=args.timeout)
+    except requests.RequestException as exc:
+        raise ClusterError(f"the gateway at {url} did not answer: {exc}",
+                           hint="check `fleet status`") from exc
+    if response.status_code != 200:
+        raise ClusterError(f"gateway answered {response.status_code}: {response.text.strip()}")
+    answer = response.json()["choices"][0]["message"]["content"]
+    replica = response.headers.get("X-Fleet-Replica", "?")
+    print(f"[{replica}] {answer.strip()}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fleet", description="Serve one LLM as several vLLM replicas behind one gateway URL.")
+    parser.add_argument("--version", action="version", version=f"llm-fleet {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("up", help="start the cluster and wait until it serves")
+    _spec_arg(p)
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("down", help="stop every process of the cluster")
+    _spec_arg(p)
+    p.set_defaults(func=cmd_down)
+
+    p = sub.add_parser("status", help="replicas, processes and health")
+    _spec_arg(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("logs", help="show the log of a replica or another process")
+    _spec_arg(p)
+    p.add_argument("name", metavar="NAME", help="replica-0, gateway, prometheus, ...")
+    p.add_argument("-n", "--lines", type=int, default=50)
+    p.add_argument("-f", "--follow", action="store_true")
+    p.set_defaults(func=cmd_logs)
+
+    p = sub.add_parser("render", help="write nginx/Prometheus/supervisor configs to a folder")
+    _spec_arg(p)
+    p.add_argument("--out", type=Path, required=True, metavar="DIR")
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("model", help="model cache commands")
+    model_sub = p.add_subparsers(dest="model_command", required=True, metavar="SUBCOMMAND")
+    pp = model_sub.add_parser("prepare", help="download/convert the model once, for offline serving")
+    _spec_arg(pp)
+    pp.add_argument("--engine", choices=["cpu", "gpu"], default=None,
+                    help="prepare the model of this engine (default: what the spec picks here)")
+    pp.add_argument("--force", action="store_true", help="prepare again even if cached")
+    pp.set_defaults(func=cmd_model_prepare)
+
+    p = sub.add_parser("chat", help="send one chat message through the gateway")
+    _spec_arg(p)
+    p.add_argument("message")
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--timeout", type=float, default=120.0)
+    p.set_defaults(func=cmd_chat)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    try:
+        code: int = args.func(args)
+        return code
+    except FleetError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

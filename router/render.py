@@ -1,0 +1,325 @@
+"""Render nginx, Prometheus and supervisor configs from a plan, and check them.
+
+Templates live with their component (``nginx/``, ``prometheus/``,
+``deploy/``) and hold no logic beyond loops; this module computes the view
+models they read. jinja2 runs with StrictUndefined, so a missing value is a
+render error, never an empty string in a config.
+
+Rendering is pure (plan in, text out). Checking (``nginx -t``, ``promtool``)
+and writing are separate functions, so a bad render never replaces a good
+file: callers render into a staging folder, check, then move into place.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+
+from router.errors import EnvironmentError_, RenderError
+from router.plan import ClusterPlan, ReplicaPlan
+from router.runtime import RuntimePaths, write_atomic
+from router.spec import REPO_ROOT
+
+# Every replica starts with the same weight, in the middle of [1, 100] so the
+# controller can move it both ways.
+BASE_WEIGHT = 50
+UPSTREAM_NAME = "replicas"
+
+
+@dataclass(frozen=True)
+class UpstreamServer:
+    """One `server` line of the upstream block, with why it has its weight."""
+
+    name: str
+    device: str
+    address: str
+    weight: int
+    max_fails: int
+    fail_timeout_s: int
+    down: bool
+    backup: bool
+    reason: str
+
+    @property
+    def address_regex(self) -> str:
+        return re.escape(self.address)
+
+
+@dataclass(frozen=True)
+class RenderedConfig:
+    """The text of every config file of one cluster, keyed by file name."""
+
+    files: dict[str, str]
+
+
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(REPO_ROOT)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+
+
+def _template(name: str) -> jinja2.Template:
+    try:
+        return _environment().get_template(name)
+    except jinja2.TemplateNotFound as exc:
+        raise EnvironmentError_(
+            f"template {name} not found under {REPO_ROOT}",
+            hint="run fleet from a checkout of llm-fleet installed with `pip install -e .`",
+        ) from exc
+
+
+def nginx_run_user() -> str | None:
+    """Workers drop to nobody when nginx is started as root, else run as we do."""
+    if os.geteuid() != 0:
+        return None
+    nobody = pwd.getpwnam("nobody")
+    return f"nobody {grp.getgrgid(nobody.pw_gid).gr_name}"
+
+
+def upstream_servers(plan: ClusterPlan, weights: Mapping[str, int] | None = None,
+                     down: frozenset[str] = frozenset(),
+                     reasons: Mapping[str, str] | None = None) -> list[UpstreamServer]:
+    gw = plan.spec.gateway
+    weights = weights or {}
+    reasons = reasons or {}
+    servers = []
+    for replica in plan.replicas:
+        weight = weights.get(replica.name, BASE_WEIGHT)
+        if not 1 <= weight <= 100:
+            raise RenderError(f"weight {weight} for {replica.name} is outside [1, 100]",
+                              hint="nginx rejects weight=0; drain a replica with `down`")
+        servers.append(UpstreamServer(
+            name=replica.name,
+            device=replica.device,
+            address=replica.address,
+            weight=weight,
+            max_fails=gw.max_fails,
+            fail_timeout_s=gw.fail_timeout_s,
+            down=replica.name in down,
+            backup=False,
+            reason=reasons.get(replica.name, "initial weight"),
+        ))
+    return servers
+
+
+def render_upstream(plan: ClusterPlan, weights: Mapping[str, int] | None = None,
+                    down: frozenset[str] = frozenset(),
+                    reasons: Mapping[str, str] | None = None,
+                    provenance: str = "written by fleet up with equal weights") -> str:
+    # An all-down group is still a valid config: nginx answers "no live
+    # upstreams" and the gateway turns that into a JSON 503.
+    servers = upstream_servers(plan, weights, down, reasons)
+    return _template("nginx/upstream.conf.j2").render(
+        servers=servers, keepalive=plan.spec.gateway.keepalive, provenance=provenance,
+    )
+
+
+def render_nginx(plan: ClusterPlan, paths: RuntimePaths) -> str:
+    gw = plan.spec.gateway
+    listen = f"[{gw.host}]:{gw.port}" if ":" in gw.host else f"{gw.host}:{gw.port}"
+    return _template("nginx/nginx.conf.j2").render(
+        run_user=nginx_run_user(),
+        paths={
+            "pid": paths.nginx_pid,
+            "error_log": paths.log("nginx-error"),
+            "access_log": paths.log("gateway-access"),
+            "temp_dir": paths.nginx_temp_dir,
+        },
+        gateway={
+            "listen": listen,
+            "status_port": gw.status_port,
+            "max_body_size": gw.max_body_size,
+            "connect_timeout_s": gw.connect_timeout_s,
+            "read_timeout_s": gw.read_timeout_s,
+            "next_upstream_tries": gw.next_upstream_tries,
+            "worker_shutdown_timeout_s": gw.worker_shutdown_timeout_s,
+            "worker_processes": gw.worker_processes,
+        },
+        upstream_conf=paths.upstream_conf,
+    )
+
+
+def render_prometheus(plan: ClusterPlan) -> str:
+    prom = plan.spec.prometheus
+    return _template("prometheus/prometheus.yml.j2").render(
+        scrape_interval_s=prom.scrape_interval_s,
+        scrape_timeout_s=max(1, min(10, prom.scrape_interval_s)),
+        replicas=[{"name": r.name, "address": r.address, "device": r.device}
+                  for r in plan.replicas],
+        prometheus_port=prom.port,
+    )
+
+
+@dataclass(frozen=True)
+class Program:
+    """One process supervisord runs."""
+
+    name: str
+    comment: str
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
+    startsecs: int
+    startretries: int
+    stopsignal: str
+    stopwaitsecs: int
+
+    @property
+    def command(self) -> str:
+        # supervisord expands %(...)s in its config: escape literal percents.
+        return shlex.join(self.argv).replace("%", "%%")
+
+    @property
+    def environment(self) -> str:
+        return ",".join(
+            f'{key}="{value}"'.replace("%", "%%") for key, value in sorted(self.env.items())
+        )
+
+
+def replica_program(replica: ReplicaPlan, paths: RuntimePaths) -> Program:
+    # router.launch keeps vLLM's engine processes from outliving a killed replica.
+    launcher = (sys.executable, "-m", "router.launch",
+                "--state", str(paths.launch_state(replica.name)), "--")
+    return Program(
+        name=replica.name,
+        comment=f"vLLM replica on {replica.device}, port {replica.port}",
+        argv=launcher + replica.argv,
+        env=replica.env,
+        # A replica that dies before this counts as a failed start; after
+        # startretries of those supervisord gives up (FATAL) instead of
+        # spinning on a broken model or flag.
+        startsecs=10,
+        startretries=5,
+        stopsignal="TERM",
+        stopwaitsecs=30,
+    )
+
+
+def gateway_program(paths: RuntimePaths) -> Program:
+    return Program(
+        name="gateway",
+        comment="nginx, the one URL clients use",
+        argv=(nginx_binary(), "-e", str(paths.log("nginx-error")), "-p", str(paths.root),
+              "-c", str(paths.nginx_conf)),
+        env={},
+        startsecs=1,
+        startretries=10,
+        # QUIT is nginx's graceful shutdown: open streams finish first.
+        stopsignal="QUIT",
+        stopwaitsecs=30,
+    )
+
+
+def prometheus_program(plan: ClusterPlan, paths: RuntimePaths) -> Program:
+    prom = plan.spec.prometheus
+    return Program(
+        name="prometheus",
+        comment="Prometheus, scraping every replica",
+        argv=(prometheus_binary(), f"--config.file={paths.prometheus_yml}",
+              f"--storage.tsdb.path={paths.prometheus_data}",
+              f"--storage.tsdb.retention.time={prom.retention}",
+              f"--web.listen-address=127.0.0.1:{prom.port}",
+              "--web.enable-lifecycle"),
+        env={},
+        startsecs=2,
+        startretries=10,
+        stopsignal="TERM",
+        stopwaitsecs=20,
+    )
+
+
+def programs(plan: ClusterPlan, paths: RuntimePaths) -> list[Program]:
+    progs = [replica_program(r, paths) for r in plan.replicas]
+    progs.append(gateway_program(paths))
+    if plan.spec.prometheus.enabled:
+        progs.append(prometheus_program(plan, paths))
+    return progs
+
+
+def render_supervisord(plan: ClusterPlan, paths: RuntimePaths) -> str:
+    return _template("deploy/supervisord.conf.j2").render(
+        paths={
+            "root": paths.root,
+            "socket": paths.supervisor_socket,
+            "pid": paths.supervisord_pid,
+            "logs": paths.logs_dir,
+        },
+        programs=programs(plan, paths),
+    )
+
+
+def render_all(plan: ClusterPlan, paths: RuntimePaths) -> RenderedConfig:
+    files = {
+        paths.nginx_conf.name: render_nginx(plan, paths),
+        paths.upstream_conf.name: render_upstream(plan),
+        paths.supervisord_conf.name: render_supervisord(plan, paths),
+    }
+    if plan.spec.prometheus.enabled:
+        files[paths.prometheus_yml.name] = render_prometheus(plan)
+    return RenderedConfig(files=files)
+
+
+def _binary(name: str, package: str) -> str:
+    for candidate in (shutil.which(name), f"/usr/sbin/{name}", f"/usr/bin/{name}"):
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    raise EnvironmentError_(
+        f"{name} is not installed",
+        hint=f"run `make up` or `sudo deploy/setup.sh` (installs the Debian package {package})",
+    )
+
+
+def nginx_binary() -> str:
+    return _binary("nginx", "nginx-light")
+
+
+def prometheus_binary() -> str:
+    return _binary("prometheus", "prometheus")
+
+
+def check_nginx(conf: Path, error_log: Path) -> None:
+    """Run `nginx -t` on a rendered config; raise RenderError with nginx's words."""
+    proc = subprocess.run(
+        [nginx_binary(), "-t", "-q", "-e", str(error_log), "-p", str(conf.parent),
+         "-c", str(conf)],
+        capture_output=True, text=True, timeout=30, check=False,
+    )
+    if proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()
+        raise RenderError(
+            f"nginx rejected {conf}: {detail[0] if detail else 'exit ' + str(proc.returncode)}",
+            hint="the running gateway was left as it was; fix the spec value named above",
+        )
+
+
+def check_prometheus(config: Path) -> None:
+    """Run `promtool check config` when promtool is installed."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        return
+    proc = subprocess.run([promtool, "check", "config", str(config)], capture_output=True,
+                          text=True, timeout=30, check=False)
+    if proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()
+        raise RenderError(f"promtool rejected {config}: {detail[-1] if detail else ''}")
+
+
+def write_rendered(rendered: RenderedConfig, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in rendered.files.items():
+        write_atomic(out_dir / name, text)

@@ -1,0 +1,137 @@
+"""The runtime directory of a cluster: where every file it writes lives.
+
+One place names every path, so the renderer, the supervisor, the CLI and
+(later) the controller agree on them. ``state.json`` records what `fleet up`
+started, including the replica -> GPU UUID map that the controller and the
+GPU exporter join on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from router.plan import ClusterPlan
+
+
+@dataclass(frozen=True)
+class RuntimePaths:
+    """Every file and folder under one runtime directory."""
+
+    root: Path
+    # `fleet render --out DIR` puts the configs straight into DIR.
+    config_override: Path | None = None
+
+    @property
+    def config_dir(self) -> Path:
+        return self.config_override or self.root / "config"
+
+    @property
+    def nginx_conf(self) -> Path:
+        return self.config_dir / "nginx.conf"
+
+    @property
+    def upstream_conf(self) -> Path:
+        return self.config_dir / "upstream.conf"
+
+    @property
+    def prometheus_yml(self) -> Path:
+        return self.config_dir / "prometheus.yml"
+
+    @property
+    def supervisord_conf(self) -> Path:
+        return self.config_dir / "supervisord.conf"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def nginx_temp_dir(self) -> Path:
+        return self.root / "nginx-temp"
+
+    @property
+    def prometheus_data(self) -> Path:
+        return self.root / "prometheus-data"
+
+    @property
+    def supervisor_socket(self) -> Path:
+        return self.root / "supervisor.sock"
+
+    @property
+    def supervisord_pid(self) -> Path:
+        return self.root / "supervisord.pid"
+
+    @property
+    def nginx_pid(self) -> Path:
+        return self.root / "nginx.pid"
+
+    @property
+    def state_json(self) -> Path:
+        return self.root / "state.json"
+
+    def launch_state(self, program: str) -> Path:
+        return self.root / "run" / f"{program}.pgid"
+
+    def log(self, program: str) -> Path:
+        return self.logs_dir / f"{program}.log"
+
+    def create(self) -> None:
+        for folder in (self.config_dir, self.logs_dir, self.nginx_temp_dir, self.prometheus_data):
+            folder.mkdir(parents=True, exist_ok=True)
+
+
+def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
+    """Write via a temp file in the same folder and rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def plan_state(plan: ClusterPlan, spec_path: Path | None) -> dict[str, Any]:
+    """The JSON written to state.json when a cluster is started."""
+    spec = plan.spec
+    return {
+        "spec_path": str(spec_path) if spec_path else None,
+        "engine": plan.engine.engine,
+        "model": plan.engine.model,
+        "model_path": plan.model_path,
+        "served_model_name": plan.engine.served_model_name,
+        "gateway_url": plan.gateway_url,
+        "gateway_status_url": f"http://127.0.0.1:{spec.gateway.status_port}/stub_status",
+        "prometheus_url": (
+            f"http://127.0.0.1:{spec.prometheus.port}" if spec.prometheus.enabled else None
+        ),
+        "replicas": [
+            {
+                "name": r.name,
+                "url": r.url,
+                "device": r.device,
+                "gpu_uuid": r.gpu_uuid,
+                "gpu_index": r.gpu_index,
+                "cpu_core": r.cpu_core,
+            }
+            for r in plan.replicas
+        ],
+    }
+
+
+def read_state(paths: RuntimePaths) -> dict[str, Any] | None:
+    try:
+        data: dict[str, Any] = json.loads(paths.state_json.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    return data

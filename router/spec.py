@@ -1,0 +1,347 @@
+"""The cluster spec: one YAML file, parsed into frozen, typed models.
+
+Every default of llm-fleet is declared here, once. Values that depend on the
+engine (which model, how much memory to give vLLM) live in
+``ENGINE_DEFAULTS`` and are resolved by :func:`resolve_engine_settings`;
+everything else is a field default below.
+
+Loading never has side effects: a spec that fails validation raises
+:class:`~router.errors.SpecError` listing every problem with the path of the
+bad key, and the running cluster is never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from router.errors import SpecError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE_SPEC = REPO_ROOT / "deploy" / "cluster.example.yaml"
+
+Engine = Literal["auto", "gpu", "cpu"]
+ResolvedEngine = Literal["gpu", "cpu"]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+# nginx size syntax: a number with an optional k/m/g suffix.
+_NGINX_SIZE = re.compile(r"^[1-9][0-9]*[kKmMgG]?$")
+
+# A CPU fleet under `replicas: auto` gets one replica per core, but no more than
+# this: a third replica on a 2-core box only steals cycles from the other two.
+CPU_AUTO_REPLICAS_MAX = 2
+
+
+def _xdg(var: str, fallback: str) -> Path:
+    base = os.environ.get(var)
+    return Path(base) if base else Path.home() / fallback
+
+
+def default_runtime_dir() -> Path:
+    """Where a running cluster keeps its configs, logs, sockets and state."""
+    return _xdg("XDG_STATE_HOME", ".local/state") / "llm-fleet"
+
+
+def default_model_cache() -> Path:
+    """Where prepared model folders are cached (never written at serve time)."""
+    return _xdg("XDG_CACHE_HOME", ".cache") / "llm-fleet" / "models"
+
+
+@dataclass(frozen=True)
+class EngineDefaults:
+    """Per-engine defaults, used where the spec leaves a field unset."""
+
+    model: str
+    served_model_name: str
+    max_num_seqs: int
+    max_model_len: int
+    gpu_memory_utilization: float
+
+
+ENGINE_DEFAULTS: dict[ResolvedEngine, EngineDefaults] = {
+    # Reference box: a 7B AWQ model on a 24 GB card leaves room for a large KV
+    # cache at 0.90; docs/production.md explains the sizing.
+    "gpu": EngineDefaults(
+        model="Qwen/Qwen2.5-7B-Instruct-AWQ",
+        served_model_name="qwen2.5-7b-instruct",
+        max_num_seqs=64,
+        max_model_len=8192,
+        gpu_memory_utilization=0.90,
+    ),
+    # On CPU vLLM reads gpu_memory_utilization as a fraction of host memory;
+    # the KV cache itself is sized by VLLM_CPU_KVCACHE_SPACE (GiB).
+    "cpu": EngineDefaults(
+        model="HuggingFaceTB/SmolLM2-135M-Instruct",
+        served_model_name="smollm2-135m-instruct",
+        max_num_seqs=16,
+        max_model_len=2048,
+        gpu_memory_utilization=0.10,
+    ),
+}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GatewaySpec(_Model):
+    """The nginx gateway: the one URL clients use."""
+
+    host: str = "127.0.0.1"
+    port: Port = 8080
+    # stub_status for the nginx exporter; always bound to loopback.
+    status_port: Port = 8081
+    # Request bodies above this get a JSON 413 (nginx size syntax).
+    max_body_size: str = "1m"
+    # Between two reads from a replica, not the whole response: a long queue
+    # plus a long non-streamed generation must fit in it.
+    read_timeout_s: int = Field(default=600, ge=1)
+    connect_timeout_s: int = Field(default=2, ge=1, le=60)
+    # Attempts per request across replicas (the first one included).
+    next_upstream_tries: int = Field(default=2, ge=1, le=16)
+    # Passive health: this many failures within fail_timeout_s bench a replica
+    # for fail_timeout_s.
+    max_fails: int = Field(default=2, ge=0)
+    fail_timeout_s: int = Field(default=10, ge=1)
+    keepalive: int = Field(default=64, ge=1)
+    # Old workers that still hold streams after a reload are closed after this.
+    worker_shutdown_timeout_s: int = Field(default=900, ge=1)
+    worker_processes: int | Literal["auto"] = "auto"
+
+    @field_validator("max_body_size")
+    @classmethod
+    def _nginx_size(cls, value: str) -> str:
+        if not _NGINX_SIZE.match(value):
+            raise ValueError(f"{value!r} is not an nginx size; write e.g. 512k, 1m or 10m")
+        return value
+
+
+class ModelSpec(_Model):
+    """Which model every replica serves."""
+
+    # A Hugging Face id, a local folder, or unset for the engine's default.
+    name: str | None = None
+    # The name clients put in "model"; unset for the engine's default.
+    served_name: str | None = None
+    cache_dir: Path = Field(default_factory=default_model_cache)
+
+    @field_validator("cache_dir")
+    @classmethod
+    def _expand_cache(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @field_validator("served_name")
+    @classmethod
+    def _served_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9._:/-]+", value):
+            raise ValueError("use letters, digits and . _ : / - only")
+        return value
+
+
+class VllmSpec(_Model):
+    """Arguments every replica's vLLM gets; unset means the engine's default."""
+
+    max_num_seqs: int | None = Field(default=None, ge=1)
+    max_model_len: int | None = Field(default=None, ge=16)
+    gpu_memory_utilization: float | None = Field(default=None, gt=0.0, le=1.0)
+    extra_args: tuple[str, ...] = ()
+    # KV cache per CPU replica, GiB (VLLM_CPU_KVCACHE_SPACE).
+    cpu_kvcache_space_gib: int = Field(default=1, ge=1)
+
+    @field_validator("extra_args")
+    @classmethod
+    def _no_managed_flags(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        managed = {
+            "--host", "--port", "--model", "--served-model-name", "--max-num-seqs",
+            "--max-model-len", "--gpu-memory-utilization",
+        }
+        for arg in value:
+            flag = arg.split("=", 1)[0]
+            if flag in managed:
+                raise ValueError(
+                    f"{flag} is set by llm-fleet; use the matching key of the spec instead"
+                )
+        if "--quantization" in {a.split("=", 1)[0] for a in value}:
+            raise ValueError(
+                "--quantization forces a kernel; leave it out so vLLM picks awq_marlin "
+                "from the checkpoint"
+            )
+        return value
+
+
+class PortsSpec(_Model):
+    """Loopback ports of the processes behind the gateway."""
+
+    # Replica i listens on replica_base + i.
+    replica_base: Port = 8100
+
+
+class PrometheusSpec(_Model):
+    """The Prometheus that scrapes every replica."""
+
+    enabled: bool = True
+    port: Port = 9090
+    scrape_interval_s: int = Field(default=5, ge=1, le=300)
+    retention: str = "2d"
+
+    @field_validator("retention")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        if not re.fullmatch(r"[1-9][0-9]*(ms|s|m|h|d|w|y)", value):
+            raise ValueError(f"{value!r} is not a Prometheus duration; write e.g. 12h or 2d")
+        return value
+
+
+class ClusterSpec(_Model):
+    """The whole cluster. Loaded with :func:`load_spec`."""
+
+    engine: Engine = "auto"
+    replicas: int | Literal["auto"] = "auto"
+    gateway: GatewaySpec = GatewaySpec()
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    vllm: VllmSpec = VllmSpec()
+    ports: PortsSpec = PortsSpec()
+    prometheus: PrometheusSpec = PrometheusSpec()
+    runtime_dir: Path = Field(default_factory=default_runtime_dir)
+    # How long `fleet up` waits for every replica to answer /health.
+    startup_timeout_s: int = Field(default=900, ge=10)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections(cls, data: Any) -> Any:
+        # A section whose keys are all commented out parses as None in YAML;
+        # it means "all defaults", not "invalid".
+        if isinstance(data, dict):
+            sections = {"gateway", "model", "vllm", "ports", "prometheus"}
+            return {k: v for k, v in data.items() if not (k in sections and v is None)}
+        return data
+
+    @field_validator("runtime_dir")
+    @classmethod
+    def _expand_runtime(cls, value: Path) -> Path:
+        return value.expanduser().absolute()
+
+    @field_validator("replicas")
+    @classmethod
+    def _replicas(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("need at least 1 replica, or 'auto'")
+        return value
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> ClusterSpec:
+        fixed = {"gateway.port": self.gateway.port, "gateway.status_port": self.gateway.status_port}
+        if self.prometheus.enabled:
+            fixed["prometheus.port"] = self.prometheus.port
+        seen: dict[int, str] = {}
+        for key, port in fixed.items():
+            if port in seen:
+                raise ValueError(f"{key} and {seen[port]} are both {port}; give each its own port")
+            seen[port] = key
+        return self
+
+
+def _format_location(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts) or "(top level)"
+
+
+def _problems(exc: ValidationError) -> list[str]:
+    problems: list[str] = []
+    for err in exc.errors():
+        # Union members each report; keep the clearest message per location.
+        loc = tuple(
+            p for p in err["loc"]
+            if not (isinstance(p, str) and (p.startswith(("function-", "literal[")) or p == "int"))
+        )
+        where = _format_location(loc)
+        if err["type"] == "extra_forbidden":
+            text = f"{where}: unknown key; check its spelling against deploy/cluster.example.yaml"
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            text = f"{where}: {msg} (got {err.get('input')!r})"
+        if text not in problems:
+            problems.append(text)
+    return problems
+
+
+def parse_spec(data: Any, source: str = "<spec>") -> ClusterSpec:
+    """Validate already-parsed YAML; raise SpecError listing every problem."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SpecError(
+            f"{source}: the spec must be a mapping of keys, got {type(data).__name__}",
+            hint="start from deploy/cluster.example.yaml",
+        )
+    try:
+        return ClusterSpec.model_validate(data)
+    except ValidationError as exc:
+        problems = _problems(exc)
+        raise SpecError(
+            f"{source}: {len(problems)} problem(s): " + "; ".join(problems),
+            hint="fix the keys named above; deploy/cluster.example.yaml documents each one",
+            problems=problems,
+        ) from exc
+
+
+def load_spec(path: Path | None = None) -> ClusterSpec:
+    """Read and validate a spec file (the example spec when ``path`` is None)."""
+    spec_path = path or EXAMPLE_SPEC
+    try:
+        text = spec_path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise SpecError(
+            f"spec file {spec_path} does not exist",
+            hint="pass --spec with a path to a YAML file, e.g. deploy/cluster.example.yaml",
+        ) from exc
+    except OSError as exc:
+        raise SpecError(f"cannot read spec file {spec_path}: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise SpecError(
+            f"{spec_path}: not valid YAML{where}: {problem}",
+            hint="check indentation and quoting around that line",
+        ) from exc
+    return parse_spec(data, str(spec_path))
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """The spec's vLLM settings with the engine's defaults filled in."""
+
+    engine: ResolvedEngine
+    model: str
+    served_model_name: str
+    max_num_seqs: int
+    max_model_len: int
+    gpu_memory_utilization: float
+
+
+def resolve_engine_settings(spec: ClusterSpec, engine: ResolvedEngine) -> EngineSettings:
+    """Fill every unset model/vLLM field from ``ENGINE_DEFAULTS[engine]``."""
+    defaults = ENGINE_DEFAULTS[engine]
+    return EngineSettings(
+        engine=engine,
+        model=spec.model.name or defaults.model,
+        served_model_name=spec.model.served_name or defaults.served_model_name,
+        max_num_seqs=spec.vllm.max_num_seqs or defaults.max_num_seqs,
+        max_model_len=spec.vllm.max_model_len or defaults.max_model_len,
+        gpu_memory_utilization=spec.vllm.gpu_memory_utilization
+        or defaults.gpu_memory_utilization,
+    )

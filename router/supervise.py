@@ -1,0 +1,186 @@
+"""Process supervision through supervisord (PyPI `supervisor`).
+
+supervisord runs every process of a cluster (replicas, gateway, Prometheus)
+from the config that :mod:`router.render` writes, restarts each on every
+exit, and keeps one log per process. This module starts it, talks to it over
+its unix socket (XML-RPC), and stops it so that nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import xmlrpc.client
+from dataclasses import dataclass
+from typing import Any, cast
+
+from router.errors import ClusterError
+from router.runtime import RuntimePaths
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    """One supervised program as supervisord reports it."""
+
+    name: str
+    state: str  # RUNNING, STARTING, BACKOFF, EXITED, FATAL, STOPPED, ...
+    pid: int
+    uptime_s: int
+    description: str
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self._path)
+        self.sock = sock
+
+
+class _UnixTransport(xmlrpc.client.Transport):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__()
+        self._path = path
+        self._timeout = timeout
+
+    def make_connection(self, host: Any) -> http.client.HTTPConnection:
+        return _UnixHTTPConnection(self._path, self._timeout)
+
+
+class Supervisor:
+    """A handle on the supervisord of one runtime directory."""
+
+    def __init__(self, paths: RuntimePaths, timeout: float = 10.0) -> None:
+        self.paths = paths
+        self._timeout = timeout
+
+    def _proxy(self) -> Any:
+        transport = _UnixTransport(str(self.paths.supervisor_socket), self._timeout)
+        return xmlrpc.client.ServerProxy("http://localhost/RPC2", transport=transport)
+
+    def pid(self) -> int | None:
+        """supervisord's pid if it is alive, else None."""
+        try:
+            pid = int(self.paths.supervisord_pid.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return pid
+        return pid
+
+    def is_running(self) -> bool:
+        if self.pid() is None:
+            return False
+        try:
+            state = self._proxy().supervisor.getState()
+        except (OSError, xmlrpc.client.Error):
+            return False
+        return bool(state.get("statename") == "RUNNING")
+
+    def start(self) -> None:
+        """Start supervisord (it daemonises) and wait until it answers."""
+        proc = subprocess.run(
+            [sys.executable, "-m", "supervisor.supervisord", "-c", str(self.paths.supervisord_conf)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+        if proc.returncode != 0:
+            raise ClusterError(
+                f"supervisord did not start: {(proc.stderr or proc.stdout).strip()}",
+                hint=f"see {self.paths.log('supervisord')}",
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.is_running():
+                return
+            time.sleep(0.2)
+        raise ClusterError("supervisord started but does not answer on its socket",
+                           hint=f"see {self.paths.log('supervisord')}")
+
+    def processes(self) -> list[ProcessInfo]:
+        try:
+            infos = self._proxy().supervisor.getAllProcessInfo()
+        except (OSError, xmlrpc.client.Error) as exc:
+            raise ClusterError(f"cannot reach supervisord: {exc}",
+                               hint="is the cluster up? run `fleet up`") from exc
+        return [
+            ProcessInfo(
+                name=info["name"], state=info["statename"], pid=int(info["pid"]),
+                uptime_s=max(0, int(info["now"]) - int(info["start"])) if info["pid"] else 0,
+                description=info["description"],
+            )
+            for info in infos
+        ]
+
+    def process(self, name: str) -> ProcessInfo:
+        for info in self.processes():
+            if info.name == name:
+                return info
+        raise ClusterError(f"no supervised process named {name!r}")
+
+    def signal(self, name: str, sig: str) -> None:
+        self._proxy().supervisor.signalProcess(name, sig)
+
+    def shutdown(self, timeout_s: float = 120.0) -> None:
+        """Stop every program gracefully, then supervisord; kill what lingers."""
+        pid = self.pid()
+        if pid is None:
+            return
+        try:
+            self._proxy().supervisor.shutdown()
+        except (OSError, xmlrpc.client.Error):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not process_alive(pid):
+                return
+            time.sleep(0.2)
+        os.kill(pid, signal.SIGKILL)
+        raise ClusterError(f"supervisord (pid {pid}) did not stop within {timeout_s:.0f}s; "
+                           "it was killed", hint="check `fleet logs` for a program that hangs")
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie child of ours counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            return handle.read().split(") ", 1)[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (Linux /proc), for leak checks."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as handle:
+                fields = handle.read().rsplit(") ", 1)[1].split()
+        except (FileNotFoundError, IndexError, ProcessLookupError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+    found: list[int] = []
+    stack = [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return cast(list[int], found)
