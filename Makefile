@@ -20,14 +20,18 @@ down:
 status:
 	$(FLEET) status $(SPECARG)
 
-## test: install test needs and run the whole suite (unit, integration, e2e)
+## test: install test needs and run the whole suite (lint, unit, integration, e2e)
 test: install-dev
+	$(VENV)/bin/ruff check router tests
+	$(VENV)/bin/mypy
+	$(FLEET) model prepare --engine cpu
 	$(PYTHON) -m pytest -q -ra tests
 
 test-fast: install-dev
 	$(PYTHON) -m pytest -q -ra -m "not e2e" tests
 
 test-e2e: install-dev
+	$(FLEET) model prepare --engine cpu
 	$(PYTHON) -m pytest -q -ra -m e2e tests
 
 lint: install-dev

@@ -194,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("model", help="model cache commands")
     model_sub = p.add_subparsers(dest="model_command", required=True, metavar="SUBCOMMAND")
-    pp = model_sub.add_parser("prepare", help="download/convert the model once, for offline serving")
+    pp = model_sub.add_parser("prepare",
+                              help="download/convert the model once, for offline serving")
     _spec_arg(pp)
     pp.add_argument("--engine", choices=["cpu", "gpu"], default=None,
                     help="prepare the model of this engine (default: what the spec picks here)")

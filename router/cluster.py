@@ -185,7 +185,8 @@ def _wait_healthy(plan: ClusterPlan, paths: RuntimePaths, supervisor: Supervisor
         time.sleep(0.5)
 
 
-def up(spec_path: Path | None, progress: Progress, inventory: Inventory | None = None) -> ClusterPlan:
+def up(spec_path: Path | None, progress: Progress,
+       inventory: Inventory | None = None) -> ClusterPlan:
     """Start the cluster the spec describes and wait until it serves."""
     spec = load_spec(spec_path)
     paths = RuntimePaths(spec.runtime_dir)

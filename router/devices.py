@@ -38,12 +38,15 @@ class Inventory:
 
 
 def _import_pynvml() -> ModuleType:
-    import pynvml
+    import pynvml  # type: ignore[import-untyped]
 
-    return pynvml
+    module: ModuleType = pynvml
+    return module
 
 
-def discover_gpus(load_nvml: Callable[[], ModuleType] = _import_pynvml) -> tuple[tuple[Gpu, ...], str | None]:
+def discover_gpus(
+    load_nvml: Callable[[], ModuleType] = _import_pynvml,
+) -> tuple[tuple[Gpu, ...], str | None]:
     """List GPUs through NVML; return (gpus, why-none) and never raise."""
     try:
         nvml: Any = load_nvml()

@@ -122,8 +122,8 @@ def _convert_gguf(gguf_dir: Path, gguf_name: str, out: Path) -> None:
     )
     # The weights are de-quantised in memory, but transformers still marks the
     # model as GGUF-quantised and refuses to save it; the marks are stale.
-    model.hf_quantizer = None
-    model.is_quantized = False
+    model.hf_quantizer = None  # type: ignore[assignment]
+    model.is_quantized = False  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(str(out), safe_serialization=True)

@@ -17,7 +17,7 @@ import sys
 import time
 import xmlrpc.client
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from router.errors import ClusterError
 from router.runtime import RuntimePaths
@@ -53,7 +53,12 @@ class _UnixTransport(xmlrpc.client.Transport):
         self._timeout = timeout
 
     def make_connection(self, host: Any) -> http.client.HTTPConnection:
-        return _UnixHTTPConnection(self._path, self._timeout)
+        # Cache it where Transport.close() looks, so closing the proxy closes it.
+        if self._connection[1] is None:
+            self._connection = (host, _UnixHTTPConnection(self._path, self._timeout))
+        connection = self._connection[1]
+        assert connection is not None
+        return connection
 
 
 class Supervisor:
@@ -63,9 +68,11 @@ class Supervisor:
         self.paths = paths
         self._timeout = timeout
 
-    def _proxy(self) -> Any:
+    def _call(self, method: str, *args: Any) -> Any:
+        """One XML-RPC call on a fresh connection, closed afterwards."""
         transport = _UnixTransport(str(self.paths.supervisor_socket), self._timeout)
-        return xmlrpc.client.ServerProxy("http://localhost/RPC2", transport=transport)
+        with xmlrpc.client.ServerProxy("http://localhost/RPC2", transport=transport) as proxy:
+            return getattr(proxy, method)(*args)
 
     def pid(self) -> int | None:
         """supervisord's pid if it is alive, else None."""
@@ -85,7 +92,7 @@ class Supervisor:
         if self.pid() is None:
             return False
         try:
-            state = self._proxy().supervisor.getState()
+            state = self._call("supervisor.getState")
         except (OSError, xmlrpc.client.Error):
             return False
         return bool(state.get("statename") == "RUNNING")
@@ -93,7 +100,8 @@ class Supervisor:
     def start(self) -> None:
         """Start supervisord (it daemonises) and wait until it answers."""
         proc = subprocess.run(
-            [sys.executable, "-m", "supervisor.supervisord", "-c", str(self.paths.supervisord_conf)],
+            [sys.executable, "-m", "supervisor.supervisord",
+             "-c", str(self.paths.supervisord_conf)],
             capture_output=True, text=True, timeout=60, check=False,
         )
         if proc.returncode != 0:
@@ -111,7 +119,7 @@ class Supervisor:
 
     def processes(self) -> list[ProcessInfo]:
         try:
-            infos = self._proxy().supervisor.getAllProcessInfo()
+            infos = self._call("supervisor.getAllProcessInfo")
         except (OSError, xmlrpc.client.Error) as exc:
             raise ClusterError(f"cannot reach supervisord: {exc}",
                                hint="is the cluster up? run `fleet up`") from exc
@@ -131,7 +139,7 @@ class Supervisor:
         raise ClusterError(f"no supervised process named {name!r}")
 
     def signal(self, name: str, sig: str) -> None:
-        self._proxy().supervisor.signalProcess(name, sig)
+        self._call("supervisor.signalProcess", name, sig)
 
     def shutdown(self, timeout_s: float = 120.0) -> None:
         """Stop every program gracefully, then supervisord; kill what lingers."""
@@ -139,7 +147,7 @@ class Supervisor:
         if pid is None:
             return
         try:
-            self._proxy().supervisor.shutdown()
+            self._call("supervisor.shutdown")
         except (OSError, xmlrpc.client.Error):
             os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
@@ -183,4 +191,4 @@ def descendants(pid: int) -> list[int]:
         for child in children.get(stack.pop(), []):
             found.append(child)
             stack.append(child)
-    return cast(list[int], found)
+    return found

@@ -1,0 +1,150 @@
+"""Start real nginx and Prometheus, rendered exactly as `fleet up` renders them,
+on loopback ports chosen free at run time."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from router import render
+from router.plan import ClusterPlan, build_plan
+from router.runtime import RuntimePaths
+from router.spec import parse_spec, resolve_engine_settings
+from tests.support.fakes import cpu_inventory
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def free_port_block(count: int) -> int:
+    """A base port such that base .. base+count-1 are all free."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 60000)
+        if all(_bindable(base + i) for i in range(count)):
+            return base
+    raise RuntimeError(f"no block of {count} free loopback ports found")
+
+
+def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def plan_for(runtime_dir: Path, replicas: int, replica_base: int, **spec: Any) -> ClusterPlan:
+    """A CPU plan whose replica ports are replica_base + i, other ports free."""
+    data = {
+        "engine": "cpu",
+        "replicas": replicas,
+        "runtime_dir": str(runtime_dir),
+        "ports": {"replica_base": replica_base},
+        "gateway": {"port": free_port(), "status_port": free_port(), "worker_processes": 1,
+                    **spec.pop("gateway", {})},
+        "prometheus": {"port": free_port(), "scrape_interval_s": 1, **spec.pop("prometheus", {})},
+        **spec,
+    }
+    parsed = parse_spec(data)
+    settings = resolve_engine_settings(parsed, "cpu")
+    return build_plan(parsed, settings, cpu_inventory(2), "/models/test", "python3")
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@dataclass
+class Running:
+    plan: ClusterPlan
+    paths: RuntimePaths
+    process: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return self.plan.gateway_url
+
+
+def _stop(process: subprocess.Popen[bytes], sig: int) -> None:
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
+@contextlib.contextmanager
+def gateway(plan: ClusterPlan) -> Iterator[Running]:
+    """Render the cluster's configs, `nginx -t` them and run the gateway program."""
+    paths = RuntimePaths(plan.spec.runtime_dir)
+    paths.create()
+    if render.nginx_run_user():
+        import os
+        import pwd
+
+        nobody = pwd.getpwnam("nobody")
+        os.chown(paths.nginx_temp_dir, nobody.pw_uid, nobody.pw_gid)
+    render.write_rendered(render.render_all(plan, paths), paths.config_dir)
+    render.check_nginx(paths.nginx_conf, paths.log("nginx-check"))
+    program = render.gateway_program(paths)
+    process = subprocess.Popen(program.argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: _port_open(plan.spec.gateway.port), 10, "nginx to listen")
+        yield Running(plan, paths, process)
+    finally:
+        _stop(process, signal.SIGQUIT)
+
+
+@contextlib.contextmanager
+def prometheus(plan: ClusterPlan) -> Iterator[Running]:
+    """Run Prometheus with the rendered prometheus.yml."""
+    paths = RuntimePaths(plan.spec.runtime_dir)
+    paths.create()
+    render.write_rendered(render.render_all(plan, paths), paths.config_dir)
+    render.check_prometheus(paths.prometheus_yml)
+    program = render.prometheus_program(plan, paths)
+    log = paths.log("prometheus").open("wb")
+    process = subprocess.Popen(program.argv, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{plan.spec.prometheus.port}"
+    try:
+        wait_for(lambda: _ready(url), 30, "Prometheus to be ready", interval=0.3)
+        yield Running(plan, paths, process)
+    finally:
+        _stop(process, signal.SIGTERM)
+        log.close()
+
+
+def _ready(url: str) -> bool:
+    try:
+        return requests.get(f"{url}/-/ready", timeout=1).status_code == 200
+    except requests.RequestException:
+        return False

@@ -1,0 +1,102 @@
+"""router.launch with real processes: nothing a replica forked may outlive it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from router.launch import kill_recorded_group
+
+# A stand-in for vLLM: a parent that forks a long-lived child and prints both pids.
+FORKER = (
+    "import os, sys, time\n"
+    "pid = os.fork()\n"
+    "if pid == 0:\n"
+    "    time.sleep(600); sys.exit(0)\n"
+    "print(os.getpid(), pid, flush=True)\n"
+    "time.sleep(600)\n"
+)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _wait_gone(pids: list[int], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(_alive(p) for p in pids):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _start(state: Path) -> tuple[subprocess.Popen[str], int, int]:
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "router.launch", "--state", str(state), "--",
+         sys.executable, "-c", FORKER],
+        stdout=subprocess.PIPE, text=True,
+    )
+    assert launcher.stdout is not None
+    parent, child = (int(x) for x in launcher.stdout.readline().split())
+    launcher.stdout.close()
+    return launcher, parent, child
+
+
+def test_killing_the_command_takes_its_children_down(tmp_path: Path) -> None:
+    state = tmp_path / "r.pgid"
+    launcher, parent, child = _start(state)
+    try:
+        assert int(state.read_text()) == parent
+        os.kill(parent, signal.SIGKILL)
+        assert launcher.wait(timeout=10) == 128 + signal.SIGKILL
+        assert _wait_gone([child]), "the forked child outlived its killed parent"
+        assert not state.exists()
+    finally:
+        for pid in (parent, child):
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_term_is_forwarded_to_the_whole_group(tmp_path: Path) -> None:
+    launcher, parent, child = _start(tmp_path / "r.pgid")
+    launcher.send_signal(signal.SIGTERM)
+    assert launcher.wait(timeout=10) == 128 + signal.SIGTERM
+    assert _wait_gone([parent, child])
+
+
+def test_a_killed_launcher_is_cleaned_up_by_the_next_one(tmp_path: Path) -> None:
+    state = tmp_path / "r.pgid"
+    first, parent, child = _start(state)
+    first.kill()  # SIGKILL: the launcher gets no chance to clean up
+    first.wait(timeout=10)
+    assert _alive(parent) and _alive(child)
+    second, parent2, child2 = _start(state)
+    try:
+        assert _wait_gone([parent, child]), "leftovers of the first run survived"
+        assert _alive(parent2) and _alive(child2)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(timeout=10)
+        assert _wait_gone([parent2, child2])
+
+
+def test_stale_record_of_an_unrelated_group_is_left_alone(tmp_path: Path) -> None:
+    bystander = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        state = tmp_path / "r.pgid"
+        state.write_text(f"{bystander.pid}\n")
+        assert kill_recorded_group(state, "vllm.entrypoints --port 8100") == []
+        assert bystander.poll() is None
+        assert not state.exists()
+    finally:
+        bystander.kill()
+        bystander.wait()

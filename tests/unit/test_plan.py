@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import pytest
+
+from router.errors import DeviceError, SpecError
+from router.plan import build_plan, choose_engine
+from router.spec import parse_spec, resolve_engine_settings
+from tests.support.fakes import cpu_inventory, gpu_inventory
+
+
+def _plan(data: dict, inventory):  # type: ignore[no-untyped-def]
+    spec = parse_spec(data)
+    engine = choose_engine(spec, inventory)
+    return build_plan(spec, resolve_engine_settings(spec, engine), inventory, "/models/m",
+                      "/venv/bin/python")
+
+
+def test_gpu_box_gets_one_replica_per_gpu_pinned_by_uuid() -> None:
+    inv = gpu_inventory(4)
+    plan = _plan({}, inv)
+    assert plan.engine.engine == "gpu"
+    assert [r.port for r in plan.replicas] == [8100, 8101, 8102, 8103]
+    for replica, gpu in zip(plan.replicas, inv.gpus, strict=True):
+        assert replica.env["CUDA_VISIBLE_DEVICES"] == gpu.uuid
+        assert replica.env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+        assert replica.gpu_uuid == gpu.uuid and replica.device == gpu.uuid
+        assert "--quantization" not in replica.argv
+        assert "--enforce-eager" not in replica.argv
+        assert replica.env["HF_HUB_OFFLINE"] == "1"
+
+
+def test_gpu_replica_count_may_be_lower_but_not_higher() -> None:
+    assert len(_plan({"replicas": 2}, gpu_inventory(4)).replicas) == 2
+    with pytest.raises(DeviceError, match="only 4 GPU"):
+        _plan({"replicas": 5}, gpu_inventory(4))
+
+
+def test_engine_gpu_without_gpus_is_an_error() -> None:
+    with pytest.raises(DeviceError, match="no GPU was found") as caught:
+        _plan({"engine": "gpu"}, cpu_inventory())
+    assert "engine: cpu" in caught.value.hint
+
+
+def test_cpu_replicas_pinned_one_per_core_two_at_most_under_auto() -> None:
+    plan = _plan({}, cpu_inventory(cores=8))
+    assert plan.engine.engine == "cpu"
+    assert len(plan.replicas) == 2
+    assert [r.env["VLLM_CPU_OMP_THREADS_BIND"] for r in plan.replicas] == ["0", "1"]
+    assert all("--enforce-eager" in r.argv and "float32" in r.argv for r in plan.replicas)
+    assert all(r.env["VLLM_CPU_KVCACHE_SPACE"] == "1" for r in plan.replicas)
+
+
+def test_cpu_auto_on_one_core_is_one_replica() -> None:
+    assert len(_plan({}, cpu_inventory(cores=1)).replicas) == 1
+
+
+def test_explicit_cpu_count_wraps_cores() -> None:
+    plan = _plan({"replicas": 3}, cpu_inventory(cores=2))
+    assert [r.cpu_core for r in plan.replicas] == [0, 1, 0]
+
+
+def test_engine_cpu_on_gpu_box_uses_cpu() -> None:
+    plan = _plan({"engine": "cpu"}, gpu_inventory(2))
+    assert plan.engine.engine == "cpu"
+    assert all(r.gpu_uuid is None for r in plan.replicas)
+
+
+def test_argv_carries_settings_and_extra_args() -> None:
+    plan = _plan({"model": {"served_name": "m1"}, "vllm": {"max_num_seqs": 7,
+                  "extra_args": ["--seed", "3"]}}, cpu_inventory())
+    argv = plan.replicas[0].argv
+    assert argv[:3] == ("/venv/bin/python", "-m", "vllm.entrypoints.openai.api_server")
+    assert argv[argv.index("--served-model-name") + 1] == "m1"
+    assert argv[argv.index("--max-num-seqs") + 1] == "7"
+    assert argv[argv.index("--model") + 1] == "/models/m"
+    assert argv[-2:] == ("--seed", "3")
+
+
+def test_replica_ports_clashing_with_gateway_are_rejected() -> None:
+    with pytest.raises(SpecError, match="clashes with gateway.port"):
+        _plan({"ports": {"replica_base": 8079}}, cpu_inventory())
+
+
+def test_replica_ports_past_65535_are_rejected() -> None:
+    with pytest.raises(SpecError, match="no room"):
+        _plan({"ports": {"replica_base": 65535}, "replicas": 2}, cpu_inventory())
+
+
+def test_gateway_url_for_wildcard_host() -> None:
+    plan = _plan({"gateway": {"host": "0.0.0.0", "port": 9000}}, cpu_inventory())
+    assert plan.gateway_url == "http://127.0.0.1:9000"
+
+
+def test_lookup_of_unknown_replica_lists_names() -> None:
+    plan = _plan({}, cpu_inventory())
+    with pytest.raises(SpecError) as caught:
+        plan.replica("replica-9")
+    assert "replica-0, replica-1" in caught.value.hint

@@ -1,0 +1,101 @@
+"""Golden-file tests of every rendered config.
+
+Regenerate after an intended template change with
+``UPDATE_GOLDEN=1 pytest tests/unit/test_render.py`` and review the diff.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from router import render
+from router.errors import RenderError
+from router.plan import ClusterPlan, build_plan, choose_engine
+from router.runtime import RuntimePaths
+from router.spec import parse_spec, resolve_engine_settings
+from tests.support.fakes import cpu_inventory, gpu_inventory
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden"
+ROOT = Path("/var/lib/llm-fleet")
+
+
+@pytest.fixture(autouse=True)
+def _fixed_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(render, "nginx_binary", lambda: "/usr/sbin/nginx")
+    monkeypatch.setattr(render, "prometheus_binary", lambda: "/usr/bin/prometheus")
+    monkeypatch.setattr(render, "nginx_run_user", lambda: None)
+    monkeypatch.setattr(sys, "executable", "/opt/llm-fleet/bin/python")
+
+
+def _plan(data: dict, inventory) -> ClusterPlan:  # type: ignore[no-untyped-def]
+    spec = parse_spec({"runtime_dir": str(ROOT), **data})
+    settings = resolve_engine_settings(spec, choose_engine(spec, inventory))
+    return build_plan(spec, settings, inventory, "/models/m", "/opt/llm-fleet/bin/python")
+
+
+def _check(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert path.exists(), f"missing golden file {path}; run with UPDATE_GOLDEN=1"
+    assert text == path.read_text(), f"{name} differs from its golden file"
+
+
+@pytest.mark.parametrize(("case", "data", "inventory"), [
+    ("cpu2", {}, cpu_inventory(2)),
+    ("gpu4", {}, gpu_inventory(4)),
+])
+def test_rendered_files_match_golden(case: str, data: dict, inventory) -> None:  # type: ignore[no-untyped-def]
+    plan = _plan(data, inventory)
+    rendered = render.render_all(plan, RuntimePaths(ROOT))
+    assert set(rendered.files) == {"nginx.conf", "upstream.conf", "prometheus.yml",
+                                   "supervisord.conf"}
+    for name, text in rendered.files.items():
+        _check(f"{case}.{name}", text)
+
+
+def test_upstream_keeps_least_conn_before_keepalive_and_zone() -> None:
+    text = render.render_upstream(_plan({}, gpu_inventory(2)))
+    lines = [line.strip() for line in text.splitlines()
+             if line.strip() and not line.strip().startswith("#")]
+    directives = [line.split()[0].rstrip(";") for line in lines]
+    assert directives.index("zone") < directives.index("least_conn") < directives.index("keepalive")
+
+
+def test_upstream_weights_down_and_reasons() -> None:
+    plan = _plan({}, gpu_inventory(3))
+    text = render.render_upstream(plan, weights={"replica-1": 7},
+                                  down=frozenset({"replica-2"}),
+                                  reasons={"replica-1": "p99 2.1x fleet median"})
+    assert "server 127.0.0.1:8101 weight=7 " in text
+    assert "# replica-1 on GPU-00000001-aaaa-bbbb-cccc-dddddddddddd: p99 2.1x fleet median" in text
+    assert "server 127.0.0.1:8102 weight=50 max_fails=2 fail_timeout=10s down;" in text
+
+
+@pytest.mark.parametrize("weight", [0, 101, -3])
+def test_weight_outside_nginx_range_is_refused(weight: int) -> None:
+    with pytest.raises(RenderError, match="outside"):
+        render.render_upstream(_plan({}, gpu_inventory(2)), weights={"replica-0": weight})
+
+
+def test_prometheus_disabled_renders_no_prometheus_files() -> None:
+    plan = _plan({"prometheus": {"enabled": False}}, cpu_inventory(2))
+    rendered = render.render_all(plan, RuntimePaths(ROOT))
+    assert "prometheus.yml" not in rendered.files
+    assert "[program:prometheus]" not in rendered.files["supervisord.conf"]
+
+
+def test_supervisor_escapes_percent_signs() -> None:
+    plan = _plan({"vllm": {"extra_args": ["--chat-template-content-format", "50%"]}},
+                 cpu_inventory(1))
+    text = render.render_supervisord(plan, RuntimePaths(ROOT))
+    assert "50%%" in text
+
+
+def test_ipv6_gateway_listen() -> None:
+    plan = _plan({"gateway": {"host": "::1"}}, cpu_inventory(1))
+    assert "listen [::1]:8080;" in render.render_nginx(plan, RuntimePaths(ROOT))
