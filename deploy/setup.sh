@@ -64,8 +64,13 @@ fi
 stamp=".venv/.llm-fleet-installed-${extras//,/-}"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   say "installing llm-fleet[$extras] into .venv (first time takes a few minutes)"
-  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  .venv/bin/python -m pip install -q -e ".[$extras]"
+  log=.venv/pip-install.log
+  if ! .venv/bin/python -m pip install -e ".[$extras]" >"$log" 2>&1; then
+    tail -n 30 "$log" >&2
+    echo "error: pip could not install llm-fleet[$extras]; the full log is $log" >&2
+    echo "hint: check that this machine reaches PyPI, then run the command again" >&2
+    exit 4
+  fi
   if [ "$engine" = cpu ]; then
     # The registry's torchvision/torchaudio/torchcodec are CUDA builds that
     # break `import transformers` against the CPU torch.

@@ -40,7 +40,8 @@ def make_plan(spec: ClusterSpec, inventory: Inventory | None = None,
     inventory = inventory or discover()
     engine = choose_engine(spec, inventory)
     settings = resolve_engine_settings(spec, engine)
-    model_path = model_store.resolve(settings.model, spec.model.cache_dir)
+    model_path = (settings.model if engine == "sim"
+                  else model_store.resolve(settings.model, spec.model.cache_dir))
     return build_plan(spec, settings, inventory, model_path, python or sys.executable)
 
 

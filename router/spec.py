@@ -22,12 +22,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from router.errors import SpecError
+from router.sim.config import SimSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_SPEC = REPO_ROOT / "deploy" / "cluster.example.yaml"
 
-Engine = Literal["auto", "gpu", "cpu"]
-ResolvedEngine = Literal["gpu", "cpu"]
+Engine = Literal["auto", "gpu", "cpu", "sim"]
+ResolvedEngine = Literal["gpu", "cpu", "sim"]
+VllmEngine = Literal["gpu", "cpu"]
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 # nginx size syntax: a number with an optional k/m/g suffix.
@@ -36,6 +38,9 @@ _NGINX_SIZE = re.compile(r"^[1-9][0-9]*[kKmMgG]?$")
 # A CPU fleet under `replicas: auto` gets one replica per core, but no more than
 # this: a third replica on a 2-core box only steals cycles from the other two.
 CPU_AUTO_REPLICAS_MAX = 2
+# A simulated fleet under `replicas: auto`: the reference box's four GPUs.
+SIM_AUTO_REPLICAS = 4
+SIM_SERVED_MODEL_NAME = "sim-model"
 
 
 def _xdg(var: str, fallback: str) -> Path:
@@ -64,9 +69,9 @@ class EngineDefaults:
     gpu_memory_utilization: float
 
 
-ENGINE_DEFAULTS: dict[ResolvedEngine, EngineDefaults] = {
-    # Reference box: a 7B AWQ model on a 24 GB card leaves room for a large KV
-    # cache at 0.90; docs/production.md explains the sizing.
+ENGINE_DEFAULTS: dict[VllmEngine, EngineDefaults] = {
+    # Reference box: a 7B AWQ model (about 5.5 GB of weights) on a 24 GB card
+    # leaves most of the 0.90 share for the KV cache.
     "gpu": EngineDefaults(
         model="Qwen/Qwen2.5-7B-Instruct-AWQ",
         served_model_name="qwen2.5-7b-instruct",
@@ -198,6 +203,45 @@ class PrometheusSpec(_Model):
         return value
 
 
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+class SimSpec(_Model):
+    """Simulated replicas (`engine: sim`): fleet-wide settings, per-replica overrides."""
+
+    defaults: SimSettings = SimSettings()
+    # replicas[i] overrides defaults for replica i, e.g. [{}, {speed: 0.33}].
+    replicas: tuple[dict[str, Any], ...] = ()
+
+    @model_validator(mode="after")
+    def _overrides_valid(self) -> SimSpec:
+        base = self.defaults.model_dump()
+        problems = []
+        for index, override in enumerate(self.replicas):
+            try:
+                SimSettings.model_validate(_merge(base, override))
+            except ValidationError as exc:
+                for err in exc.errors():
+                    where = ".".join(str(p) for p in err["loc"])
+                    problems.append(f"replicas[{index}].{where}: {err['msg']}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def for_replica(self, index: int) -> SimSettings:
+        if index >= len(self.replicas):
+            return self.defaults
+        return SimSettings.model_validate(_merge(self.defaults.model_dump(),
+                                                 self.replicas[index]))
+
+
 class ClusterSpec(_Model):
     """The whole cluster. Loaded with :func:`load_spec`."""
 
@@ -208,6 +252,7 @@ class ClusterSpec(_Model):
     vllm: VllmSpec = VllmSpec()
     ports: PortsSpec = PortsSpec()
     prometheus: PrometheusSpec = PrometheusSpec()
+    sim: SimSpec = SimSpec()
     runtime_dir: Path = Field(default_factory=default_runtime_dir)
     # How long `fleet up` waits for every replica to answer /health.
     startup_timeout_s: int = Field(default=900, ge=10)
@@ -218,7 +263,7 @@ class ClusterSpec(_Model):
         # A section whose keys are all commented out parses as None in YAML;
         # it means "all defaults", not "invalid".
         if isinstance(data, dict):
-            sections = {"gateway", "model", "vllm", "ports", "prometheus"}
+            sections = {"gateway", "model", "vllm", "ports", "prometheus", "sim"}
             return {k: v for k, v in data.items() if not (k in sections and v is None)}
         return data
 
@@ -330,11 +375,20 @@ class EngineSettings:
     served_model_name: str
     max_num_seqs: int
     max_model_len: int
-    gpu_memory_utilization: float
+    gpu_memory_utilization: float | None
 
 
 def resolve_engine_settings(spec: ClusterSpec, engine: ResolvedEngine) -> EngineSettings:
-    """Fill every unset model/vLLM field from ``ENGINE_DEFAULTS[engine]``."""
+    """Fill every unset model/vLLM field from ``ENGINE_DEFAULTS[engine]``.
+
+    A simulated fleet has no model files; its capacity comes from `sim`.
+    """
+    if engine == "sim":
+        return EngineSettings(
+            engine="sim", model="simulated",
+            served_model_name=spec.model.served_name or SIM_SERVED_MODEL_NAME,
+            max_num_seqs=spec.sim.defaults.max_num_seqs,
+            max_model_len=spec.sim.defaults.max_model_len, gpu_memory_utilization=None)
     defaults = ENGINE_DEFAULTS[engine]
     return EngineSettings(
         engine=engine,

@@ -1,0 +1,47 @@
+"""Settings of one simulated replica, declared once.
+
+The same model is the `sim` section of the cluster spec (fleet-wide
+defaults plus per-replica overrides) and the options of `fleet sim serve`.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# What the simulator reports as its vLLM version: the one its metrics and
+# response shapes were copied from.
+VLLM_VERSION = "0.32.0"
+
+
+class SimFaults(BaseModel):
+    """Faults a simulated replica starts with (all can change at run time)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Refuse connections for this long after start, like vLLM loading weights.
+    startup_delay_s: float = Field(default=0.0, ge=0.0, le=3600.0)
+    # Speed multiplier on top of `speed` (a throttled GPU is 0.33).
+    slow: float = Field(default=1.0, gt=0.0, le=100.0)
+    # Fraction of generation requests answered with a 500.
+    error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    # Accept connections but never answer, with sockets left open.
+    hang: bool = False
+
+
+class SimSettings(BaseModel):
+    """One simulated replica: capacity, speed and the latency model's constants."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    speed: float = Field(default=1.0, gt=0.0, le=100.0)
+    max_num_seqs: int = Field(default=256, ge=1, le=100_000)
+    max_model_len: int = Field(default=8192, ge=16)
+    kv_capacity_tokens: int = Field(default=200_000, ge=16)
+    # Mean length of an answer that ends at a simulated EOS (ignore_eos
+    # requests always run to max_tokens).
+    mean_output_tokens: int = Field(default=128, ge=1)
+    decode_step_s: float = Field(default=0.010, gt=0.0)
+    decode_s_per_seq: float = Field(default=0.0002, ge=0.0)
+    prefill_s_per_token: float = Field(default=0.00002, ge=0.0)
+    seed: int = 0
+    faults: SimFaults = SimFaults()

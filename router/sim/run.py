@@ -1,0 +1,29 @@
+"""Run one simulated replica in this process (`fleet sim serve`)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import uvicorn
+
+from router.sim.config import SimSettings
+from router.sim.server import SimApp
+
+log = logging.getLogger(__name__)
+
+
+def serve(settings: SimSettings, host: str, port: int, served_model_name: str) -> None:
+    """Serve until stopped; with startup_delay_s, refuse connections that long first."""
+    if settings.faults.startup_delay_s:
+        # vLLM binds only once its weights are loaded: until then clients get
+        # "connection refused", which is what the gateway must handle.
+        log.info("startup_delay: not listening for %.1fs", settings.faults.startup_delay_s)
+        time.sleep(settings.faults.startup_delay_s)
+    app = SimApp(settings, served_model_name)
+    config = uvicorn.Config(app, host=host, port=port, loop="uvloop", http="httptools",
+                            lifespan="on", access_log=False, log_level="warning",
+                            timeout_keep_alive=75, backlog=4096)
+    log.info("simulated replica of '%s' on %s:%d speed=%g max_num_seqs=%d", served_model_name,
+             host, port, settings.speed, settings.max_num_seqs)
+    uvicorn.Server(config).run()

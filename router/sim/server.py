@@ -1,0 +1,384 @@
+"""The simulated replica's HTTP server: vLLM's OpenAI endpoints and shapes.
+
+A plain ASGI application run by uvicorn (httptools + uvloop): a web
+framework's routing and validation layers would cost more CPU than the
+simulated engine, and the simulator must never be the bottleneck of a
+gateway benchmark.
+
+Endpoints: /v1/chat/completions, /v1/completions (JSON or SSE), /v1/models,
+/health, /metrics, /load, /version, and the simulator's own /sim/faults.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from router.sim.config import VLLM_VERSION, SimSettings
+from router.sim.engine import Engine, LatencyModel, SimRequest
+from router.sim.metrics import VllmMetrics
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+MAX_BODY_BYTES = 32 * 1024 * 1024
+# vLLM's watchdog notices a dead engine within about 5 s and exits with 0.
+ENGINE_DEAD_EXIT_S = 5.0
+FINGERPRINT = f"vllm-{VLLM_VERSION}-sim"
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, message: str, err_type: str, param: str | None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.err_type, self.param = status, message, err_type, param
+
+
+def error_body(status: int, message: str, err_type: str, param: str | None) -> dict[str, Any]:
+    """vLLM's error shape (the OpenAI one)."""
+    return {"error": {"message": message, "type": err_type, "param": param, "code": status}}
+
+
+def count_tokens(text: str) -> int:
+    """About four characters a token, as for English with a BPE tokenizer."""
+    return max(1, (len(text) + 3) // 4)
+
+
+def _chat_prompt(messages: Any) -> tuple[str, int]:
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest(400, "messages: a non-empty list of messages is required",
+                         "BadRequestError", "messages")
+    parts, tokens = [], 3  # the assistant header the chat template appends
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or "role" not in message:
+            raise BadRequest(400, f"messages[{index}]: each message needs a role",
+                             "BadRequestError", f"messages.{index}")
+        content = message.get("content") or ""
+        if isinstance(content, list):
+            content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+        if not isinstance(content, str):
+            raise BadRequest(400, f"messages[{index}].content must be a string or parts",
+                             "BadRequestError", f"messages.{index}.content")
+        parts.append(f"{message['role']}:{content}")
+        tokens += count_tokens(content) + 4  # role markers of the template
+    return "\n".join(parts), tokens
+
+
+def _completion_prompt(prompt: Any) -> tuple[str, int]:
+    if isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]
+    if not isinstance(prompt, str) or prompt == "":
+        raise BadRequest(400, "prompt: a non-empty string is required", "BadRequestError",
+                         "prompt")
+    return prompt, count_tokens(prompt)
+
+
+class SimApp:
+    """The ASGI application of one simulated replica."""
+
+    def __init__(self, settings: SimSettings, served_model_name: str,
+                 exit_process: Callable[[int], None] = os._exit) -> None:
+        self.settings = settings
+        self.model_name = served_model_name
+        self.metrics = VllmMetrics(served_model_name, settings.max_model_len)
+        self.engine: Engine | None = None
+        self.hang = settings.faults.hang
+        self.error_rate = settings.faults.error_rate
+        self.slow = settings.faults.slow
+        self.engine_dead_at: float | None = None
+        self._exit = exit_process
+        self._rng = random.Random(settings.seed)
+        self._created = int(time.time())
+
+    # --- lifecycle -------------------------------------------------------
+    def _start_engine(self) -> None:
+        s = self.settings
+        self.engine = Engine(
+            self.metrics, max_num_seqs=s.max_num_seqs, kv_capacity_tokens=s.kv_capacity_tokens,
+            speed=s.speed * self.slow, seed=s.seed, mean_output_tokens=s.mean_output_tokens,
+            model=LatencyModel(s.decode_step_s, s.decode_s_per_seq, s.prefill_s_per_token),
+        )
+        self.engine.start()
+        self.engine.pause(self.hang)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        if self.hang:
+            # Hung: read nothing, answer nothing, keep the socket open.
+            await asyncio.Event().wait()
+        try:
+            await self._route(scope, receive, send)
+        except BadRequest as exc:
+            await send_json(send, exc.status, error_body(exc.status, exc.message, exc.err_type,
+                                                         exc.param))
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self._start_engine()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self.engine is not None:
+                    await self.engine.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method, path = scope["method"], scope["path"]
+        engine = self.engine
+        assert engine is not None, "lifespan startup has not run"
+        if method == "POST" and path in ("/v1/chat/completions", "/v1/completions"):
+            body = await read_json(receive)
+            await self._generate(send, body, chat=path == "/v1/chat/completions")
+        elif method == "GET" and path == "/health":
+            await send_bytes(send, 503 if engine.dead else 200, b"", b"application/json")
+        elif method == "GET" and path == "/metrics":
+            await send_bytes(send, 200, generate_latest(self.metrics.registry),
+                             CONTENT_TYPE_LATEST.encode())
+        elif method == "GET" and path == "/v1/models":
+            await send_json(send, 200, self._models())
+        elif method == "GET" and path == "/load":
+            await send_json(send, 200, {"server_load": engine.load})
+        elif method == "GET" and path == "/version":
+            await send_json(send, 200, {"version": VLLM_VERSION})
+        elif path == "/sim/faults":
+            if method == "POST":
+                await self._set_faults(send, await read_json(receive))
+            else:
+                await send_json(send, 200, self.faults())
+        else:
+            await send_json(send, 404, {"detail": "Not Found"})
+
+    # --- OpenAI endpoints -------------------------------------------------
+    def _models(self) -> dict[str, Any]:
+        return {"object": "list", "data": [{
+            "id": self.model_name, "object": "model", "created": self._created,
+            "owned_by": "vllm", "root": self.model_name, "parent": None,
+            "max_model_len": self.settings.max_model_len, "permission": [],
+        }]}
+
+    def _validate(self, body: dict[str, Any], chat: bool) -> tuple[str, int, int, bool, bool]:
+        model = body.get("model")
+        if model is not None and model != self.model_name:
+            raise BadRequest(404, f"The model `{model}` does not exist.", "NotFoundError",
+                             "model")
+        prompt, prompt_tokens = (_chat_prompt(body.get("messages")) if chat
+                                 else _completion_prompt(body.get("prompt")))
+        limit = self.settings.max_model_len
+        max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+        if max_tokens is None:
+            max_tokens = max(1, limit - prompt_tokens) if chat else 16
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise BadRequest(400, f"max_tokens must be at least 1, got {max_tokens!r}.",
+                             "BadRequestError", "max_tokens")
+        if prompt_tokens + max_tokens > limit:
+            raise BadRequest(
+                400, f"This model's maximum context length is {limit} tokens. However, you "
+                f"requested {prompt_tokens + max_tokens} tokens ({prompt_tokens} in the "
+                f"messages, {max_tokens} in the completion). Please reduce the length of the "
+                "messages or completion.", "BadRequestError", None)
+        stream = body.get("stream", False)
+        ignore_eos = body.get("ignore_eos", False)
+        for name, value in (("stream", stream), ("ignore_eos", ignore_eos)):
+            if not isinstance(value, bool):
+                raise BadRequest(400, f"{name} must be true or false", "BadRequestError", name)
+        return prompt, prompt_tokens, max_tokens, stream, ignore_eos
+
+    async def _generate(self, send: Send, body: Any, chat: bool) -> None:
+        if not isinstance(body, dict):
+            raise BadRequest(400, "the request body must be a JSON object", "Bad Request",
+                             "body")
+        prompt, prompt_tokens, max_tokens, stream, ignore_eos = self._validate(body, chat)
+        engine = self.engine
+        assert engine is not None
+        if engine.dead:
+            raise BadRequest(500, "EngineCore encountered an issue. See stack trace (above) "
+                             "for the root cause.", "InternalServerError", None)
+        if self.error_rate and self._rng.random() < self.error_rate:
+            raise BadRequest(500, "simulated failure (error_rate fault)",
+                             "InternalServerError", None)
+        request = engine.submit(prompt, prompt_tokens, max_tokens, ignore_eos, stream)
+        prefix = "chatcmpl" if chat else "cmpl"
+        ids = (f"{prefix}-{uuid.uuid4().hex[:16]}", int(time.time()))
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        try:
+            if stream:
+                await self._stream(send, request, chat, ids, include_usage)
+            else:
+                await request.done
+                if request.error is not None:
+                    raise BadRequest(500, str(request.error), "InternalServerError", None)
+                await send_json(send, 200, self._response(request, chat, ids))
+        except (OSError, asyncio.CancelledError):
+            engine.abort(request)  # the client went away
+            raise
+
+    def _usage(self, request: SimRequest) -> dict[str, Any]:
+        generated = len(request.tokens)
+        return {"prompt_tokens": request.prompt_tokens,
+                "total_tokens": request.prompt_tokens + generated,
+                "completion_tokens": generated, "prompt_tokens_details": None}
+
+    def _response(self, request: SimRequest, chat: bool, ids: tuple[str, int]) -> dict[str, Any]:
+        choice: dict[str, Any]
+        if chat:
+            choice = {"index": 0, "message": {
+                "role": "assistant", "content": request.text(), "refusal": None,
+                "annotations": None, "audio": None, "function_call": None, "tool_calls": [],
+                "reasoning": None}, "logprobs": None, "finish_reason": request.finish_reason,
+                "stop_reason": None, "token_ids": None}
+        else:
+            choice = {"index": 0, "text": request.text(), "logprobs": None,
+                      "finish_reason": request.finish_reason, "stop_reason": None,
+                      "token_ids": None, "prompt_logprobs": None, "prompt_token_ids": None}
+        return {"id": ids[0], "object": "chat.completion" if chat else "text_completion",
+                "created": ids[1], "model": self.model_name, "choices": [choice],
+                "service_tier": None, "system_fingerprint": FINGERPRINT,
+                "usage": self._usage(request), "prompt_logprobs": None,
+                "prompt_token_ids": None, "kv_transfer_params": None}
+
+    def _chunk(self, chat: bool, ids: tuple[str, int], delta: str | None,
+               finish: str | None, role: bool = False) -> bytes:
+        choice: dict[str, Any]
+        if chat:
+            content: dict[str, Any] = {"role": "assistant", "content": ""} if role else {
+                "content": delta}
+            choice = {"index": 0, "delta": content, "logprobs": None, "finish_reason": finish}
+            if finish is not None:
+                choice["stop_reason"] = None
+            if not role:
+                choice["token_ids"] = None
+        else:
+            choice = {"index": 0, "text": delta or "", "logprobs": None, "finish_reason": finish,
+                      "stop_reason": None}
+        return sse_event({"id": ids[0],
+                          "object": "chat.completion.chunk" if chat else "text_completion",
+                          "created": ids[1], "model": self.model_name, "choices": [choice]})
+
+    async def _stream(self, send: Send, request: SimRequest, chat: bool, ids: tuple[str, int],
+                      include_usage: bool) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"text/event-stream; charset=utf-8")]})
+        if chat:
+            await send_chunk(send, self._chunk(chat, ids, None, None, role=True))
+        queue = request.stream
+        assert queue is not None
+        pending = await queue.get()
+        while pending is not None:
+            following = await queue.get()
+            finish = request.finish_reason if following is None and request.error is None \
+                else None
+            await send_chunk(send, self._chunk(chat, ids, pending, finish))
+            pending = following
+        if request.error is not None:
+            # After a 200 only an in-band error is possible, as vLLM sends it.
+            error = error_body(500, str(request.error), "InternalServerError", None)
+            await send_chunk(send, sse_event(error))
+        elif include_usage:
+            usage: dict[str, Any] = {"id": ids[0], "object": "chat.completion.chunk" if chat
+                     else "text_completion", "created": ids[1], "model": self.model_name,
+                     "choices": [], "usage": self._usage(request),
+                     "system_fingerprint": FINGERPRINT}
+            await send_chunk(send, sse_event(usage))
+        await send_chunk(send, b"data: [DONE]\n\n")
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    # --- faults ----------------------------------------------------------
+    def faults(self) -> dict[str, Any]:
+        return {"hang": self.hang, "slow": self.slow, "error_rate": self.error_rate,
+                "engine_dead": self.engine_dead_at is not None}
+
+    async def _set_faults(self, send: Send, body: Any) -> None:
+        if not isinstance(body, dict):
+            raise BadRequest(400, "send a JSON object of faults", "BadRequestError", None)
+        known = {"crash", "engine_dead", "hang", "slow", "error_rate", "clear"}
+        unknown = sorted(set(body) - known)
+        if unknown:
+            raise BadRequest(400, f"unknown fault(s) {unknown}; known: {sorted(known)}",
+                             "BadRequestError", unknown[0])
+        engine = self.engine
+        assert engine is not None
+        if body.get("clear"):
+            body = {"hang": False, "slow": 1.0, "error_rate": 0.0, **body}
+        if "slow" in body:
+            slow = body["slow"]
+            if not isinstance(slow, int | float) or isinstance(slow, bool) or slow <= 0:
+                raise BadRequest(400, "slow must be a number > 0 (0.33 is 3x slower)",
+                                 "BadRequestError", "slow")
+            self.slow = float(slow)
+            engine.speed = self.settings.speed * self.slow
+        if "error_rate" in body:
+            rate = body["error_rate"]
+            if not isinstance(rate, int | float) or isinstance(rate, bool) or not 0 <= rate <= 1:
+                raise BadRequest(400, "error_rate must be between 0 and 1", "BadRequestError",
+                                 "error_rate")
+            self.error_rate = float(rate)
+        if body.get("engine_dead"):
+            log.warning("fault engine_dead: failing requests in flight, exiting with 0 in %.0fs",
+                        ENGINE_DEAD_EXIT_S)
+            self.engine_dead_at = time.monotonic()
+            engine.kill()
+            asyncio.get_running_loop().call_later(ENGINE_DEAD_EXIT_S, self._exit, 0)
+        if body.get("crash"):
+            log.warning("fault crash: exiting with status 1")
+            asyncio.get_running_loop().call_later(0.05, self._exit, 1)
+        await send_json(send, 200, self.faults())
+        if "hang" in body:
+            self.hang = bool(body["hang"])
+            engine.pause(self.hang)
+
+
+async def read_json(receive: Receive) -> Any:
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise OSError("client disconnected")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise BadRequest(413, "request body too large", "BadRequestError", None)
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            break
+    try:
+        return json.loads(b"".join(chunks))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequest(400, f"JSON decode error: {exc}", "Bad Request", "body") from exc
+
+
+async def send_bytes(send: Send, status: int, body: bytes, content_type: bytes) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", content_type),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_json(send: Send, status: int, obj: Any) -> None:
+    await send_bytes(send, status, json.dumps(obj, separators=(",", ":")).encode(),
+                     b"application/json")
+
+
+def sse_event(obj: Any) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+async def send_chunk(send: Send, data: bytes) -> None:
+    await send({"type": "http.response.body", "body": data, "more_body": True})

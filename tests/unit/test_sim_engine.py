@@ -1,0 +1,163 @@
+"""The latency model, driven on a virtual clock: no test here waits."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from router.sim.engine import Engine, LatencyModel
+from router.sim.metrics import VllmMetrics
+
+
+class VirtualTime:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.steps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.steps.append(seconds)
+        self.now += seconds
+
+
+def _engine(vt: VirtualTime, **kw: float) -> Engine:
+    settings = {"max_num_seqs": 4, "kv_capacity_tokens": 100_000, "speed": 1.0, "seed": 7,
+                "mean_output_tokens": 16, **kw}
+    return Engine(VllmMetrics("m", 8192), model=LatencyModel(), clock=vt.clock, sleep=vt.sleep,
+                  **settings)  # type: ignore[arg-type]
+
+
+def _sample(engine: Engine, name: str, **labels: str) -> float:
+    value = engine.metrics.registry.get_sample_value(
+        name, {"engine": "0", "model_name": "m", **labels})
+    assert value is not None, name
+    return value
+
+
+async def _drain(engine: Engine) -> None:
+    while engine.running or engine.waiting:
+        await engine.step()
+
+
+@pytest.mark.parametrize(("submitted", "waiting"), [(3, 0), (4, 0), (5, 1), (9, 5)])
+def test_queueing_starts_exactly_above_max_num_seqs(submitted: int, waiting: int) -> None:
+    async def scenario() -> None:
+        vt = VirtualTime()
+        engine = _engine(vt)
+        for i in range(submitted):
+            engine.submit(f"p{i}", 10, 8, ignore_eos=True, stream=False)
+        await engine.step()
+        assert len(engine.running) == min(submitted, 4)
+        assert len(engine.waiting) == waiting
+        assert _sample(engine, "vllm:num_requests_waiting") == waiting
+        assert _sample(engine, "vllm:num_requests_running") == min(submitted, 4)
+        await _drain(engine)
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("speed", [0.5, 0.25])
+def test_slower_replica_takes_proportionally_longer(speed: float) -> None:
+    async def run(at: float) -> float:
+        vt = VirtualTime()
+        engine = _engine(vt, speed=at)
+        requests = [engine.submit(f"p{i}", 50, 20, ignore_eos=True, stream=False)
+                    for i in range(6)]
+        await _drain(engine)
+        assert all(r.done.done() for r in requests)
+        return vt.now
+
+    full, slow = asyncio.run(run(1.0)), asyncio.run(run(speed))
+    assert slow == pytest.approx(full / speed)
+
+
+def test_step_time_grows_with_the_batch() -> None:
+    model = LatencyModel()
+    assert model.step_time(1, 0, 1.0) < model.step_time(8, 0, 1.0) < model.step_time(64, 0, 1.0)
+    assert model.step_time(8, 1000, 1.0) > model.step_time(8, 0, 1.0)
+
+
+def test_output_is_deterministic_and_counted_consistently() -> None:
+    async def run() -> tuple[list[str], Engine]:
+        vt = VirtualTime()
+        engine = _engine(vt)
+        requests = [engine.submit(f"prompt {i}", 12, 64, ignore_eos=False, stream=False)
+                    for i in range(10)]
+        await _drain(engine)
+        return [r.text() for r in requests], engine
+
+    texts_a, engine = asyncio.run(run())
+    texts_b, _ = asyncio.run(run())
+    assert texts_a == texts_b
+    requests_done = _sample(engine, "vllm:request_success_total", finished_reason="stop") + \
+        _sample(engine, "vllm:request_success_total", finished_reason="length")
+    assert requests_done == 10
+    generated = sum(len(t.split(" ")) for t in texts_a)
+    assert _sample(engine, "vllm:generation_tokens_total") == generated
+    assert _sample(engine, "vllm:prompt_tokens_total") == 10 * 12
+    assert _sample(engine, "vllm:e2e_request_latency_seconds_count") == 10
+
+
+def test_ignore_eos_runs_to_max_tokens_and_says_length() -> None:
+    async def run() -> None:
+        vt = VirtualTime()
+        engine = _engine(vt, mean_output_tokens=1)
+        request = engine.submit("p", 5, 30, ignore_eos=True, stream=True)
+        await _drain(engine)
+        assert len(request.tokens) == 30 and request.finish_reason == "length"
+        streamed = []
+        assert request.stream is not None
+        while (token := request.stream.get_nowait()) is not None:
+            streamed.append(token)
+        assert "".join(streamed) == request.text()
+
+    asyncio.run(run())
+
+
+def test_kv_capacity_limits_admission_and_drives_usage() -> None:
+    async def run() -> None:
+        vt = VirtualTime()
+        engine = _engine(vt, kv_capacity_tokens=250)
+        for i in range(3):
+            engine.submit(f"p{i}", 100, 10, ignore_eos=True, stream=False)
+        await engine.step()
+        assert len(engine.running) == 2 and len(engine.waiting) == 1
+        usage = _sample(engine, "vllm:kv_cache_usage_perc")
+        assert usage == pytest.approx((2 * 101) / 250)
+        await _drain(engine)
+        assert _sample(engine, "vllm:kv_cache_usage_perc") == 0
+
+    asyncio.run(run())
+
+
+def test_ttft_includes_queueing() -> None:
+    async def run() -> None:
+        vt = VirtualTime()
+        engine = _engine(vt, max_num_seqs=1)
+        first = engine.submit("a", 10, 5, ignore_eos=True, stream=False)
+        second = engine.submit("b", 10, 5, ignore_eos=True, stream=False)
+        await _drain(engine)
+        assert first.first_token is not None and second.first_token is not None
+        assert second.admitted == first.last_token  # admitted once the first one left
+        assert second.first_token - second.arrival > first.first_token - first.arrival
+
+    asyncio.run(run())
+
+
+def test_engine_death_fails_everything_in_flight() -> None:
+    async def run() -> None:
+        vt = VirtualTime()
+        engine = _engine(vt)
+        requests = [engine.submit(f"p{i}", 10, 50, ignore_eos=True, stream=False)
+                    for i in range(6)]
+        await engine.step()
+        engine.kill()
+        assert all(r.done.done() and r.error is not None for r in requests)
+        assert _sample(engine, "vllm:request_success_total", finished_reason="error") == 6
+        with pytest.raises(Exception, match="dead"):
+            engine.submit("late", 1, 1, ignore_eos=True, stream=False)
+
+    asyncio.run(run())
