@@ -56,10 +56,41 @@ def count_tokens(text: str) -> int:
     return max(1, (len(text) + 3) // 4)
 
 
+def _validation_error(kind: str, loc: str, msg: str, value: Any) -> BadRequest:
+    """The shape vLLM gives a request-schema error (FastAPI's validation)."""
+    shown = f"<{type(value).__name__} of {len(value)} items>" if isinstance(
+        value, dict | list) else repr(value)
+    message = (f"1 validation error:\n  {{'type': '{kind}', 'loc': '{loc}', 'msg': '{msg}', "
+               f"'input': {shown!r}}}")
+    return BadRequest(400, message, "Bad Request", loc)
+
+
+def _flag(body: dict[str, Any], name: str) -> bool:
+    """Read a boolean field as leniently as vLLM's pydantic models do."""
+    value = body.get(name, False)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.lower() in _TRUTHY | _FALSY:
+        return value.lower() in _TRUTHY
+    raise _validation_error("bool_parsing", f"body.{name}",
+                            "Input should be a valid boolean", value)
+
+
+_TRUTHY = {"true", "yes", "on", "1", "t", "y"}
+_FALSY = {"false", "no", "off", "0", "f", "n"}
+
+
 def _chat_prompt(messages: Any) -> tuple[str, int]:
-    if not isinstance(messages, list) or not messages:
-        raise BadRequest(400, "messages: a non-empty list of messages is required",
-                         "BadRequestError", "messages")
+    if messages is None:
+        raise _validation_error("missing", "body.messages", "Field required", {})
+    if not isinstance(messages, list):
+        raise _validation_error("list_type", "body.messages", "Input should be a valid list",
+                                messages)
+    if not messages:
+        raise BadRequest(400, "Cannot apply chat template to an empty conversation. Provide at "
+                         "least one message.", "BadRequestError", None)
     parts, tokens = [], 3  # the assistant header the chat template appends
     for index, message in enumerate(messages):
         if not isinstance(message, dict) or "role" not in message:
@@ -80,8 +111,8 @@ def _completion_prompt(prompt: Any) -> tuple[str, int]:
     if isinstance(prompt, list) and len(prompt) == 1:
         prompt = prompt[0]
     if not isinstance(prompt, str) or prompt == "":
-        raise BadRequest(400, "prompt: a non-empty string is required", "BadRequestError",
-                         "prompt")
+        raise BadRequest(400, "Either prompt or prompt_embeds must be provided and non-empty. "
+                         "(parameter=prompt)", "BadRequestError", "prompt")
     return prompt, count_tokens(prompt)
 
 
@@ -119,8 +150,9 @@ class SimApp:
             return
         if scope["type"] != "http":
             return
-        if self.hang:
-            # Hung: read nothing, answer nothing, keep the socket open.
+        if self.hang and scope["path"] != "/sim/faults":
+            # Hung: read nothing, answer nothing, keep the socket open. The
+            # simulator's own fault API stays reachable so a drill can end it.
             await asyncio.Event().wait()
         try:
             await self._route(scope, receive, send)
@@ -181,30 +213,40 @@ class SimApp:
                              "model")
         prompt, prompt_tokens = (_chat_prompt(body.get("messages")) if chat
                                  else _completion_prompt(body.get("prompt")))
+        stream, ignore_eos = _flag(body, "stream"), _flag(body, "ignore_eos")
         limit = self.settings.max_model_len
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+        if max_tokens is not None and (isinstance(max_tokens, bool)
+                                       or not isinstance(max_tokens, int)):
+            raise _validation_error("int_type", "body.max_tokens",
+                                    "Input should be a valid integer", max_tokens)
+        if max_tokens is not None and max_tokens < 1:
+            raise BadRequest(400, f"max_tokens must be at least 1, got {max_tokens}. "
+                             f"(parameter=max_tokens, value={max_tokens})", "BadRequestError",
+                             "max_tokens")
+        if max_tokens is not None and max_tokens > limit:
+            raise BadRequest(400, f"max_tokens={max_tokens} cannot be greater than "
+                             f"max_model_len={limit}. Please request fewer output tokens. "
+                             f"(parameter=max_tokens, value={max_tokens})", "BadRequestError",
+                             "max_tokens")
+        if prompt_tokens >= limit:
+            raise BadRequest(400, f"This model's maximum context length is {limit} tokens. "
+                             f"However, your prompt contains at least {prompt_tokens} input "
+                             "tokens, which exceeds this limit even without any output tokens. "
+                             "Please reduce the length of the input prompt. "
+                             f"(parameter=input_tokens, value={prompt_tokens})",
+                             "BadRequestError", "input_tokens")
+        # Like vLLM, a request that would run past the context is cut to fit.
+        room = limit - prompt_tokens
         if max_tokens is None:
-            max_tokens = max(1, limit - prompt_tokens) if chat else 16
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-            raise BadRequest(400, f"max_tokens must be at least 1, got {max_tokens!r}.",
-                             "BadRequestError", "max_tokens")
-        if prompt_tokens + max_tokens > limit:
-            raise BadRequest(
-                400, f"This model's maximum context length is {limit} tokens. However, you "
-                f"requested {prompt_tokens + max_tokens} tokens ({prompt_tokens} in the "
-                f"messages, {max_tokens} in the completion). Please reduce the length of the "
-                "messages or completion.", "BadRequestError", None)
-        stream = body.get("stream", False)
-        ignore_eos = body.get("ignore_eos", False)
-        for name, value in (("stream", stream), ("ignore_eos", ignore_eos)):
-            if not isinstance(value, bool):
-                raise BadRequest(400, f"{name} must be true or false", "BadRequestError", name)
-        return prompt, prompt_tokens, max_tokens, stream, ignore_eos
+            max_tokens = room if chat else min(16, room)
+        return prompt, prompt_tokens, min(max_tokens, room), stream, ignore_eos
 
     async def _generate(self, send: Send, body: Any, chat: bool) -> None:
         if not isinstance(body, dict):
-            raise BadRequest(400, "the request body must be a JSON object", "Bad Request",
-                             "body")
+            raise _validation_error("model_attributes_type", "body",
+                                    "Input should be a valid dictionary or object to extract "
+                                    "fields from", body)
         prompt, prompt_tokens, max_tokens, stream, ignore_eos = self._validate(body, chat)
         engine = self.engine
         assert engine is not None
@@ -230,29 +272,37 @@ class SimApp:
             engine.abort(request)  # the client went away
             raise
 
-    def _usage(self, request: SimRequest) -> dict[str, Any]:
+    def _usage(self, request: SimRequest, stream: bool = False) -> dict[str, Any]:
         generated = len(request.tokens)
-        return {"prompt_tokens": request.prompt_tokens,
-                "total_tokens": request.prompt_tokens + generated,
-                "completion_tokens": generated, "prompt_tokens_details": None}
+        usage: dict[str, Any] = {"prompt_tokens": request.prompt_tokens,
+                                 "total_tokens": request.prompt_tokens + generated,
+                                 "completion_tokens": generated}
+        if not stream:
+            usage.update(prompt_tokens_details=None, completion_tokens_details=None)
+        return usage
 
     def _response(self, request: SimRequest, chat: bool, ids: tuple[str, int]) -> dict[str, Any]:
         choice: dict[str, Any]
         if chat:
             choice = {"index": 0, "message": {
                 "role": "assistant", "content": request.text(), "refusal": None,
-                "annotations": None, "audio": None, "function_call": None, "tool_calls": [],
+                "annotations": None, "audio": None, "function_call": None,
                 "reasoning": None}, "logprobs": None, "finish_reason": request.finish_reason,
-                "stop_reason": None, "token_ids": None}
+                "stop_reason": None, "token_ids": None, "routed_experts": None}
         else:
             choice = {"index": 0, "text": request.text(), "logprobs": None,
                       "finish_reason": request.finish_reason, "stop_reason": None,
-                      "token_ids": None, "prompt_logprobs": None, "prompt_token_ids": None}
-        return {"id": ids[0], "object": "chat.completion" if chat else "text_completion",
-                "created": ids[1], "model": self.model_name, "choices": [choice],
-                "service_tier": None, "system_fingerprint": FINGERPRINT,
-                "usage": self._usage(request), "prompt_logprobs": None,
-                "prompt_token_ids": None, "kv_transfer_params": None}
+                      "token_ids": None, "prompt_logprobs": None, "prompt_token_ids": None,
+                      "routed_experts": None}
+        response: dict[str, Any] = {
+            "id": ids[0], "object": "chat.completion" if chat else "text_completion",
+                    "created": ids[1], "model": self.model_name, "choices": [choice],
+                    "service_tier": None, "system_fingerprint": FINGERPRINT,
+                    "usage": self._usage(request)}
+        if chat:
+            response.update(prompt_logprobs=None, prompt_token_ids=None, prompt_text=None)
+        response.update(kv_transfer_params=None, ec_transfer_params=None, metrics=None)
+        return response
 
     def _chunk(self, chat: bool, ids: tuple[str, int], delta: str | None,
                finish: str | None, role: bool = False) -> bytes:
@@ -267,10 +317,13 @@ class SimApp:
                 choice["token_ids"] = None
         else:
             choice = {"index": 0, "text": delta or "", "logprobs": None, "finish_reason": finish,
-                      "stop_reason": None}
-        return sse_event({"id": ids[0],
-                          "object": "chat.completion.chunk" if chat else "text_completion",
-                          "created": ids[1], "model": self.model_name, "choices": [choice]})
+                      "stop_reason": None, "prompt_token_ids": None, "token_ids": None}
+        event: dict[str, Any] = {
+            "id": ids[0], "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": ids[1], "model": self.model_name, "choices": [choice]}
+        if role:
+            event.update(prompt_token_ids=None, prompt_text=None)
+        return sse_event(event)
 
     async def _stream(self, send: Send, request: SimRequest, chat: bool, ids: tuple[str, int],
                       include_usage: bool) -> None:
@@ -294,7 +347,7 @@ class SimApp:
         elif include_usage:
             usage: dict[str, Any] = {"id": ids[0], "object": "chat.completion.chunk" if chat
                      else "text_completion", "created": ids[1], "model": self.model_name,
-                     "choices": [], "usage": self._usage(request),
+                     "choices": [], "usage": self._usage(request, stream=True),
                      "system_fingerprint": FINGERPRINT}
             await send_chunk(send, sse_event(usage))
         await send_chunk(send, b"data: [DONE]\n\n")
@@ -302,8 +355,10 @@ class SimApp:
 
     # --- faults ----------------------------------------------------------
     def faults(self) -> dict[str, Any]:
+        engine = self.engine
         return {"hang": self.hang, "slow": self.slow, "error_rate": self.error_rate,
-                "engine_dead": self.engine_dead_at is not None}
+                "engine_dead": self.engine_dead_at is not None,
+                "effective_speed": engine.speed if engine else None}
 
     async def _set_faults(self, send: Send, body: Any) -> None:
         if not isinstance(body, dict):
@@ -339,10 +394,10 @@ class SimApp:
         if body.get("crash"):
             log.warning("fault crash: exiting with status 1")
             asyncio.get_running_loop().call_later(0.05, self._exit, 1)
-        await send_json(send, 200, self.faults())
         if "hang" in body:
             self.hang = bool(body["hang"])
             engine.pause(self.hang)
+        await send_json(send, 200, self.faults())
 
 
 async def read_json(receive: Receive) -> Any:
@@ -358,10 +413,13 @@ async def read_json(receive: Receive) -> Any:
         chunks.append(chunk)
         if not message.get("more_body"):
             break
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise _validation_error("missing", "body", "Field required", None)
     try:
-        return json.loads(b"".join(chunks))
+        return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadRequest(400, f"JSON decode error: {exc}", "Bad Request", "body") from exc
+        raise _validation_error("json_invalid", "body.1", "JSON decode error", {}) from exc
 
 
 async def send_bytes(send: Send, status: int, body: bytes, content_type: bytes) -> None:

@@ -1,85 +1,26 @@
 """`fleet up` with two real CPU vLLM replicas, used through the official client.
 
-Needs the CPU model prepared (`fleet model prepare`; `make test` does it).
-The tests share one cluster and run in file order: the last one takes it down.
+The tests share the session's cluster (conftest.py) and run in file order:
+the last one takes it down.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import openai
 import pytest
 import requests
-import yaml
 
-from router import model as model_store
 from router.health import port_in_use
-from router.runtime import RuntimePaths
-from router.spec import load_spec, resolve_engine_settings
 from router.supervise import Supervisor, descendants, process_alive
-from tests.support.harness import free_port, free_port_block, wait_for
+from tests.e2e.conftest import Cluster
+from tests.support.cli import fleet
+from tests.support.harness import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
-
-
-@dataclass
-class Cluster:
-    spec_path: Path
-    paths: RuntimePaths
-    url: str
-    model: str
-    ports: list[int]
-
-
-def fleet(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "router.cli", *args], capture_output=True,
-                          text=True, timeout=timeout, check=False)
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    tmp = tmp_path_factory.mktemp("e2e")
-    base = free_port_block(2)
-    data = {
-        "engine": "cpu",
-        "replicas": 2,
-        "runtime_dir": str(tmp / "rt"),
-        "ports": {"replica_base": base},
-        "gateway": {"port": free_port(), "status_port": free_port()},
-        "prometheus": {"port": free_port(), "scrape_interval_s": 2},
-    }
-    spec_path = tmp / "spec.yaml"
-    spec_path.write_text(yaml.safe_dump(data))
-    spec = load_spec(spec_path)
-    settings = resolve_engine_settings(spec, "cpu")
-    try:
-        model_store.resolve(settings.model, spec.model.cache_dir)
-    except model_store.ModelError as exc:
-        pytest.fail(f"{exc}; run `fleet model prepare` (make test does it first)")
-    up = fleet("up", "--spec", str(spec_path))
-    assert up.returncode == 0, f"fleet up failed:\n{up.stdout}\n{up.stderr}"
-    ports = [spec.gateway.port, spec.gateway.status_port, spec.prometheus.port, base, base + 1]
-    try:
-        yield Cluster(spec_path, RuntimePaths(spec.runtime_dir),
-                      f"http://127.0.0.1:{spec.gateway.port}", settings.served_model_name, ports)
-    finally:
-        fleet("down", "--spec", str(spec_path), timeout=180)
-
-
-@pytest.fixture
-def client(cluster: Cluster) -> Iterator[openai.OpenAI]:
-    # No retries: a failure the gateway lets through must show up here.
-    with openai.OpenAI(base_url=cluster.url + "/v1", api_key="unused", timeout=120,
-                       max_retries=0) as client:
-        yield client
 
 
 def test_chat_completion(cluster: Cluster, client: openai.OpenAI) -> None:

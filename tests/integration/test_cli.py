@@ -4,20 +4,15 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.support.cli import fleet
 from tests.support.harness import free_port
 
 pytestmark = pytest.mark.integration
-
-
-def fleet(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "router.cli", *args], capture_output=True,
-                          text=True, timeout=timeout, check=False)
 
 
 def _spec(tmp_path: Path, **data: object) -> Path:

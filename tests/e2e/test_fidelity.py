@@ -1,0 +1,119 @@
+"""The simulator against real vLLM, side by side: what the gateway and the
+controller see must be the same.
+
+Real: replica-0 of the session's CPU vLLM cluster, addressed directly.
+Simulated: a `fleet sim serve` process with the same served name and context.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+import pytest
+import requests
+
+from router.sim.metrics import NOT_SIMULATED
+from tests.e2e.conftest import Cluster
+from tests.support.fidelity import metric_families, shape
+from tests.support.sim import SimProcess, sim_replica
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+
+@pytest.fixture(scope="module")
+def sim(cluster: Cluster) -> Iterator[SimProcess]:
+    with sim_replica("--model", cluster.model, "--max-model-len",
+                     str(cluster.max_model_len)) as replica:
+        yield replica
+
+
+def _both(cluster: Cluster, sim: SimProcess) -> dict[str, str]:
+    return {"real": cluster.replica_urls[0], "sim": sim.url}
+
+
+def test_metric_families_types_and_labels_match(cluster: Cluster, sim: SimProcess) -> None:
+    real = metric_families(requests.get(cluster.replica_urls[0] + "/metrics", timeout=10).text)
+    simulated = metric_families(requests.get(sim.url + "/metrics", timeout=10).text)
+    assert simulated == {k: v for k, v in real.items() if k not in NOT_SIMULATED}
+
+
+def _present(obj: Any) -> Any:
+    """The fields the openai client found in an answer, with their types."""
+    return shape(obj.model_dump(exclude_unset=True))
+
+
+def _answers(url: str, model: str) -> dict[str, Any]:
+    hi = [{"role": "user", "content": "Say hi."}]
+    with openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0,
+                       timeout=120) as client:
+        chat = client.chat.completions.create(model=model, max_tokens=4, messages=hi)
+        completion = client.completions.create(model=model, max_tokens=4, prompt="Hello")
+        chat_chunks = list(client.chat.completions.create(
+            model=model, max_tokens=4, messages=hi, stream=True,
+            stream_options={"include_usage": True}))
+        completion_chunks = list(client.completions.create(
+            model=model, max_tokens=4, prompt="Hello", stream=True,
+            stream_options={"include_usage": True}))
+        plain_stream = list(client.chat.completions.create(
+            model=model, max_tokens=4, messages=hi, stream=True))
+    return {
+        "chat": _present(chat),
+        "chat.finish": chat.choices[0].finish_reason in {"stop", "length"},
+        "completion": _present(completion),
+        "completion.finish": completion.choices[0].finish_reason in {"stop", "length"},
+        "chat_stream.first": _present(chat_chunks[0]),
+        "chat_stream.content": _present(chat_chunks[1]),
+        "chat_stream.last": _present(chat_chunks[-2]),
+        "chat_stream.finish": chat_chunks[-2].choices[0].finish_reason in {"stop", "length"},
+        "chat_stream.usage": _present(chat_chunks[-1]),
+        "completion_stream.content": _present(completion_chunks[0]),
+        "completion_stream.last": _present(completion_chunks[-2]),
+        "completion_stream.usage": _present(completion_chunks[-1]),
+        "no_usage_unless_asked": all(c.usage is None for c in plain_stream),
+    }
+
+
+def test_openai_client_parses_both_identically(cluster: Cluster, sim: SimProcess) -> None:
+    real = _answers(cluster.replica_urls[0], cluster.model)
+    simulated = _answers(sim.url, cluster.model)
+    for key in real:
+        assert simulated[key] == real[key], key
+    assert real["chat.finish"] and real["chat_stream.finish"]
+    assert "usage" in real["chat_stream.usage"]
+
+
+MALFORMED: list[tuple[str, str, bytes]] = [
+    ("invalid JSON", "/v1/chat/completions", b"{bad"),
+    ("empty body", "/v1/chat/completions", b""),
+    ("body is a list", "/v1/chat/completions", b"[1, 2]"),
+    ("no messages", "/v1/chat/completions", b'{"model": "MODEL"}'),
+    ("messages not a list", "/v1/chat/completions", b'{"model": "MODEL", "messages": "hi"}'),
+    ("empty messages", "/v1/chat/completions", b'{"model": "MODEL", "messages": []}'),
+    ("unknown model", "/v1/chat/completions",
+     b'{"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}'),
+    ("negative max_tokens", "/v1/completions",
+     b'{"model": "MODEL", "prompt": "hi", "max_tokens": -1}'),
+    ("max_tokens over context", "/v1/completions",
+     b'{"model": "MODEL", "prompt": "hi", "max_tokens": 1000000}'),
+    ("max_tokens not a number", "/v1/completions",
+     b'{"model": "MODEL", "prompt": "hi", "max_tokens": "many"}'),
+    ("no prompt", "/v1/completions", b'{"model": "MODEL"}'),
+    ("prompt longer than context", "/v1/completions",
+     b'{"model": "MODEL", "prompt": "' + b"hello " * 3000 + b'", "max_tokens": 4}'),
+    ("stream not a boolean", "/v1/completions",
+     b'{"model": "MODEL", "prompt": "hi", "stream": "maybe"}'),
+]
+
+
+@pytest.mark.parametrize(("case", "path", "body"), MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_malformed_requests_get_the_same_status_and_error_shape(
+        cluster: Cluster, sim: SimProcess, case: str, path: str, body: bytes) -> None:
+    answers = {}
+    for name, url in _both(cluster, sim).items():
+        response = requests.post(url + path, data=body.replace(b"MODEL", cluster.model.encode()),
+                                 headers={"Content-Type": "application/json"}, timeout=30)
+        error = response.json()["error"]
+        answers[name] = (response.status_code, sorted(error), error["type"], error["param"])
+    assert answers["sim"] == answers["real"], case
