@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,10 +23,11 @@ from router.devices import Inventory, discover
 from router.errors import ClusterError
 from router.health import Probe, port_in_use, probe
 from router.plan import ClusterPlan, build_plan, choose_engine
+from router.procs import descendants, process_alive
 from router.render import check_nginx, check_prometheus, render_all, write_rendered
 from router.runtime import RuntimePaths, plan_state, read_state, write_atomic
 from router.spec import ClusterSpec, load_spec, resolve_engine_settings
-from router.supervise import ProcessInfo, Supervisor, descendants, process_alive
+from router.supervise import ProcessInfo, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +37,6 @@ Progress = Callable[[str], None]
 def make_plan(spec: ClusterSpec, inventory: Inventory | None = None,
               python: str | None = None) -> ClusterPlan:
     """Spec + devices + locally resolved model -> plan. Raises before any side effect."""
-    import sys
-
     inventory = inventory or discover()
     engine = choose_engine(spec, inventory)
     settings = resolve_engine_settings(spec, engine)

@@ -28,31 +28,9 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from router.procs import cmdline, group_members
+
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
-
-
-def _group_members(pgid: int) -> list[int]:
-    members = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as handle:
-                fields = handle.read().rsplit(") ", 1)[1].split()
-        except (FileNotFoundError, IndexError, ProcessLookupError):
-            continue
-        # fields: state ppid pgrp ...
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            members.append(int(entry))
-    return members
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            return handle.read().replace(b"\0", b" ").decode(errors="replace")
-    except (FileNotFoundError, ProcessLookupError):
-        return ""
 
 
 def kill_recorded_group(state: Path, marker: str) -> list[int]:
@@ -65,8 +43,8 @@ def kill_recorded_group(state: Path, marker: str) -> list[int]:
         pgid = int(state.read_text().strip())
     except (FileNotFoundError, ValueError):
         return []
-    members = [pid for pid in _group_members(pgid)
-               if marker in _cmdline(pid) or "VLLM::" in _cmdline(pid)]
+    members = [pid for pid in group_members(pgid)
+               if marker in cmdline(pid) or "VLLM::" in cmdline(pid)]
     if members:
         try:
             os.killpg(pgid, signal.SIGKILL)

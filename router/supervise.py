@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from router.errors import ClusterError
+from router.procs import process_alive
 from router.runtime import RuntimePaths
 
 
@@ -158,37 +159,3 @@ class Supervisor:
         os.kill(pid, signal.SIGKILL)
         raise ClusterError(f"supervisord (pid {pid}) did not stop within {timeout_s:.0f}s; "
                            "it was killed", hint="check `fleet logs` for a program that hangs")
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie child of ours counts as gone.
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
-            return handle.read().split(") ", 1)[1][0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live process below ``pid`` (Linux /proc), for leak checks."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as handle:
-                fields = handle.read().rsplit(") ", 1)[1].split()
-        except (FileNotFoundError, IndexError, ProcessLookupError):
-            continue
-        children.setdefault(int(fields[1]), []).append(int(entry))
-    found: list[int] = []
-    stack = [pid]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.append(child)
-            stack.append(child)
-    return found

@@ -23,7 +23,9 @@ def serve(settings: SimSettings, host: str, port: int, served_model_name: str) -
     app = SimApp(settings, served_model_name)
     config = uvicorn.Config(app, host=host, port=port, loop="uvloop", http="httptools",
                             lifespan="on", access_log=False, log_level="warning",
-                            timeout_keep_alive=75, backlog=4096)
+                            timeout_keep_alive=75, backlog=4096,
+                            # A hung request never ends by itself; do not wait on it.
+                            timeout_graceful_shutdown=2)
     log.info("simulated replica of '%s' on %s:%d speed=%g max_num_seqs=%d", served_model_name,
              host, port, settings.speed, settings.max_num_seqs)
     uvicorn.Server(config).run()

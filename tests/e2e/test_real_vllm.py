@@ -15,7 +15,8 @@ import pytest
 import requests
 
 from router.health import port_in_use
-from router.supervise import Supervisor, descendants, process_alive
+from router.procs import descendants, process_alive
+from router.supervise import Supervisor
 from tests.e2e.conftest import Cluster
 from tests.support.cli import fleet
 from tests.support.harness import wait_for

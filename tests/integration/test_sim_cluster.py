@@ -15,8 +15,9 @@ import requests
 import yaml
 
 from router.health import port_in_use
+from router.procs import descendants, process_alive
 from router.runtime import RuntimePaths
-from router.supervise import Supervisor, descendants, process_alive
+from router.supervise import Supervisor
 from tests.support.cli import fleet
 from tests.support.harness import free_port, free_port_block, wait_for
 

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from router.launch import kill_recorded_group
+from router.procs import process_alive
 
 # A stand-in for vLLM: a parent that forks a long-lived child and prints both pids.
 FORKER = (
@@ -22,18 +23,10 @@ FORKER = (
 )
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split(") ", 1)[1][0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def _wait_gone(pids: list[int], timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not any(_alive(p) for p in pids):
+        if not any(process_alive(p) for p in pids):
             return True
         time.sleep(0.05)
     return False
@@ -62,7 +55,7 @@ def test_killing_the_command_takes_its_children_down(tmp_path: Path) -> None:
         assert not state.exists()
     finally:
         for pid in (parent, child):
-            if _alive(pid):
+            if process_alive(pid):
                 os.kill(pid, signal.SIGKILL)
 
 
@@ -78,11 +71,11 @@ def test_a_killed_launcher_is_cleaned_up_by_the_next_one(tmp_path: Path) -> None
     first, parent, child = _start(state)
     first.kill()  # SIGKILL: the launcher gets no chance to clean up
     first.wait(timeout=10)
-    assert _alive(parent) and _alive(child)
+    assert process_alive(parent) and process_alive(child)
     second, parent2, child2 = _start(state)
     try:
         assert _wait_gone([parent, child]), "leftovers of the first run survived"
-        assert _alive(parent2) and _alive(child2)
+        assert process_alive(parent2) and process_alive(child2)
     finally:
         second.send_signal(signal.SIGTERM)
         second.wait(timeout=10)
