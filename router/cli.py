@@ -56,13 +56,18 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def _status_table(status: cluster.ClusterStatus) -> str:
-    rows = [["REPLICA", "DEVICE", "URL", "STATE", "PID", "HEALTH"]]
+    controlled = {r["name"]: r for r in (status.controller or {}).get("replicas", [])}
+    rows = [["REPLICA", "DEVICE", "URL", "STATE", "PID", "HEALTH", "WEIGHT", "REASON"]]
     for r in status.replicas:
         health = str(r.health.status) if r.health.status else (r.health.error or "-")
-        rows.append([r.name, r.device, r.url, r.state, str(r.pid or "-"), health])
+        view = controlled.get(r.name, {})
+        weight = "-" if view.get("weight") is None else (
+            str(view["weight"]) if view.get("in_rotation") else "out")
+        rows.append([r.name, r.device, r.url, r.state, str(r.pid or "-"), health, weight,
+                     view.get("reason") or "-"])
     others = [p for p in status.processes if not p.name.startswith("replica-")]
     for p in others:
-        rows.append([p.name, "-", "-", p.state, str(p.pid or "-"), "-"])
+        rows.append([p.name, "-", "-", p.state, str(p.pid or "-"), "-", "-", "-"])
     return _table(rows)
 
 
@@ -96,7 +101,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
     paths = RuntimePaths(spec.runtime_dir)
     state = read_state(paths)
     known = [r["name"] for r in state["replicas"]] if state else []
-    known += ["gateway", "prometheus", "nginx-error", "gateway-access", "supervisord"]
+    known += ["gateway", "prometheus", "controller", "nginx-error", "gateway-access",
+              "supervisord"]
     if args.name not in known:
         raise ClusterError(f"no log named {args.name!r}", hint="choose one of: " + ", ".join(known))
     path = paths.log(args.name)
@@ -197,6 +203,44 @@ def cmd_sim_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_controller_run(args: argparse.Namespace) -> int:
+    from router.controller.main import run
+
+    run(load_spec(args.spec))
+    return 0
+
+
+def _admin(args: argparse.Namespace, path: str, body: dict[str, object] | None = None) -> int:
+    spec = load_spec(args.spec)
+    paths = RuntimePaths(spec.runtime_dir)
+    state = read_state(paths)
+    if state is None:
+        raise ClusterError("no cluster is running", hint="start one with `fleet up`")
+    result = cluster.controller_call(paths, state, "POST", path, body, required=True)
+    assert result is not None
+    decision = result["decision"]
+    print(f"{args.replica}: {decision['reasons'].get(args.replica, '')}"
+          f" ({'applied' if decision['applied'] else decision['why']})")
+    return 0
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    return _admin(args, f"/replicas/{args.replica}/drain")
+
+
+def cmd_undrain(args: argparse.Namespace) -> int:
+    return _admin(args, f"/replicas/{args.replica}/undrain")
+
+
+def cmd_pin(args: argparse.Namespace) -> int:
+    if args.clear == (args.weight is not None):
+        raise SpecError("give either a WEIGHT (1-100) or --clear",
+                        hint="e.g. `fleet pin replica-1 20 --for 600` or `fleet pin replica-1 "
+                             "--clear`")
+    return _admin(args, f"/replicas/{args.replica}/weight",
+                  {"weight": args.weight, "ttl_s": args.for_s})
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fleet", description="Serve one LLM as several vLLM replicas behind one gateway URL.")
@@ -260,6 +304,27 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--hang", action="store_true", help="fault: accept but never answer")
     ps.set_defaults(func=cmd_sim_serve)
 
+    p = sub.add_parser("controller", help="the adaptive weight controller")
+    ctl_sub = p.add_subparsers(dest="controller_command", required=True, metavar="SUBCOMMAND")
+    pc = ctl_sub.add_parser("run", help="run the controller (supervisord does this)")
+    _spec_arg(pc)
+    pc.set_defaults(func=cmd_controller_run)
+
+    for name, func, text in (("drain", cmd_drain, "take a replica out of rotation"),
+                             ("undrain", cmd_undrain, "put a drained replica back")):
+        p = sub.add_parser(name, help=text)
+        _spec_arg(p)
+        p.add_argument("replica", metavar="REPLICA")
+        p.set_defaults(func=func)
+    p = sub.add_parser("pin", help="pin a replica's weight for a while")
+    _spec_arg(p)
+    p.add_argument("replica", metavar="REPLICA")
+    p.add_argument("weight", type=int, nargs="?", metavar="WEIGHT", help="1-100")
+    p.add_argument("--for", dest="for_s", type=float, default=600.0, metavar="SECONDS",
+                   help="until the pin expires (default 600)")
+    p.add_argument("--clear", action="store_true", help="remove the pin")
+    p.set_defaults(func=cmd_pin)
+
     p = sub.add_parser("chat", help="send one chat message through the gateway")
     _spec_arg(p)
     p.add_argument("message")
@@ -287,6 +352,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # Output piped into `head` and the like: not an error of ours.
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -25,7 +25,13 @@ from router.health import Probe, port_in_use, probe
 from router.plan import ClusterPlan, build_plan, choose_engine
 from router.procs import descendants, process_alive
 from router.render import check_nginx, check_prometheus, render_all, write_rendered
-from router.runtime import RuntimePaths, plan_state, read_state, write_atomic
+from router.runtime import (
+    RuntimePaths,
+    ensure_admin_token,
+    plan_state,
+    read_state,
+    write_atomic,
+)
 from router.spec import ClusterSpec, load_spec, resolve_engine_settings
 from router.supervise import ProcessInfo, Supervisor
 
@@ -51,6 +57,8 @@ def _check_ports_free(plan: ClusterPlan) -> None:
               ("127.0.0.1", spec.gateway.status_port, "gateway.status_port")]
     if spec.prometheus.enabled:
         wanted.append(("127.0.0.1", spec.prometheus.port, "prometheus.port"))
+    if spec.controller.enabled:
+        wanted.append(("127.0.0.1", spec.controller.port, "controller.port"))
     wanted += [("127.0.0.1", r.port, f"{r.name} (ports.replica_base + {r.index})")
                for r in plan.replicas]
     busy = [f"{port} ({key})" for host, port, key in wanted if port_in_use(host, port)]
@@ -70,6 +78,7 @@ def _prepare_runtime(plan: ClusterPlan, paths: RuntimePaths) -> None:
 
         nobody = pwd.getpwnam("nobody")
         os.chown(paths.nginx_temp_dir, nobody.pw_uid, nobody.pw_gid)
+    ensure_admin_token(paths)
     write_rendered(render_all(plan, paths), paths.config_dir)
     check_nginx(paths.nginx_conf, paths.log("nginx-check"))
     if plan.spec.prometheus.enabled:
@@ -96,6 +105,8 @@ class ClusterStatus:
     gateway_health: Probe | None
     replicas: list[ReplicaStatus]
     processes: list[ProcessInfo]
+    # The controller's GET /status, or None when it does not answer.
+    controller: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -112,6 +123,7 @@ class ClusterStatus:
                 {"name": p.name, "state": p.state, "pid": p.pid, "uptime_s": p.uptime_s}
                 for p in self.processes
             ],
+            "controller": self.controller,
         }
 
 
@@ -134,7 +146,39 @@ def status(spec: ClusterSpec) -> ClusterStatus:
         ))
     gateway_url = state["gateway_url"]
     return ClusterStatus(True, gateway_url, probe(gateway_url + "/health", timeout_s=5.0),
-                         replicas, processes)
+                         replicas, processes, controller_call(paths, state, "GET", "/status"))
+
+
+def controller_call(paths: RuntimePaths, state: dict[str, Any], method: str, path: str,
+                    body: dict[str, Any] | None = None,
+                    required: bool = False) -> dict[str, Any] | None:
+    """One admin API call with the cluster's token; None (or ClusterError) on failure."""
+    import requests
+
+    from router.runtime import read_admin_token
+
+    url = state.get("controller_url")
+    try:
+        if url is None:
+            raise ClusterError("this cluster runs without the controller",
+                               hint="set controller.enabled: true in the spec")
+        response = requests.request(
+            method, url + path, json=body, timeout=10,
+            headers={"Authorization": f"Bearer {read_admin_token(paths)}"})
+    except (requests.RequestException, ClusterError) as exc:
+        if required:
+            if isinstance(exc, ClusterError):
+                raise
+            raise ClusterError(f"the controller at {url} did not answer: {exc}",
+                               hint="see `fleet logs controller`") from exc
+        return None
+    if response.status_code != 200:
+        if required:
+            detail = response.json().get("detail", response.text)
+            raise ClusterError(f"the controller refused: {detail}")
+        return None
+    result: dict[str, Any] = response.json()
+    return result
 
 
 def _log_tail(path: Path, lines: int = 15) -> str:
@@ -167,7 +211,9 @@ def _wait_healthy(plan: ClusterPlan, paths: RuntimePaths, supervisor: Supervisor
                 progress(f"{replica.name} on {replica.device} healthy after {elapsed:.0f}s")
         if len(healthy) == len(plan.replicas):
             models = probe(plan.gateway_url + "/v1/models", timeout_s=5.0)
-            if models.ok:
+            controller_ok = not plan.spec.controller.enabled or probe(
+                f"http://127.0.0.1:{plan.spec.controller.port}/metrics").ok
+            if models.ok and controller_ok:
                 progress(f"gateway {plan.gateway_url} answers /v1/models after {elapsed:.0f}s")
                 return
         if time.monotonic() > deadline:

@@ -10,6 +10,8 @@ and maps the class to an exit status.
     ├── DeviceError          GPU discovery disagrees with the spec
     ├── ModelError           a model is missing or cannot be prepared
     ├── RenderError          a rendered config was rejected (nginx -t, promtool)
+    ├── MetricsUnavailable   Prometheus did not answer or refused a query
+    ├── NginxReloadFailed    a new upstream was not applied; the old one was restored
     └── ClusterError         starting, stopping or talking to the cluster failed
 """
 
@@ -60,6 +62,18 @@ class ModelError(FleetError):
 
 class RenderError(FleetError):
     """A rendered configuration failed its check; the running one was kept."""
+
+    exit_code = 5
+
+
+class MetricsUnavailable(FleetError):
+    """Prometheus is down, slow or refused a query; the controller holds weights."""
+
+    exit_code = 7
+
+
+class NginxReloadFailed(FleetError):
+    """An upstream change failed `nginx -t`, the reload or its check; rolled back."""
 
     exit_code = 5
 

@@ -13,6 +13,7 @@ file: callers render into a staging folder, check, then move into place.
 from __future__ import annotations
 
 import grp
+import hashlib
 import os
 import pwd
 import re
@@ -20,16 +21,17 @@ import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import jinja2
 
 from router.errors import EnvironmentError_, RenderError
 from router.plan import ClusterPlan, ReplicaPlan
 from router.runtime import RuntimePaths, write_atomic
-from router.spec import REPO_ROOT
+from router.spec import REPO_ROOT, GatewaySpec
 
 # Every replica starts with the same weight, in the middle of [1, 100] so the
 # controller can move it both ways.
@@ -92,14 +94,25 @@ def nginx_run_user() -> str | None:
     return f"nobody {grp.getgrgid(nobody.pw_gid).gr_name}"
 
 
-def upstream_servers(plan: ClusterPlan, weights: Mapping[str, int] | None = None,
+class UpstreamMember(Protocol):
+    """What the upstream block needs to know of a replica."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def device(self) -> str: ...
+    @property
+    def address(self) -> str: ...
+
+
+def upstream_servers(gw: GatewaySpec, members: Sequence[UpstreamMember],
+                     weights: Mapping[str, int] | None = None,
                      down: frozenset[str] = frozenset(),
                      reasons: Mapping[str, str] | None = None) -> list[UpstreamServer]:
-    gw = plan.spec.gateway
     weights = weights or {}
     reasons = reasons or {}
     servers = []
-    for replica in plan.replicas:
+    for replica in members:
         weight = weights.get(replica.name, BASE_WEIGHT)
         if not 1 <= weight <= 100:
             raise RenderError(f"weight {weight} for {replica.name} is outside [1, 100]",
@@ -118,16 +131,30 @@ def upstream_servers(plan: ClusterPlan, weights: Mapping[str, int] | None = None
     return servers
 
 
-def render_upstream(plan: ClusterPlan, weights: Mapping[str, int] | None = None,
+@dataclass(frozen=True)
+class RenderedUpstream:
+    """The upstream file and the version nginx reports once it is live."""
+
+    text: str
+    version: str
+
+
+def render_upstream(gw: GatewaySpec, members: Sequence[UpstreamMember],
+                    weights: Mapping[str, int] | None = None,
                     down: frozenset[str] = frozenset(),
                     reasons: Mapping[str, str] | None = None,
-                    provenance: str = "written by fleet up with equal weights") -> str:
+                    provenance: str = "written by fleet up with equal weights"
+                    ) -> RenderedUpstream:
     # An all-down group is still a valid config: nginx answers "no live
     # upstreams" and the gateway turns that into a JSON 503.
-    servers = upstream_servers(plan, weights, down, reasons)
-    return _template("nginx/upstream.conf.j2").render(
-        servers=servers, keepalive=plan.spec.gateway.keepalive, provenance=provenance,
+    servers = upstream_servers(gw, members, weights, down, reasons)
+    # The version is what the status port's /fleet/config-version answers
+    # once nginx runs this file: the proof that a reload took effect.
+    version = hashlib.sha256(repr((servers, gw.keepalive)).encode()).hexdigest()[:12]
+    text = _template("nginx/upstream.conf.j2").render(
+        servers=servers, keepalive=gw.keepalive, provenance=provenance, version=version,
     )
+    return RenderedUpstream(text=text, version=version)
 
 
 def render_nginx(plan: ClusterPlan, paths: RuntimePaths) -> str:
@@ -163,6 +190,7 @@ def render_prometheus(plan: ClusterPlan) -> str:
         replicas=[{"name": r.name, "address": r.address, "device": r.device}
                   for r in plan.replicas],
         prometheus_port=prom.port,
+        controller_port=plan.spec.controller.port if plan.spec.controller.enabled else None,
     )
 
 
@@ -243,11 +271,27 @@ def prometheus_program(plan: ClusterPlan, paths: RuntimePaths) -> Program:
     )
 
 
+def controller_program(paths: RuntimePaths) -> Program:
+    return Program(
+        name="controller",
+        comment="the adaptive weight controller and its admin API",
+        argv=(sys.executable, "-m", "router.cli", "controller", "run",
+              "--spec", str(paths.spec_json)),
+        env={"PYTHONUNBUFFERED": "1"},
+        startsecs=2,
+        startretries=10,
+        stopsignal="TERM",
+        stopwaitsecs=15,
+    )
+
+
 def programs(plan: ClusterPlan, paths: RuntimePaths) -> list[Program]:
     progs = [replica_program(r, paths) for r in plan.replicas]
     progs.append(gateway_program(paths))
     if plan.spec.prometheus.enabled:
         progs.append(prometheus_program(plan, paths))
+    if plan.spec.controller.enabled:
+        progs.append(controller_program(paths))
     return progs
 
 
@@ -266,8 +310,9 @@ def render_supervisord(plan: ClusterPlan, paths: RuntimePaths) -> str:
 def render_all(plan: ClusterPlan, paths: RuntimePaths) -> RenderedConfig:
     files = {
         paths.nginx_conf.name: render_nginx(plan, paths),
-        paths.upstream_conf.name: render_upstream(plan),
+        paths.upstream_conf.name: render_upstream(plan.spec.gateway, plan.replicas).text,
         paths.supervisord_conf.name: render_supervisord(plan, paths),
+        paths.spec_json.name: plan.spec.model_dump_json(indent=2) + "\n",
     }
     if plan.spec.prometheus.enabled:
         files[paths.prometheus_yml.name] = render_prometheus(plan)

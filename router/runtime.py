@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from router.errors import ClusterError
 from router.plan import ClusterPlan
 
 
@@ -74,6 +76,15 @@ class RuntimePaths:
     def state_json(self) -> Path:
         return self.root / "state.json"
 
+    @property
+    def spec_json(self) -> Path:
+        """The validated spec the cluster was started with (the controller reads it)."""
+        return self.config_dir / "spec.json"
+
+    @property
+    def admin_token(self) -> Path:
+        return self.root / "admin-token"
+
     def launch_state(self, program: str) -> Path:
         return self.root / "run" / f"{program}.pgid"
 
@@ -115,6 +126,9 @@ def plan_state(plan: ClusterPlan, spec_path: Path | None) -> dict[str, Any]:
         "prometheus_url": (
             f"http://127.0.0.1:{spec.prometheus.port}" if spec.prometheus.enabled else None
         ),
+        "controller_url": (
+            f"http://127.0.0.1:{spec.controller.port}" if spec.controller.enabled else None
+        ),
         "replicas": [
             {
                 "name": r.name,
@@ -127,6 +141,21 @@ def plan_state(plan: ClusterPlan, spec_path: Path | None) -> dict[str, Any]:
             for r in plan.replicas
         ],
     }
+
+
+def ensure_admin_token(paths: RuntimePaths) -> str:
+    """The controller's admin token, created once with mode 0600."""
+    if not paths.admin_token.exists():
+        write_atomic(paths.admin_token, secrets.token_urlsafe(32) + "\n", mode=0o600)
+    return read_admin_token(paths)
+
+
+def read_admin_token(paths: RuntimePaths) -> str:
+    try:
+        return paths.admin_token.read_text(encoding="utf-8").strip()
+    except FileNotFoundError as exc:
+        raise ClusterError(f"no admin token at {paths.admin_token}",
+                           hint="it is created by `fleet up`; start the cluster first") from exc
 
 
 def read_state(paths: RuntimePaths) -> dict[str, Any] | None:

@@ -242,6 +242,49 @@ class SimSpec(_Model):
                                                  self.replicas[index]))
 
 
+class ControllerSpec(_Model):
+    """The adaptive weight controller (docs/controller.md explains every knob)."""
+
+    enabled: bool = True
+    # The admin API and the controller's /metrics, on loopback.
+    port: Port = 8090
+    # Active health probes of every replica's /health.
+    probe_interval_s: float = Field(default=1.0, gt=0.0, le=60.0)
+    probe_timeout_s: float = Field(default=1.0, gt=0.0, le=60.0)
+    # Consecutive failures that take a replica out, successes that bring it back.
+    fail_threshold: int = Field(default=2, ge=1, le=100)
+    recover_threshold: int = Field(default=2, ge=1, le=100)
+    # A recovered replica's weight ramps from 1 to its target over this long.
+    slow_start_s: float = Field(default=30.0, ge=0.0)
+    # How often weights are recomputed from Prometheus.
+    evaluate_interval_s: float = Field(default=2.0, gt=0.0, le=600.0)
+    # The window of the P99 latency queries (Prometheus duration).
+    latency_window: str = "1m"
+    # A Prometheus sample older than this is "no data".
+    max_signal_age_s: float = Field(default=30.0, gt=0.0)
+    query_timeout_s: float = Field(default=2.0, gt=0.0, le=60.0)
+    # Share of the step from the current weight to the target taken per
+    # evaluation (1 = jump straight to the target).
+    smoothing: float = Field(default=0.5, gt=0.0, le=1.0)
+    # A replica this many times slower than the fleet median gets 1/ratio of
+    # the weight; the ratio is capped so one bad sample cannot zero a replica.
+    max_latency_ratio: float = Field(default=4.0, ge=1.0)
+    # Reload for weights only when one moves by at least this fraction...
+    min_weight_change: float = Field(default=0.20, ge=0.0, le=10.0)
+    # ...and no sooner than this after the last weight reload. Health changes
+    # apply at once.
+    min_reload_interval_s: float = Field(default=10.0, ge=0.0)
+    # How many decisions GET /decisions keeps.
+    history: int = Field(default=200, ge=1, le=100_000)
+
+    @field_validator("latency_window")
+    @classmethod
+    def _window(cls, value: str) -> str:
+        if not re.fullmatch(r"[1-9][0-9]*(s|m|h)", value):
+            raise ValueError(f"{value!r} is not a Prometheus range; write e.g. 30s or 1m")
+        return value
+
+
 class ClusterSpec(_Model):
     """The whole cluster. Loaded with :func:`load_spec`."""
 
@@ -253,6 +296,7 @@ class ClusterSpec(_Model):
     ports: PortsSpec = PortsSpec()
     prometheus: PrometheusSpec = PrometheusSpec()
     sim: SimSpec = SimSpec()
+    controller: ControllerSpec = ControllerSpec()
     runtime_dir: Path = Field(default_factory=default_runtime_dir)
     # How long `fleet up` waits for every replica to answer /health.
     startup_timeout_s: int = Field(default=900, ge=10)
@@ -263,7 +307,7 @@ class ClusterSpec(_Model):
         # A section whose keys are all commented out parses as None in YAML;
         # it means "all defaults", not "invalid".
         if isinstance(data, dict):
-            sections = {"gateway", "model", "vllm", "ports", "prometheus", "sim"}
+            sections = {"gateway", "model", "vllm", "ports", "prometheus", "sim", "controller"}
             return {k: v for k, v in data.items() if not (k in sections and v is None)}
         return data
 
@@ -284,6 +328,8 @@ class ClusterSpec(_Model):
         fixed = {"gateway.port": self.gateway.port, "gateway.status_port": self.gateway.status_port}
         if self.prometheus.enabled:
             fixed["prometheus.port"] = self.prometheus.port
+        if self.controller.enabled:
+            fixed["controller.port"] = self.controller.port
         seen: dict[int, str] = {}
         for key, port in fixed.items():
             if port in seen:

@@ -139,6 +139,14 @@ class Supervisor:
                 return info
         raise ClusterError(f"no supervised process named {name!r}")
 
+    def stop_process(self, name: str) -> None:
+        """Stop one program; supervisord will not restart it until started again."""
+        self._call("supervisor.stopProcess", name)
+
+    def start_process(self, name: str) -> None:
+        # wait=False: supervisord would otherwise hold the call for startsecs.
+        self._call("supervisor.startProcess", name, False)
+
     def signal(self, name: str, sig: str) -> None:
         self._call("supervisor.signalProcess", name, sig)
 

@@ -44,6 +44,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         "ports": {"replica_base": base},
         "gateway": {"port": free_port(), "status_port": free_port()},
         "prometheus": {"port": free_port(), "scrape_interval_s": 2},
+        "controller": {"port": free_port()},
     }
     spec_path = tmp / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(data))
@@ -55,7 +56,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         pytest.fail(f"{exc}; run `fleet model prepare` (make test does it first)")
     up = fleet("up", "--spec", str(spec_path), timeout=900)
     assert up.returncode == 0, f"fleet up failed:\n{up.stdout}\n{up.stderr}"
-    ports = [spec.gateway.port, spec.gateway.status_port, spec.prometheus.port, base, base + 1]
+    ports = [spec.gateway.port, spec.gateway.status_port, spec.prometheus.port,
+             spec.controller.port, base, base + 1]
     try:
         yield Cluster(spec_path, RuntimePaths(spec.runtime_dir),
                       f"http://127.0.0.1:{spec.gateway.port}", settings.served_model_name,

@@ -19,7 +19,7 @@ def _spec(tmp_path: Path, **data: object) -> Path:
     path = tmp_path / "spec.yaml"
     base = {"engine": "cpu", "runtime_dir": str(tmp_path / "rt"),
             "gateway": {"port": free_port(), "status_port": free_port()},
-            "prometheus": {"port": free_port()}}
+            "prometheus": {"port": free_port()}, "controller": {"port": free_port()}}
     path.write_text(yaml.safe_dump({**base, **data}))
     return path
 

@@ -44,6 +44,7 @@ def cluster(tmp_path: Path) -> Iterator[SimCluster]:
         "ports": {"replica_base": base},
         "gateway": {"port": gateway, "status_port": status},
         "prometheus": {"port": prom},
+        "controller": {"port": free_port()},
         "sim": {"replicas": [{}, {}, {"speed": 0.33}]},
     }))
     up = fleet("up", "--spec", str(spec))

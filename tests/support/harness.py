@@ -68,6 +68,7 @@ def plan_for(runtime_dir: Path, replicas: int, replica_base: int, **spec: Any) -
         "gateway": {"port": free_port(), "status_port": free_port(), "worker_processes": 1,
                     **spec.pop("gateway", {})},
         "prometheus": {"port": free_port(), "scrape_interval_s": 1, **spec.pop("prometheus", {})},
+        "controller": {"port": free_port(), **spec.pop("controller", {})},
         **spec,
     }
     parsed = parse_spec(data)

@@ -6,6 +6,7 @@ Regenerate after an intended template change with
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -53,13 +54,29 @@ def test_rendered_files_match_golden(case: str, data: dict, inventory) -> None: 
     plan = _plan(data, inventory)
     rendered = render.render_all(plan, RuntimePaths(ROOT))
     assert set(rendered.files) == {"nginx.conf", "upstream.conf", "prometheus.yml",
-                                   "supervisord.conf"}
+                                   "supervisord.conf", "spec.json"}
+    # spec.json holds machine paths (the model cache under $HOME): it must
+    # reproduce the spec, not match a golden file.
+    assert parse_spec(json.loads(rendered.files.pop("spec.json"))) == plan.spec
     for name, text in rendered.files.items():
         _check(f"{case}.{name}", text)
 
 
+def _upstream(plan: ClusterPlan) -> str:
+    return render.render_upstream(plan.spec.gateway, plan.replicas).text
+
+
+def test_upstream_version_follows_content() -> None:
+    plan = _plan({}, gpu_inventory(2))
+    first = render.render_upstream(plan.spec.gateway, plan.replicas)
+    same = render.render_upstream(plan.spec.gateway, plan.replicas)
+    other = render.render_upstream(plan.spec.gateway, plan.replicas, weights={"replica-0": 9})
+    assert first.version == same.version != other.version
+    assert f'default "{first.version}";' in first.text
+
+
 def test_upstream_keeps_least_conn_before_keepalive_and_zone() -> None:
-    text = render.render_upstream(_plan({}, gpu_inventory(2)))
+    text = _upstream(_plan({}, gpu_inventory(2)))
     lines = [line.strip() for line in text.splitlines()
              if line.strip() and not line.strip().startswith("#")]
     directives = [line.split()[0].rstrip(";") for line in lines]
@@ -68,9 +85,9 @@ def test_upstream_keeps_least_conn_before_keepalive_and_zone() -> None:
 
 def test_upstream_weights_down_and_reasons() -> None:
     plan = _plan({}, gpu_inventory(3))
-    text = render.render_upstream(plan, weights={"replica-1": 7},
+    text = render.render_upstream(plan.spec.gateway, plan.replicas, weights={"replica-1": 7},
                                   down=frozenset({"replica-2"}),
-                                  reasons={"replica-1": "p99 2.1x fleet median"})
+                                  reasons={"replica-1": "p99 2.1x fleet median"}).text
     assert "server 127.0.0.1:8101 weight=7 " in text
     assert "# replica-1 on GPU-00000001-aaaa-bbbb-cccc-dddddddddddd: p99 2.1x fleet median" in text
     assert "server 127.0.0.1:8102 weight=50 max_fails=2 fail_timeout=10s down;" in text
@@ -79,7 +96,8 @@ def test_upstream_weights_down_and_reasons() -> None:
 @pytest.mark.parametrize("weight", [0, 101, -3])
 def test_weight_outside_nginx_range_is_refused(weight: int) -> None:
     with pytest.raises(RenderError, match="outside"):
-        render.render_upstream(_plan({}, gpu_inventory(2)), weights={"replica-0": weight})
+        plan = _plan({}, gpu_inventory(2))
+        render.render_upstream(plan.spec.gateway, plan.replicas, weights={"replica-0": weight})
 
 
 def test_prometheus_disabled_renders_no_prometheus_files() -> None:

@@ -1,0 +1,109 @@
+"""The controller's admin API (FastAPI), on loopback, behind a bearer token.
+
+    GET  /status                      every replica: weight, health, signals and their age,
+                                      overrides, the last decision and its reason
+    GET  /decisions?limit=N           recent decisions, newest last
+    POST /replicas/{name}/drain       out of rotation until undrained
+    POST /replicas/{name}/undrain
+    POST /replicas/{name}/weight      {"weight": 1-100, "ttl_s": seconds} pins a weight;
+                                      {"weight": null} removes the pin
+    GET  /metrics                     the controller's Prometheus metrics (no token)
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the dependency
+# annotations at run time, and some name objects local to create_app.
+import hmac
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+
+from router.controller.service import Controller
+
+DEFAULT_PIN_TTL_S = 600.0
+
+
+class PinRequest(BaseModel):
+    """Pin a replica's weight for a while; null removes the pin."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    weight: int | None = Field(ge=1, le=100, description="nginx weight, 1-100; null unpins")
+    ttl_s: float = Field(default=DEFAULT_PIN_TTL_S, gt=0, le=7 * 86400,
+                         description="seconds until the pin expires")
+
+
+def create_app(controller: Controller, token: str, run_loop: bool = True) -> FastAPI:
+    bearer = HTTPBearer(auto_error=False)
+
+    def authorised(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> None:
+        if credentials is None or not hmac.compare_digest(credentials.credentials.encode(),
+                                                          token.encode()):
+            raise HTTPException(
+                status_code=401, headers={"WWW-Authenticate": "Bearer"},
+                detail="a valid admin token is required: send 'Authorization: Bearer <token>' "
+                       "with the token from <runtime_dir>/admin-token")
+
+    def replica(name: str) -> str:
+        if name not in controller.names:
+            raise HTTPException(status_code=404, detail=f"no replica named {name!r}; "
+                                f"replicas are: {', '.join(controller.names)}")
+        return name
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        import asyncio
+
+        task = asyncio.create_task(controller.run()) if run_loop else None
+        yield
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+    app = FastAPI(title="llm-fleet controller", version="1", lifespan=lifespan,
+                  description=__doc__)
+    guarded = [Depends(authorised)]
+
+    @app.get("/status", dependencies=guarded)
+    async def status() -> dict[str, Any]:
+        return controller.status()
+
+    @app.get("/decisions", dependencies=guarded)
+    async def decisions(limit: Annotated[int, Query(ge=1, le=10_000)] = 50) -> dict[str, Any]:
+        records = list(controller.history)[-limit:]
+        return {"decisions": [r.__dict__ for r in records]}
+
+    @app.post("/replicas/{name}/drain", dependencies=guarded)
+    async def drain(name: str) -> dict[str, Any]:
+        record = await controller.set_override(replica(name), drained=True)
+        return {"replica": name, "drained": True, "decision": record.__dict__}
+
+    @app.post("/replicas/{name}/undrain", dependencies=guarded)
+    async def undrain(name: str) -> dict[str, Any]:
+        record = await controller.set_override(replica(name), drained=False)
+        return {"replica": name, "drained": False, "decision": record.__dict__}
+
+    @app.post("/replicas/{name}/weight", dependencies=guarded)
+    async def pin(name: str, body: PinRequest) -> dict[str, Any]:
+        expires = None if body.weight is None else time.time() + body.ttl_s
+        record = await controller.set_override(replica(name), pinned_weight=body.weight,
+                                               pin_expires_at=expires)
+        return {"replica": name, "pinned_weight": body.weight, "pin_expires_at": expires,
+                "decision": record.__dict__}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(_request: Request) -> Response:
+        return Response(generate_latest(controller.metrics.registry),
+                        media_type=CONTENT_TYPE_LATEST)
+
+    return app

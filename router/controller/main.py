@@ -1,0 +1,41 @@
+"""`fleet controller run`: the controller process that supervisord runs."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from router.controller.actuator import Actuator
+from router.controller.api import create_app
+from router.controller.service import Controller, Member
+from router.controller.signals import PrometheusClient
+from router.errors import ClusterError
+from router.runtime import RuntimePaths, read_admin_token, read_state
+from router.spec import ClusterSpec
+
+log = logging.getLogger(__name__)
+
+
+def members_from_state(paths: RuntimePaths) -> list[Member]:
+    state = read_state(paths)
+    if state is None:
+        raise ClusterError(f"no state.json in {paths.root}",
+                           hint="the controller runs inside a cluster started by `fleet up`")
+    return [Member(r["name"], r["device"], r["url"]) for r in state["replicas"]]
+
+
+def run(spec: ClusterSpec) -> None:
+    # One line per probe is noise; decisions and reloads are what to read.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    paths = RuntimePaths(spec.runtime_dir)
+    members = members_from_state(paths)
+    prometheus = (PrometheusClient(f"http://127.0.0.1:{spec.prometheus.port}",
+                                   spec.controller.query_timeout_s)
+                  if spec.prometheus.enabled else None)
+    controller = Controller(members, spec.controller, Actuator(spec.gateway, members, paths),
+                            prometheus)
+    app = create_app(controller, read_admin_token(paths))
+    log.info("controller for %d replicas on 127.0.0.1:%d", len(members), spec.controller.port)
+    uvicorn.run(app, host="127.0.0.1", port=spec.controller.port, log_level="warning",
+                access_log=False)

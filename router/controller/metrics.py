@@ -1,0 +1,46 @@
+"""The controller's own Prometheus metrics (its registry, no globals)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+RELOAD_RESULTS = ("success", "nginx_test_failed", "reload_failed")
+
+
+class ControllerMetrics:
+    def __init__(self) -> None:
+        self.registry = reg = CollectorRegistry()
+        self.weight = Gauge("fleet_controller_replica_weight",
+                            "nginx weight the gateway runs with, per replica (1-100).",
+                            ["replica"], registry=reg)
+        self.in_rotation = Gauge("fleet_controller_replica_in_rotation",
+                                 "1 while the replica is in the gateway's rotation, else 0.",
+                                 ["replica"], registry=reg)
+        self.healthy = Gauge("fleet_controller_replica_healthy",
+                             "1 while the controller's own health probes pass, else 0.",
+                             ["replica"], registry=reg)
+        self.signal_age = Gauge("fleet_controller_signal_age_seconds",
+                                "Age of the replica's newest Prometheus sample, in seconds "
+                                "(+Inf when there is none).", ["replica"], registry=reg)
+        self.override = Gauge("fleet_controller_override",
+                              "1 while an admin override is active, by kind (drain, pin).",
+                              ["replica", "kind"], registry=reg)
+        self.reloads = Counter("fleet_controller_reloads",
+                               "nginx reloads attempted by the controller, by result.",
+                               ["result"], registry=reg)
+        self.decisions = Counter("fleet_controller_decisions",
+                                 "Policy evaluations, by whether they were applied.",
+                                 ["applied"], registry=reg)
+        self.decision_seconds = Histogram(
+            "fleet_controller_decision_duration_seconds",
+            "Time to gather signals and compute one decision, in seconds.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0), registry=reg)
+        self.prometheus_up = Gauge("fleet_controller_prometheus_up",
+                                   "1 when the last Prometheus query succeeded, else 0.",
+                                   registry=reg)
+        self.last_reload = Gauge("fleet_controller_last_successful_reload_timestamp_seconds",
+                                 "Unix time of the last successful reload.", registry=reg)
+        for result in RELOAD_RESULTS:
+            self.reloads.labels(result=result)
+        for applied in ("true", "false"):
+            self.decisions.labels(applied=applied)

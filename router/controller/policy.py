@@ -1,0 +1,284 @@
+"""The weight policy: signals in, nginx weights and the down set out. Pure.
+
+``decide(snapshot, previous, settings)`` has no I/O and no clock of its own:
+the snapshot carries the time. ``should_apply`` is the hysteresis that
+decides whether a decision is worth an nginx reload.
+
+For each replica r, in order (the first rule that applies wins for `down`):
+
+1. **Drained by an admin** -> ``down``. An admin's word beats any signal.
+2. **Failing its health probes** (``fail_threshold`` consecutive failures of
+   the controller's own 1 s probes) -> ``down`` at once. Prometheus is far
+   too slow to detect a dead replica; the probes are not.
+3. **Weight** from two ratios against the fleet median, computed over the
+   replicas in rotation that have fresh data:
+
+       latency_ratio_r  = max(p99_ttft_r / median(p99_ttft), p99_e2e_r / median(p99_e2e))
+                          clamped to [1/max_latency_ratio, max_latency_ratio]
+       pressure_r       = kv_cache_usage_r + min(1, waiting_r / max(1, running_r))
+       raw_r            = BASE_WEIGHT / latency_ratio_r * (1 + median(pressure)) / (1 + pressure_r)
+       target_r         = previous_target_r + smoothing * (raw_r - previous_target_r)
+
+   - Latency relative to the median, not absolute: a long prompt mix slows
+     every replica alike and must not move weights; one replica at three
+     times the median (thermal throttling, a noisy neighbour) gets a third.
+     Both TTFT and E2E count, since the histograms' coarse buckets can hide
+     a difference in one of them.
+   - Pressure is how full the replica's GPU is for vLLM: its KV cache and the
+     queue in front of it. GPU utilisation is not used: NVML reports any
+     kernel activity in the sample period as busy, so every replica with a
+     batch reads near 100 %.
+   - Smoothing keeps one noisy evaluation from swinging traffic, and the
+     clamp keeps a single bad sample from zeroing a replica.
+   - **No data is not zero.** A NaN, missing or stale sample (older than
+     ``max_signal_age_s``) drops that term; with no usable term the replica
+     keeps its previous target ("hold"). Stale data never reads as fast,
+     nor as saturated.
+4. **Slow start**: a replica back in rotation ramps linearly from weight 1
+   to its target over ``slow_start_s`` (open-source nginx has no
+   slow_start), so it is not flooded while its caches are cold.
+5. **Pinned by an admin** -> that weight, until the pin expires.
+6. Weights are integers in [1, 100]: nginx rejects weight=0; draining is
+   `down`.
+7. **Never all down**: if every replica would be out, the least bad one (the
+   most recent successful probe) stays in rotation. Failing open serves
+   some clients; failing closed serves none.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from router.render import BASE_WEIGHT
+from router.spec import ControllerSpec
+
+MIN_WEIGHT, MAX_WEIGHT = 1, 100
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One signal value and how old it is."""
+
+    value: float
+    age_s: float
+
+    def usable(self, max_age_s: float) -> bool:
+        return math.isfinite(self.value) and 0 <= self.age_s <= max_age_s
+
+
+@dataclass(frozen=True)
+class ReplicaSignals:
+    """What Prometheus says about one replica; None where it says nothing."""
+
+    ttft_p99: Sample | None = None
+    e2e_p99: Sample | None = None
+    waiting: Sample | None = None
+    running: Sample | None = None
+    kv_usage: Sample | None = None
+    gpu_util: Sample | None = None
+    up: Sample | None = None
+
+
+@dataclass(frozen=True)
+class Health:
+    """The active prober's view of one replica."""
+
+    healthy: bool = True
+    # When it last came back into rotation (None: it never left).
+    recovered_at: float | None = None
+    consecutive_failures: int = 0
+    last_success: float | None = None
+
+
+@dataclass(frozen=True)
+class Override:
+    """An admin's instruction for one replica."""
+
+    drained: bool = False
+    pinned_weight: int | None = None
+    pin_expires_at: float | None = None
+
+    def pin_active(self, now: float) -> bool:
+        return self.pinned_weight is not None and (
+            self.pin_expires_at is None or now < self.pin_expires_at)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything the policy looks at, at one instant."""
+
+    now: float
+    replicas: tuple[str, ...]
+    signals: Mapping[str, ReplicaSignals] = field(default_factory=dict)
+    health: Mapping[str, Health] = field(default_factory=dict)
+    overrides: Mapping[str, Override] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ReplicaDecision:
+    weight: int
+    down: bool
+    target: float  # the smoothed, unrounded target: the next decision starts here
+    reason: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    at: float
+    replicas: Mapping[str, ReplicaDecision]
+
+    def weights(self) -> dict[str, int]:
+        return {name: d.weight for name, d in self.replicas.items()}
+
+    def down(self) -> frozenset[str]:
+        return frozenset(name for name, d in self.replicas.items() if d.down)
+
+    def reasons(self) -> dict[str, str]:
+        return {name: d.reason for name, d in self.replicas.items()}
+
+
+def _median_of(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def _fresh(sample: Sample | None, max_age_s: float) -> float | None:
+    return sample.value if sample is not None and sample.usable(max_age_s) else None
+
+
+def _pressure(signals: ReplicaSignals, max_age_s: float) -> float | None:
+    kv = _fresh(signals.kv_usage, max_age_s)
+    waiting = _fresh(signals.waiting, max_age_s)
+    running = _fresh(signals.running, max_age_s)
+    if kv is None and waiting is None:
+        return None
+    queue = min(1.0, (waiting or 0.0) / max(1.0, running or 0.0))
+    return (kv or 0.0) + queue
+
+
+def decide(snapshot: Snapshot, previous: Decision | None, settings: ControllerSpec) -> Decision:
+    """Weights, down set and a reason for every replica; see the module docstring."""
+    now, max_age = snapshot.now, settings.max_signal_age_s
+    health = {r: snapshot.health.get(r, Health()) for r in snapshot.replicas}
+    overrides = {r: snapshot.overrides.get(r, Override()) for r in snapshot.replicas}
+    signals = {r: snapshot.signals.get(r, ReplicaSignals()) for r in snapshot.replicas}
+    in_rotation = [r for r in snapshot.replicas if health[r].healthy and not overrides[r].drained]
+
+    medians = {
+        metric: _median_of([v for r in in_rotation
+                            if (v := _fresh(getattr(signals[r], metric), max_age)) is not None])
+        for metric in ("ttft_p99", "e2e_p99")
+    }
+    pressures = {r: _pressure(signals[r], max_age) for r in snapshot.replicas}
+    median_pressure = _median_of([p for r in in_rotation if (p := pressures[r]) is not None])
+
+    decisions: dict[str, ReplicaDecision] = {}
+    for r in snapshot.replicas:
+        before = previous.replicas.get(r) if previous else None
+        prev_target = before.target if before else float(BASE_WEIGHT)
+        if overrides[r].drained:
+            decisions[r] = ReplicaDecision(max(1, round(prev_target)), True, prev_target,
+                                           "drained by admin")
+            continue
+        if not health[r].healthy:
+            decisions[r] = ReplicaDecision(
+                max(1, round(prev_target)), True, prev_target,
+                f"out: {health[r].consecutive_failures} failed health probes in a row")
+            continue
+
+        terms: list[str] = []
+        factor = 1.0
+        have_data = False
+        ratios = []
+        for metric, label in (("ttft_p99", "p99 TTFT"), ("e2e_p99", "p99 E2E")):
+            value, median = _fresh(getattr(signals[r], metric), max_age), medians[metric]
+            if value is not None and median is not None and median > 0 and len(in_rotation) > 1:
+                ratios.append(value / median)
+                terms.append(f"{label} {value / median:.2f}x median")
+        if ratios:
+            have_data = True
+            ratio = min(max(max(ratios), 1 / settings.max_latency_ratio),
+                        settings.max_latency_ratio)
+            factor /= ratio
+        pressure = pressures[r]
+        if pressure is not None and median_pressure is not None and len(in_rotation) > 1:
+            have_data = True
+            factor *= (1 + median_pressure) / (1 + pressure)
+            terms.append(f"pressure {pressure:.2f} vs median {median_pressure:.2f}")
+
+        if have_data:
+            raw = BASE_WEIGHT * factor
+            target = prev_target + settings.smoothing * (raw - prev_target)
+            reason = ", ".join(terms) + f"; target {target:.1f}"
+        else:
+            target = prev_target
+            reason = "holding: no fresh signals"
+
+        effective = target
+        recovered = health[r].recovered_at
+        if recovered is not None and settings.slow_start_s > 0:
+            ramp = (now - recovered) / settings.slow_start_s
+            if ramp < 1:
+                effective = max(MIN_WEIGHT, target * max(ramp, 0.0))
+                reason += f"; slow start {ramp:.0%}"
+        override = overrides[r]
+        if override.pin_active(now):
+            assert override.pinned_weight is not None
+            effective = override.pinned_weight
+            reason = f"pinned by admin to {override.pinned_weight}"
+        weight = int(min(MAX_WEIGHT, max(MIN_WEIGHT, round(effective))))
+        decisions[r] = ReplicaDecision(weight, False, target, reason)
+
+    if snapshot.replicas and all(d.down for d in decisions.values()):
+        candidates = [r for r in snapshot.replicas if not overrides[r].drained] or list(
+            snapshot.replicas)
+        least_bad = max(candidates, key=lambda r: (health[r].last_success or float("-inf"),
+                                                   -health[r].consecutive_failures))
+        kept = decisions[least_bad]
+        decisions[least_bad] = ReplicaDecision(
+            kept.weight, False, kept.target,
+            "fail open: every replica is out, so the least bad one stays in rotation "
+            f"({kept.reason})")
+    return Decision(at=now, replicas=decisions)
+
+
+def should_apply(applied: Decision | None, desired: Decision, last_weight_reload_at: float | None,
+                 settings: ControllerSpec) -> tuple[bool, str]:
+    """Whether ``desired`` is worth a reload now, and why (hysteresis).
+
+    Health and admin changes apply at once; weight drift only when some
+    weight moves by at least ``min_weight_change`` and the last weight
+    reload is at least ``min_reload_interval_s`` old. Each reload resets
+    nginx's least_conn counts and fail counters and forks a worker
+    generation, so it is not free.
+    """
+    if applied is None:
+        return True, "first configuration"
+    if desired.down() != applied.down():
+        came = sorted(applied.down() - desired.down())
+        went = sorted(desired.down() - applied.down())
+        parts = ([f"out: {', '.join(went)}"] if went else []) + (
+            [f"back: {', '.join(came)}"] if came else [])
+        return True, "rotation change (" + "; ".join(parts) + ")"
+    pinned_changes = [r for r, d in desired.replicas.items()
+                      if d.reason.startswith("pinned") != applied.replicas.get(
+                          r, d).reason.startswith("pinned")]
+    if pinned_changes:
+        return True, f"admin pin changed for {', '.join(sorted(pinned_changes))}"
+    moved = []
+    for name, new in desired.replicas.items():
+        old = applied.replicas.get(name)
+        if old is None or new.down:
+            continue
+        change = abs(new.weight - old.weight) / old.weight
+        if change >= settings.min_weight_change and new.weight != old.weight:
+            moved.append(f"{name} {old.weight}->{new.weight}")
+    if not moved:
+        return False, f"no weight moved by {settings.min_weight_change:.0%} or more"
+    since = None if last_weight_reload_at is None else desired.at - last_weight_reload_at
+    if since is not None and since < settings.min_reload_interval_s:
+        return False, (f"held: {', '.join(moved)} waits for the minimum reload interval "
+                       f"({since:.1f}s of {settings.min_reload_interval_s:g}s)")
+    return True, "weights moved: " + ", ".join(moved)

@@ -1,0 +1,92 @@
+"""The controller's own active health probes: the fast path to "out of rotation".
+
+Prometheus scrapes every few seconds and its latency windows span a minute;
+a dead or hung replica must leave rotation in about two seconds. So every
+replica's /health is probed every ``probe_interval_s`` with a
+``probe_timeout_s`` timeout; ``fail_threshold`` failures in a row take it
+out, ``recover_threshold`` successes bring it back (with a slow start, see
+the policy). A hung replica fails by timeout, a dead one by refusal, a dead
+engine by its 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+import httpx
+
+from router.controller.policy import Health
+from router.spec import ControllerSpec
+
+
+@dataclass(frozen=True)
+class ProbeState:
+    """A replica's probe history, folded into what the policy needs."""
+
+    health: Health = Health()
+    consecutive_successes: int = 0
+    last_error: str | None = None
+    last_probe_at: float | None = None
+
+
+def observe(state: ProbeState, ok: bool, error: str | None, now: float,
+            settings: ControllerSpec) -> tuple[ProbeState, bool]:
+    """Fold one probe result in; return the new state and whether health flipped."""
+    health = state.health
+    if ok:
+        successes = state.consecutive_successes + 1
+        flipped = not health.healthy and successes >= settings.recover_threshold
+        health = replace(health, consecutive_failures=0, last_success=now,
+                         healthy=health.healthy or flipped,
+                         recovered_at=now if flipped else health.recovered_at)
+        return ProbeState(health, successes, None, now), flipped
+    failures = health.consecutive_failures + 1
+    flipped = health.healthy and failures >= settings.fail_threshold
+    health = replace(health, consecutive_failures=failures,
+                     healthy=health.healthy and not flipped)
+    return ProbeState(health, 0, error, now), flipped
+
+
+class Prober:
+    """Probes every replica concurrently, forever, and reports flips."""
+
+    def __init__(self, urls: Mapping[str, str], settings: ControllerSpec,
+                 on_flip: asyncio.Event, transport: httpx.AsyncBaseTransport | None = None
+                 ) -> None:
+        self.urls = dict(urls)
+        self.settings = settings
+        self.states = {name: ProbeState() for name in urls}
+        self._flipped = on_flip
+        self._client = httpx.AsyncClient(timeout=settings.probe_timeout_s, transport=transport)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def _probe(self, name: str) -> None:
+        error: str | None = None
+        try:
+            response = await self._client.get(self.urls[name] + "/health")
+            ok = response.status_code == 200
+            if not ok:
+                error = f"/health answered {response.status_code}"
+        except httpx.TimeoutException:
+            ok, error = False, f"no answer within {self.settings.probe_timeout_s:g}s"
+        except httpx.HTTPError as exc:
+            ok, error = False, type(exc).__name__
+        self.states[name], flipped = observe(self.states[name], ok, error, time.time(),
+                                             self.settings)
+        if flipped:
+            self._flipped.set()
+
+    async def probe_all(self) -> None:
+        await asyncio.gather(*(self._probe(name) for name in self.urls))
+
+    async def run(self) -> None:
+        while True:
+            started = time.monotonic()
+            await self.probe_all()
+            await asyncio.sleep(max(0.0, self.settings.probe_interval_s
+                                    - (time.monotonic() - started)))

@@ -1,0 +1,243 @@
+"""The controller loop: probes and Prometheus in, decisions out, nginx reloaded.
+
+Two paths feed one decision function:
+- the probes, every second; a replica that flips health triggers a decision
+  at once (a dead replica leaves rotation in about two seconds);
+- Prometheus, every ``evaluate_interval_s``; weight changes go through the
+  hysteresis in ``policy.should_apply``.
+If Prometheus is down the last signals are kept as they age: once stale
+they count as no data, so weights hold while the probes still act on health.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from router.controller.actuator import Actuator
+from router.controller.metrics import ControllerMetrics
+from router.controller.policy import (
+    Decision,
+    Override,
+    ReplicaSignals,
+    Sample,
+    Snapshot,
+    decide,
+    should_apply,
+)
+from router.controller.probes import Prober
+from router.controller.signals import PrometheusClient
+from router.errors import MetricsUnavailable, NginxReloadFailed
+from router.spec import ControllerSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Member:
+    """A replica as the controller knows it (from the cluster's state.json)."""
+
+    name: str
+    device: str
+    url: str
+
+    @property
+    def address(self) -> str:
+        return self.url.removeprefix("http://")
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    """One evaluation, for GET /decisions."""
+
+    at: float
+    trigger: str
+    applied: bool
+    why: str
+    weights: dict[str, int]
+    down: list[str]
+    reasons: dict[str, str]
+    error: str | None = None
+
+
+def _aged(signals: ReplicaSignals, extra_s: float) -> ReplicaSignals:
+    def older(sample: Sample | None) -> Sample | None:
+        return None if sample is None else Sample(sample.value, sample.age_s + extra_s)
+
+    return ReplicaSignals(**{name: older(getattr(signals, name))
+                             for name in ReplicaSignals.__dataclass_fields__})
+
+
+class Controller:
+    """Owns the control loop's state; the admin API reads and edits it."""
+
+    def __init__(self, members: Sequence[Member], settings: ControllerSpec,
+                 actuator: Actuator, prometheus: PrometheusClient | None) -> None:
+        self.members = list(members)
+        self.names = tuple(m.name for m in members)
+        self.settings = settings
+        self.actuator = actuator
+        self.prometheus = prometheus
+        self.metrics = ControllerMetrics()
+        self.flipped = asyncio.Event()
+        self.prober = Prober({m.name: m.url for m in members}, settings, self.flipped)
+        self.overrides: dict[str, Override] = {}
+        self.signals: dict[str, ReplicaSignals] = {}
+        self.signals_at: float | None = None
+        self.prometheus_error: str | None = None
+        self.desired: Decision | None = None
+        self.applied: Decision | None = None
+        self.last_weight_reload_at: float | None = None
+        self.history: deque[DecisionRecord] = deque(maxlen=settings.history)
+        self._lock = asyncio.Lock()
+
+    # --- inputs ------------------------------------------------------------
+    async def refresh_signals(self) -> None:
+        if self.prometheus is None:
+            return
+        try:
+            self.signals = await self.prometheus.signals(self.settings.latency_window)
+            self.signals_at = time.time()
+            self.prometheus_error = None
+            self.metrics.prometheus_up.set(1)
+        except MetricsUnavailable as exc:
+            if self.prometheus_error is None:
+                log.warning("prometheus unavailable, holding weights: %s", exc.message)
+            self.prometheus_error = exc.message
+            self.metrics.prometheus_up.set(0)
+
+    def snapshot(self, now: float) -> Snapshot:
+        # Signals age while Prometheus cannot be asked again.
+        extra = 0.0 if self.signals_at is None else max(0.0, now - self.signals_at)
+        signals = {name: _aged(s, extra) for name, s in self.signals.items()}
+        return Snapshot(now=now, replicas=self.names, signals=signals,
+                        health={n: s.health for n, s in self.prober.states.items()},
+                        overrides=dict(self.overrides))
+
+    # --- the decision ------------------------------------------------------
+    async def evaluate(self, trigger: str) -> DecisionRecord:
+        async with self._lock:
+            started = time.monotonic()
+            now = time.time()
+            desired = decide(self.snapshot(now), self.desired, self.settings)
+            self.desired = desired
+            apply, why = should_apply(self.applied, desired, self.last_weight_reload_at,
+                                      self.settings)
+            self.metrics.decision_seconds.observe(time.monotonic() - started)
+            error = None
+            if apply:
+                error = await self._apply(desired, why)
+            self.metrics.decisions.labels(applied=str(apply and error is None).lower()).inc()
+            record = DecisionRecord(now, trigger, apply and error is None, why,
+                                    desired.weights(), sorted(desired.down()),
+                                    desired.reasons(), error)
+            self.history.append(record)
+            self._publish()
+            return record
+
+    async def _apply(self, desired: Decision, why: str) -> str | None:
+        try:
+            result = await self.actuator.apply(desired, why)
+        except NginxReloadFailed as exc:
+            kind = "nginx_test_failed" if "nginx -t" in exc.message else "reload_failed"
+            self.metrics.reloads.labels(result=kind).inc()
+            log.error("reload failed result=%s reason=%s; previous config kept", kind,
+                      exc.message)
+            return exc.message
+        # Any reload resets nginx's counters; the minimum interval spaces them all.
+        self.last_weight_reload_at = desired.at
+        self.applied = desired
+        self.metrics.reloads.labels(result="success").inc()
+        self.metrics.last_reload.set(time.time())
+        log.info("reload applied version=%s in %.3fs why=%s weights=%s down=%s",
+                 result.version, result.seconds, why, desired.weights(),
+                 sorted(desired.down()) or "-")
+        return None
+
+    def _publish(self) -> None:
+        m = self.metrics
+        applied = self.applied
+        for name in self.names:
+            if applied is not None:
+                m.weight.labels(replica=name).set(applied.replicas[name].weight)
+                m.in_rotation.labels(replica=name).set(0 if applied.replicas[name].down else 1)
+            m.healthy.labels(replica=name).set(int(self.prober.states[name].health.healthy))
+            sig = self.snapshot(time.time()).signals.get(name)
+            ages = [s.age_s for s in (sig.running, sig.waiting) if s is not None] if sig else []
+            m.signal_age.labels(replica=name).set(min(ages) if ages else math.inf)
+            override = self.overrides.get(name, Override())
+            m.override.labels(replica=name, kind="drain").set(int(override.drained))
+            m.override.labels(replica=name, kind="pin").set(int(override.pin_active(time.time())))
+
+    # --- admin actions -------------------------------------------------------
+    async def set_override(self, name: str, **changes: Any) -> DecisionRecord:
+        self.overrides[name] = replace(self.overrides.get(name, Override()), **changes)
+        return await self.evaluate(f"admin: {name} {changes}")
+
+    # --- the loops ---------------------------------------------------------
+    async def run(self) -> None:
+        probing = asyncio.create_task(self.prober.run())
+        try:
+            await self.prober.probe_all()
+            await self.refresh_signals()
+            await self.evaluate("start")
+            next_signals = time.monotonic() + self.settings.evaluate_interval_s
+            while True:
+                timeout = max(0.0, next_signals - time.monotonic())
+                try:
+                    await asyncio.wait_for(self.flipped.wait(), timeout)
+                    self.flipped.clear()
+                    await self.evaluate("health probes")
+                except TimeoutError:
+                    await self.refresh_signals()
+                    await self.evaluate("signals")
+                    next_signals = time.monotonic() + self.settings.evaluate_interval_s
+        finally:
+            probing.cancel()
+            await self.prober.close()
+            if self.prometheus is not None:
+                await self.prometheus.close()
+
+    def status(self) -> dict[str, Any]:
+        now = time.time()
+        snapshot = self.snapshot(now)
+        replicas = []
+        for member in self.members:
+            probe = self.prober.states[member.name]
+            applied = self.applied.replicas.get(member.name) if self.applied else None
+            desired = self.desired.replicas.get(member.name) if self.desired else None
+            signals = snapshot.signals.get(member.name, ReplicaSignals())
+            override = self.overrides.get(member.name, Override())
+            replicas.append({
+                "name": member.name, "url": member.url, "device": member.device,
+                "weight": applied.weight if applied else None,
+                "in_rotation": (not applied.down) if applied else None,
+                "desired_weight": desired.weight if desired else None,
+                "reason": desired.reason if desired else None,
+                "health": {"healthy": probe.health.healthy,
+                           "consecutive_failures": probe.health.consecutive_failures,
+                           "last_success": probe.health.last_success,
+                           "last_error": probe.last_error},
+                "signals": {name: (None if s is None else
+                                   {"value": s.value if math.isfinite(s.value) else None,
+                                    "age_s": s.age_s if math.isfinite(s.age_s) else None})
+                            for name in ReplicaSignals.__dataclass_fields__
+                            for s in [getattr(signals, name)]},
+                "override": {"drained": override.drained,
+                             "pinned_weight": override.pinned_weight
+                             if override.pin_active(now) else None,
+                             "pin_expires_at": override.pin_expires_at
+                             if override.pin_active(now) else None},
+            })
+        last = self.history[-1] if self.history else None
+        return {"replicas": replicas,
+                "prometheus": {"ok": self.prometheus_error is None and self.signals_at is not None,
+                               "error": self.prometheus_error,
+                               "last_success": self.signals_at},
+                "last_decision": last.__dict__ if last else None}

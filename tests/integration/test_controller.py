@@ -1,0 +1,309 @@
+"""The controller in a real cluster: supervisord, nginx, Prometheus, the
+controller process and simulated replicas, all started by `fleet up`.
+
+The deadlines below (30 s, 3 s, 5 s) are the controller's contract, not
+performance figures: each test waits up to that long for the behaviour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import yaml
+
+from router.controller.actuator import Actuator
+from router.controller.policy import Decision, ReplicaDecision
+from router.controller.service import Controller, Member
+from router.errors import NginxReloadFailed
+from router.render import RenderedUpstream
+from router.runtime import RuntimePaths
+from router.supervise import Supervisor
+from tests.support.backend import Backend
+from tests.support.cli import fleet
+from tests.support.harness import free_port, free_port_block, gateway, plan_for, wait_for
+
+pytestmark = pytest.mark.integration
+
+CHAT = {"model": "sim-model", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@dataclass
+class Controlled:
+    spec: Path
+    paths: RuntimePaths
+    url: str
+    admin: str
+    token: str
+    replica_urls: list[str]
+
+    def status(self) -> dict[str, Any]:
+        response = requests.get(f"{self.admin}/status", timeout=5,
+                                headers={"Authorization": f"Bearer {self.token}"})
+        response.raise_for_status()
+        return {r["name"]: r for r in response.json()["replicas"]}
+
+    def post(self, path: str, body: Any = None, token: str | None = None) -> requests.Response:
+        headers = {"Authorization": f"Bearer {token or self.token}"}
+        return requests.post(f"{self.admin}{path}", json=body, headers=headers, timeout=10)
+
+
+def _cluster_factory(tmp_path: Path) -> Iterator[Callable[..., Controlled]]:
+    specs: list[Path] = []
+
+    def start(replicas: int = 3, sim: list[dict[str, Any]] | None = None,
+              **controller: Any) -> Controlled:
+        base = free_port_block(replicas)
+        ports = {"gateway": free_port(), "status": free_port(), "prom": free_port(),
+                 "ctl": free_port()}
+        spec = tmp_path / f"spec{len(specs)}.yaml"
+        spec.write_text(yaml.safe_dump({
+            "engine": "sim", "replicas": replicas, "runtime_dir": str(tmp_path / f"rt{len(specs)}"),
+            "ports": {"replica_base": base},
+            "gateway": {"port": ports["gateway"], "status_port": ports["status"]},
+            "prometheus": {"port": ports["prom"], "scrape_interval_s": 1},
+            "sim": {"replicas": sim or []},
+            "controller": {"port": ports["ctl"], "evaluate_interval_s": 1,
+                           "latency_window": "10s", "min_reload_interval_s": 3,
+                           "slow_start_s": 5, **controller},
+        }))
+        specs.append(spec)
+        up = fleet("up", "--spec", str(spec))
+        assert up.returncode == 0, up.stderr
+        paths = RuntimePaths(tmp_path / f"rt{len(specs) - 1}")
+        return Controlled(spec, paths, f"http://127.0.0.1:{ports['gateway']}",
+                          f"http://127.0.0.1:{ports['ctl']}",
+                          paths.admin_token.read_text().strip(),
+                          [f"http://127.0.0.1:{base + i}" for i in range(replicas)])
+
+    yield start
+    for spec in specs:
+        fleet("down", "--spec", str(spec))
+
+
+@pytest.fixture
+def make_cluster(tmp_path: Path) -> Iterator[Callable[..., Controlled]]:
+    yield from _cluster_factory(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Controlled]:
+    """One single-replica cluster for the admin API's refusal cases."""
+    factory = _cluster_factory(tmp_path_factory.mktemp("admin"))
+    yield next(factory)(replicas=1)
+    next(factory, None)
+
+
+class Load:
+    """Closed-loop clients through the gateway, counting who served what."""
+
+    def __init__(self, url: str, clients: int, max_tokens: int) -> None:
+        self.url, self.max_tokens = url, max_tokens
+        self.served: list[tuple[float, str]] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run) for _ in range(clients)]
+
+    def _run(self) -> None:
+        with requests.Session() as session:
+            while not self._stop.is_set():
+                try:
+                    response = session.post(
+                        f"{self.url}/v1/chat/completions", timeout=30,
+                        json={**CHAT, "max_tokens": self.max_tokens, "ignore_eos": True})
+                    if response.status_code == 200:
+                        self.served.append((time.monotonic(),
+                                            response.headers["X-Fleet-Replica"]))
+                    else:
+                        self.failures.append(str(response.status_code))
+                except requests.RequestException as exc:
+                    self.failures.append(type(exc).__name__)
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=60)
+
+    def share(self, replica: str, since: float, until: float) -> float:
+        window = [r for t, r in self.served if since <= t < until]
+        return Counter(window)[replica] / max(1, len(window))
+
+
+def test_slow_replica_loses_weight_and_traffic(make_cluster: Callable[..., Controlled]) -> None:
+    cluster = make_cluster(replicas=4, sim=[{}, {}, {}, {"speed": 0.33}])
+    start = time.monotonic()
+    with Load(cluster.url, clients=12, max_tokens=40) as load:
+        time.sleep(6)
+        early = time.monotonic()
+        wait_for(lambda: cluster.status()["replica-3"]["weight"] <= 25, 30,
+                 "the 3x slower replica to lose half of its weight")
+        settled = time.monotonic()
+        time.sleep(6)
+        late = time.monotonic()
+    status = cluster.status()
+    assert status["replica-3"]["weight"] <= 25
+    assert all(status[f"replica-{i}"]["weight"] >= 40 for i in range(3))
+    assert "p99" in status["replica-3"]["reason"]
+    assert load.share("replica-3", settled, late) < load.share("replica-3", start, early)
+    assert load.failures == []
+
+
+def test_killed_replica_leaves_rotation_fast_and_clients_see_nothing(
+        make_cluster: Callable[..., Controlled]) -> None:
+    cluster = make_cluster()
+    codes: list[int] = []
+    Supervisor(cluster.paths).stop_process("replica-1")  # gone, and not restarted
+    killed_at = time.monotonic()
+    out_at = None
+    while time.monotonic() - killed_at < 6:
+        codes.append(requests.post(f"{cluster.url}/v1/chat/completions",
+                                   json={**CHAT, "max_tokens": 2}, timeout=10).status_code)
+        if out_at is None and cluster.status()["replica-1"]["in_rotation"] is False:
+            out_at = time.monotonic()
+    assert out_at is not None and out_at - killed_at <= 3, "not out of rotation within 3 s"
+    assert set(codes) == {200}
+    assert "failed health probes" in cluster.status()["replica-1"]["reason"]
+
+
+def test_recovered_replica_comes_back_with_slow_start(
+        make_cluster: Callable[..., Controlled]) -> None:
+    cluster = make_cluster(slow_start_s=20)
+    supervisor = Supervisor(cluster.paths)
+    supervisor.stop_process("replica-2")
+    wait_for(lambda: cluster.status()["replica-2"]["in_rotation"] is False, 5, "out")
+    supervisor.start_process("replica-2")
+    wait_for(lambda: cluster.status()["replica-2"]["in_rotation"] is True, 30,
+             "back in rotation once its probes pass again")
+    back = cluster.status()["replica-2"]
+    assert "slow start" in back["reason"]
+    assert back["weight"] < 50  # ramping, not a full share at once
+
+
+def test_hung_replica_leaves_rotation_within_5s(make_cluster: Callable[..., Controlled]) -> None:
+    cluster = make_cluster()
+    requests.post(f"{cluster.replica_urls[0]}/sim/faults", json={"hang": True}, timeout=5)
+    hung_at = time.monotonic()
+    wait_for(lambda: cluster.status()["replica-0"]["in_rotation"] is False, 5,
+             "the hung replica to leave rotation")
+    assert time.monotonic() - hung_at <= 5
+    assert "no answer within" in (cluster.status()["replica-0"]["health"]["last_error"] or "")
+
+
+def test_without_prometheus_weights_hold_and_health_still_acts(
+        make_cluster: Callable[..., Controlled]) -> None:
+    cluster = make_cluster(max_signal_age_s=3)
+    before = {name: r["weight"] for name, r in cluster.status().items()}
+    Supervisor(cluster.paths).stop_process("prometheus")
+    wait_for(lambda: all(r["reason"].startswith("holding")
+                         for r in cluster.status().values()), 15,
+             "the controller to hold once signals are stale")
+    assert {name: r["weight"] for name, r in cluster.status().items()} == before
+    requests.post(f"{cluster.replica_urls[1]}/sim/faults", json={"crash": True}, timeout=5)
+    wait_for(lambda: cluster.status()["replica-1"]["in_rotation"] is False, 5,
+             "health to act without Prometheus")
+    metrics = requests.get(f"{cluster.admin}/metrics", timeout=5).text
+    assert "fleet_controller_prometheus_up 0.0" in metrics
+
+
+def test_with_the_controller_stopped_the_gateway_keeps_serving(
+        make_cluster: Callable[..., Controlled]) -> None:
+    cluster = make_cluster()
+    before = cluster.paths.upstream_conf.read_text()
+    Supervisor(cluster.paths).stop_process("controller")
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{cluster.admin}/metrics", timeout=2)
+    codes = [requests.post(f"{cluster.url}/v1/chat/completions", json={**CHAT, "max_tokens": 2},
+                           timeout=10).status_code for _ in range(20)]
+    assert codes == [200] * 20
+    assert cluster.paths.upstream_conf.read_text() == before
+
+
+def test_drain_undrain_and_pin(make_cluster: Callable[..., Controlled]) -> None:
+    cluster = make_cluster()
+    drained = cluster.post("/replicas/replica-0/drain")
+    assert drained.status_code == 200 and drained.json()["decision"]["applied"]
+    served = Counter(requests.post(f"{cluster.url}/v1/chat/completions",
+                                   json={**CHAT, "max_tokens": 2}, timeout=10)
+                     .headers["X-Fleet-Replica"] for _ in range(20))
+    assert "replica-0" not in served
+    assert cluster.status()["replica-0"]["reason"] == "drained by admin"
+    cluster.post("/replicas/replica-0/undrain")
+    assert cluster.status()["replica-0"]["in_rotation"] is True
+    pinned = cluster.post("/replicas/replica-1/weight", {"weight": 7, "ttl_s": 60})
+    assert pinned.status_code == 200
+    assert cluster.status()["replica-1"]["weight"] == 7
+    assert "weight=7 " in cluster.paths.upstream_conf.read_text()
+    cli = fleet("pin", "--spec", str(cluster.spec), "replica-1", "--clear")
+    assert cli.returncode == 0, cli.stderr
+    assert cluster.status()["replica-1"]["override"]["pinned_weight"] is None
+
+
+@pytest.mark.parametrize(("path", "body", "token", "status"), [
+    ("/replicas/replica-0/drain", None, "", 401),
+    ("/replicas/replica-0/drain", None, "wrong-token", 401),
+    ("/replicas/replica-9/drain", None, None, 404),
+    ("/replicas/replica-0/weight", {"weight": 0}, None, 422),
+    ("/replicas/replica-0/weight", {"weight": "heavy"}, None, 422),
+    ("/replicas/replica-0/weight", {"weight": 5, "ttl_s": -1}, None, 422),
+    ("/replicas/replica-0/weight", {"weight": 5, "colour": "red"}, None, 422),
+])
+def test_admin_api_rejects_bad_calls(shared_cluster: Controlled, path: str,
+                                     body: Any, token: str | None, status: int) -> None:
+    cluster = shared_cluster
+    headers = {} if token == "" else {"Authorization": f"Bearer {token or cluster.token}"}
+    response = requests.post(f"{cluster.admin}{path}", json=body, headers=headers, timeout=5)
+    assert response.status_code == status
+    assert response.json()["detail"]
+    assert cluster.status()["replica-0"]["in_rotation"] is True
+
+
+def test_a_render_nginx_rejects_keeps_the_old_config_and_is_counted(tmp_path: Path) -> None:
+    base = free_port_block(2)
+    with Backend(base, "replica-0"), Backend(base + 1, "replica-1"):
+        plan = plan_for(tmp_path / "rt", 2, base)
+        with gateway(plan) as running:
+            members = [Member(r.name, r.device, r.url) for r in plan.replicas]
+
+            def broken(_decision: Decision, _why: str) -> RenderedUpstream:
+                return RenderedUpstream("upstream replicas { least_conn; weight=0 }\n", "bad")
+
+            good = Actuator(plan.spec.gateway, members, running.paths)
+            bad = Actuator(plan.spec.gateway, members, running.paths, renderer=broken)
+            before = running.paths.upstream_conf.read_text()
+            controller = Controller(members, plan.spec.controller, bad, prometheus=None)
+
+            async def evaluate() -> None:
+                record = await controller.evaluate("test")
+                assert record.error is not None and "nginx -t" in record.error
+                assert not record.applied
+                await controller.prober.close()
+
+            asyncio.run(evaluate())
+            assert running.paths.upstream_conf.read_text() == before
+            assert controller.metrics.registry.get_sample_value(
+                "fleet_controller_reloads_total", {"result": "nginx_test_failed"}) == 1
+            codes = {requests.get(f"{running.url}/v1/models", timeout=5).status_code
+                     for _ in range(5)}
+            assert codes == {200}
+
+            # The same actuator with a good render applies and proves it is live.
+            decision = Decision(time.time(), {m.name: ReplicaDecision(9, False, 9.0, "test")
+                                              for m in members})
+            result = asyncio.run(good.apply(decision, "test"))
+            assert asyncio.run(good.live_version()) == result.version
+            with pytest.raises(NginxReloadFailed):
+                asyncio.run(bad.apply(decision, "test"))
+            assert asyncio.run(good.live_version()) == result.version

@@ -1,0 +1,155 @@
+"""Table-driven tests of the weight policy and its hysteresis."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from router.controller.policy import (
+    Decision,
+    Health,
+    Override,
+    ReplicaDecision,
+    ReplicaSignals,
+    Sample,
+    Snapshot,
+    decide,
+    should_apply,
+)
+from router.spec import ControllerSpec
+
+R = ("replica-0", "replica-1", "replica-2", "replica-3")
+NOW = 1000.0
+SETTINGS = ControllerSpec(smoothing=1.0)  # targets jump straight, to read results easily
+
+
+def fast(ttft: float = 0.05, e2e: float = 1.0, kv: float = 0.2, waiting: float = 0,
+         running: float = 4, age: float = 1.0) -> ReplicaSignals:
+    return ReplicaSignals(ttft_p99=Sample(ttft, age), e2e_p99=Sample(e2e, age),
+                          kv_usage=Sample(kv, age), waiting=Sample(waiting, age),
+                          running=Sample(running, age))
+
+
+def snap(signals: dict | None = None, health: dict | None = None,
+         overrides: dict | None = None, now: float = NOW) -> Snapshot:
+    return Snapshot(now=now, replicas=R, signals=signals or {r: fast() for r in R},
+                    health=health or {}, overrides=overrides or {})
+
+
+def test_equal_replicas_keep_equal_weights() -> None:
+    decision = decide(snap(), None, SETTINGS)
+    assert set(decision.weights().values()) == {50}
+    assert decision.down() == frozenset()
+
+
+@pytest.mark.parametrize(("slow_e2e", "expected"), [(3.0, 17), (2.0, 25), (10.0, 12)])
+def test_slow_replica_gets_weight_inverse_to_its_latency_ratio(slow_e2e: float,
+                                                               expected: int) -> None:
+    signals = {r: fast() for r in R} | {"replica-3": fast(e2e=slow_e2e)}
+    decision = decide(snap(signals), None, SETTINGS)
+    assert decision.weights()["replica-3"] == expected  # capped at 4x for 10x
+    assert decision.weights()["replica-0"] == 50
+    assert "p99 E2E" in decision.reasons()["replica-3"]
+
+
+def test_all_replicas_slow_together_changes_nothing() -> None:
+    signals = {r: fast(ttft=2.0, e2e=30.0) for r in R}
+    assert set(decide(snap(signals), None, SETTINGS).weights().values()) == {50}
+
+
+def test_pressure_moves_weight_towards_emptier_replicas() -> None:
+    signals = {r: fast() for r in R} | {"replica-1": fast(kv=0.9, waiting=8, running=4)}
+    weights = decide(snap(signals), None, SETTINGS).weights()
+    assert weights["replica-1"] < weights["replica-0"] == 50
+
+
+@pytest.mark.parametrize("bad", [
+    ReplicaSignals(),  # nothing at all
+    fast(ttft=math.nan, e2e=math.nan, kv=math.nan, waiting=math.nan, running=math.nan),
+    fast(e2e=9.0, ttft=5.0, age=120.0),  # stale: old samples must not count
+])
+def test_missing_nan_or_stale_data_holds_the_previous_weight(bad: ReplicaSignals) -> None:
+    previous = Decision(NOW - 2, {r: ReplicaDecision(50, False, 50.0, "") for r in R}
+                        | {"replica-2": ReplicaDecision(30, False, 30.0, "")})
+    signals = {r: fast() for r in R} | {"replica-2": bad}
+    decision = decide(snap(signals), previous, SETTINGS)
+    assert decision.weights()["replica-2"] == 30
+    assert decision.reasons()["replica-2"].startswith("holding")
+
+
+def test_smoothing_moves_part_of_the_way() -> None:
+    signals = {r: fast() for r in R} | {"replica-3": fast(e2e=3.0)}
+    settings = ControllerSpec(smoothing=0.5)
+    first = decide(snap(signals), None, settings)
+    second = decide(snap(signals, now=NOW + 2), first, settings)
+    third = decide(snap(signals, now=NOW + 4), second, settings)
+    assert [d.weights()["replica-3"] for d in (first, second, third)] == [33, 25, 21]
+
+
+def test_dead_replica_is_down_at_once_and_keeps_its_target() -> None:
+    health = {"replica-1": Health(healthy=False, consecutive_failures=2, last_success=NOW - 3)}
+    decision = decide(snap(health=health), None, SETTINGS)
+    assert decision.down() == frozenset({"replica-1"})
+    assert "2 failed health probes" in decision.reasons()["replica-1"]
+    assert decision.replicas["replica-1"].target == 50
+
+
+def test_flapping_replica_ramps_up_slowly_after_recovery() -> None:
+    settings = ControllerSpec(smoothing=1.0, slow_start_s=30)
+    weights = []
+    for elapsed in (0, 6, 15, 29, 31):
+        health = {"replica-2": Health(healthy=True, recovered_at=NOW)}
+        weights.append(decide(snap(health=health, now=NOW + elapsed), None,
+                              settings).weights()["replica-2"])
+    assert weights == [1, 10, 25, 48, 50]
+
+
+def test_never_all_down_keeps_the_least_bad_one() -> None:
+    health = {r: Health(healthy=False, consecutive_failures=5, last_success=NOW - 60) for r in R}
+    health["replica-2"] = Health(healthy=False, consecutive_failures=2, last_success=NOW - 2)
+    decision = decide(snap(health=health), None, SETTINGS)
+    assert decision.down() == frozenset(set(R) - {"replica-2"})
+    assert decision.reasons()["replica-2"].startswith("fail open")
+
+
+def test_admin_drain_and_pin_win_over_signals() -> None:
+    signals = {r: fast() for r in R} | {"replica-3": fast(e2e=3.0)}
+    overrides = {"replica-0": Override(drained=True),
+                 "replica-3": Override(pinned_weight=90, pin_expires_at=NOW + 60)}
+    decision = decide(snap(signals, overrides=overrides), None, SETTINGS)
+    assert "replica-0" in decision.down()
+    assert decision.reasons()["replica-0"] == "drained by admin"
+    assert decision.weights()["replica-3"] == 90
+
+
+def test_expired_pin_no_longer_applies() -> None:
+    overrides = {"replica-3": Override(pinned_weight=90, pin_expires_at=NOW - 1)}
+    assert decide(snap(overrides=overrides), None, SETTINGS).weights()["replica-3"] == 50
+
+
+def test_draining_everything_still_fails_open() -> None:
+    overrides = {r: Override(drained=True) for r in R}
+    assert len(decide(snap(overrides=overrides), None, SETTINGS).down()) == 3
+
+
+def _decision(at: float, weights: dict[str, int], down: frozenset[str] = frozenset()) -> Decision:
+    return Decision(at, {r: ReplicaDecision(w, r in down, float(w), "") for r, w in
+                         weights.items()})
+
+
+@pytest.mark.parametrize(("applied", "desired", "last", "apply", "why"), [
+    (None, _decision(10, {"a": 50}), None, True, "first"),
+    (_decision(0, {"a": 50, "b": 50}), _decision(1, {"a": 50, "b": 50}, frozenset({"b"})), 0.5,
+     True, "rotation change"),
+    (_decision(0, {"a": 50, "b": 50}), _decision(20, {"a": 45, "b": 55}), 0, False,
+     "no weight moved"),
+    (_decision(0, {"a": 50, "b": 50}), _decision(5, {"a": 30, "b": 50}), 0, False, "held"),
+    (_decision(0, {"a": 50, "b": 50}), _decision(11, {"a": 30, "b": 50}), 0, True,
+     "weights moved: a 50->30"),
+])
+def test_hysteresis(applied: Decision | None, desired: Decision, last: float | None,
+                    apply: bool, why: str) -> None:
+    decision, reason = should_apply(applied, desired, last, ControllerSpec())
+    assert decision is apply
+    assert why in reason
