@@ -79,6 +79,7 @@ class ReplicaSignals:
     running: Sample | None = None
     kv_usage: Sample | None = None
     gpu_util: Sample | None = None
+    gpu_memory_used: Sample | None = None  # fraction of the GPU's memory in use
     up: Sample | None = None
 
 

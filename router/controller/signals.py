@@ -34,6 +34,8 @@ def queries(window: str) -> dict[str, str]:
         "kv_usage": f"max by (replica) (vllm:kv_cache_usage_perc{{{JOB}}})",
         # From the GPU exporter when it runs; absent otherwise.
         "gpu_util": "max by (replica) (fleet_gpu_utilization_percent)",
+        "gpu_memory_used": ("max by (replica) (fleet_gpu_memory_used_bytes"
+                            " / fleet_gpu_memory_total_bytes)"),
         "up": f"max by (replica) (up{{{JOB}}})",
     }
 
