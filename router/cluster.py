@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import requests
+
 from router import model as model_store
 from router.devices import Inventory, discover
 from router.errors import ClusterError
@@ -29,6 +31,7 @@ from router.runtime import (
     RuntimePaths,
     ensure_admin_token,
     plan_state,
+    read_admin_token,
     read_state,
     write_atomic,
 )
@@ -153,10 +156,6 @@ def controller_call(paths: RuntimePaths, state: dict[str, Any], method: str, pat
                     body: dict[str, Any] | None = None,
                     required: bool = False) -> dict[str, Any] | None:
     """One admin API call with the cluster's token; None (or ClusterError) on failure."""
-    import requests
-
-    from router.runtime import read_admin_token
-
     url = state.get("controller_url")
     try:
         if url is None:
@@ -211,9 +210,7 @@ def _wait_healthy(plan: ClusterPlan, paths: RuntimePaths, supervisor: Supervisor
                 progress(f"{replica.name} on {replica.device} healthy after {elapsed:.0f}s")
         if len(healthy) == len(plan.replicas):
             models = probe(plan.gateway_url + "/v1/models", timeout_s=5.0)
-            controller_ok = not plan.spec.controller.enabled or probe(
-                f"http://127.0.0.1:{plan.spec.controller.port}/metrics").ok
-            if models.ok and controller_ok:
+            if models.ok and _controller_ready(plan, paths):
                 progress(f"gateway {plan.gateway_url} answers /v1/models after {elapsed:.0f}s")
                 return
         if time.monotonic() > deadline:
@@ -230,6 +227,15 @@ def _wait_healthy(plan: ClusterPlan, paths: RuntimePaths, supervisor: Supervisor
                 progress(f"waiting for {', '.join(waiting)} ({elapsed:.0f}s)")
             last_note = elapsed
         time.sleep(0.5)
+
+
+def _controller_ready(plan: ClusterPlan, paths: RuntimePaths) -> bool:
+    """True once the controller has put every replica in rotation (or is off)."""
+    if not plan.spec.controller.enabled:
+        return True
+    state = read_state(paths)
+    view = controller_call(paths, state, "GET", "/status") if state else None
+    return view is not None and all(r["in_rotation"] for r in view["replicas"])
 
 
 def up(spec_path: Path | None, progress: Progress,

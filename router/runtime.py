@@ -82,6 +82,11 @@ class RuntimePaths:
         return self.config_dir / "spec.json"
 
     @property
+    def overrides_json(self) -> Path:
+        """Admin drains and pins, kept across controller restarts."""
+        return self.root / "overrides.json"
+
+    @property
     def admin_token(self) -> Path:
         return self.root / "admin-token"
 

@@ -147,9 +147,6 @@ class Supervisor:
         # wait=False: supervisord would otherwise hold the call for startsecs.
         self._call("supervisor.startProcess", name, False)
 
-    def signal(self, name: str, sig: str) -> None:
-        self._call("supervisor.signalProcess", name, sig)
-
     def shutdown(self, timeout_s: float = 120.0) -> None:
         """Stop every program gracefully, then supervisord; kill what lingers."""
         pid = self.pid()

@@ -30,6 +30,9 @@ class ProbeState:
     consecutive_successes: int = 0
     last_error: str | None = None
     last_probe_at: float | None = None
+    # Whether the current outage began after the replica had answered at least
+    # once; only then does it rejoin with a slow start.
+    down_after_serving: bool = False
 
 
 def observe(state: ProbeState, ok: bool, error: str | None, now: float,
@@ -39,15 +42,21 @@ def observe(state: ProbeState, ok: bool, error: str | None, now: float,
     if ok:
         successes = state.consecutive_successes + 1
         flipped = not health.healthy and successes >= settings.recover_threshold
+        # Slow start is for a replica rejoining a serving fleet. One that has
+        # never answered yet (still loading at `fleet up`) joins at full weight,
+        # like every other replica starting beside it.
+        rejoined = flipped and state.down_after_serving
         health = replace(health, consecutive_failures=0, last_success=now,
                          healthy=health.healthy or flipped,
-                         recovered_at=now if flipped else health.recovered_at)
-        return ProbeState(health, successes, None, now), flipped
+                         recovered_at=now if rejoined else health.recovered_at)
+        return ProbeState(health, successes, None, now, state.down_after_serving), flipped
     failures = health.consecutive_failures + 1
     flipped = health.healthy and failures >= settings.fail_threshold
     health = replace(health, consecutive_failures=failures,
                      healthy=health.healthy and not flipped)
-    return ProbeState(health, 0, error, now), flipped
+    down_after_serving = (health.last_success is not None) if flipped \
+        else state.down_after_serving
+    return ProbeState(health, 0, error, now, down_after_serving), flipped
 
 
 class Prober:

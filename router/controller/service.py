@@ -12,12 +12,14 @@ they count as no data, so weights hold while the probes still act on health.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from router.controller.actuator import Actuator
@@ -34,6 +36,7 @@ from router.controller.policy import (
 from router.controller.probes import Prober
 from router.controller.signals import PrometheusClient
 from router.errors import MetricsUnavailable, NginxReloadFailed
+from router.runtime import write_atomic
 from router.spec import ControllerSpec
 
 log = logging.getLogger(__name__)
@@ -78,7 +81,8 @@ class Controller:
     """Owns the control loop's state; the admin API reads and edits it."""
 
     def __init__(self, members: Sequence[Member], settings: ControllerSpec,
-                 actuator: Actuator, prometheus: PrometheusClient | None) -> None:
+                 actuator: Actuator, prometheus: PrometheusClient | None,
+                 overrides_file: Path | None = None) -> None:
         self.members = list(members)
         self.names = tuple(m.name for m in members)
         self.settings = settings
@@ -87,7 +91,10 @@ class Controller:
         self.metrics = ControllerMetrics()
         self.flipped = asyncio.Event()
         self.prober = Prober({m.name: m.url for m in members}, settings, self.flipped)
-        self.overrides: dict[str, Override] = {}
+        # Admin overrides outlive a controller restart: a drained replica
+        # must not come back because supervisord restarted the controller.
+        self.overrides_file = overrides_file
+        self.overrides: dict[str, Override] = self._load_overrides()
         self.signals: dict[str, ReplicaSignals] = {}
         self.signals_at: float | None = None
         self.prometheus_error: str | None = None
@@ -163,22 +170,42 @@ class Controller:
     def _publish(self) -> None:
         m = self.metrics
         applied = self.applied
+        now = time.time()
+        signals = self.snapshot(now).signals
         for name in self.names:
             if applied is not None:
                 m.weight.labels(replica=name).set(applied.replicas[name].weight)
                 m.in_rotation.labels(replica=name).set(0 if applied.replicas[name].down else 1)
             m.healthy.labels(replica=name).set(int(self.prober.states[name].health.healthy))
-            sig = self.snapshot(time.time()).signals.get(name)
+            sig = signals.get(name)
             ages = [s.age_s for s in (sig.running, sig.waiting) if s is not None] if sig else []
             m.signal_age.labels(replica=name).set(min(ages) if ages else math.inf)
             override = self.overrides.get(name, Override())
             m.override.labels(replica=name, kind="drain").set(int(override.drained))
-            m.override.labels(replica=name, kind="pin").set(int(override.pin_active(time.time())))
+            m.override.labels(replica=name, kind="pin").set(int(override.pin_active(now)))
 
     # --- admin actions -------------------------------------------------------
     async def set_override(self, name: str, **changes: Any) -> DecisionRecord:
         self.overrides[name] = replace(self.overrides.get(name, Override()), **changes)
+        self._save_overrides()
+        log.info("admin override replica=%s %s", name, changes)
         return await self.evaluate(f"admin: {name} {changes}")
+
+    def _load_overrides(self) -> dict[str, Override]:
+        if self.overrides_file is None or not self.overrides_file.exists():
+            return {}
+        try:
+            raw = json.loads(self.overrides_file.read_text(encoding="utf-8"))
+            return {name: Override(**fields) for name, fields in raw.items()
+                    if name in self.names}
+        except (ValueError, TypeError) as exc:
+            log.error("ignoring unreadable overrides file %s: %s", self.overrides_file, exc)
+            return {}
+
+    def _save_overrides(self) -> None:
+        if self.overrides_file is not None:
+            write_atomic(self.overrides_file, json.dumps(
+                {name: asdict(o) for name, o in self.overrides.items()}, indent=2) + "\n")
 
     # --- the loops ---------------------------------------------------------
     async def run(self) -> None:

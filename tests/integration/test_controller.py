@@ -240,6 +240,14 @@ def test_drain_undrain_and_pin(make_cluster: Callable[..., Controlled]) -> None:
                      .headers["X-Fleet-Replica"] for _ in range(20))
     assert "replica-0" not in served
     assert cluster.status()["replica-0"]["reason"] == "drained by admin"
+    # A drain outlives a controller restart.
+    supervisor = Supervisor(cluster.paths)
+    supervisor.stop_process("controller")
+    supervisor.start_process("controller")
+    wait_for(lambda: _answers(f"{cluster.admin}/metrics"), 20, "the controller to restart")
+    assert cluster.status()["replica-0"]["override"]["drained"] is True
+    wait_for(lambda: cluster.status()["replica-0"]["in_rotation"] is False, 10,
+             "the restarted controller to keep replica-0 drained")
     cluster.post("/replicas/replica-0/undrain")
     assert cluster.status()["replica-0"]["in_rotation"] is True
     pinned = cluster.post("/replicas/replica-1/weight", {"weight": 7, "ttl_s": 60})
@@ -249,6 +257,13 @@ def test_drain_undrain_and_pin(make_cluster: Callable[..., Controlled]) -> None:
     cli = fleet("pin", "--spec", str(cluster.spec), "replica-1", "--clear")
     assert cli.returncode == 0, cli.stderr
     assert cluster.status()["replica-1"]["override"]["pinned_weight"] is None
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
 
 
 @pytest.mark.parametrize(("path", "body", "token", "status"), [

@@ -28,7 +28,13 @@ def _run(results: list[bool]) -> tuple[ProbeState, list[int]]:
 def test_two_failures_take_it_out_two_successes_bring_it_back() -> None:
     state, flips = _run([True, False, False, True, True])
     assert flips == [2, 4]
-    assert state.health.healthy and state.health.recovered_at == 4.0
+    assert state.health.healthy and state.health.recovered_at == 4.0  # slow start from here
+
+
+def test_a_replica_that_never_answered_joins_without_slow_start() -> None:
+    state, flips = _run([False, False, False, True, True])  # loading at `fleet up`
+    assert flips == [1, 4]
+    assert state.health.healthy and state.health.recovered_at is None
 
 
 def test_a_single_failure_changes_nothing() -> None:
