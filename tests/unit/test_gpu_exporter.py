@@ -1,0 +1,160 @@
+"""The GPU exporter without NVML, with NVML failing, and with a fake NVML."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+from typing import Any, cast
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from router.gpu_exporter import GpuCollector
+
+
+class NVMLError(Exception):
+    pass
+
+
+class NVMLError_NotSupported(NVMLError):  # noqa: N801 - pynvml's name
+    pass
+
+
+class FakeNvml:
+    """pynvml's surface used by the exporter, for two GPUs."""
+
+    NVML_TEMPERATURE_GPU = 0
+    NVML_CLOCK_SM = 1
+    NVML_MEMORY_ERROR_TYPE_CORRECTED = 0
+    NVML_MEMORY_ERROR_TYPE_UNCORRECTED = 1
+    NVML_AGGREGATE_ECC = 1
+    NVMLError_NotSupported = NVMLError_NotSupported
+
+    def __init__(self, uuids: list[str], fail: dict[str, Exception] | None = None) -> None:
+        self.uuids = uuids
+        self.fail = fail or {}
+
+    def _maybe_fail(self, call: str) -> None:
+        if call in self.fail:
+            raise self.fail[call]
+
+    def nvmlInit(self) -> None:  # noqa: N802
+        self._maybe_fail("init")
+
+    def nvmlDeviceGetCount(self) -> int:  # noqa: N802
+        return len(self.uuids)
+
+    def nvmlDeviceGetHandleByIndex(self, i: int) -> int:  # noqa: N802
+        return i
+
+    def nvmlDeviceGetUUID(self, h: int) -> str:  # noqa: N802
+        return self.uuids[h]
+
+    def nvmlDeviceGetName(self, h: int) -> bytes:  # noqa: N802
+        return b"NVIDIA GeForce RTX 4090 D"
+
+    def nvmlDeviceGetUtilizationRates(self, h: int) -> Any:  # noqa: N802
+        self._maybe_fail("util")
+        return SimpleNamespace(gpu=97 if h == 0 else 3, memory=40)
+
+    def nvmlDeviceGetMemoryInfo(self, h: int) -> Any:  # noqa: N802
+        return SimpleNamespace(used=20 * 2**30, total=24 * 2**30, free=4 * 2**30)
+
+    def nvmlDeviceGetTemperature(self, h: int, sensor: int) -> int:  # noqa: N802
+        return 71
+
+    def nvmlDeviceGetPowerUsage(self, h: int) -> int:  # noqa: N802
+        return 425_500  # mW
+
+    def nvmlDeviceGetEnforcedPowerLimit(self, h: int) -> int:  # noqa: N802
+        return 425_000
+
+    def nvmlDeviceGetClockInfo(self, h: int, clock: int) -> int:  # noqa: N802
+        return 2520  # MHz
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, h: int) -> int:  # noqa: N802
+        return 123_456_000  # mJ
+
+    def nvmlDeviceGetTotalEccErrors(self, h: int, kind: int, counter: int) -> int:  # noqa: N802
+        raise NVMLError_NotSupported("consumer card")
+
+
+class Scrape:
+    """One scrape's exposition, parsed once (each collect() is a new reading)."""
+
+    def __init__(self, collector: GpuCollector) -> None:
+        registry = CollectorRegistry()
+        registry.register(collector)
+        self.text = generate_latest(registry).decode()
+        self.samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                        for family in text_string_to_metric_families(self.text)
+                        for s in family.samples}
+
+    def get_sample_value(self, name: str, labels: dict[str, str] | None = None) -> float | None:
+        return self.samples.get((name, tuple(sorted((labels or {}).items()))))
+
+
+def _scrape(collector: GpuCollector) -> Scrape:
+    return Scrape(collector)
+
+
+def _loader(fake: FakeNvml):  # type: ignore[no-untyped-def]
+    return lambda: cast(ModuleType, fake)
+
+
+def test_without_nvml_only_availability_zero() -> None:
+    def missing() -> ModuleType:
+        raise ImportError("No module named 'pynvml'")
+
+    registry = _scrape(GpuCollector(load_nvml=missing))
+    assert registry.get_sample_value("fleet_gpu_exporter_nvml_available") == 0
+    assert "fleet_gpu_utilization_percent{" not in registry.text
+
+
+def test_nvml_init_failure_is_availability_zero() -> None:
+    fake = FakeNvml(["GPU-a"], fail={"init": NVMLError("Driver Not Loaded")})
+    registry = _scrape(GpuCollector(load_nvml=_loader(fake)))
+    assert registry.get_sample_value("fleet_gpu_exporter_nvml_available") == 0
+
+
+def test_readings_in_base_units_with_replica_labels(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps({"replicas": [
+        {"name": "replica-0", "gpu_uuid": "GPU-a"}, {"name": "replica-1", "gpu_uuid": "GPU-b"}]}))
+    registry = _scrape(GpuCollector(state, load_nvml=_loader(FakeNvml(["GPU-a", "GPU-b"]))))
+    labels = {"gpu_uuid": "GPU-a", "gpu_index": "0", "gpu_name": "NVIDIA GeForce RTX 4090 D",
+              "replica": "replica-0"}
+    assert registry.get_sample_value("fleet_gpu_utilization_percent", labels) == 97
+    assert registry.get_sample_value("fleet_gpu_power_watts", labels) == 425.5
+    assert registry.get_sample_value("fleet_gpu_sm_clock_hertz", labels) == 2.52e9
+    assert registry.get_sample_value("fleet_gpu_memory_total_bytes", labels) == 24 * 2**30
+    assert registry.get_sample_value("fleet_gpu_energy_joules_total", labels) == 123_456
+    assert registry.get_sample_value("fleet_gpu_utilization_percent",
+                                     {**labels, "gpu_uuid": "GPU-b", "gpu_index": "1",
+                                      "replica": "replica-1"}) == 3
+    # ECC is not supported on this card: left out, and not an error.
+    assert "fleet_gpu_ecc_corrected_errors_total{" not in registry.text
+
+
+def test_one_failing_field_drops_only_that_field() -> None:
+    fake = FakeNvml(["GPU-a"], fail={"util": NVMLError("GPU is lost")})
+    collector = GpuCollector(load_nvml=_loader(fake))
+    registry = _scrape(collector)
+    assert registry.get_sample_value("fleet_gpu_exporter_read_errors_total",
+                                     {"field": "fleet_gpu_utilization_percent"}) == 1
+    assert registry.get_sample_value(
+        "fleet_gpu_temperature_celsius",
+        {"gpu_uuid": "GPU-a", "gpu_index": "0", "gpu_name": "NVIDIA GeForce RTX 4090 D",
+         "replica": ""}) == 71
+
+
+def test_a_gpu_that_vanished_is_reported(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps({"replicas": [{"name": "replica-0", "gpu_uuid": "GPU-a"},
+                                              {"name": "replica-1", "gpu_uuid": "GPU-gone"}]}))
+    registry = _scrape(GpuCollector(state, load_nvml=_loader(FakeNvml(["GPU-a"]))))
+    assert registry.get_sample_value("fleet_gpu_present",
+                                     {"gpu_uuid": "GPU-gone", "replica": "replica-1"}) == 0
+    assert registry.get_sample_value("fleet_gpu_present",
+                                     {"gpu_uuid": "GPU-a", "replica": "replica-0"}) == 1
