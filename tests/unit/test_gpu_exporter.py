@@ -158,3 +158,33 @@ def test_a_gpu_that_vanished_is_reported(tmp_path: Path) -> None:
                                      {"gpu_uuid": "GPU-gone", "replica": "replica-1"}) == 0
     assert registry.get_sample_value("fleet_gpu_present",
                                      {"gpu_uuid": "GPU-a", "replica": "replica-0"}) == 1
+
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "gpu"
+
+
+def _utilisation(path: Path) -> dict[str, float]:
+    return {s.labels["replica"]: s.value
+            for family in text_string_to_metric_families(path.read_text())
+            for s in family.samples if s.name == "fleet_gpu_utilization_percent"}
+
+
+def test_real_gpu_capture_shows_each_replicas_load_on_its_own_gpu() -> None:
+    """Captured on 2 x H200 by tests/fixtures/gpu/capture.sh (see that script)."""
+    assert _utilisation(FIXTURES / "idle.metrics") == {"replica-0": 0, "replica-1": 0}
+    busy0 = _utilisation(FIXTURES / "load-replica-0.metrics")
+    busy1 = _utilisation(FIXTURES / "load-replica-1.metrics")
+    assert busy0["replica-0"] >= 90 and busy0["replica-1"] <= 10
+    assert busy1["replica-1"] >= 90 and busy1["replica-0"] <= 10
+
+
+def test_real_capture_has_the_families_the_exporter_writes_today() -> None:
+    def families(text: str) -> dict[str, tuple[str, frozenset[str]]]:
+        return {f.name: (f.type, frozenset(k for s in f.samples for k in s.labels))
+                for f in text_string_to_metric_families(text) if f.samples}
+
+    fake = Scrape(GpuCollector(load_nvml=_loader(FakeNvml(["GPU-a"]))))
+    real = families((FIXTURES / "load-replica-0.metrics").read_text())
+    # ECC is not supported by the fake consumer card; the H200 reports it.
+    assert set(families(fake.text)) <= set(real)
+    assert {k: v for k, v in real.items() if k in families(fake.text)} == families(fake.text)
