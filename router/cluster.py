@@ -62,6 +62,8 @@ def _check_ports_free(plan: ClusterPlan) -> None:
         wanted.append(("127.0.0.1", spec.prometheus.port, "prometheus.port"))
     if spec.controller.enabled:
         wanted.append(("127.0.0.1", spec.controller.port, "controller.port"))
+    if plan.gpu_exporter:
+        wanted.append(("127.0.0.1", spec.gpu_exporter.port, "gpu_exporter.port"))
     wanted += [("127.0.0.1", r.port, f"{r.name} (ports.replica_base + {r.index})")
                for r in plan.replicas]
     busy = [f"{port} ({key})" for host, port, key in wanted if port_in_use(host, port)]

@@ -59,6 +59,12 @@ class ClusterPlan:
     replicas: tuple[ReplicaPlan, ...]
 
     @property
+    def gpu_exporter(self) -> bool:
+        """Whether the NVML exporter runs: on GPU fleets under `auto`."""
+        wanted = self.spec.gpu_exporter.enabled
+        return self.engine.engine == "gpu" if wanted == "auto" else wanted
+
+    @property
     def gateway_url(self) -> str:
         host = self.spec.gateway.host
         shown = "127.0.0.1" if host in {"0.0.0.0", "::", "[::]"} else host

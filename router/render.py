@@ -191,6 +191,7 @@ def render_prometheus(plan: ClusterPlan) -> str:
                   for r in plan.replicas],
         prometheus_port=prom.port,
         controller_port=plan.spec.controller.port if plan.spec.controller.enabled else None,
+        gpu_exporter_port=plan.spec.gpu_exporter.port if plan.gpu_exporter else None,
     )
 
 
@@ -285,6 +286,20 @@ def controller_program(paths: RuntimePaths) -> Program:
     )
 
 
+def gpu_exporter_program(plan: ClusterPlan, paths: RuntimePaths) -> Program:
+    return Program(
+        name="gpu-exporter",
+        comment="NVML readings per GPU, labelled with the replica pinned to it",
+        argv=(sys.executable, "-m", "router.gpu_exporter", "--port",
+              str(plan.spec.gpu_exporter.port), "--state", str(paths.state_json)),
+        env={},
+        startsecs=2,
+        startretries=10,
+        stopsignal="TERM",
+        stopwaitsecs=10,
+    )
+
+
 def programs(plan: ClusterPlan, paths: RuntimePaths) -> list[Program]:
     progs = [replica_program(r, paths) for r in plan.replicas]
     progs.append(gateway_program(paths))
@@ -292,6 +307,8 @@ def programs(plan: ClusterPlan, paths: RuntimePaths) -> list[Program]:
         progs.append(prometheus_program(plan, paths))
     if plan.spec.controller.enabled:
         progs.append(controller_program(paths))
+    if plan.gpu_exporter:
+        progs.append(gpu_exporter_program(plan, paths))
     return progs
 
 

@@ -285,6 +285,14 @@ class ControllerSpec(_Model):
         return value
 
 
+class GpuExporterSpec(_Model):
+    """The NVML exporter (router/gpu_exporter.py)."""
+
+    # auto: run it when the engine is gpu.
+    enabled: bool | Literal["auto"] = "auto"
+    port: Port = 9400
+
+
 class ClusterSpec(_Model):
     """The whole cluster. Loaded with :func:`load_spec`."""
 
@@ -297,6 +305,7 @@ class ClusterSpec(_Model):
     prometheus: PrometheusSpec = PrometheusSpec()
     sim: SimSpec = SimSpec()
     controller: ControllerSpec = ControllerSpec()
+    gpu_exporter: GpuExporterSpec = GpuExporterSpec()
     runtime_dir: Path = Field(default_factory=default_runtime_dir)
     # How long `fleet up` waits for every replica to answer /health.
     startup_timeout_s: int = Field(default=900, ge=10)
@@ -307,7 +316,8 @@ class ClusterSpec(_Model):
         # A section whose keys are all commented out parses as None in YAML;
         # it means "all defaults", not "invalid".
         if isinstance(data, dict):
-            sections = {"gateway", "model", "vllm", "ports", "prometheus", "sim", "controller"}
+            sections = {"gateway", "model", "vllm", "ports", "prometheus", "sim", "controller",
+                        "gpu_exporter"}
             return {k: v for k, v in data.items() if not (k in sections and v is None)}
         return data
 
@@ -330,6 +340,8 @@ class ClusterSpec(_Model):
             fixed["prometheus.port"] = self.prometheus.port
         if self.controller.enabled:
             fixed["controller.port"] = self.controller.port
+        if self.gpu_exporter.enabled is not False:
+            fixed["gpu_exporter.port"] = self.gpu_exporter.port
         seen: dict[int, str] = {}
         for key, port in fixed.items():
             if port in seen:
