@@ -157,29 +157,44 @@ def status(spec: ClusterSpec) -> ClusterStatus:
 def controller_call(paths: RuntimePaths, state: dict[str, Any], method: str, path: str,
                     body: dict[str, Any] | None = None,
                     required: bool = False) -> dict[str, Any] | None:
-    """One admin API call with the cluster's token; None (or ClusterError) on failure."""
-    url = state.get("controller_url")
+    """One admin API call with the cluster's token.
+
+    Returns the JSON answer; on any failure returns None, or raises ClusterError
+    with the reason when ``required``.
+    """
     try:
+        url = state.get("controller_url")
         if url is None:
             raise ClusterError("this cluster runs without the controller",
                                hint="set controller.enabled: true in the spec")
-        response = requests.request(
-            method, url + path, json=body, timeout=10,
-            headers={"Authorization": f"Bearer {read_admin_token(paths)}"})
-    except (requests.RequestException, ClusterError) as exc:
-        if required:
-            if isinstance(exc, ClusterError):
-                raise
+        try:
+            response = requests.request(
+                method, url + path, json=body, timeout=10,
+                headers={"Authorization": f"Bearer {read_admin_token(paths)}"})
+        except requests.RequestException as exc:
             raise ClusterError(f"the controller at {url} did not answer: {exc}",
                                hint="see `fleet logs controller`") from exc
-        return None
-    if response.status_code != 200:
+        if response.status_code != 200:
+            raise ClusterError(f"the controller answered {response.status_code}: "
+                               f"{_detail(response)}")
+    except ClusterError:
         if required:
-            detail = response.json().get("detail", response.text)
-            raise ClusterError(f"the controller refused: {detail}")
+            raise
         return None
     result: dict[str, Any] = response.json()
     return result
+
+
+def _detail(response: requests.Response) -> str:
+    """FastAPI's error detail as one readable line ("weight: must be <= 100")."""
+    try:
+        detail = response.json().get("detail", response.text)
+    except ValueError:
+        return response.text.strip()
+    if isinstance(detail, list):
+        return "; ".join(f"{e.get('loc', ['?'])[-1]}: {e.get('msg')} (got {e.get('input')!r})"
+                         for e in detail if isinstance(e, dict))
+    return str(detail)
 
 
 def _log_tail(path: Path, lines: int = 15) -> str:

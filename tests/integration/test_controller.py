@@ -257,6 +257,12 @@ def test_drain_undrain_and_pin(make_cluster: Callable[..., Controlled]) -> None:
     cli = fleet("pin", "--spec", str(cluster.spec), "replica-1", "--clear")
     assert cli.returncode == 0, cli.stderr
     assert cluster.status()["replica-1"]["override"]["pinned_weight"] is None
+    unknown = fleet("drain", "--spec", str(cluster.spec), "replica-9")
+    assert unknown.returncode == 6
+    assert unknown.stderr.startswith("error: the controller answered 404: no replica named")
+    too_heavy = fleet("pin", "--spec", str(cluster.spec), "replica-1", "300")
+    assert too_heavy.returncode == 6
+    assert "weight: Input should be less than or equal to 100" in too_heavy.stderr
 
 
 def _answers(url: str) -> bool:
