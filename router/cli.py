@@ -22,8 +22,8 @@ from router import __version__, cluster
 from router import model as model_store
 from router.devices import discover
 from router.errors import ClusterError, FleetError, SpecError
-from router.plan import build_plan, choose_engine
-from router.render import check_nginx, check_prometheus, render_all, write_rendered
+from router.plan import choose_engine
+from router.render import write_checked
 from router.runtime import RuntimePaths, read_state
 from router.spec import (
     EXAMPLE_SPEC,
@@ -118,24 +118,10 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 def cmd_render(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
-    inventory = discover()
-    engine = choose_engine(spec, inventory)
-    settings = resolve_engine_settings(spec, engine)
-    # Rendering needs no prepared model: show where it would be loaded from.
-    try:
-        model_path = model_store.resolve(settings.model, spec.model.cache_dir)
-    except FleetError:
-        model_path = settings.model
-    plan = build_plan(spec, settings, inventory, model_path, sys.executable)
+    # Rendering needs no prepared model: the configs name where it would load from.
+    plan = cluster.make_plan(spec, require_model=False)
     out = args.out.resolve()
-    paths = RuntimePaths(out, config_override=out)
-    paths.logs_dir.mkdir(parents=True, exist_ok=True)
-    paths.nginx_temp_dir.mkdir(parents=True, exist_ok=True)
-    rendered = render_all(plan, paths)
-    write_rendered(rendered, out)
-    check_nginx(paths.nginx_conf, paths.log("nginx-check"))
-    if spec.prometheus.enabled:
-        check_prometheus(paths.prometheus_yml)
+    rendered = write_checked(plan, RuntimePaths(out, config_override=out))
     for name in sorted(rendered.files):
         print(out / name)
     return 0

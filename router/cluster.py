@@ -22,11 +22,11 @@ import requests
 
 from router import model as model_store
 from router.devices import Inventory, discover
-from router.errors import ClusterError
+from router.errors import ClusterError, ModelError
 from router.health import Probe, port_in_use, probe
 from router.plan import ClusterPlan, build_plan, choose_engine
 from router.procs import descendants, process_alive
-from router.render import check_nginx, check_prometheus, render_all, write_rendered
+from router.render import write_checked
 from router.runtime import (
     RuntimePaths,
     ensure_admin_token,
@@ -44,13 +44,22 @@ Progress = Callable[[str], None]
 
 
 def make_plan(spec: ClusterSpec, inventory: Inventory | None = None,
-              python: str | None = None) -> ClusterPlan:
-    """Spec + devices + locally resolved model -> plan. Raises before any side effect."""
+              python: str | None = None, require_model: bool = True) -> ClusterPlan:
+    """Spec + devices + locally resolved model -> plan. Raises before any side effect.
+
+    With ``require_model=False`` (rendering only) a model that is not prepared
+    yet is named as the spec gives it instead of failing.
+    """
     inventory = inventory or discover()
     engine = choose_engine(spec, inventory)
     settings = resolve_engine_settings(spec, engine)
-    model_path = (settings.model if engine == "sim"
-                  else model_store.resolve(settings.model, spec.model.cache_dir))
+    model_path = settings.model
+    if engine != "sim":
+        try:
+            model_path = model_store.resolve(settings.model, spec.model.cache_dir)
+        except ModelError:
+            if require_model:
+                raise
     return build_plan(spec, settings, inventory, model_path, python or sys.executable)
 
 
@@ -76,18 +85,8 @@ def _check_ports_free(plan: ClusterPlan) -> None:
 
 def _prepare_runtime(plan: ClusterPlan, paths: RuntimePaths) -> None:
     paths.create()
-    if os.geteuid() == 0:
-        # nginx workers run as nobody when started as root; they write
-        # request bodies and buffers under the temp dir.
-        import pwd
-
-        nobody = pwd.getpwnam("nobody")
-        os.chown(paths.nginx_temp_dir, nobody.pw_uid, nobody.pw_gid)
     ensure_admin_token(paths)
-    write_rendered(render_all(plan, paths), paths.config_dir)
-    check_nginx(paths.nginx_conf, paths.log("nginx-check"))
-    if plan.spec.prometheus.enabled:
-        check_prometheus(paths.prometheus_yml)
+    write_checked(plan, paths)
 
 
 @dataclass(frozen=True)
@@ -250,8 +249,7 @@ def _controller_ready(plan: ClusterPlan, paths: RuntimePaths) -> bool:
     """True once the controller has put every replica in rotation (or is off)."""
     if not plan.spec.controller.enabled:
         return True
-    state = read_state(paths)
-    view = controller_call(paths, state, "GET", "/status") if state else None
+    view = controller_call(paths, plan_state(plan, None), "GET", "/status")
     return view is not None and all(r["in_rotation"] for r in view["replicas"])
 
 

@@ -385,3 +385,22 @@ def write_rendered(rendered: RenderedConfig, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, text in rendered.files.items():
         write_atomic(out_dir / name, text)
+
+
+def write_checked(plan: ClusterPlan, paths: RuntimePaths) -> RenderedConfig:
+    """Render every config into ``paths.config_dir`` and check it as nginx will run it.
+
+    Also makes the folders nginx needs to start (logs, temp); when nginx runs
+    as root its workers drop to nobody and write request bodies there.
+    """
+    paths.logs_dir.mkdir(parents=True, exist_ok=True)
+    paths.nginx_temp_dir.mkdir(parents=True, exist_ok=True)
+    if nginx_run_user():
+        nobody = pwd.getpwnam("nobody")
+        os.chown(paths.nginx_temp_dir, nobody.pw_uid, nobody.pw_gid)
+    rendered = render_all(plan, paths)
+    write_rendered(rendered, paths.config_dir)
+    check_nginx(paths.nginx_conf, paths.log("nginx-check"))
+    if plan.spec.prometheus.enabled:
+        check_prometheus(paths.prometheus_yml)
+    return rendered

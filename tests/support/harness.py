@@ -107,15 +107,7 @@ def _stop(process: subprocess.Popen[bytes], sig: int) -> None:
 def gateway(plan: ClusterPlan) -> Iterator[Running]:
     """Render the cluster's configs, `nginx -t` them and run the gateway program."""
     paths = RuntimePaths(plan.spec.runtime_dir)
-    paths.create()
-    if render.nginx_run_user():
-        import os
-        import pwd
-
-        nobody = pwd.getpwnam("nobody")
-        os.chown(paths.nginx_temp_dir, nobody.pw_uid, nobody.pw_gid)
-    render.write_rendered(render.render_all(plan, paths), paths.config_dir)
-    render.check_nginx(paths.nginx_conf, paths.log("nginx-check"))
+    render.write_checked(plan, paths)
     program = render.gateway_program(paths)
     process = subprocess.Popen(program.argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -129,9 +121,8 @@ def gateway(plan: ClusterPlan) -> Iterator[Running]:
 def prometheus(plan: ClusterPlan) -> Iterator[Running]:
     """Run Prometheus with the rendered prometheus.yml."""
     paths = RuntimePaths(plan.spec.runtime_dir)
-    paths.create()
-    render.write_rendered(render.render_all(plan, paths), paths.config_dir)
-    render.check_prometheus(paths.prometheus_yml)
+    paths.create()  # Prometheus's data folder
+    render.write_checked(plan, paths)
     program = render.prometheus_program(plan, paths)
     log = paths.log("prometheus").open("wb")
     process = subprocess.Popen(program.argv, stdout=log, stderr=subprocess.STDOUT)
