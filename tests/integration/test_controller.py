@@ -103,29 +103,50 @@ def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Control
 
 
 class Load:
-    """Closed-loop clients through the gateway, counting who served what."""
+    """Closed-loop clients through the gateway, counting who served what.
+
+    Like the official openai client, a request whose connection was closed
+    before any answer is sent again once, on a new connection: on a reload
+    nginx's old workers close idle keep-alive connections, and a request
+    written onto one at that instant never reached nginx (HTTP/1.1's
+    keep-alive race; nothing in the access log). Those are counted in
+    ``resent``; a request that fails twice, or gets any non-200, is a failure.
+    """
 
     def __init__(self, url: str, clients: int, max_tokens: int) -> None:
         self.url, self.max_tokens = url, max_tokens
         self.served: list[tuple[float, str]] = []
         self.failures: list[str] = []
+        self.resent = 0
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run) for _ in range(clients)]
 
+    def _post(self, session: requests.Session) -> requests.Response:
+        return session.post(f"{self.url}/v1/chat/completions", timeout=30,
+                            json={**CHAT, "max_tokens": self.max_tokens, "ignore_eos": True})
+
     def _run(self) -> None:
-        with requests.Session() as session:
-            while not self._stop.is_set():
-                try:
-                    response = session.post(
-                        f"{self.url}/v1/chat/completions", timeout=30,
-                        json={**CHAT, "max_tokens": self.max_tokens, "ignore_eos": True})
+        while not self._stop.is_set():
+            with requests.Session() as session:
+                while not self._stop.is_set():
+                    try:
+                        response = self._post(session)
+                    except requests.ConnectionError:
+                        self.resent += 1
+                        session.close()
+                        try:
+                            response = self._post(session)
+                        except requests.RequestException as exc:
+                            self.failures.append(type(exc).__name__)
+                            break
+                    except requests.RequestException as exc:
+                        self.failures.append(type(exc).__name__)
+                        break
                     if response.status_code == 200:
                         self.served.append((time.monotonic(),
                                             response.headers["X-Fleet-Replica"]))
                     else:
                         self.failures.append(str(response.status_code))
-                except requests.RequestException as exc:
-                    self.failures.append(type(exc).__name__)
 
     def __enter__(self) -> Load:
         for thread in self._threads:
