@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what llm-fleet needs on a Debian/Ubuntu machine, skipping what is
 # already there:
-#   - system packages (apt-get): nginx, Prometheus (with promtool)
+#   - system packages (apt-get): nginx, Prometheus (with promtool), the nginx
+#     exporter and mtail (gateway metrics)
 #   - a virtual environment at .venv with llm-fleet and the vLLM build that
 #     fits the machine: `gpu` when nvidia-smi lists a GPU, `cpu` otherwise.
 # Usage: deploy/setup.sh [--dev] [--engine cpu|gpu]
@@ -27,6 +28,8 @@ need=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v prometheus-nginx-exporter >/dev/null 2>&1 || need+=(prometheus-nginx-exporter)
+command -v mtail >/dev/null 2>&1 || need+=(mtail)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   if [ "$(id -u)" -ne 0 ]; then
@@ -36,8 +39,8 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
   say "installing system packages: ${need[*]}"
   $sudo apt-get update -qq
-  # policy-rc.d keeps Debian from starting the system-wide nginx/prometheus
-  # services on ports our cluster wants.
+  # policy-rc.d keeps Debian from starting the system-wide nginx, Prometheus
+  # and exporter services on ports our cluster wants.
   printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
   $sudo chmod +x /usr/sbin/policy-rc.d
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \

@@ -101,9 +101,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
     paths = RuntimePaths(spec.runtime_dir)
     state = read_state(paths)
     known = [r["name"] for r in state["replicas"]] if state else []
-    known += ["gateway", "prometheus", "controller", "gpu-exporter", "nginx-error",
-              "gateway-access",
-              "supervisord"]
+    known += ["gateway", "prometheus", "controller", "gpu-exporter", "nginx-exporter",
+              "log-exporter", "nginx-error", "gateway-access", "supervisord"]
     if args.name not in known:
         raise ClusterError(f"no log named {args.name!r}", hint="choose one of: " + ", ".join(known))
     path = paths.log(args.name)

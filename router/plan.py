@@ -142,9 +142,7 @@ def build_plan(spec: ClusterSpec, settings: EngineSettings, inventory: Inventory
             f"ports.replica_base {spec.ports.replica_base} leaves no room for {count} replicas",
             hint="lower ports.replica_base",
         )
-    taken = {spec.gateway.port: "gateway.port", spec.gateway.status_port: "gateway.status_port"}
-    if spec.prometheus.enabled:
-        taken[spec.prometheus.port] = "prometheus.port"
+    taken = {port: key for key, port in spec.service_ports().items()}
     for port in ports:
         if port in taken:
             raise SpecError(

@@ -30,13 +30,15 @@ import jinja2
 
 from router.errors import EnvironmentError_, RenderError
 from router.plan import ClusterPlan, ReplicaPlan
-from router.runtime import RuntimePaths, write_atomic
-from router.spec import REPO_ROOT, GatewaySpec
+from router.runtime import ALERT_RULES, RECORDING_RULES, RuntimePaths, write_atomic
+from router.spec import REPO_ROOT, ClusterSpec, GatewaySpec
 
 # Every replica starts with the same weight, in the middle of [1, 100] so the
 # controller can move it both ways.
 BASE_WEIGHT = 50
 UPSTREAM_NAME = "replicas"
+# mtail loads every program in this folder.
+MTAIL_PROGRAMS = REPO_ROOT / "nginx" / "mtail"
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,8 @@ class RenderedConfig:
     files: dict[str, str]
 
 
-def _environment() -> jinja2.Environment:
+def _environment(variable_delimiters: tuple[str, str]) -> jinja2.Environment:
+    start, end = variable_delimiters
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(REPO_ROOT)),
         undefined=jinja2.StrictUndefined,
@@ -73,12 +76,14 @@ def _environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
         autoescape=False,
+        variable_start_string=start,
+        variable_end_string=end,
     )
 
 
-def _template(name: str) -> jinja2.Template:
+def _template(name: str, variable_delimiters: tuple[str, str] = ("{{", "}}")) -> jinja2.Template:
     try:
-        return _environment().get_template(name)
+        return _environment(variable_delimiters).get_template(name)
     except jinja2.TemplateNotFound as exc:
         raise EnvironmentError_(
             f"template {name} not found under {REPO_ROOT}",
@@ -165,7 +170,7 @@ def render_nginx(plan: ClusterPlan, paths: RuntimePaths) -> str:
         paths={
             "pid": paths.nginx_pid,
             "error_log": paths.log("nginx-error"),
-            "access_log": paths.log("gateway-access"),
+            "access_log": paths.access_log,
             "temp_dir": paths.nginx_temp_dir,
         },
         gateway={
@@ -184,14 +189,35 @@ def render_nginx(plan: ClusterPlan, paths: RuntimePaths) -> str:
 
 def render_prometheus(plan: ClusterPlan) -> str:
     prom = plan.spec.prometheus
+    metrics = plan.spec.gateway_metrics
     return _template("prometheus/prometheus.yml.j2").render(
         scrape_interval_s=prom.scrape_interval_s,
         scrape_timeout_s=max(1, min(10, prom.scrape_interval_s)),
+        rule_files=[RECORDING_RULES, ALERT_RULES],
         replicas=[{"name": r.name, "address": r.address, "device": r.device}
                   for r in plan.replicas],
         prometheus_port=prom.port,
         controller_port=plan.spec.controller.port if plan.spec.controller.enabled else None,
         gpu_exporter_port=plan.spec.gpu_exporter.port if plan.gpu_exporter else None,
+        nginx_exporter_port=metrics.nginx_exporter_port if metrics.enabled else None,
+        log_exporter_port=metrics.log_exporter_port if metrics.enabled else None,
+    )
+
+
+def recording_rules() -> str:
+    """The recording rules: the same for every cluster, so a plain file."""
+    return (REPO_ROOT / "prometheus" / RECORDING_RULES).read_text(encoding="utf-8")
+
+
+def render_alert_rules(spec: ClusterSpec) -> str:
+    alerts = spec.alerts
+    # Prometheus's own alert templates use {{ }}; jinja2 fills [[ ]] here.
+    return _template("prometheus/alerts.rules.yml.j2", ("[[", "]]")).render(
+        alerts=alerts,
+        # Longer than two evaluations plus the minimum reload spacing: a
+        # weight change that is merely held for its turn never fires.
+        reload_stuck_s=int(max(60.0, 3 * spec.controller.min_reload_interval_s
+                               + 2 * spec.controller.evaluate_interval_s)),
     )
 
 
@@ -300,6 +326,41 @@ def gpu_exporter_program(plan: ClusterPlan, paths: RuntimePaths) -> Program:
     )
 
 
+def nginx_exporter_program(plan: ClusterPlan) -> Program:
+    gw = plan.spec.gateway
+    return Program(
+        name="nginx-exporter",
+        comment="nginx's stub_status counters as Prometheus metrics",
+        # Debian's 0.11 build takes single-dash flags.
+        argv=(nginx_exporter_binary(),
+              f"-nginx.scrape-uri=http://127.0.0.1:{gw.status_port}/stub_status",
+              f"-web.listen-address=127.0.0.1:{plan.spec.gateway_metrics.nginx_exporter_port}",
+              # nginx may still be starting: wait for it instead of exiting.
+              "-nginx.retries=30", "-nginx.retry-interval=1s"),
+        env={},
+        startsecs=1,
+        startretries=10,
+        stopsignal="TERM",
+        stopwaitsecs=10,
+    )
+
+
+def log_exporter_program(plan: ClusterPlan, paths: RuntimePaths) -> Program:
+    return Program(
+        name="log-exporter",
+        comment="mtail: per-replica requests, statuses and latency from the access log",
+        argv=(mtail_binary(), "-progs", str(MTAIL_PROGRAMS),
+              "-logs", str(paths.access_log),
+              "-address", "127.0.0.1", "-port", str(plan.spec.gateway_metrics.log_exporter_port),
+              "-emit_prog_label=false", "-logtostderr"),
+        env={},
+        startsecs=1,
+        startretries=10,
+        stopsignal="TERM",
+        stopwaitsecs=10,
+    )
+
+
 def programs(plan: ClusterPlan, paths: RuntimePaths) -> list[Program]:
     progs = [replica_program(r, paths) for r in plan.replicas]
     progs.append(gateway_program(paths))
@@ -309,6 +370,9 @@ def programs(plan: ClusterPlan, paths: RuntimePaths) -> list[Program]:
         progs.append(controller_program(paths))
     if plan.gpu_exporter:
         progs.append(gpu_exporter_program(plan, paths))
+    if plan.spec.gateway_metrics.enabled:
+        progs.append(nginx_exporter_program(plan))
+        progs.append(log_exporter_program(plan, paths))
     return progs
 
 
@@ -333,6 +397,8 @@ def render_all(plan: ClusterPlan, paths: RuntimePaths) -> RenderedConfig:
     }
     if plan.spec.prometheus.enabled:
         files[paths.prometheus_yml.name] = render_prometheus(plan)
+        files[paths.recording_rules.name] = recording_rules()
+        files[paths.alert_rules.name] = render_alert_rules(plan.spec)
     return RenderedConfig(files=files)
 
 
@@ -352,6 +418,14 @@ def nginx_binary() -> str:
 
 def prometheus_binary() -> str:
     return _binary("prometheus", "prometheus")
+
+
+def nginx_exporter_binary() -> str:
+    return _binary("prometheus-nginx-exporter", "prometheus-nginx-exporter")
+
+
+def mtail_binary() -> str:
+    return _binary("mtail", "mtail")
 
 
 def check_nginx(conf: Path, error_log: Path) -> None:
@@ -395,6 +469,8 @@ def write_checked(plan: ClusterPlan, paths: RuntimePaths) -> RenderedConfig:
     """
     paths.logs_dir.mkdir(parents=True, exist_ok=True)
     paths.nginx_temp_dir.mkdir(parents=True, exist_ok=True)
+    # mtail follows only files that exist when it starts.
+    paths.access_log.touch(exist_ok=True)
     if nginx_run_user():
         nobody = pwd.getpwnam("nobody")
         os.chown(paths.nginx_temp_dir, nobody.pw_uid, nobody.pw_gid)

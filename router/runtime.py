@@ -19,6 +19,10 @@ from typing import Any
 from router.errors import ClusterError
 from router.plan import ClusterPlan
 
+# Rule files sit beside prometheus.yml, which names them relative to itself.
+RECORDING_RULES = "recording.rules.yml"
+ALERT_RULES = "alerts.rules.yml"
+
 
 @dataclass(frozen=True)
 class RuntimePaths:
@@ -43,6 +47,18 @@ class RuntimePaths:
     @property
     def prometheus_yml(self) -> Path:
         return self.config_dir / "prometheus.yml"
+
+    @property
+    def recording_rules(self) -> Path:
+        return self.config_dir / RECORDING_RULES
+
+    @property
+    def alert_rules(self) -> Path:
+        return self.config_dir / ALERT_RULES
+
+    @property
+    def access_log(self) -> Path:
+        return self.log("gateway-access")
 
     @property
     def supervisord_conf(self) -> Path:

@@ -293,6 +293,33 @@ class GpuExporterSpec(_Model):
     port: Port = 9400
 
 
+class GatewayMetricsSpec(_Model):
+    """nginx's own counters and its access log, as Prometheus metrics.
+
+    prometheus-nginx-exporter reads stub_status; mtail turns the JSON access
+    log into per-replica request, status and latency series
+    (nginx/mtail/gateway.mtail).
+    """
+
+    enabled: bool = True
+    nginx_exporter_port: Port = 9113
+    log_exporter_port: Port = 3903
+
+
+class AlertsSpec(_Model):
+    """Thresholds of the Prometheus alert rules (prometheus/alerts.rules.yml.j2)."""
+
+    # Per-replica P99 over the last minute, held for 5 minutes, fires an alert.
+    ttft_p99_slo_s: float = Field(default=2.0, gt=0.0)
+    e2e_p99_slo_s: float = Field(default=30.0, gt=0.0)
+    # vLLM's KV cache share in use (0-1); above it requests queue or get preempted.
+    kv_cache_usage_max: float = Field(default=0.95, gt=0.0, le=1.0)
+    # GPU core temperature; consumer cards throttle in the high 80s.
+    gpu_temperature_max_c: float = Field(default=85.0, gt=0.0)
+    # Share of client requests answered 5xx by the gateway.
+    gateway_5xx_ratio_max: float = Field(default=0.05, gt=0.0, le=1.0)
+
+
 class ClusterSpec(_Model):
     """The whole cluster. Loaded with :func:`load_spec`."""
 
@@ -306,6 +333,8 @@ class ClusterSpec(_Model):
     sim: SimSpec = SimSpec()
     controller: ControllerSpec = ControllerSpec()
     gpu_exporter: GpuExporterSpec = GpuExporterSpec()
+    gateway_metrics: GatewayMetricsSpec = GatewayMetricsSpec()
+    alerts: AlertsSpec = AlertsSpec()
     runtime_dir: Path = Field(default_factory=default_runtime_dir)
     # How long `fleet up` waits for every replica to answer /health.
     startup_timeout_s: int = Field(default=900, ge=10)
@@ -317,7 +346,7 @@ class ClusterSpec(_Model):
         # it means "all defaults", not "invalid".
         if isinstance(data, dict):
             sections = {"gateway", "model", "vllm", "ports", "prometheus", "sim", "controller",
-                        "gpu_exporter"}
+                        "gpu_exporter", "gateway_metrics", "alerts"}
             return {k: v for k, v in data.items() if not (k in sections and v is None)}
         return data
 
@@ -333,17 +362,24 @@ class ClusterSpec(_Model):
             raise ValueError("need at least 1 replica, or 'auto'")
         return value
 
+    def service_ports(self) -> dict[str, int]:
+        """Every fixed port the cluster listens on, keyed by its spec key."""
+        ports = {"gateway.port": self.gateway.port, "gateway.status_port": self.gateway.status_port}
+        if self.prometheus.enabled:
+            ports["prometheus.port"] = self.prometheus.port
+        if self.controller.enabled:
+            ports["controller.port"] = self.controller.port
+        if self.gpu_exporter.enabled is not False:
+            ports["gpu_exporter.port"] = self.gpu_exporter.port
+        if self.gateway_metrics.enabled:
+            ports["gateway_metrics.nginx_exporter_port"] = self.gateway_metrics.nginx_exporter_port
+            ports["gateway_metrics.log_exporter_port"] = self.gateway_metrics.log_exporter_port
+        return ports
+
     @model_validator(mode="after")
     def _distinct_ports(self) -> ClusterSpec:
-        fixed = {"gateway.port": self.gateway.port, "gateway.status_port": self.gateway.status_port}
-        if self.prometheus.enabled:
-            fixed["prometheus.port"] = self.prometheus.port
-        if self.controller.enabled:
-            fixed["controller.port"] = self.controller.port
-        if self.gpu_exporter.enabled is not False:
-            fixed["gpu_exporter.port"] = self.gpu_exporter.port
         seen: dict[int, str] = {}
-        for key, port in fixed.items():
+        for key, port in self.service_ports().items():
             if port in seen:
                 raise ValueError(f"{key} and {seen[port]} are both {port}; give each its own port")
             seen[port] = key

@@ -13,6 +13,13 @@ class ControllerMetrics:
         self.weight = Gauge("fleet_controller_replica_weight",
                             "nginx weight the gateway runs with, per replica (1-100).",
                             ["replica"], registry=reg)
+        self.desired_weight = Gauge("fleet_controller_desired_weight",
+                                    "Weight the policy wants for the replica now; it differs "
+                                    "from the running weight while a change is held back.",
+                                    ["replica"], registry=reg)
+        self.change_pending = Gauge("fleet_controller_change_pending",
+                                    "1 while the controller has a configuration to apply "
+                                    "whose reload failed, else 0.", registry=reg)
         self.in_rotation = Gauge("fleet_controller_replica_in_rotation",
                                  "1 while the replica is in the gateway's rotation, else 0.",
                                  ["replica"], registry=reg)

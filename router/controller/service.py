@@ -140,6 +140,7 @@ class Controller:
             error = None
             if apply:
                 error = await self._apply(desired, why)
+            self.metrics.change_pending.set(int(apply and error is not None))
             self.metrics.decisions.labels(applied=str(apply and error is None).lower()).inc()
             record = DecisionRecord(now, trigger, apply and error is None, why,
                                     desired.weights(), sorted(desired.down()),
@@ -173,6 +174,8 @@ class Controller:
         now = time.time()
         signals = self.snapshot(now).signals
         for name in self.names:
+            if self.desired is not None:
+                m.desired_weight.labels(replica=name).set(self.desired.replicas[name].weight)
             if applied is not None:
                 m.weight.labels(replica=name).set(applied.replicas[name].weight)
                 m.in_rotation.labels(replica=name).set(0 if applied.replicas[name].down else 1)

@@ -19,7 +19,7 @@ from router import model as model_store
 from router.runtime import RuntimePaths
 from router.spec import load_spec, resolve_engine_settings
 from tests.support.cli import fleet
-from tests.support.harness import free_port, free_port_block
+from tests.support.harness import free_port, free_port_block, gateway_metrics_ports
 
 
 @dataclass
@@ -45,6 +45,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         "gateway": {"port": free_port(), "status_port": free_port()},
         "prometheus": {"port": free_port(), "scrape_interval_s": 2},
         "controller": {"port": free_port()},
+        "gateway_metrics": gateway_metrics_ports(),
     }
     spec_path = tmp / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(data))

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from tests.support.cli import fleet
-from tests.support.harness import free_port
+from tests.support.harness import free_port, gateway_metrics_ports
 
 pytestmark = pytest.mark.integration
 
@@ -19,7 +19,8 @@ def _spec(tmp_path: Path, **data: object) -> Path:
     path = tmp_path / "spec.yaml"
     base = {"engine": "cpu", "runtime_dir": str(tmp_path / "rt"),
             "gateway": {"port": free_port(), "status_port": free_port()},
-            "prometheus": {"port": free_port()}, "controller": {"port": free_port()}}
+            "prometheus": {"port": free_port()}, "controller": {"port": free_port()},
+            "gateway_metrics": gateway_metrics_ports()}
     path.write_text(yaml.safe_dump({**base, **data}))
     return path
 

@@ -29,7 +29,14 @@ from router.runtime import RuntimePaths
 from router.supervise import Supervisor
 from tests.support.backend import Backend
 from tests.support.cli import fleet
-from tests.support.harness import free_port, free_port_block, gateway, plan_for, wait_for
+from tests.support.harness import (
+    free_port,
+    free_port_block,
+    gateway,
+    gateway_metrics_ports,
+    plan_for,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -71,6 +78,7 @@ def _cluster_factory(tmp_path: Path) -> Iterator[Callable[..., Controlled]]:
             "gateway": {"port": ports["gateway"], "status_port": ports["status"]},
             "prometheus": {"port": ports["prom"], "scrape_interval_s": 1},
             "sim": {"replicas": sim or []},
+            "gateway_metrics": gateway_metrics_ports(),
             "controller": {"port": ports["ctl"], "evaluate_interval_s": 1,
                            "latency_window": "10s", "min_reload_interval_s": 3,
                            "slow_start_s": 5, **controller},
@@ -335,8 +343,13 @@ def test_a_render_nginx_rejects_keeps_the_old_config_and_is_counted(tmp_path: Pa
 
             asyncio.run(evaluate())
             assert running.paths.upstream_conf.read_text() == before
-            assert controller.metrics.registry.get_sample_value(
+            registry = controller.metrics.registry
+            assert registry.get_sample_value(
                 "fleet_controller_reloads_total", {"result": "nginx_test_failed"}) == 1
+            # The wanted configuration is still pending: FleetWeightsNotApplied reads this.
+            assert registry.get_sample_value("fleet_controller_change_pending") == 1
+            assert registry.get_sample_value("fleet_controller_desired_weight",
+                                             {"replica": "replica-0"}) is not None
             codes = {requests.get(f"{running.url}/v1/models", timeout=5).status_code
                      for _ in range(5)}
             assert codes == {200}

@@ -19,7 +19,7 @@ from router.procs import descendants, process_alive
 from router.runtime import RuntimePaths
 from router.supervise import Supervisor
 from tests.support.cli import fleet
-from tests.support.harness import free_port, free_port_block, wait_for
+from tests.support.harness import free_port, free_port_block, gateway_metrics_ports, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -45,6 +45,7 @@ def cluster(tmp_path: Path) -> Iterator[SimCluster]:
         "gateway": {"port": gateway, "status_port": status},
         "prometheus": {"port": prom},
         "controller": {"port": free_port()},
+        "gateway_metrics": gateway_metrics_ports(),
         "sim": {"replicas": [{}, {}, {"speed": 0.33}]},
     }))
     up = fleet("up", "--spec", str(spec))

@@ -58,6 +58,11 @@ def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.1) -
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def gateway_metrics_ports() -> dict[str, int]:
+    """The spec's gateway_metrics section with free ports for both exporters."""
+    return {"nginx_exporter_port": free_port(), "log_exporter_port": free_port()}
+
+
 def plan_for(runtime_dir: Path, replicas: int, replica_base: int, **spec: Any) -> ClusterPlan:
     """A CPU plan whose replica ports are replica_base + i, other ports free."""
     data = {
@@ -69,6 +74,7 @@ def plan_for(runtime_dir: Path, replicas: int, replica_base: int, **spec: Any) -
                     **spec.pop("gateway", {})},
         "prometheus": {"port": free_port(), "scrape_interval_s": 1, **spec.pop("prometheus", {})},
         "controller": {"port": free_port(), **spec.pop("controller", {})},
+        "gateway_metrics": {**gateway_metrics_ports(), **spec.pop("gateway_metrics", {})},
         **spec,
     }
     parsed = parse_spec(data)
@@ -128,14 +134,14 @@ def prometheus(plan: ClusterPlan) -> Iterator[Running]:
     process = subprocess.Popen(program.argv, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{plan.spec.prometheus.port}"
     try:
-        wait_for(lambda: _ready(url), 30, "Prometheus to be ready", interval=0.3)
+        wait_for(lambda: prometheus_ready(url), 30, "Prometheus to be ready", interval=0.3)
         yield Running(plan, paths, process)
     finally:
         _stop(process, signal.SIGTERM)
         log.close()
 
 
-def _ready(url: str) -> bool:
+def prometheus_ready(url: str) -> bool:
     try:
         return requests.get(f"{url}/-/ready", timeout=1).status_code == 200
     except requests.RequestException:

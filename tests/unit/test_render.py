@@ -28,6 +28,10 @@ ROOT = Path("/var/lib/llm-fleet")
 def _fixed_machine(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(render, "nginx_binary", lambda: "/usr/sbin/nginx")
     monkeypatch.setattr(render, "prometheus_binary", lambda: "/usr/bin/prometheus")
+    monkeypatch.setattr(render, "nginx_exporter_binary",
+                        lambda: "/usr/bin/prometheus-nginx-exporter")
+    monkeypatch.setattr(render, "mtail_binary", lambda: "/usr/bin/mtail")
+    monkeypatch.setattr(render, "MTAIL_PROGRAMS", Path("/opt/llm-fleet/nginx/mtail"))
     monkeypatch.setattr(render, "nginx_run_user", lambda: None)
     monkeypatch.setattr(sys, "executable", "/opt/llm-fleet/bin/python")
 
@@ -54,7 +58,11 @@ def test_rendered_files_match_golden(case: str, data: dict, inventory) -> None: 
     plan = _plan(data, inventory)
     rendered = render.render_all(plan, RuntimePaths(ROOT))
     assert set(rendered.files) == {"nginx.conf", "upstream.conf", "prometheus.yml",
-                                   "supervisord.conf", "spec.json"}
+                                   "supervisord.conf", "spec.json", "recording.rules.yml",
+                                   "alerts.rules.yml"}
+    # The rule files have promtool tests of their own (test_prometheus_rules.py).
+    assert rendered.files.pop("recording.rules.yml") == render.recording_rules()
+    assert rendered.files.pop("alerts.rules.yml") == render.render_alert_rules(plan.spec)
     # spec.json holds machine paths (the model cache under $HOME): it must
     # reproduce the spec, not match a golden file.
     assert parse_spec(json.loads(rendered.files.pop("spec.json"))) == plan.spec
