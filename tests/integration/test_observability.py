@@ -1,0 +1,278 @@
+"""Every dashboard panel shows data from a live fleet.
+
+A simulated fleet runs behind the real gateway with the controller, the
+nginx exporter, mtail and Prometheus, all started by `fleet up`. While a
+client drives traffic (streams, plain requests, bad ones) and an operator
+drains and undrains a replica, every target of every dashboard panel is
+asked of that Prometheus the way Grafana asks it (a range query, variables
+filled in) and must return at least one series with a number in it.
+
+The GPU dashboard needs NVML readings, which no CI machine has: its panels
+are asked of a Prometheus scraping the real-GPU capture committed under
+tests/fixtures/gpu, served as a static exposition.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import math
+import signal
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from router import render
+from router.spec import REPO_ROOT
+from tests.support.cli import fleet
+from tests.support.grafana import DASHBOARDS, Query, queries, substitute
+from tests.support.harness import (
+    free_port,
+    free_port_block,
+    gateway_metrics_ports,
+    prometheus_ready,
+    wait_for,
+)
+
+pytestmark = pytest.mark.integration
+
+GPU_CAPTURE = REPO_ROOT / "tests" / "fixtures" / "gpu" / "load-replica-0.metrics"
+# Grafana's $__rate_interval for a 1 s scrape interval is 4 s at least; 10 s
+# keeps several samples in every window on a loaded 2-core machine.
+RATE_INTERVAL = "10s"
+# Panels that may show no data here, each with the reason. Keep it empty
+# unless a panel truly cannot have data in a test fleet.
+EXCUSED: dict[tuple[str, str], str] = {}
+
+
+@dataclass
+class Load:
+    """A client driving the gateway from a background thread."""
+
+    url: str
+    served: Counter[str] = field(default_factory=Counter)
+    statuses: Counter[int] = field(default_factory=Counter)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        chat = {"model": "sim-model", "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 8}
+        with requests.Session() as session:
+            turn = 0
+            while not self.stop.is_set():
+                turn += 1
+                if turn % 10 == 0:
+                    # nginx answers this one itself: a 404 from "gateway".
+                    response = session.get(f"{self.url}/v1/no-such-endpoint", timeout=10)
+                elif turn % 3 == 0:
+                    response = session.post(f"{self.url}/v1/completions", timeout=30, json={
+                        "model": "sim-model", "prompt": "hello", "max_tokens": 6})
+                else:
+                    response = session.post(f"{self.url}/v1/chat/completions", timeout=30,
+                                            json={**chat, "stream": turn % 2 == 0})
+                    response.content  # noqa: B018 - read the whole stream
+                    if response.status_code == 200:
+                        self.served[response.headers["X-Fleet-Replica"]] += 1
+                self.statuses[response.status_code] += 1
+
+
+@dataclass
+class LiveFleet:
+    spec: Path
+    url: str
+    prometheus: str
+    load: Load
+    started: float
+
+
+def _range_query(prometheus: str, expr: str, start: float) -> list[dict[str, object]]:
+    response = requests.post(f"{prometheus}/api/v1/query_range", timeout=20, data={
+        "query": expr, "start": f"{start:.3f}", "end": f"{time.time():.3f}", "step": "1s"})
+    body = response.json()
+    assert body["status"] == "success", f"{expr}: {body.get('error')}"
+    result: list[dict[str, object]] = body["data"]["result"]
+    return result
+
+
+def _has_numbers(series: list[dict[str, object]]) -> bool:
+    for item in series:
+        values = item["values"]
+        assert isinstance(values, list)
+        if any(math.isfinite(float(v)) for _, v in values):
+            return True
+    return False
+
+
+def _without_data(prometheus: str, panel_queries: list[Query], start: float) -> list[str]:
+    missing = []
+    for query in panel_queries:
+        if (query.dashboard, query.panel) in EXCUSED:
+            continue
+        expr = substitute(query.expr, RATE_INTERVAL)
+        if not _has_numbers(_range_query(prometheus, expr, start)):
+            missing.append(f"{query.dashboard} / {query.panel} [{query.ref}]: {expr}")
+    return missing
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveFleet]:
+    tmp = tmp_path_factory.mktemp("observability")
+    base = free_port_block(2)
+    gateway_port, prometheus_port = free_port(), free_port()
+    spec = tmp / "spec.yaml"
+    spec.write_text(yaml.safe_dump({
+        "engine": "sim", "replicas": 2, "runtime_dir": str(tmp / "rt"),
+        "ports": {"replica_base": base},
+        "gateway": {"port": gateway_port, "status_port": free_port()},
+        "prometheus": {"port": prometheus_port, "scrape_interval_s": 1},
+        "controller": {"port": free_port(), "evaluate_interval_s": 1, "latency_window": "10s",
+                       "min_reload_interval_s": 2},
+        "gateway_metrics": gateway_metrics_ports(),
+    }))
+    up = fleet("up", "--spec", str(spec))
+    assert up.returncode == 0, up.stderr
+    url = f"http://127.0.0.1:{gateway_port}"
+    load = Load(url)
+    workers = [threading.Thread(target=load.run, daemon=True) for _ in range(3)]
+    started = time.time()
+    try:
+        for worker in workers:
+            worker.start()
+        prometheus = f"http://127.0.0.1:{prometheus_port}"
+        yield LiveFleet(spec, url, prometheus, load, started)
+    finally:
+        load.stop.set()
+        for worker in workers:
+            worker.join(timeout=30)
+        fleet("down", "--spec", str(spec))
+
+
+def _instant(prometheus: str, expr: str) -> list[dict[str, object]]:
+    body = requests.post(f"{prometheus}/api/v1/query", data={"query": expr}, timeout=10).json()
+    assert body["status"] == "success", body
+    result: list[dict[str, object]] = body["data"]["result"]
+    return result
+
+
+def test_every_fleet_panel_shows_data(live: LiveFleet) -> None:
+    # An operator drains and undrains a replica: reloads for the annotations.
+    time.sleep(6)
+    for action in ("drain", "undrain"):
+        result = fleet(action, "replica-1", "--spec", str(live.spec))
+        assert result.returncode == 0, result.stderr
+        time.sleep(3)
+    # Recording rules need a minute-window rate over a few evaluations.
+    wait_for(lambda: _instant(live.prometheus, "replica:gateway_traffic:share_rate1m"), 60,
+             "the traffic-share recording rule to have data", interval=1)
+    panel_queries = [q for path in sorted(DASHBOARDS.glob("*.json")) if path.stem != "gpus"
+                     for q in queries(path)]
+    assert len(panel_queries) >= 40
+    # Series appear at different scrapes; ask again until all have data or time is up.
+    missing = wait_for_all(live.prometheus, panel_queries, live.started, timeout=45)
+    assert not missing, "panels without data:\n" + "\n".join(missing)
+    assert live.load.statuses[200] > 50 and live.load.statuses[404] > 0
+
+
+def wait_for_all(prometheus: str, panel_queries: list[Query], start: float,
+                 timeout: float) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        missing = _without_data(prometheus, panel_queries, start)
+        if not missing or time.monotonic() > deadline:
+            return missing
+        time.sleep(2)
+
+
+def test_gateway_log_counts_every_request_by_replica(live: LiveFleet) -> None:
+    live.load.stop.set()
+    time.sleep(1)
+    served = dict(live.load.served)
+    assert set(served) == {"replica-0", "replica-1"}
+
+    def counted() -> dict[str, float] | None:
+        result = _instant(live.prometheus, 'sum by (replica) (fleet_gateway_requests_total'
+                                           '{job="gateway_log",route="chat",status="200"})')
+        got = {str(r["metric"]["replica"]): float(r["value"][1])  # type: ignore[index]
+               for r in result}
+        return got if got == {k: float(v) for k, v in served.items()} else None
+
+    wait_for(counted, 15, f"mtail's per-replica chat counts to equal the client's {served}",
+             interval=0.5)
+    # stub_status counted at least every client request.
+    total = _instant(live.prometheus, 'nginx_http_requests_total{job="gateway"}')
+    assert float(total[0]["value"][1]) >= sum(live.load.statuses.values())  # type: ignore[index]
+
+
+class _Exposition(http.server.BaseHTTPRequestHandler):
+    body = b""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _static_exporter(capture: Path) -> Iterator[int]:
+    handler = type("Capture", (_Exposition,), {"body": capture.read_bytes()})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_every_gpu_panel_shows_data_from_a_real_gpu_capture(tmp_path: Path) -> None:
+    port = free_port()
+    with _static_exporter(GPU_CAPTURE) as exporter_port:
+        config = tmp_path / "prometheus.yml"
+        config.write_text(yaml.safe_dump({
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "scrape_configs": [{"job_name": "gpu", "static_configs": [
+                {"targets": [f"127.0.0.1:{exporter_port}"]}]}],
+        }))
+        log = (tmp_path / "prometheus.log").open("wb")
+        process = subprocess.Popen(
+            [render.prometheus_binary(), f"--config.file={config}",
+             f"--storage.tsdb.path={tmp_path / 'data'}",
+             f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
+        try:
+            prometheus = f"http://127.0.0.1:{port}"
+            wait_for(lambda: prometheus_ready(prometheus), 30, "Prometheus to be ready",
+                     interval=0.3)
+            start = time.time()
+            wait_for(lambda: len(_range_query(prometheus, "fleet_gpu_present", start)) == 2
+                     and _has_numbers(_range_query(
+                         prometheus, f"rate(fleet_gpu_energy_joules_total[{RATE_INTERVAL}])",
+                         start)),
+                     60, "two scrapes of the GPU capture", interval=0.5)
+            gpu_queries = list(queries(DASHBOARDS / "gpus.json"))
+            assert len(gpu_queries) >= 10
+            missing = wait_for_all(prometheus, gpu_queries, start, timeout=20)
+            assert not missing, "GPU panels without data:\n" + "\n".join(missing)
+            # The replica label of the capture reaches the panels.
+            util = _instant(prometheus, 'fleet_gpu_utilization_percent{job="gpu"}')
+            by_replica = {r["metric"]["replica"]: float(r["value"][1])  # type: ignore[index]
+                          for r in util}
+            assert by_replica["replica-0"] > 90 and by_replica["replica-1"] < 10
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=30)
+            log.close()
