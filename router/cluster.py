@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import requests
 
@@ -54,7 +54,7 @@ def make_plan(spec: ClusterSpec, inventory: Inventory | None = None,
     engine = choose_engine(spec, inventory)
     settings = resolve_engine_settings(spec, engine)
     model_path = settings.model
-    if engine != "sim":
+    if engine in ("gpu", "cpu"):
         try:
             model_path = model_store.resolve(settings.model, spec.model.cache_dir)
         except ModelError:
@@ -65,16 +65,11 @@ def make_plan(spec: ClusterSpec, inventory: Inventory | None = None,
 
 def _check_ports_free(plan: ClusterPlan) -> None:
     spec = plan.spec
-    wanted = [(spec.gateway.host, spec.gateway.port, "gateway.port"),
-              ("127.0.0.1", spec.gateway.status_port, "gateway.status_port")]
-    if spec.prometheus.enabled:
-        wanted.append(("127.0.0.1", spec.prometheus.port, "prometheus.port"))
-    if spec.controller.enabled:
-        wanted.append(("127.0.0.1", spec.controller.port, "controller.port"))
-    if plan.gpu_exporter:
-        wanted.append(("127.0.0.1", spec.gpu_exporter.port, "gpu_exporter.port"))
+    wanted = [(spec.gateway.host if key == "gateway.port" else "127.0.0.1", port, key)
+              for key, port in spec.service_ports().items()
+              if key != "gpu_exporter.port" or plan.gpu_exporter]
     wanted += [("127.0.0.1", r.port, f"{r.name} (ports.replica_base + {r.index})")
-               for r in plan.replicas]
+               for r in plan.replicas if not r.external]
     busy = [f"{port} ({key})" for host, port, key in wanted if port_in_use(host, port)]
     if busy:
         raise ClusterError(
@@ -253,9 +248,8 @@ def _controller_ready(plan: ClusterPlan, paths: RuntimePaths) -> bool:
     return view is not None and all(r["in_rotation"] for r in view["replicas"])
 
 
-def up(spec_path: Path | None, progress: Progress,
-       inventory: Inventory | None = None) -> ClusterPlan:
-    """Start the cluster the spec describes and wait until it serves."""
+def _prepare(spec_path: Path | None, progress: Progress,
+             inventory: Inventory | None) -> tuple[ClusterPlan, RuntimePaths, Supervisor]:
     spec = load_spec(spec_path)
     paths = RuntimePaths(spec.runtime_dir)
     supervisor = Supervisor(paths)
@@ -269,6 +263,30 @@ def up(spec_path: Path | None, progress: Progress,
     _prepare_runtime(plan, paths)
     write_atomic(paths.state_json, json.dumps(plan_state(plan, spec_path), indent=2) + "\n")
     progress(f"configs written to {paths.config_dir} and checked with nginx -t")
+    return plan, paths, supervisor
+
+
+def prepare_only(spec_path: Path | None, progress: Progress) -> None:
+    """Render, check and record the cluster without starting anything (systemd)."""
+    _prepare(spec_path, progress, None)
+
+
+def up_foreground(spec_path: Path | None, progress: Progress) -> NoReturn:
+    """Render and check like `up`, then become supervisord (never returns).
+
+    For containers and systemd units: whatever watches this process watches
+    the cluster, and health is that watcher's job (a compose healthcheck on
+    the gateway's /health).
+    """
+    _plan, _paths, supervisor = _prepare(spec_path, progress, None)
+    progress("running supervisord in the foreground")
+    supervisor.exec_foreground()
+
+
+def up(spec_path: Path | None, progress: Progress,
+       inventory: Inventory | None = None) -> ClusterPlan:
+    """Start the cluster the spec describes and wait until it serves."""
+    plan, paths, supervisor = _prepare(spec_path, progress, inventory)
     supervisor.start()
     progress(f"supervisord started; logs in {paths.logs_dir}")
     try:

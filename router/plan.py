@@ -39,10 +39,16 @@ class ReplicaPlan:
     gpu_uuid: str | None = None
     gpu_index: int | None = None
     cpu_core: int | None = None
+    host: str = REPLICA_HOST
+
+    @property
+    def external(self) -> bool:
+        """Run by something else (engine: external): no program of ours."""
+        return not self.argv
 
     @property
     def address(self) -> str:
-        return f"{REPLICA_HOST}:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def url(self) -> str:
@@ -62,7 +68,9 @@ class ClusterPlan:
     def gpu_exporter(self) -> bool:
         """Whether the NVML exporter runs: on GPU fleets under `auto`."""
         wanted = self.spec.gpu_exporter.enabled
-        return self.engine.engine == "gpu" if wanted == "auto" else wanted
+        if wanted != "auto":
+            return wanted
+        return self.engine.engine == "gpu" or any(r.gpu_uuid for r in self.replicas)
 
     @property
     def gateway_url(self) -> str:
@@ -87,12 +95,14 @@ def choose_engine(spec: ClusterSpec, inventory: Inventory) -> ResolvedEngine:
                 hint="install the NVIDIA driver, or set engine: cpu (or auto) in the spec",
             )
         return "gpu"
-    if spec.engine in ("cpu", "sim"):
+    if spec.engine in ("cpu", "sim", "external"):
         return spec.engine
     return "gpu" if inventory.gpus else "cpu"
 
 
 def replica_count(spec: ClusterSpec, engine: ResolvedEngine, inventory: Inventory) -> int:
+    if engine == "external":
+        return len(spec.external_replicas)
     if engine == "gpu":
         available = len(inventory.gpus)
         if spec.replicas == "auto":
@@ -112,12 +122,12 @@ def replica_count(spec: ClusterSpec, engine: ResolvedEngine, inventory: Inventor
 
 
 def vllm_argv(python: str, settings: EngineSettings, model_path: str, port: int,
-              extra_args: tuple[str, ...]) -> tuple[str, ...]:
+              extra_args: tuple[str, ...], host: str = REPLICA_HOST) -> tuple[str, ...]:
     argv = [
         python, "-m", VLLM_SERVER_MODULE,
         "--model", model_path,
         "--served-model-name", settings.served_model_name,
-        "--host", REPLICA_HOST,
+        "--host", host,
         "--port", str(port),
         "--max-num-seqs", str(settings.max_num_seqs),
         "--max-model-len", str(settings.max_model_len),
@@ -132,9 +142,26 @@ def vllm_argv(python: str, settings: EngineSettings, model_path: str, port: int,
     return tuple(argv) + extra_args
 
 
+def external_replicas(spec: ClusterSpec, inventory: Inventory) -> tuple[ReplicaPlan, ...]:
+    """Replicas run elsewhere; a GPU index NVML lists here gives the GPU's UUID."""
+    gpus = {gpu.index: gpu for gpu in inventory.gpus}
+    replicas = []
+    for i, external in enumerate(spec.external_replicas):
+        host, _, port = external.address.rpartition(":")
+        gpu = gpus.get(external.gpu_index) if external.gpu_index is not None else None
+        replicas.append(ReplicaPlan(
+            name=f"replica-{i}", index=i, port=int(port), host=host,
+            device=gpu.uuid if gpu else f"external:{external.address}", argv=(), env={},
+            gpu_uuid=gpu.uuid if gpu else None, gpu_index=gpu.index if gpu else None))
+    return tuple(replicas)
+
+
 def build_plan(spec: ClusterSpec, settings: EngineSettings, inventory: Inventory,
                model_path: str, python: str) -> ClusterPlan:
     """Assign replicas to devices and ports; raise if the spec cannot fit."""
+    if settings.engine == "external":
+        return ClusterPlan(spec=spec, engine=settings, model_path=model_path,
+                           replicas=external_replicas(spec, inventory))
     count = replica_count(spec, settings.engine, inventory)
     ports = [spec.ports.replica_base + i for i in range(count)]
     if ports[-1] > 65535:

@@ -12,6 +12,7 @@ bad key, and the running cluster is never touched.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass
@@ -22,13 +23,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from router.errors import SpecError
-from router.sim.config import SimSettings
+from router.sim.config import VLLM_VERSION, SimSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_SPEC = REPO_ROOT / "deploy" / "cluster.example.yaml"
 
-Engine = Literal["auto", "gpu", "cpu", "sim"]
-ResolvedEngine = Literal["gpu", "cpu", "sim"]
+Engine = Literal["auto", "gpu", "cpu", "sim", "external"]
+ResolvedEngine = Literal["gpu", "cpu", "sim", "external"]
 VllmEngine = Literal["gpu", "cpu"]
 Port = Annotated[int, Field(ge=1, le=65535)]
 
@@ -320,6 +321,59 @@ class AlertsSpec(_Model):
     gateway_5xx_ratio_max: float = Field(default=0.05, gt=0.0, le=1.0)
 
 
+class ComposeSpec(_Model):
+    """`fleet render compose`: the docker-compose deployment (docs/production.md)."""
+
+    # The same vLLM release the simulator and the metric fixtures follow.
+    vllm_image: str = f"vllm/vllm-openai:v{VLLM_VERSION}"
+    grafana_image: str = "grafana/grafana-oss:11.3.0"
+    # The compose network; the gateway is .2, replica i is .(10 + i). Fixed
+    # addresses keep nginx independent of Docker's DNS.
+    subnet: str = "172.28.0.0/24"
+    # Where the host keeps the Hugging Face cache with the model (filled by
+    # `fleet model prepare` or `huggingface-cli download` before `up`).
+    model_cache: str = "${HF_HOME:-~/.cache/huggingface}"
+    # Per replica container: host memory (vLLM's own process, not the GPU's)
+    # and CPUs (tokenisation, scheduling, the HTTP server).
+    replica_memory: str = "16g"
+    replica_cpus: float = Field(default=4.0, gt=0.0)
+    # Grafana is published on this host address; loopback keeps it off the
+    # network until the operator chooses otherwise.
+    grafana_bind: str = "127.0.0.1"
+    grafana_port: Port = 3000
+
+    @field_validator("subnet")
+    @classmethod
+    def _subnet(cls, value: str) -> str:
+        try:
+            network = ipaddress.IPv4Network(value)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not an IPv4 subnet; write e.g. 172.28.0.0/24") from exc
+        if network.num_addresses < 64:
+            raise ValueError("use a /26 or larger: replicas take .10 onwards")
+        return value
+
+
+class ExternalReplicaSpec(_Model):
+    """A replica something else runs (a container, a systemd unit): llm-fleet
+    routes to it, probes it and scrapes it, but does not start it."""
+
+    # host:port of its OpenAI server, e.g. 172.28.0.10:8000. An IP address
+    # keeps nginx independent of DNS: a name that stops resolving while its
+    # container restarts would make every reload fail.
+    address: str
+    # NVML index of the GPU it runs on, so GPU readings carry its name.
+    gpu_index: int | None = Field(default=None, ge=0)
+
+    @field_validator("address")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535 or "/" in value:
+            raise ValueError("write host:port, e.g. 172.28.0.10:8000")
+        return value
+
+
 class ClusterSpec(_Model):
     """The whole cluster. Loaded with :func:`load_spec`."""
 
@@ -335,6 +389,9 @@ class ClusterSpec(_Model):
     gpu_exporter: GpuExporterSpec = GpuExporterSpec()
     gateway_metrics: GatewayMetricsSpec = GatewayMetricsSpec()
     alerts: AlertsSpec = AlertsSpec()
+    compose: ComposeSpec = ComposeSpec()
+    # engine: external only: the replicas, in order (replica-0 first).
+    external_replicas: tuple[ExternalReplicaSpec, ...] = ()
     runtime_dir: Path = Field(default_factory=default_runtime_dir)
     # How long `fleet up` waits for every replica to answer /health.
     startup_timeout_s: int = Field(default=900, ge=10)
@@ -346,7 +403,7 @@ class ClusterSpec(_Model):
         # it means "all defaults", not "invalid".
         if isinstance(data, dict):
             sections = {"gateway", "model", "vllm", "ports", "prometheus", "sim", "controller",
-                        "gpu_exporter", "gateway_metrics", "alerts"}
+                        "gpu_exporter", "gateway_metrics", "alerts", "compose"}
             return {k: v for k, v in data.items() if not (k in sections and v is None)}
         return data
 
@@ -361,6 +418,19 @@ class ClusterSpec(_Model):
         if isinstance(value, int) and value < 1:
             raise ValueError("need at least 1 replica, or 'auto'")
         return value
+
+    @model_validator(mode="after")
+    def _external_replicas(self) -> ClusterSpec:
+        if self.engine == "external":
+            if not self.external_replicas:
+                raise ValueError("engine: external needs external_replicas (a list of "
+                                 "{address: host:port}) naming the replicas to route to")
+            if self.replicas not in ("auto", len(self.external_replicas)):
+                raise ValueError(f"replicas: {self.replicas}, but external_replicas lists "
+                                 f"{len(self.external_replicas)}; set replicas: auto")
+        elif self.external_replicas:
+            raise ValueError("external_replicas is only read with engine: external")
+        return self
 
     def service_ports(self) -> dict[str, int]:
         """Every fixed port the cluster listens on, keyed by its spec key."""
@@ -477,6 +547,15 @@ def resolve_engine_settings(spec: ClusterSpec, engine: ResolvedEngine) -> Engine
 
     A simulated fleet has no model files; its capacity comes from `sim`.
     """
+    if engine == "external":
+        # The replicas hold the model; the names are what clients ask for.
+        gpu = ENGINE_DEFAULTS["gpu"]
+        return EngineSettings(
+            engine="external", model=spec.model.name or gpu.model,
+            served_model_name=spec.model.served_name or gpu.served_model_name,
+            max_num_seqs=spec.vllm.max_num_seqs or gpu.max_num_seqs,
+            max_model_len=spec.vllm.max_model_len or gpu.max_model_len,
+            gpu_memory_utilization=None)
     if engine == "sim":
         return EngineSettings(
             engine="sim", model="simulated",

@@ -17,7 +17,7 @@ import sys
 import time
 import xmlrpc.client
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from router.errors import ClusterError
 from router.procs import process_alive
@@ -117,6 +117,16 @@ class Supervisor:
             time.sleep(0.2)
         raise ClusterError("supervisord started but does not answer on its socket",
                            hint=f"see {self.paths.log('supervisord')}")
+
+    def exec_foreground(self) -> NoReturn:
+        """Replace this process with supervisord in the foreground (containers, systemd).
+
+        Never returns: supervisord becomes the process the container runtime
+        or init watches, so its exit is the cluster's exit.
+        """
+        argv = [sys.executable, "-m", "supervisor.supervisord", "-n",
+                "-c", str(self.paths.supervisord_conf)]
+        os.execv(sys.executable, argv)
 
     def processes(self) -> list[ProcessInfo]:
         try:

@@ -64,7 +64,7 @@ def test_all_commented_section_means_defaults() -> None:
     [
         ({"enigne": "cpu"}, "enigne", "unknown key"),
         ({"gateway": {"prot": 8080}}, "gateway.prot", "unknown key"),
-        ({"engine": "tpu"}, "engine", "'auto', 'gpu', 'cpu' or 'sim'"),
+        ({"engine": "tpu"}, "engine", "'auto', 'gpu', 'cpu', 'sim' or 'external'"),
         ({"replicas": 0}, "replicas", "at least 1"),
         ({"replicas": "many"}, "replicas", "auto"),
         ({"gateway": {"port": 70000}}, "gateway.port", "65535"),
