@@ -2,7 +2,9 @@
 # Install what llm-fleet needs on a Debian/Ubuntu machine, skipping what is
 # already there:
 #   - system packages (apt-get): nginx, Prometheus (with promtool), the nginx
-#     exporter and mtail (gateway metrics)
+#     exporter and mtail (gateway metrics); with --dev also docker-compose,
+#     systemd (systemd-analyze) and keepalived, which the tests validate the
+#     production files with
 #   - a virtual environment at .venv with llm-fleet and the vLLM build that
 #     fits the machine: `gpu` when nvidia-smi lists a GPU, `cpu` otherwise.
 # Usage: deploy/setup.sh [--dev] [--engine cpu|gpu]
@@ -30,6 +32,13 @@ command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v prometheus-nginx-exporter >/dev/null 2>&1 || need+=(prometheus-nginx-exporter)
 command -v mtail >/dev/null 2>&1 || need+=(mtail)
+if [ "$dev" -eq 1 ]; then
+  # What the test suite checks the production files with (no Docker engine:
+  # docker-compose only parses and validates).
+  command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+  command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+  command -v keepalived >/dev/null 2>&1 || [ -x /usr/sbin/keepalived ] || need+=(keepalived)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   if [ "$(id -u)" -ne 0 ]; then

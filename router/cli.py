@@ -15,19 +15,22 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import requests
 
-from router import __version__, cluster
+from router import __version__, cluster, compose, systemd
 from router import model as model_store
 from router.devices import discover
 from router.errors import ClusterError, FleetError, SpecError
 from router.plan import choose_engine
-from router.render import write_checked
-from router.runtime import RuntimePaths, read_state
+from router.render import replica_program, write_checked
+from router.runtime import RuntimePaths, read_state, write_atomic
 from router.spec import (
     EXAMPLE_SPEC,
+    REPO_ROOT,
     SIM_SERVED_MODEL_NAME,
+    ClusterSpec,
     load_spec,
     resolve_engine_settings,
 )
@@ -49,6 +52,11 @@ def _table(rows: list[list[str]]) -> str:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    if args.prepare_only:
+        cluster.prepare_only(args.spec, _progress)
+        return 0
+    if args.foreground:
+        cluster.up_foreground(args.spec, _progress)
     plan = cluster.up(args.spec, _progress)
     print(_status_table(cluster.status(plan.spec)))
     print(f"\ngateway: {plan.gateway_url}/v1  (model '{plan.engine.served_model_name}')")
@@ -117,6 +125,18 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 def cmd_render(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
+    if args.target == "compose":
+        return _render_compose(spec, args)
+    if args.gpus is not None:
+        raise SpecError("--gpus is read by `fleet render compose` only",
+                        hint="fleet render compose --gpus 4")
+    if args.out is None:
+        raise SpecError(f"fleet render {args.target} needs --out DIR",
+                        hint=f"fleet render {args.target} --out /tmp/llm-fleet-configs")
+    if args.target == "systemd":
+        for path in systemd.write_units(spec, args.spec, args.out.resolve()):
+            print(path)
+        return 0
     # Rendering needs no prepared model: the configs name where it would load from.
     plan = cluster.make_plan(spec, require_model=False)
     out = args.out.resolve()
@@ -126,12 +146,48 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _render_compose(spec: ClusterSpec, args: argparse.Namespace) -> int:
+    if args.gpus is None:
+        raise SpecError("fleet render compose needs --gpus N (one replica per GPU)",
+                        hint="fleet render compose --gpus 4")
+    out = (args.out or REPO_ROOT).resolve()
+    rendered = compose.render_compose(spec, args.gpus, out)
+    for path, text in ((out / compose.COMPOSE_FILE, rendered.compose),
+                       (out / compose.GATEWAY_SPEC, rendered.gateway_spec)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, text)
+        print(path)
+    return 0
+
+
+def cmd_replica_exec(args: argparse.Namespace) -> NoReturn:
+    """Become replica N as the spec plans it (systemd's llm-fleet-replica@N)."""
+    spec = load_spec(args.spec)
+    plan = cluster.make_plan(spec)
+    if not 0 <= args.index < len(plan.replicas):
+        raise SpecError(f"no replica {args.index}: the spec plans {len(plan.replicas)}",
+                        hint=f"choose 0 to {len(plan.replicas) - 1}")
+    replica = plan.replicas[args.index]
+    if replica.external:
+        raise SpecError(f"{replica.name} is external: something else runs it",
+                        hint="engine: external replicas are not started by llm-fleet")
+    paths = RuntimePaths(spec.runtime_dir)
+    paths.create()
+    program = replica_program(replica, paths)
+    _progress(f"{replica.name} on {replica.device}, port {replica.port}")
+    os.execve(program.argv[0], list(program.argv), {**os.environ, **program.env})
+
+
 def cmd_model_prepare(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     engine = args.engine or choose_engine(spec, discover())
     settings = resolve_engine_settings(spec, engine)
     if engine == "sim":
         _progress("a simulated fleet needs no model files")
+        return 0
+    if engine == "external":
+        _progress("external replicas hold their own model; prepare it where they run "
+                  "(fleet model prepare --engine gpu)")
         return 0
     _progress(f"preparing {settings.model} for the {engine} engine")
     folder = model_store.prepare(settings.model, spec.model.cache_dir, force=args.force)
@@ -236,6 +292,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("up", help="start the cluster and wait until it serves")
     _spec_arg(p)
+    p.add_argument("--foreground", action="store_true",
+                   help="check the configs, then run supervisord in the foreground "
+                        "(containers); does not wait for health")
+    p.add_argument("--prepare-only", action="store_true",
+                   help="render and check the configs and write the runtime state, start "
+                        "nothing (systemd's llm-fleet-prepare.service)")
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("down", help="stop every process of the cluster")
@@ -254,10 +316,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--follow", action="store_true")
     p.set_defaults(func=cmd_logs)
 
-    p = sub.add_parser("render", help="write nginx/Prometheus/supervisor configs to a folder")
+    p = sub.add_parser("render", help="write configs: the cluster's (default), a "
+                                      "docker-compose deployment, or systemd units")
     _spec_arg(p)
-    p.add_argument("--out", type=Path, required=True, metavar="DIR")
+    p.add_argument("target", nargs="?", default="configs", choices=("configs", "compose",
+                                                                     "systemd"),
+                   help="configs: nginx/Prometheus/supervisor files for inspection; compose: "
+                        "docker-compose.yml and the gateway's spec (default --out: the "
+                        "repository); systemd: unit files")
+    p.add_argument("--out", type=Path, metavar="DIR")
+    p.add_argument("--gpus", type=int, metavar="N", help="compose: GPUs, one replica each")
     p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("replica", help="run one replica in the foreground (systemd units)")
+    replica_sub = p.add_subparsers(dest="replica_command", required=True, metavar="SUBCOMMAND")
+    pp = replica_sub.add_parser("exec", help="become replica N: its vLLM, pinned as planned")
+    pp.add_argument("index", type=int, metavar="N")
+    _spec_arg(pp)
+    pp.set_defaults(func=cmd_replica_exec)
 
     p = sub.add_parser("model", help="model cache commands")
     model_sub = p.add_subparsers(dest="model_command", required=True, metavar="SUBCOMMAND")

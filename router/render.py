@@ -81,7 +81,7 @@ def _environment(variable_delimiters: tuple[str, str]) -> jinja2.Environment:
     )
 
 
-def _template(name: str, variable_delimiters: tuple[str, str] = ("{{", "}}")) -> jinja2.Template:
+def template(name: str, variable_delimiters: tuple[str, str] = ("{{", "}}")) -> jinja2.Template:
     try:
         return _environment(variable_delimiters).get_template(name)
     except jinja2.TemplateNotFound as exc:
@@ -156,7 +156,7 @@ def render_upstream(gw: GatewaySpec, members: Sequence[UpstreamMember],
     # The version is what the status port's /fleet/config-version answers
     # once nginx runs this file: the proof that a reload took effect.
     version = hashlib.sha256(repr((servers, gw.keepalive)).encode()).hexdigest()[:12]
-    text = _template("nginx/upstream.conf.j2").render(
+    text = template("nginx/upstream.conf.j2").render(
         servers=servers, keepalive=gw.keepalive, provenance=provenance, version=version,
     )
     return RenderedUpstream(text=text, version=version)
@@ -165,7 +165,7 @@ def render_upstream(gw: GatewaySpec, members: Sequence[UpstreamMember],
 def render_nginx(plan: ClusterPlan, paths: RuntimePaths) -> str:
     gw = plan.spec.gateway
     listen = f"[{gw.host}]:{gw.port}" if ":" in gw.host else f"{gw.host}:{gw.port}"
-    return _template("nginx/nginx.conf.j2").render(
+    return template("nginx/nginx.conf.j2").render(
         run_user=nginx_run_user(),
         paths={
             "pid": paths.nginx_pid,
@@ -190,7 +190,7 @@ def render_nginx(plan: ClusterPlan, paths: RuntimePaths) -> str:
 def render_prometheus(plan: ClusterPlan) -> str:
     prom = plan.spec.prometheus
     metrics = plan.spec.gateway_metrics
-    return _template("prometheus/prometheus.yml.j2").render(
+    return template("prometheus/prometheus.yml.j2").render(
         scrape_interval_s=prom.scrape_interval_s,
         scrape_timeout_s=max(1, min(10, prom.scrape_interval_s)),
         rule_files=[RECORDING_RULES, ALERT_RULES],
@@ -212,7 +212,7 @@ def recording_rules() -> str:
 def render_alert_rules(spec: ClusterSpec) -> str:
     alerts = spec.alerts
     # Prometheus's own alert templates use {{ }}; jinja2 fills [[ ]] here.
-    return _template("prometheus/alerts.rules.yml.j2", ("[[", "]]")).render(
+    return template("prometheus/alerts.rules.yml.j2", ("[[", "]]")).render(
         alerts=alerts,
         # Longer than two evaluations plus the minimum reload spacing: a
         # weight change that is merely held for its turn never fires.
@@ -362,7 +362,7 @@ def log_exporter_program(plan: ClusterPlan, paths: RuntimePaths) -> Program:
 
 
 def programs(plan: ClusterPlan, paths: RuntimePaths) -> list[Program]:
-    progs = [replica_program(r, paths) for r in plan.replicas]
+    progs = [replica_program(r, paths) for r in plan.replicas if not r.external]
     progs.append(gateway_program(paths))
     if plan.spec.prometheus.enabled:
         progs.append(prometheus_program(plan, paths))
@@ -377,7 +377,7 @@ def programs(plan: ClusterPlan, paths: RuntimePaths) -> list[Program]:
 
 
 def render_supervisord(plan: ClusterPlan, paths: RuntimePaths) -> str:
-    return _template("deploy/supervisord.conf.j2").render(
+    return template("deploy/supervisord.conf.j2").render(
         paths={
             "root": paths.root,
             "socket": paths.supervisor_socket,

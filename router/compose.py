@@ -1,0 +1,117 @@
+"""`fleet render compose`: the docker-compose deployment, from the cluster spec.
+
+Two files come out of one spec: ``docker-compose.yml`` (one vLLM container
+per GPU, the gateway, Grafana) and the gateway's own spec
+(``deploy/compose/gateway.yaml``), with which the gateway container runs
+``fleet up --foreground`` exactly as bare metal does, its replicas being the
+vLLM containers (``engine: external``). The vLLM command line comes from the
+same :func:`router.plan.vllm_argv` that bare-metal GPU replicas use.
+
+Pure: the spec in, text out; the CLI writes the files.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from router.errors import SpecError
+from router.plan import vllm_argv
+from router.render import template
+from router.spec import REPO_ROOT, ClusterSpec, parse_spec, resolve_engine_settings
+
+COMPOSE_FILE = "docker-compose.yml"
+GATEWAY_SPEC = Path("deploy") / "compose" / "gateway.yaml"
+# Every replica container listens here on its own address.
+REPLICA_PORT = 8000
+CONTAINER_RUNTIME_DIR = "/var/lib/llm-fleet"
+# Spec sections that mean nothing to a gateway whose replicas are containers.
+_REPLICA_ONLY = ("engine", "replicas", "vllm", "ports", "sim", "compose", "runtime_dir",
+                 "external_replicas", "startup_timeout_s")
+
+
+@dataclass(frozen=True)
+class ComposeReplica:
+    name: str
+    ip: str
+    gpu_index: int
+
+
+@dataclass(frozen=True)
+class RenderedCompose:
+    compose: str
+    gateway_spec: str
+
+
+def addresses(spec: ClusterSpec, gpus: int) -> tuple[str, list[ComposeReplica]]:
+    network = ipaddress.IPv4Network(spec.compose.subnet)
+    hosts = list(network.hosts())
+    if 10 + gpus > len(hosts):
+        raise SpecError(f"compose.subnet {network} has no room for {gpus} replicas",
+                        hint="use a larger subnet, e.g. 172.28.0.0/24")
+    gateway_ip = str(network.network_address + 2)
+    replicas = [ComposeReplica(f"replica-{i}", str(network.network_address + 10 + i), i)
+                for i in range(gpus)]
+    return gateway_ip, replicas
+
+
+def gateway_spec(spec: ClusterSpec, replicas: list[ComposeReplica]) -> dict[str, Any]:
+    """The user's spec as the gateway container reads it.
+
+    Only what differs from the defaults is kept, so the file stays short and
+    a default changed in a later llm-fleet reaches it.
+    """
+    own = spec.model_dump(mode="json", exclude_defaults=True)
+    data: dict[str, Any] = {k: v for k, v in own.items() if k not in _REPLICA_ONLY}
+    settings = resolve_engine_settings(spec, "gpu")
+    data["engine"] = "external"
+    data["runtime_dir"] = CONTAINER_RUNTIME_DIR
+    data["gateway"] = {**data.get("gateway", {}), "host": "0.0.0.0"}
+    data["model"] = {"name": settings.model, "served_name": settings.served_model_name}
+    data["model"].update({k: v for k, v in own.get("model", {}).items()
+                          if k not in {"cache_dir"}})
+    data["external_replicas"] = [{"address": f"{r.ip}:{REPLICA_PORT}", "gpu_index": r.gpu_index}
+                                 for r in replicas]
+    # The file must be a spec llm-fleet accepts.
+    parse_spec(data, source=str(GATEWAY_SPEC))
+    return data
+
+
+def render_compose(spec: ClusterSpec, gpus: int, out_dir: Path) -> RenderedCompose:
+    if gpus < 1:
+        raise SpecError(f"--gpus {gpus}: need at least one GPU", hint="e.g. --gpus 4")
+    gateway_ip, replicas = addresses(spec, gpus)
+    settings = resolve_engine_settings(spec, "gpu")
+    # The model id, not a local path: vLLM finds it in the mounted HF cache.
+    argv = vllm_argv("python3", settings, settings.model, REPLICA_PORT, spec.vllm.extra_args,
+                     host="0.0.0.0")[3:]
+    repo = os.path.relpath(REPO_ROOT, out_dir.resolve())
+    repo = "." if repo == "." else repo
+    compose = template("deploy/compose/docker-compose.yml.j2").render(
+        gpus=gpus,
+        vllm_image=spec.compose.vllm_image,
+        grafana_image=spec.compose.grafana_image,
+        vllm_args=argv,
+        replica_memory=spec.compose.replica_memory,
+        replica_cpus=f"{spec.compose.replica_cpus:g}",
+        model_cache=spec.compose.model_cache,
+        replica_port=REPLICA_PORT,
+        replicas=replicas,
+        repo=repo,
+        gateway_spec=f"./{GATEWAY_SPEC.as_posix()}",
+        gateway_port=spec.gateway.port,
+        gateway_ip=gateway_ip,
+        prometheus_port=spec.prometheus.port,
+        grafana_bind=spec.compose.grafana_bind,
+        grafana_port=spec.compose.grafana_port,
+        subnet=spec.compose.subnet,
+    )
+    header = (f"# The gateway container's spec, rendered by `fleet render compose --gpus {gpus}`\n"
+              "# from the cluster spec: edit that one, not this file.\n")
+    text = header + yaml.safe_dump(gateway_spec(spec, replicas), sort_keys=False)
+    return RenderedCompose(compose=compose, gateway_spec=text)

@@ -1,0 +1,67 @@
+"""`fleet render systemd`: unit files for operators who run without Docker.
+
+systemd takes supervisord's place: one unit per program that `fleet up`
+would supervise (same command lines, from :func:`router.render.programs`),
+a templated unit for the replicas that computes each replica's command from
+the spec when it starts, a oneshot unit that renders and checks the configs
+first, and a target that groups them.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from router import cluster
+from router.render import Program, programs, template
+from router.runtime import RuntimePaths, write_atomic
+from router.spec import EXAMPLE_SPEC, ClusterSpec
+
+TARGET = "llm-fleet.target"
+PREPARE = "llm-fleet-prepare.service"
+REPLICA_TEMPLATE = "llm-fleet-replica@.service"
+
+
+def _environment(program: Program) -> list[str]:
+    # systemd expands % specifiers: a literal percent is %%.
+    return [f'"{key}={value}"'.replace("%", "%%") for key, value in sorted(program.env.items())]
+
+
+def render_units(spec: ClusterSpec, spec_path: Path) -> dict[str, str]:
+    """File name -> text of every unit, for this machine's Python and spec."""
+    plan = cluster.make_plan(spec, require_model=False)
+    paths = RuntimePaths(spec.runtime_dir)
+    common = {"python": sys.executable, "spec": str(spec_path.resolve()),
+              "runtime_dir": str(paths.root)}
+    units: dict[str, str] = {
+        PREPARE: template("deploy/systemd/llm-fleet-prepare.service.j2").render(**common),
+    }
+    names = []
+    for replica in plan.replicas:
+        if not replica.external:
+            names.append(f"llm-fleet-replica@{replica.index}.service")
+    if names:
+        units[REPLICA_TEMPLATE] = template(
+            "deploy/systemd/llm-fleet-replica@.service.j2").render(**common)
+    for program in programs(plan, paths):
+        if program.name.startswith("replica-"):
+            continue
+        unit = f"llm-fleet-{program.name}.service"
+        names.append(unit)
+        units[unit] = template("deploy/systemd/llm-fleet-program.service.j2").render(
+            name=program.name, comment=program.comment, command=program.command,
+            environment=_environment(program), stopsignal=program.stopsignal,
+            stopwaitsecs=program.stopwaitsecs, **common)
+    units[TARGET] = template("deploy/systemd/llm-fleet.target.j2").render(
+        replicas=len(plan.replicas), units=names)
+    return units
+
+
+def write_units(spec: ClusterSpec, spec_path: Path | None, out_dir: Path) -> list[Path]:
+    units = render_units(spec, spec_path or EXAMPLE_SPEC)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in units.items():
+        write_atomic(out_dir / name, text)
+        written.append(out_dir / name)
+    return written

@@ -1,0 +1,174 @@
+"""The production path: docker-compose (validated by Debian's docker-compose, no
+Docker engine needed), systemd units (systemd-analyze verify) and the
+keepalived pair (keepalived -t)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from router import compose, render, systemd
+from router.plan import build_plan
+from router.runtime import RuntimePaths
+from router.spec import EXAMPLE_SPEC, REPO_ROOT, load_spec, parse_spec, resolve_engine_settings
+from tests.support.cli import fleet
+from tests.support.fakes import gpu_inventory
+from tests.support.harness import free_port, gateway_metrics_ports
+
+REFERENCE_GPUS = 4
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists()
+                                  else None)
+    assert path, f"{name} is installed by deploy/setup.sh --dev"
+    return path
+
+
+def _compose_config(compose_file: Path) -> dict[str, object]:
+    """`docker-compose config`: parses, interpolates and validates the file."""
+    env = {**os.environ, "GRAFANA_ADMIN_PASSWORD": "test-only"}
+    proc = subprocess.run([_tool("docker-compose"), "-f", str(compose_file), "config"],
+                          capture_output=True, text=True, timeout=120, check=False, env=env)
+    assert proc.returncode == 0, proc.stderr
+    config: dict[str, object] = yaml.safe_load(proc.stdout)
+    return config
+
+
+def test_committed_compose_files_are_the_rendered_ones() -> None:
+    rendered = compose.render_compose(load_spec(EXAMPLE_SPEC), REFERENCE_GPUS, REPO_ROOT)
+    assert (REPO_ROOT / compose.COMPOSE_FILE).read_text() == rendered.compose, (
+        "docker-compose.yml is stale; run `fleet render compose --gpus 4`")
+    assert (REPO_ROOT / compose.GATEWAY_SPEC).read_text() == rendered.gateway_spec
+
+
+def test_committed_compose_validates_and_mounts_only_repository_files() -> None:
+    config = _compose_config(REPO_ROOT / compose.COMPOSE_FILE)
+    services = config["services"]
+    assert isinstance(services, dict)
+    replicas = [name for name in services if name.startswith("replica-")]
+    assert len(replicas) == REFERENCE_GPUS
+    for index, name in enumerate(sorted(replicas)):
+        service = services[name]
+        assert service["restart"] == "always"
+        assert "ports" not in service, f"{name} must not be published"
+        [device] = service["deploy"]["resources"]["reservations"]["devices"]
+        assert device["device_ids"] == [str(index)] and device["capabilities"] == ["gpu"]
+        assert "--served-model-name" in service["command"]
+        assert service["healthcheck"]["test"][-1].endswith("timeout=5)")
+    gateway = services["gateway"]
+    build = gateway["build"]
+    assert (Path(build["context"]) / build["dockerfile"]).is_file()
+    for service in services.values():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("/") and "huggingface" not in source:
+                assert Path(source).exists(), f"{source} is mounted but not in the repository"
+    published = [str(p) for p in gateway["ports"]]
+    assert any(p.startswith("127.0.0.1:3000:") for p in published), published
+
+
+@pytest.mark.parametrize("gpus", [1, 2, 8])
+def test_compose_for_other_gpu_counts_validates(tmp_path: Path, gpus: int) -> None:
+    rendered = compose.render_compose(load_spec(EXAMPLE_SPEC), gpus, tmp_path)
+    (tmp_path / compose.COMPOSE_FILE).write_text(rendered.compose)
+    (tmp_path / compose.GATEWAY_SPEC).parent.mkdir(parents=True)
+    (tmp_path / compose.GATEWAY_SPEC).write_text(rendered.gateway_spec)
+    services = _compose_config(tmp_path / compose.COMPOSE_FILE)["services"]
+    assert isinstance(services, dict)
+    assert sorted(n for n in services if n.startswith("replica-")) == sorted(
+        f"replica-{i}" for i in range(gpus))
+    external = yaml.safe_load(rendered.gateway_spec)["external_replicas"]
+    assert [r["gpu_index"] for r in external] == list(range(gpus))
+
+
+def test_gateway_container_renders_the_bare_metal_config(tmp_path: Path) -> None:
+    """The container runs `fleet up --foreground` on deploy/compose/gateway.yaml:
+    the same templates and checks as bare metal, no copy of nginx.conf."""
+    data = yaml.safe_load((REPO_ROOT / compose.GATEWAY_SPEC).read_text())
+    # Free ports and a temporary runtime folder so nginx -t can run here.
+    data.update(runtime_dir=str(tmp_path / "rt"), controller={"port": free_port()},
+                prometheus={"port": free_port()}, gateway_metrics=gateway_metrics_ports())
+    data["gateway"] = {**data["gateway"], "port": free_port(), "status_port": free_port()}
+    spec = parse_spec(data)
+    plan = build_plan(spec, resolve_engine_settings(spec, "external"), gpu_inventory(4),
+                      "unused", "python3")
+    assert [r.address for r in plan.replicas] == [f"172.28.0.{10 + i}:8000" for i in range(4)]
+    assert all(r.external and r.gpu_uuid for r in plan.replicas)
+    assert plan.gpu_exporter
+    rendered = render.write_checked(plan, RuntimePaths(tmp_path / "rt"))  # nginx -t, promtool
+    assert "server 172.28.0.13:8000 weight=50" in rendered.files["upstream.conf"]
+    names = [p.name for p in render.programs(plan, RuntimePaths(tmp_path / "rt"))]
+    assert names == ["gateway", "prometheus", "controller", "gpu-exporter", "nginx-exporter",
+                     "log-exporter"]
+    dockerfile = (REPO_ROOT / "deploy" / "gateway" / "Dockerfile").read_text()
+    assert 'CMD ["fleet", "up", "--foreground"' in dockerfile
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO_ROOT, capture_output=True,
+                             text=True, check=True).stdout.split()
+    copies = [p for p in tracked if p.endswith("nginx.conf") and not p.startswith("tests/")]
+    assert copies == [], f"a second nginx.conf would drift from the template: {copies}"
+
+
+@pytest.mark.parametrize("engine", ["cpu", "sim"])
+def test_systemd_units_verify(tmp_path: Path, engine: str) -> None:
+    spec_file = tmp_path / "cluster.yaml"
+    spec_file.write_text(yaml.safe_dump({"engine": engine, "replicas": 2,
+                                         "runtime_dir": str(tmp_path / "rt")}))
+    written = systemd.write_units(load_spec(spec_file), spec_file, tmp_path / "units")
+    names = {p.name for p in written}
+    assert {"llm-fleet.target", "llm-fleet-prepare.service", "llm-fleet-replica@.service",
+            "llm-fleet-gateway.service", "llm-fleet-controller.service"} <= names
+    replica_unit = (tmp_path / "units" / "llm-fleet-replica@.service").read_text()
+    assert "Restart=always" in replica_unit and "replica exec %i" in replica_unit
+    target = (tmp_path / "units" / "llm-fleet.target").read_text()
+    assert "llm-fleet-replica@0.service llm-fleet-replica@1.service" in target
+    proc = subprocess.run([_tool("systemd-analyze"), "verify", "--man=no",
+                           *sorted(str(p) for p in written)],
+                          capture_output=True, text=True, timeout=120, check=False,
+                          cwd=tmp_path / "units")
+    assert proc.returncode == 0, proc.stderr
+    assert "llm-fleet" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("role", ["primary", "backup"])
+def test_keepalived_config_passes_keepalived_t(tmp_path: Path, role: str) -> None:
+    source = REPO_ROOT / "deploy" / "keepalived"
+    # keepalived checks the script it tracks; point it at a root-only copy.
+    scripts = tmp_path / "scripts"
+    scripts.mkdir(mode=0o755)
+    shutil.copy(source / "check_gateway.sh", scripts / "check_gateway.sh")
+    config = tmp_path / "keepalived.conf"
+    config.write_text((source / f"keepalived-{role}.conf").read_text().replace(
+        "/etc/keepalived/check_gateway.sh", str(scripts / "check_gateway.sh")))
+    proc = subprocess.run([_tool("keepalived"), "-t", "-l", "-f", str(config)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "not found" not in proc.stdout + proc.stderr
+
+
+def test_keepalived_t_rejects_a_broken_pair(tmp_path: Path) -> None:
+    config = tmp_path / "keepalived.conf"
+    config.write_text((REPO_ROOT / "deploy" / "keepalived" / "keepalived-primary.conf")
+                      .read_text().replace("virtual_router_id 51", "virtual_router_id 300"))
+    proc = subprocess.run([_tool("keepalived"), "-t", "-l", "-f", str(config)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode != 0
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("render", "compose"), "needs --gpus N"),
+    (("render", "compose", "--gpus", "0"), "need at least one GPU"),
+    (("render", "systemd"), "needs --out DIR"),
+    (("render", "--gpus", "2", "--out", "/tmp/x"), "--gpus is read by `fleet render compose`"),
+])
+def test_render_cli_errors_are_one_line_with_a_hint(args: tuple[str, ...], message: str) -> None:
+    result = fleet(*args)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert lines[1].startswith("hint: ")
