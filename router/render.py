@@ -22,7 +22,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -228,11 +228,13 @@ class Program:
     name: str
     comment: str
     argv: tuple[str, ...]
-    env: Mapping[str, str]
-    startsecs: int
-    startretries: int
-    stopsignal: str
-    stopwaitsecs: int
+    env: Mapping[str, str] = field(default_factory=dict)
+    # Up this long counts as started; this many failed starts and
+    # supervisord gives up (FATAL) instead of spinning.
+    startsecs: int = 2
+    startretries: int = 10
+    stopsignal: str = "TERM"
+    stopwaitsecs: int = 10
 
     @property
     def command(self) -> str:
@@ -260,7 +262,6 @@ def replica_program(replica: ReplicaPlan, paths: RuntimePaths) -> Program:
         # spinning on a broken model or flag.
         startsecs=10,
         startretries=5,
-        stopsignal="TERM",
         stopwaitsecs=30,
     )
 
@@ -271,9 +272,7 @@ def gateway_program(paths: RuntimePaths) -> Program:
         comment="nginx, the one URL clients use",
         argv=(nginx_binary(), "-e", str(paths.log("nginx-error")), "-p", str(paths.root),
               "-c", str(paths.nginx_conf)),
-        env={},
         startsecs=1,
-        startretries=10,
         # QUIT is nginx's graceful shutdown: open streams finish first.
         stopsignal="QUIT",
         stopwaitsecs=30,
@@ -290,10 +289,6 @@ def prometheus_program(plan: ClusterPlan, paths: RuntimePaths) -> Program:
               f"--storage.tsdb.retention.time={prom.retention}",
               f"--web.listen-address=127.0.0.1:{prom.port}",
               "--web.enable-lifecycle"),
-        env={},
-        startsecs=2,
-        startretries=10,
-        stopsignal="TERM",
         stopwaitsecs=20,
     )
 
@@ -305,9 +300,6 @@ def controller_program(paths: RuntimePaths) -> Program:
         argv=(sys.executable, "-m", "router.cli", "controller", "run",
               "--spec", str(paths.spec_json)),
         env={"PYTHONUNBUFFERED": "1"},
-        startsecs=2,
-        startretries=10,
-        stopsignal="TERM",
         stopwaitsecs=15,
     )
 
@@ -318,11 +310,6 @@ def gpu_exporter_program(plan: ClusterPlan, paths: RuntimePaths) -> Program:
         comment="NVML readings per GPU, labelled with the replica pinned to it",
         argv=(sys.executable, "-m", "router.gpu_exporter", "--port",
               str(plan.spec.gpu_exporter.port), "--state", str(paths.state_json)),
-        env={},
-        startsecs=2,
-        startretries=10,
-        stopsignal="TERM",
-        stopwaitsecs=10,
     )
 
 
@@ -337,11 +324,7 @@ def nginx_exporter_program(plan: ClusterPlan) -> Program:
               f"-web.listen-address=127.0.0.1:{plan.spec.gateway_metrics.nginx_exporter_port}",
               # nginx may still be starting: wait for it instead of exiting.
               "-nginx.retries=30", "-nginx.retry-interval=1s"),
-        env={},
         startsecs=1,
-        startretries=10,
-        stopsignal="TERM",
-        stopwaitsecs=10,
     )
 
 
@@ -353,11 +336,7 @@ def log_exporter_program(plan: ClusterPlan, paths: RuntimePaths) -> Program:
               "-logs", str(paths.access_log),
               "-address", "127.0.0.1", "-port", str(plan.spec.gateway_metrics.log_exporter_port),
               "-emit_prog_label=false", "-logtostderr"),
-        env={},
         startsecs=1,
-        startretries=10,
-        stopsignal="TERM",
-        stopwaitsecs=10,
     )
 
 
