@@ -72,9 +72,8 @@ def gateway_spec(spec: ClusterSpec, replicas: list[ComposeReplica]) -> dict[str,
     data["engine"] = "external"
     data["runtime_dir"] = CONTAINER_RUNTIME_DIR
     data["gateway"] = {**data.get("gateway", {}), "host": "0.0.0.0"}
+    # The host's model cache means nothing in the container: name the model only.
     data["model"] = {"name": settings.model, "served_name": settings.served_model_name}
-    data["model"].update({k: v for k, v in own.get("model", {}).items()
-                          if k not in {"cache_dir"}})
     data["external_replicas"] = [{"address": f"{r.ip}:{REPLICA_PORT}", "gpu_index": r.gpu_index}
                                  for r in replicas]
     # The file must be a spec llm-fleet accepts.
@@ -91,7 +90,6 @@ def render_compose(spec: ClusterSpec, gpus: int, out_dir: Path) -> RenderedCompo
     argv = vllm_argv("python3", settings, settings.model, REPLICA_PORT, spec.vllm.extra_args,
                      host="0.0.0.0")[3:]
     repo = os.path.relpath(REPO_ROOT, out_dir.resolve())
-    repo = "." if repo == "." else repo
     compose = template("deploy/compose/docker-compose.yml.j2").render(
         gpus=gpus,
         vllm_image=spec.compose.vllm_image,
