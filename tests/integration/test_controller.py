@@ -29,6 +29,7 @@ from router.runtime import RuntimePaths
 from router.supervise import Supervisor
 from tests.support.backend import Backend
 from tests.support.cli import fleet
+from tests.support.client import resend_on_reset
 from tests.support.harness import (
     free_port,
     free_port_block,
@@ -113,12 +114,9 @@ def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Control
 class Load:
     """Closed-loop clients through the gateway, counting who served what.
 
-    Like the official openai client, a request whose connection was closed
-    before any answer is sent again once, on a new connection: on a reload
-    nginx's old workers close idle keep-alive connections, and a request
-    written onto one at that instant never reached nginx (HTTP/1.1's
-    keep-alive race; nothing in the access log). Those are counted in
-    ``resent``; a request that fails twice, or gets any non-200, is a failure.
+    A request reset before any answer is sent once more, as the openai
+    client does (tests/support/client.py), and counted in ``resent``; a
+    request that fails twice, or gets any non-200, is a failure.
     """
 
     def __init__(self, url: str, clients: int, max_tokens: int) -> None:
@@ -138,18 +136,11 @@ class Load:
             with requests.Session() as session:
                 while not self._stop.is_set():
                     try:
-                        response = self._post(session)
-                    except requests.ConnectionError:
-                        self.resent += 1
-                        session.close()
-                        try:
-                            response = self._post(session)
-                        except requests.RequestException as exc:
-                            self.failures.append(type(exc).__name__)
-                            break
+                        response, resent = resend_on_reset(session, self._post)
                     except requests.RequestException as exc:
                         self.failures.append(type(exc).__name__)
                         break
+                    self.resent += resent
                     if response.status_code == 200:
                         self.served.append((time.monotonic(),
                                             response.headers["X-Fleet-Replica"]))

@@ -15,6 +15,7 @@ tests/fixtures/gpu, served as a static exposition.
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.server
 import math
 import signal
@@ -33,6 +34,7 @@ import yaml
 from router import render
 from router.spec import REPO_ROOT
 from tests.support.cli import fleet
+from tests.support.client import resend_on_reset
 from tests.support.grafana import DASHBOARDS, Query, queries, substitute
 from tests.support.harness import (
     free_port,
@@ -62,25 +64,30 @@ class Load:
     statuses: Counter[int] = field(default_factory=Counter)
     stop: threading.Event = field(default_factory=threading.Event)
 
+    def _send(self, turn: int, session: requests.Session) -> requests.Response:
+        if turn % 10 == 0:
+            # nginx answers this one itself: a 404 from "gateway".
+            return session.get(f"{self.url}/v1/no-such-endpoint", timeout=10)
+        if turn % 3 == 0:
+            return session.post(f"{self.url}/v1/completions", timeout=30, json={
+                "model": "sim-model", "prompt": "hello", "max_tokens": 6})
+        response = session.post(f"{self.url}/v1/chat/completions", timeout=30, json={
+            "model": "sim-model", "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 8, "stream": turn % 2 == 0})
+        # The whole stream is read here: a reset mid-stream fails the test.
+        response.content  # noqa: B018
+        if response.status_code == 200:
+            self.served[response.headers["X-Fleet-Replica"]] += 1
+        return response
+
     def run(self) -> None:
-        chat = {"model": "sim-model", "messages": [{"role": "user", "content": "hi"}],
-                "max_tokens": 8}
         with requests.Session() as session:
             turn = 0
             while not self.stop.is_set():
                 turn += 1
-                if turn % 10 == 0:
-                    # nginx answers this one itself: a 404 from "gateway".
-                    response = session.get(f"{self.url}/v1/no-such-endpoint", timeout=10)
-                elif turn % 3 == 0:
-                    response = session.post(f"{self.url}/v1/completions", timeout=30, json={
-                        "model": "sim-model", "prompt": "hello", "max_tokens": 6})
-                else:
-                    response = session.post(f"{self.url}/v1/chat/completions", timeout=30,
-                                            json={**chat, "stream": turn % 2 == 0})
-                    response.content  # noqa: B018 - read the whole stream
-                    if response.status_code == 200:
-                        self.served[response.headers["X-Fleet-Replica"]] += 1
+                # Drain and undrain reload nginx, which closes idle keep-alive
+                # connections: resent as the openai client would.
+                response, _ = resend_on_reset(session, functools.partial(self._send, turn))
                 self.statuses[response.status_code] += 1
 
 
