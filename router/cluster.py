@@ -274,9 +274,9 @@ def prepare_only(spec_path: Path | None, progress: Progress) -> None:
 def up_foreground(spec_path: Path | None, progress: Progress) -> NoReturn:
     """Render and check like `up`, then become supervisord (never returns).
 
-    For containers and systemd units: whatever watches this process watches
-    the cluster, and health is that watcher's job (a compose healthcheck on
-    the gateway's /health).
+    For containers: whatever watches this process watches the cluster, and
+    health is that watcher's job (a compose healthcheck on the gateway's
+    /health). systemd units use `prepare_only` and one unit per program.
     """
     _plan, _paths, supervisor = _prepare(spec_path, progress, None)
     progress("running supervisord in the foreground")

@@ -50,8 +50,8 @@ class RenderedCompose:
 
 def addresses(spec: ClusterSpec, gpus: int) -> tuple[str, list[ComposeReplica]]:
     network = ipaddress.IPv4Network(spec.compose.subnet)
-    hosts = list(network.hosts())
-    if 10 + gpus > len(hosts):
+    # Replica i takes .(10 + i); the broadcast address is not a host.
+    if 10 + gpus > network.num_addresses - 1:
         raise SpecError(f"compose.subnet {network} has no room for {gpus} replicas",
                         hint="use a larger subnet, e.g. 172.28.0.0/24")
     gateway_ip = str(network.network_address + 2)
