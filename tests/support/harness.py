@@ -38,11 +38,24 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port_block(count: int) -> int:
-    """A base port such that base .. base+count-1 are all free."""
+    """A base port such that base .. base+count-1 are all free.
+
+    Blocks come from below the kernel's ephemeral range, where free_port()
+    (port 0) never lands, so a block and the single ports picked after it
+    cannot collide.
+    """
     rng = random.Random()
+    top = _ephemeral_low() - count
     for _ in range(200):
-        base = rng.randrange(20000, 60000)
+        base = rng.randrange(10000, top)
         if all(_bindable(base + i) for i in range(count)):
             return base
     raise RuntimeError(f"no block of {count} free loopback ports found")
