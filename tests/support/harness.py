@@ -32,10 +32,21 @@ def _bindable(port: int) -> bool:
     return True
 
 
+# The kernel may hand the same port 0 out again as soon as it is closed, so
+# two free_port() calls for one spec could return one port twice.
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free loopback port this test process has not handed out before."""
+    for _ in range(100):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise RuntimeError("no loopback port left that this test run has not used already")
 
 
 def _ephemeral_low() -> int:
