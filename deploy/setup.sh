@@ -4,7 +4,8 @@
 #   - system packages (apt-get): nginx, Prometheus (with promtool), the nginx
 #     exporter and mtail (gateway metrics); with --dev also docker-compose,
 #     systemd (systemd-analyze) and keepalived, which the tests validate the
-#     production files with
+#     production files with, and chromium, which the console's browser tests
+#     drive
 #   - a virtual environment at .venv with llm-fleet and the vLLM build that
 #     fits the machine: `gpu` when nvidia-smi lists a GPU, `cpu` otherwise.
 # Usage: deploy/setup.sh [--dev] [--engine cpu|gpu]
@@ -38,6 +39,8 @@ if [ "$dev" -eq 1 ]; then
   command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
   command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
   command -v keepalived >/dev/null 2>&1 || [ -x /usr/sbin/keepalived ] || need+=(keepalived)
+  # The web console's browser tests drive Debian's Chromium with Playwright.
+  [ -x /usr/bin/chromium ] || need+=(chromium)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""

@@ -19,7 +19,7 @@ from typing import NoReturn
 
 import requests
 
-from router import __version__, cluster, compose, systemd
+from router import __version__, cluster, compose, gateway_reload, keys, systemd
 from router import model as model_store
 from router.devices import discover
 from router.errors import ClusterError, FleetError, SpecError
@@ -203,11 +203,16 @@ def cmd_chat(args: argparse.Namespace) -> int:
     url = state["gateway_url"] + "/v1/chat/completions"
     body = {"model": state["served_model_name"], "max_tokens": args.max_tokens,
             "messages": [{"role": "user", "content": args.message}]}
+    key = os.environ.get("FLEET_API_KEY")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
-        response = requests.post(url, json=body, timeout=args.timeout)
+        response = requests.post(url, json=body, headers=headers, timeout=args.timeout)
     except requests.RequestException as exc:
         raise ClusterError(f"the gateway at {url} did not answer: {exc}",
                            hint="check `fleet status`") from exc
+    if response.status_code == 401:
+        raise ClusterError("the gateway wants an API key (auth.enabled is true)",
+                           hint="set FLEET_API_KEY to a key from `fleet keys add NAME`")
     if response.status_code != 200:
         raise ClusterError(f"gateway answered {response.status_code}: {response.text.strip()}")
     answer = response.json()["choices"][0]["message"]["content"]
@@ -283,6 +288,69 @@ def cmd_pin(args: argparse.Namespace) -> int:
                   {"weight": args.weight, "ttl_s": args.for_s})
 
 
+def _apply_keys(spec: ClusterSpec, store: keys.KeyStore) -> str:
+    """Make ``store`` the gateway's keys; say how it took effect. The store is
+    saved only once the running gateway accepted it, so a failed reload
+    leaves keys and gateway as they were."""
+    paths = RuntimePaths(spec.runtime_dir)
+    rendered = keys.render_keys_conf(store)
+    if gateway_reload.gateway_pid(paths) is not None:
+        seconds = gateway_reload.apply_gateway_file(
+            paths, paths.api_keys_conf, rendered.text, version=rendered.version,
+            version_url=gateway_reload.status_url(spec.gateway.status_port, "keys"),
+            mode=0o600)
+        outcome = f"the running gateway uses it (reloaded in {seconds:.2f}s)"
+    else:
+        outcome = "the gateway is not running; it applies at the next `fleet up`"
+        if paths.config_dir.is_dir():
+            write_atomic(paths.api_keys_conf, rendered.text, mode=0o600)
+    keys.save_store(paths.api_keys, store)
+    if not spec.auth.enabled:
+        outcome += ("; note: auth.enabled is false in this spec, so keys are not checked "
+                    "until you set it to true")
+    return outcome
+
+
+def cmd_keys_add(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec)
+    store, key = keys.load_store(RuntimePaths(spec.runtime_dir).api_keys).add(args.name)
+    outcome = _apply_keys(spec, store)
+    _progress(f"created {key.id} ({key.name}); {outcome}")
+    _progress("the key is shown only now; store it where the client can read it")
+    print(key.secret)
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec)
+    store = keys.load_store(RuntimePaths(spec.runtime_dir).api_keys)
+    if args.json:
+        print(json.dumps([{"id": k.id, "name": k.name, "created_at": k.created_at,
+                           "revoked_at": k.revoked_at, "key": k.shown} for k in store.keys],
+                         indent=2))
+        return 0
+    if not store.keys:
+        print("no keys yet; create one with `fleet keys add NAME`")
+        return 0
+
+    def stamp(at: float | None) -> str:
+        return "-" if at is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(at))
+
+    rows = [["ID", "NAME", "KEY", "CREATED", "REVOKED"]]
+    rows += [[k.id, k.name, k.shown, stamp(k.created_at), stamp(k.revoked_at)]
+             for k in store.keys]
+    print(_table(rows))
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec)
+    store, key = keys.load_store(RuntimePaths(spec.runtime_dir).api_keys).revoke(args.key)
+    outcome = _apply_keys(spec, store)
+    _progress(f"revoked {key.id} ({key.name}); {outcome}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fleet", description="Serve one LLM as several vLLM replicas behind one gateway URL.")
@@ -327,6 +395,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, metavar="DIR")
     p.add_argument("--gpus", type=int, metavar="N", help="compose: GPUs, one replica each")
     p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("keys", help="API keys of the gateway (docs/security.md)")
+    keys_sub = p.add_subparsers(dest="keys_command", required=True, metavar="SUBCOMMAND")
+    pk = keys_sub.add_parser("add", help="create a key and print it (shown only once)")
+    _spec_arg(pk)
+    pk.add_argument("name", metavar="NAME", help="who the key is for, e.g. team-search")
+    pk.set_defaults(func=cmd_keys_add)
+    pk = keys_sub.add_parser("list", help="every key: id, name, prefix, created, revoked")
+    _spec_arg(pk)
+    pk.add_argument("--json", action="store_true", help="machine-readable output")
+    pk.set_defaults(func=cmd_keys_list)
+    pk = keys_sub.add_parser("revoke", help="revoke a key by id or name; it stops at once")
+    _spec_arg(pk)
+    pk.add_argument("key", metavar="ID|NAME")
+    pk.set_defaults(func=cmd_keys_revoke)
 
     p = sub.add_parser("replica", help="run one replica in the foreground (systemd units)")
     replica_sub = p.add_subparsers(dest="replica_command", required=True, metavar="SUBCOMMAND")
@@ -387,7 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clear", action="store_true", help="remove the pin")
     p.set_defaults(func=cmd_pin)
 
-    p = sub.add_parser("chat", help="send one chat message through the gateway")
+    p = sub.add_parser("chat", help="send one chat message through the gateway (with keys on, "
+                                    "the key comes from FLEET_API_KEY)")
     _spec_arg(p)
     p.add_argument("message")
     p.add_argument("--max-tokens", type=int, default=64)
@@ -403,6 +487,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    # One line per HTTP call is noise at the command line; -v shows them.
+    if not args.verbose:
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         code: int = args.func(args)
         return code

@@ -220,9 +220,12 @@ def _wait_healthy(plan: ClusterPlan, paths: RuntimePaths, supervisor: Supervisor
                 healthy[replica.name] = elapsed
                 progress(f"{replica.name} on {replica.device} healthy after {elapsed:.0f}s")
         if len(healthy) == len(plan.replicas):
-            models = probe(plan.gateway_url + "/v1/models", timeout_s=5.0)
-            if models.ok and _controller_ready(plan, paths):
-                progress(f"gateway {plan.gateway_url} answers /v1/models after {elapsed:.0f}s")
+            # With keys on, /v1/ refuses a keyless probe; /health still goes
+            # through the upstream to a replica.
+            route = "/health" if plan.spec.auth.enabled else "/v1/models"
+            answer = probe(plan.gateway_url + route, timeout_s=5.0)
+            if answer.ok and _controller_ready(plan, paths):
+                progress(f"gateway {plan.gateway_url} answers {route} after {elapsed:.0f}s")
                 return
         if time.monotonic() > deadline:
             waiting = [r.name for r in plan.replicas if r.name not in healthy]

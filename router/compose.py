@@ -22,8 +22,8 @@ import yaml
 
 from router.errors import SpecError
 from router.plan import vllm_argv
-from router.render import template
 from router.spec import REPO_ROOT, ClusterSpec, parse_spec, resolve_engine_settings
+from router.templates import template
 
 COMPOSE_FILE = "docker-compose.yml"
 GATEWAY_SPEC = Path("deploy") / "compose" / "gateway.yaml"
@@ -74,6 +74,11 @@ def gateway_spec(spec: ClusterSpec, replicas: list[ComposeReplica]) -> dict[str,
     data["gateway"] = {**data.get("gateway", {}), "host": "0.0.0.0"}
     # The host's model cache means nothing in the container: name the model only.
     data["model"] = {"name": settings.model, "served_name": settings.served_model_name}
+    # The console links to the Grafana this deployment publishes, unless the
+    # spec names another one.
+    if spec.console.grafana_url is None:
+        data["console"] = {**data.get("console", {}), "grafana_url":
+                           f"http://{spec.compose.grafana_bind}:{spec.compose.grafana_port}"}
     data["external_replicas"] = [{"address": f"{r.ip}:{REPLICA_PORT}", "gpu_index": r.gpu_index}
                                  for r in replicas]
     # The file must be a spec llm-fleet accepts.

@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-import jinja2
-
 from router.errors import EnvironmentError_, RenderError
+from router.keys import load_store, render_keys_conf
 from router.plan import ClusterPlan, ReplicaPlan
 from router.runtime import ALERT_RULES, RECORDING_RULES, RuntimePaths, write_atomic
 from router.spec import REPO_ROOT, ClusterSpec, GatewaySpec
+from router.templates import template
 
 # Every replica starts with the same weight, in the middle of [1, 100] so the
 # controller can move it both ways.
@@ -65,30 +65,55 @@ class RenderedConfig:
     """The text of every config file of one cluster, keyed by file name."""
 
     files: dict[str, str]
+    # Files holding secrets (API keys), written with mode 0600.
+    private: frozenset[str] = frozenset()
 
 
-def _environment(variable_delimiters: tuple[str, str]) -> jinja2.Environment:
-    start, end = variable_delimiters
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(REPO_ROOT)),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        autoescape=False,
-        variable_start_string=start,
-        variable_end_string=end,
-    )
+CONSOLE_SOURCE = REPO_ROOT / "nginx" / "console"
+# When nginx starts as root its workers run as nobody, who may not be able to
+# reach a checkout under /root or a private temp folder; the console is then
+# served from a root-owned, world-readable copy here, one folder per content.
+CONSOLE_STAGING = Path("/var/cache/llm-fleet/console")
 
 
-def template(name: str, variable_delimiters: tuple[str, str] = ("{{", "}}")) -> jinja2.Template:
+def _console_digest() -> str:
+    digest = hashlib.sha256()
+    for file in sorted(CONSOLE_SOURCE.rglob("*")):
+        if file.is_file():
+            digest.update(file.relative_to(CONSOLE_SOURCE).as_posix().encode() + b"\0")
+            digest.update(file.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def console_dir(workers_drop_privileges: bool) -> Path:
+    """Where nginx serves the console from (see CONSOLE_STAGING)."""
+    if not workers_drop_privileges:
+        return CONSOLE_SOURCE
+    return CONSOLE_STAGING / _console_digest()
+
+
+def stage_console() -> None:
+    """Copy the console where nobody can read it, when workers run as nobody."""
+    target = console_dir(nginx_run_user() is not None)
+    if target == CONSOLE_SOURCE or target.is_dir():
+        return
+    staging = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    CONSOLE_STAGING.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(CONSOLE_SOURCE, staging)
+    for folder in [staging, *[p for p in staging.rglob("*") if p.is_dir()]]:
+        folder.chmod(0o755)
+    for file in staging.rglob("*"):
+        if file.is_file():
+            file.chmod(0o644)
+    # Both folders are llm-fleet's own; nobody must be able to enter them.
+    for parent in (CONSOLE_STAGING, CONSOLE_STAGING.parent):
+        parent.chmod(0o755)
     try:
-        return _environment(variable_delimiters).get_template(name)
-    except jinja2.TemplateNotFound as exc:
-        raise EnvironmentError_(
-            f"template {name} not found under {REPO_ROOT}",
-            hint="run fleet from a checkout of llm-fleet installed with `pip install -e .`",
-        ) from exc
+        staging.rename(target)
+    except OSError:
+        # Another cluster staged the same content first.
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def nginx_run_user() -> str | None:
@@ -162,11 +187,34 @@ def render_upstream(gw: GatewaySpec, members: Sequence[UpstreamMember],
     return RenderedUpstream(text=text, version=version)
 
 
+def _limits_view(spec: ClusterSpec) -> dict[str, object]:
+    limits = spec.limits
+    parts = []
+    if limits.requests_per_s:
+        parts.append(f"{limits.requests_per_s} requests/s with a burst of {limits.burst}")
+    if limits.concurrent:
+        parts.append(f"{limits.concurrent} requests in flight")
+    return {
+        # Empty keys are not counted by nginx, so with auth on a request
+        # without a valid key (already refused) never uses a slot.
+        "key": "$fleet_api_key" if spec.auth.enabled else "$binary_remote_addr",
+        "key_doc": "per API key" if spec.auth.enabled else "per client address",
+        "requests_per_s": limits.requests_per_s,
+        "burst": limits.burst,
+        "concurrent": limits.concurrent,
+        "summary": ("limit: " + ", ".join(parts) + (" per key" if spec.auth.enabled
+                                                    else " per client address"))
+        if parts else "",
+    }
+
+
 def render_nginx(plan: ClusterPlan, paths: RuntimePaths) -> str:
-    gw = plan.spec.gateway
+    spec = plan.spec
+    gw = spec.gateway
     listen = f"[{gw.host}]:{gw.port}" if ":" in gw.host else f"{gw.host}:{gw.port}"
+    run_user = nginx_run_user()
     return template("nginx/nginx.conf.j2").render(
-        run_user=nginx_run_user(),
+        run_user=run_user,
         paths={
             "pid": paths.nginx_pid,
             "error_log": paths.log("nginx-error"),
@@ -177,13 +225,20 @@ def render_nginx(plan: ClusterPlan, paths: RuntimePaths) -> str:
             "listen": listen,
             "status_port": gw.status_port,
             "max_body_size": gw.max_body_size,
+            "max_header_size": gw.max_header_size,
+            "client_timeout_s": gw.client_timeout_s,
             "connect_timeout_s": gw.connect_timeout_s,
             "read_timeout_s": gw.read_timeout_s,
             "next_upstream_tries": gw.next_upstream_tries,
             "worker_shutdown_timeout_s": gw.worker_shutdown_timeout_s,
             "worker_processes": gw.worker_processes,
         },
+        auth=spec.auth.enabled,
+        limits=_limits_view(spec),
+        console={"root": console_dir(run_user is not None)} if spec.console.enabled else None,
+        controller_port=spec.controller.port if spec.controller.enabled else None,
         upstream_conf=paths.upstream_conf,
+        api_keys_conf=paths.api_keys_conf,
     )
 
 
@@ -371,6 +426,7 @@ def render_all(plan: ClusterPlan, paths: RuntimePaths) -> RenderedConfig:
     files = {
         paths.nginx_conf.name: render_nginx(plan, paths),
         paths.upstream_conf.name: render_upstream(plan.spec.gateway, plan.replicas).text,
+        paths.api_keys_conf.name: render_keys_conf(load_store(paths.api_keys)).text,
         paths.supervisord_conf.name: render_supervisord(plan, paths),
         paths.spec_json.name: plan.spec.model_dump_json(indent=2) + "\n",
     }
@@ -378,7 +434,7 @@ def render_all(plan: ClusterPlan, paths: RuntimePaths) -> RenderedConfig:
         files[paths.prometheus_yml.name] = render_prometheus(plan)
         files[paths.recording_rules.name] = recording_rules()
         files[paths.alert_rules.name] = render_alert_rules(plan.spec)
-    return RenderedConfig(files=files)
+    return RenderedConfig(files=files, private=frozenset({paths.api_keys_conf.name}))
 
 
 def _binary(name: str, package: str) -> str:
@@ -437,7 +493,7 @@ def check_prometheus(config: Path) -> None:
 def write_rendered(rendered: RenderedConfig, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, text in rendered.files.items():
-        write_atomic(out_dir / name, text)
+        write_atomic(out_dir / name, text, mode=0o600 if name in rendered.private else 0o644)
 
 
 def write_checked(plan: ClusterPlan, paths: RuntimePaths) -> RenderedConfig:
@@ -453,6 +509,8 @@ def write_checked(plan: ClusterPlan, paths: RuntimePaths) -> RenderedConfig:
     if nginx_run_user():
         nobody = pwd.getpwnam("nobody")
         os.chown(paths.nginx_temp_dir, nobody.pw_uid, nobody.pw_gid)
+    if plan.spec.console.enabled:
+        stage_console()
     rendered = render_all(plan, paths)
     write_rendered(rendered, paths.config_dir)
     check_nginx(paths.nginx_conf, paths.log("nginx-check"))

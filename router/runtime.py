@@ -103,6 +103,16 @@ class RuntimePaths:
         return self.root / "overrides.json"
 
     @property
+    def api_keys(self) -> Path:
+        """The key store of `fleet keys` (mode 0600)."""
+        return self.root / "api-keys.json"
+
+    @property
+    def api_keys_conf(self) -> Path:
+        """The key map nginx includes, rendered from the key store (mode 0600)."""
+        return self.config_dir / "api-keys.conf"
+
+    @property
     def admin_token(self) -> Path:
         return self.root / "admin-token"
 

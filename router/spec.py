@@ -119,13 +119,55 @@ class GatewaySpec(_Model):
     # Old workers that still hold streams after a reload are closed after this.
     worker_shutdown_timeout_s: int = Field(default=900, ge=1)
     worker_processes: int | Literal["auto"] = "auto"
+    # A client that sends nothing for this long while sending its headers or
+    # body gets 408 and is disconnected; bodies are read whole before a
+    # replica sees them, so a slow client never holds a replica's slot.
+    client_timeout_s: int = Field(default=10, ge=1, le=600)
+    # The largest request line or header line; a request whose headers do
+    # not fit in 4 buffers of this size gets a JSON 400 (nginx size syntax).
+    max_header_size: str = "8k"
 
-    @field_validator("max_body_size")
+    @field_validator("max_body_size", "max_header_size")
     @classmethod
     def _nginx_size(cls, value: str) -> str:
         if not _NGINX_SIZE.match(value):
             raise ValueError(f"{value!r} is not an nginx size; write e.g. 512k, 1m or 10m")
         return value
+
+
+class AuthSpec(_Model):
+    """API keys at the gateway (`fleet keys add|list|revoke`, docs/security.md)."""
+
+    # On: /v1/ and /fleet/status need "Authorization: Bearer <key>".
+    enabled: bool = False
+
+
+class LimitsSpec(_Model):
+    """Per-client limits on the OpenAI API: per API key when auth is on, per
+    client address otherwise. Unset means no limit. Over a limit: 429 with
+    Retry-After."""
+
+    requests_per_s: int | None = Field(default=None, ge=1, le=100_000)
+    # Requests above the rate that are still served at once, as a burst.
+    burst: int = Field(default=0, ge=0, le=100_000)
+    # Requests (streams included) in flight at once.
+    concurrent: int | None = Field(default=None, ge=1, le=100_000)
+
+
+class ConsoleSpec(_Model):
+    """The web console at the gateway's / (chat playground and fleet view)."""
+
+    enabled: bool = True
+    # Grafana, for the console's dashboard links; unset hides them. `fleet
+    # render compose` fills in the Grafana that deployment publishes.
+    grafana_url: str | None = None
+
+    @field_validator("grafana_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"https?://[^\s'\"<>]+", value):
+            raise ValueError("write an http(s) URL, e.g. http://grafana.example:3000")
+        return value.rstrip("/") if value else value
 
 
 class ModelSpec(_Model):
@@ -380,6 +422,9 @@ class ClusterSpec(_Model):
     engine: Engine = "auto"
     replicas: int | Literal["auto"] = "auto"
     gateway: GatewaySpec = GatewaySpec()
+    auth: AuthSpec = AuthSpec()
+    limits: LimitsSpec = LimitsSpec()
+    console: ConsoleSpec = ConsoleSpec()
     model: ModelSpec = Field(default_factory=ModelSpec)
     vllm: VllmSpec = VllmSpec()
     ports: PortsSpec = PortsSpec()
@@ -402,8 +447,9 @@ class ClusterSpec(_Model):
         # A section whose keys are all commented out parses as None in YAML;
         # it means "all defaults", not "invalid".
         if isinstance(data, dict):
-            sections = {"gateway", "model", "vllm", "ports", "prometheus", "sim", "controller",
-                        "gpu_exporter", "gateway_metrics", "alerts", "compose"}
+            sections = {"gateway", "auth", "limits", "console", "model", "vllm", "ports",
+                        "prometheus", "sim", "controller", "gpu_exporter", "gateway_metrics",
+                        "alerts", "compose"}
             return {k: v for k, v in data.items() if not (k in sections and v is None)}
         return data
 

@@ -13,9 +13,10 @@ import sys
 from pathlib import Path
 
 from router import cluster
-from router.render import Program, programs, template
+from router.render import Program, programs
 from router.runtime import RuntimePaths, write_atomic
 from router.spec import EXAMPLE_SPEC, ClusterSpec
+from router.templates import template
 
 TARGET = "llm-fleet.target"
 PREPARE = "llm-fleet-prepare.service"

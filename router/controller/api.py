@@ -8,6 +8,8 @@
     POST /replicas/{name}/weight      {"weight": 1-100, "ttl_s": seconds} pins a weight;
                                       {"weight": null} removes the pin
     GET  /metrics                     the controller's Prometheus metrics (no token)
+    GET  /fleet/status                read-only summary for the web console (no token;
+                                      the gateway serves it at /fleet/status)
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the dependency
@@ -23,6 +25,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
+from router.controller.public import public_status
 from router.controller.service import Controller
 
 DEFAULT_PIN_TTL_S = 600.0
@@ -38,7 +41,8 @@ class PinRequest(BaseModel):
                          description="seconds until the pin expires")
 
 
-def create_app(controller: Controller, token: str, run_loop: bool = True) -> FastAPI:
+def create_app(controller: Controller, token: str, run_loop: bool = True,
+               grafana_url: str | None = None) -> FastAPI:
     bearer = HTTPBearer(auto_error=False)
 
     def authorised(
@@ -100,6 +104,10 @@ def create_app(controller: Controller, token: str, run_loop: bool = True) -> Fas
                                                pin_expires_at=expires)
         return {"replica": name, "pinned_weight": body.weight, "pin_expires_at": expires,
                 "decision": record.__dict__}
+
+    @app.get("/fleet/status")
+    async def fleet_status() -> dict[str, Any]:
+        return public_status(controller.status(), grafana_url)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics(_request: Request) -> Response:

@@ -46,6 +46,14 @@ class BadRequest(Exception):
         self.status, self.message, self.err_type, self.param = status, message, err_type, param
 
 
+class RawError(Exception):
+    """An answer in another shape than the OpenAI error (FastAPI's own)."""
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        super().__init__(body)
+        self.status, self.body = status, body
+
+
 def error_body(status: int, message: str, err_type: str, param: str | None) -> dict[str, Any]:
     """vLLM's error shape (the OpenAI one)."""
     return {"error": {"message": message, "type": err_type, "param": param, "code": status}}
@@ -159,6 +167,8 @@ class SimApp:
         except BadRequest as exc:
             await send_json(send, exc.status, error_body(exc.status, exc.message, exc.err_type,
                                                          exc.param))
+        except RawError as exc:
+            await send_json(send, exc.status, exc.body)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -417,8 +427,13 @@ async def read_json(receive: Receive) -> Any:
     if not raw.strip():
         raise _validation_error("missing", "body", "Field required", None)
     try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # FastAPI's own answer (vLLM passes it through): not the OpenAI shape.
+        raise RawError(400, {"detail": "There was an error parsing the body"}) from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
         raise _validation_error("json_invalid", "body.1", "JSON decode error", {}) from exc
 
 

@@ -6,6 +6,7 @@ the last one takes it down.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -57,6 +58,45 @@ def test_streaming_chat_arrives_in_pieces(cluster: Cluster, client: openai.OpenA
     assert len(pieces) >= 3, pieces
     assert finish in {"stop", "length"}
     assert usage is not None and usage.completion_tokens >= len(pieces) - 1
+
+
+def _bad_requests(model: str, max_model_len: int) -> list[tuple[str, bytes, int, str]]:
+    """(name, JSON body, status, a fragment of vLLM's message) for /v1/chat/completions."""
+    def chat(**fields: object) -> bytes:
+        return json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}],
+                           **fields}).encode()
+    return [
+        ("malformed JSON", b'{"messages": [', 400, "JSON decode error"),
+        ("empty body", b"", 400, "Field required"),
+        ("JSON that is not an object", b"[1, 2]", 400, "valid dictionary"),
+        # FastAPI's own answer, not the OpenAI shape; the simulator copies it.
+        ("invalid UTF-8", b'{"messages": [{"role": "user", "content": "\xff\xfe"}]}', 400,
+         "error parsing the body"),
+        ("unknown model", chat(model="gpt-17"), 404, "does not exist"),
+        ("negative max_tokens", chat(max_tokens=-5), 400, "max_tokens"),
+        ("huge max_tokens", chat(max_tokens=10**9), 400, "max_tokens"),
+        ("max_tokens not a number", chat(max_tokens="ten"), 400, "valid integer"),
+        ("prompt longer than the context",
+         chat(messages=[{"role": "user", "content": "word " * (2 * max_model_len)}]), 400,
+         "maximum context length"),
+    ]
+
+
+def test_bad_requests_get_vllms_4xx_and_cost_no_replica(cluster: Cluster) -> None:
+    """A subset of the gateway's bad-request catalogue against real vLLM: its own
+    clear 4xx passes through, and no replica is benched or restarted."""
+    pids = {p.name: p.pid for p in Supervisor(cluster.paths).processes()}
+    wrong = []
+    for _ in range(2):  # twice: more than max_fails per replica, had 4xx counted
+        for name, body, status, says in _bad_requests(cluster.model, cluster.max_model_len):
+            response = requests.post(f"{cluster.url}/v1/chat/completions", data=body,
+                                     headers={"Content-Type": "application/json"}, timeout=60)
+            answer = response.json()
+            message = answer["error"]["message"] if "error" in answer else answer["detail"]
+            if response.status_code != status or says not in message:
+                wrong.append(f"{name}: {response.status_code} {response.text[:200]}")
+    assert not wrong, "\n".join(wrong)
+    assert {p.name: p.pid for p in Supervisor(cluster.paths).processes()} == pids
 
 
 def test_both_replicas_serve(cluster: Cluster, client: openai.OpenAI) -> None:

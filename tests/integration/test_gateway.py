@@ -133,7 +133,8 @@ def test_client_errors_pass_through_and_bench_no_replica(
 
 
 def test_unknown_path_gets_json_404(gw: Running) -> None:
-    for path in ("/", "/metrics", "/admin", "/v2/models"):
+    # "/" is the web console (test_console.py).
+    for path in ("/metrics", "/admin", "/v2/models", "/v1/embeddings", "/sim/faults"):
         response = requests.get(gw.url + path, timeout=5)
         assert response.status_code == 404, path
         assert response.json()["error"]["code"] == 404

@@ -33,6 +33,7 @@ def _fixed_machine(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(render, "mtail_binary", lambda: "/usr/bin/mtail")
     monkeypatch.setattr(render, "MTAIL_PROGRAMS", Path("/opt/llm-fleet/nginx/mtail"))
     monkeypatch.setattr(render, "nginx_run_user", lambda: None)
+    monkeypatch.setattr(render, "CONSOLE_SOURCE", Path("/opt/llm-fleet/nginx/console"))
     monkeypatch.setattr(sys, "executable", "/opt/llm-fleet/bin/python")
 
 
@@ -53,13 +54,16 @@ def _check(name: str, text: str) -> None:
 @pytest.mark.parametrize(("case", "data", "inventory"), [
     ("cpu2", {}, cpu_inventory(2)),
     ("gpu4", {}, gpu_inventory(4)),
+    ("secure", {"auth": {"enabled": True},
+                "limits": {"requests_per_s": 20, "burst": 10, "concurrent": 8}}, cpu_inventory(2)),
 ])
 def test_rendered_files_match_golden(case: str, data: dict, inventory) -> None:  # type: ignore[no-untyped-def]
     plan = _plan(data, inventory)
     rendered = render.render_all(plan, RuntimePaths(ROOT))
-    assert set(rendered.files) == {"nginx.conf", "upstream.conf", "prometheus.yml",
-                                   "supervisord.conf", "spec.json", "recording.rules.yml",
-                                   "alerts.rules.yml"}
+    assert set(rendered.files) == {"nginx.conf", "upstream.conf", "api-keys.conf",
+                                   "prometheus.yml", "supervisord.conf", "spec.json",
+                                   "recording.rules.yml", "alerts.rules.yml"}
+    assert rendered.private == {"api-keys.conf"}
     # The rule files have promtool tests of their own (test_prometheus_rules.py).
     assert rendered.files.pop("recording.rules.yml") == render.recording_rules()
     assert rendered.files.pop("alerts.rules.yml") == render.render_alert_rules(plan.spec)
@@ -125,3 +129,25 @@ def test_supervisor_escapes_percent_signs() -> None:
 def test_ipv6_gateway_listen() -> None:
     plan = _plan({"gateway": {"host": "::1"}}, cpu_inventory(1))
     assert "listen [::1]:8080;" in render.render_nginx(plan, RuntimePaths(ROOT))
+
+
+def test_console_is_served_from_the_checkout_or_a_world_readable_copy(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    source = tmp_path / "checkout" / "console"
+    source.mkdir(parents=True)
+    (source / "index.html").write_text("<!doctype html>")
+    monkeypatch.setattr(render, "CONSOLE_SOURCE", source)
+    monkeypatch.setattr(render, "CONSOLE_STAGING", tmp_path / "cache" / "console")
+    # Workers that run as we do read the checkout itself.
+    assert render.console_dir(False) == source
+    # Workers that drop to nobody read a copy named by its content.
+    staged = render.console_dir(True)
+    assert staged.parent == tmp_path / "cache" / "console"
+    monkeypatch.setattr(render, "nginx_run_user", lambda: "nobody nogroup")
+    render.stage_console()
+    assert (staged / "index.html").read_text() == "<!doctype html>"
+    assert staged.stat().st_mode & 0o777 == 0o755
+    assert (staged / "index.html").stat().st_mode & 0o777 == 0o644
+    # New content, new folder: a running gateway keeps the files it serves.
+    (source / "index.html").write_text("<!doctype html><p>v2")
+    assert render.console_dir(True) != staged

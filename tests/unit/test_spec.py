@@ -78,6 +78,15 @@ def test_all_commented_section_means_defaults() -> None:
         ({"prometheus": {"scrape_interval_s": 0}}, "prometheus.scrape_interval_s", "1"),
         ({"model": {"served_name": "my model"}}, "model.served_name", "letters"),
         ({"gateway": "8080"}, "gateway", "dictionary"),
+        ({"gateway": {"max_header_size": "big"}}, "gateway.max_header_size", "nginx size"),
+        ({"gateway": {"client_timeout_s": 0}}, "gateway.client_timeout_s", "1"),
+        ({"auth": {"enabled": "sometimes"}}, "auth.enabled", "boolean"),
+        ({"auth": {"keys": ["sk-1"]}}, "auth.keys", "unknown key"),
+        ({"limits": {"requests_per_s": 0}}, "limits.requests_per_s", "1"),
+        ({"limits": {"requests_per_s": 2.5}}, "limits.requests_per_s", "integer"),
+        ({"limits": {"burst": -1}}, "limits.burst", "0"),
+        ({"limits": {"concurrent": 0}}, "limits.concurrent", "1"),
+        ({"console": {"grafana_url": "grafana:3000"}}, "console.grafana_url", "http(s) URL"),
     ],
 )
 def test_bad_spec_names_the_key_and_why(data: dict, where: str, words: str) -> None:

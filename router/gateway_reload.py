@@ -1,0 +1,133 @@
+"""Changing one file of the running gateway's configuration, safely.
+
+The controller rewrites upstream.conf (weights) and `fleet keys` rewrites
+api-keys.conf (API keys); both go through :func:`apply_gateway_file`:
+1. write the new text atomically, keeping the previous text;
+2. `nginx -t` the whole configuration; on failure restore the previous file;
+3. SIGHUP the nginx master (a graceful reload: old workers finish their
+   streams, bounded by worker_shutdown_timeout);
+4. verify that nginx now runs the new file: a version the file declares must
+   be answered on the status port within a few seconds; otherwise restore
+   the previous file and reload again.
+The gateway keeps serving the configuration it had after every failure. A
+lock file serialises writers, so a key change and a weight change never
+reload each other's untested file.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from router.errors import NginxReloadFailed
+from router.render import nginx_binary
+from router.runtime import RuntimePaths, write_atomic
+
+VERIFY_TIMEOUT_S = 5.0
+
+
+def status_url(status_port: int, what: str) -> str:
+    """Where the status port answers the live version of ``what`` (config, keys)."""
+    return f"http://127.0.0.1:{status_port}/fleet/{what}-version"
+
+
+def live_version(url: str) -> str | None:
+    try:
+        response = httpx.get(url, timeout=1.0)
+    except httpx.HTTPError:
+        return None
+    return response.text.strip() if response.status_code == 200 else None
+
+
+def nginx_test(paths: RuntimePaths) -> str | None:
+    """nginx's first complaint about the configuration on disk, or None."""
+    proc = subprocess.run(
+        [nginx_binary(), "-t", "-q", "-e", str(paths.log("nginx-check")),
+         "-p", str(paths.root), "-c", str(paths.nginx_conf)],
+        capture_output=True, text=True, timeout=30, check=False)
+    if proc.returncode == 0:
+        return None
+    lines = proc.stderr.strip().splitlines()
+    return lines[0] if lines else f"nginx -t exited {proc.returncode}"
+
+
+def gateway_pid(paths: RuntimePaths) -> int | None:
+    """The nginx master's pid when one is running, else None."""
+    try:
+        pid = int(paths.nginx_pid.read_text().strip())
+        os.kill(pid, 0)
+    except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+        return None
+    return pid
+
+
+def signal_reload(paths: RuntimePaths) -> None:
+    pid = gateway_pid(paths)
+    if pid is None:
+        raise NginxReloadFailed(f"no nginx master is running (pid file {paths.nginx_pid})",
+                                hint="is the gateway running? see `fleet status`")
+    os.kill(pid, signal.SIGHUP)
+
+
+def _wait_live(url: str, version: str) -> bool:
+    deadline = time.monotonic() + VERIFY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if live_version(url) == version:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@contextmanager
+def _reload_lock(paths: RuntimePaths) -> Iterator[None]:
+    paths.root.mkdir(parents=True, exist_ok=True)
+    with open(paths.root / "gateway-reload.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _restore(target: Path, previous: str | None, mode: int) -> None:
+    if previous is None:
+        target.unlink(missing_ok=True)
+    else:
+        write_atomic(target, previous, mode)
+
+
+def apply_gateway_file(paths: RuntimePaths, target: Path, text: str, *, version: str,
+                       version_url: str, mode: int = 0o644) -> float:
+    """Make the running nginx serve ``text`` as ``target``; seconds taken.
+
+    Raises NginxReloadFailed after putting the previous file back.
+    """
+    started = time.monotonic()
+    with _reload_lock(paths):
+        previous = target.read_text(encoding="utf-8") if target.exists() else None
+        write_atomic(target, text, mode)
+        problem = nginx_test(paths)
+        if problem is not None:
+            _restore(target, previous, mode)
+            raise NginxReloadFailed(f"nginx -t rejected the new {target.name}: {problem}",
+                                    hint="the previous configuration is still serving")
+        try:
+            signal_reload(paths)
+        except NginxReloadFailed:
+            _restore(target, previous, mode)
+            raise
+        if not _wait_live(version_url, version):
+            _restore(target, previous, mode)
+            signal_reload(paths)
+            raise NginxReloadFailed(
+                f"nginx did not run {target.name} version {version} within "
+                f"{VERIFY_TIMEOUT_S:g}s of the reload", hint=f"see {paths.log('nginx-error')}")
+    return time.monotonic() - started

@@ -1,0 +1,127 @@
+"""API keys for the gateway: the key store and the nginx map rendered from it.
+
+Keys live in ``<runtime_dir>/api-keys.json`` (mode 0600). The gateway checks
+them itself, from ``config/api-keys.conf`` (also 0600), a `map` from the
+Authorization header to the key's id: a key check needs no other process, so
+it keeps working while the controller is down (the data plane fails static).
+
+A key is shown once, when it is created. Revoking removes its secret from
+the store and the map; the entry stays, without its secret, so `fleet keys
+list` still tells what was revoked and when.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from router.errors import SpecError
+from router.runtime import write_atomic
+from router.templates import template
+
+KEY_PREFIX = "sk-fleet-"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: str
+    name: str
+    created_at: float
+    # None once revoked: a revoked key's secret is not kept.
+    secret: str | None
+    revoked_at: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+    @property
+    def shown(self) -> str:
+        """What listings print in place of the secret."""
+        return f"{self.secret[:len(KEY_PREFIX) + 4]}..." if self.secret else "(revoked)"
+
+
+@dataclass(frozen=True)
+class KeyStore:
+    keys: tuple[ApiKey, ...] = ()
+
+    def active(self) -> tuple[ApiKey, ...]:
+        return tuple(k for k in self.keys if k.active)
+
+    def find(self, id_or_name: str) -> ApiKey:
+        for key in self.keys:
+            if key.active and id_or_name in (key.id, key.name):
+                return key
+        known = ", ".join(f"{k.name} ({k.id})" for k in self.active()) or "none"
+        raise SpecError(f"no active key with id or name {id_or_name!r}",
+                        hint=f"active keys: {known}; see `fleet keys list`")
+
+    def add(self, name: str, now: float | None = None) -> tuple[KeyStore, ApiKey]:
+        if not _NAME.match(name):
+            raise SpecError(f"key name {name!r} is not allowed",
+                            hint="use 1-64 letters, digits, '.', '_' or '-', starting with a "
+                                 "letter or digit, e.g. team-search")
+        if any(k.name == name for k in self.active()):
+            raise SpecError(f"an active key is already named {name!r}",
+                            hint="pick another name, or revoke the old key first")
+        taken = {k.id for k in self.keys}
+        key_id = _new_id(taken)
+        key = ApiKey(id=key_id, name=name, created_at=time.time() if now is None else now,
+                     secret=KEY_PREFIX + secrets.token_urlsafe(32))
+        return KeyStore(self.keys + (key,)), key
+
+    def revoke(self, id_or_name: str, now: float | None = None) -> tuple[KeyStore, ApiKey]:
+        target = self.find(id_or_name)
+        revoked = replace(target, secret=None,
+                          revoked_at=time.time() if now is None else now)
+        return KeyStore(tuple(revoked if k is target else k for k in self.keys)), revoked
+
+
+def _new_id(taken: set[str]) -> str:
+    while True:
+        key_id = "key-" + secrets.token_hex(4)
+        if key_id not in taken:
+            return key_id
+
+
+def load_store(path: Path) -> KeyStore:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return KeyStore()
+    except (OSError, ValueError) as exc:
+        raise SpecError(f"cannot read the key store {path}: {exc}",
+                        hint="restore it from a backup, or move it away to start with no keys"
+                        ) from exc
+    try:
+        return KeyStore(tuple(ApiKey(**entry) for entry in data["keys"]))
+    except (KeyError, TypeError) as exc:
+        raise SpecError(f"the key store {path} is not in the expected format: {exc}",
+                        hint="it is written by `fleet keys`; restore it from a backup") from exc
+
+
+def save_store(path: Path, store: KeyStore) -> None:
+    text = json.dumps({"keys": [asdict(k) for k in store.keys]}, indent=2) + "\n"
+    write_atomic(path, text, mode=0o600)
+
+
+@dataclass(frozen=True)
+class RenderedKeys:
+    text: str
+    version: str
+
+
+def render_keys_conf(store: KeyStore) -> RenderedKeys:
+    """The nginx include with the key map and the version the status port answers."""
+    active = store.active()
+    # The version names the set of keys without revealing any of them.
+    version = hashlib.sha256(
+        "\n".join(sorted(f"{k.id}:{k.secret}" for k in active)).encode()).hexdigest()[:12]
+    text = template("nginx/api-keys.conf.j2").render(keys=active, version=version)
+    return RenderedKeys(text=text, version=version)
