@@ -351,6 +351,69 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_run(args: argparse.Namespace) -> int:
+    import asyncio
+    import shlex
+
+    from router.bench import load, report, stats
+
+    if args.url is None:
+        state = read_state(RuntimePaths(load_spec(args.spec).runtime_dir))
+        if state is None:
+            raise ClusterError("no cluster is running and no --url was given",
+                               hint="start one with `fleet up`, or pass --url http://host:port")
+        args.url = state["gateway_url"]
+    if args.duration <= 0:
+        raise SpecError("--duration must be above 0 seconds", hint="e.g. --duration 30")
+    if args.rates:
+        try:
+            rates = [float(r) for r in args.rates.split(",")]
+        except ValueError as exc:
+            raise SpecError(f"--rate: {args.rates!r} is not a list of numbers",
+                            hint="e.g. --rate 20 or --rate 10,20,40") from exc
+        if any(r <= 0 for r in rates):
+            raise SpecError("--rate: every rate must be above 0", hint="e.g. --rate 10,20,40")
+        plans = [load.Arrivals("poisson", rate=r) for r in rates]
+    else:
+        if args.concurrency < 1:
+            raise SpecError("--concurrency must be at least 1", hint="e.g. --concurrency 8")
+        plans = [load.Arrivals("closed", concurrency=args.concurrency)]
+    slo = stats.parse_slo(args.slo)
+    key = os.environ.get("FLEET_API_KEY")
+    model = args.model or _served_model(args.url, key)
+    workload = load.Workload(
+        model=model, chat=not args.completions, stream=not args.no_stream,
+        prompt_words=load.parse_range(args.prompt_words, "--prompt-words"),
+        output_tokens=load.parse_range(args.output_tokens, "--output-tokens"),
+        prompts=load.load_prompts(args.prompts) if args.prompts else (), seed=args.seed)
+    entries, runs = [], []
+    for arrivals in plans:
+        _progress(f"{arrivals.describe()} for {args.duration:g}s against {args.url}")
+        result = asyncio.run(load.run(args.url, workload, arrivals, args.duration, key,
+                                      load.terminal_progress(args.duration)))
+        print(file=sys.stderr)
+        summary = stats.summarize(result.records, result.duration_s, slo)
+        entries.append(report.result_entry(arrivals, workload, result, summary))
+        runs.append((arrivals.describe(), result))
+        _progress(f"{summary['succeeded']:,} ok, {summary['failed']:,} failed, "
+                  f"{summary['request_throughput']:,.1f} req/s, "
+                  f"E2E p99 {summary['e2e_s']['p99'] or 0:.3f}s")
+    out = args.out or REPO_ROOT / "docs" / "benchmarks" / args.name
+    command = "fleet " + shlex.join(args.argv_for_report)
+    for path in report.write(out, args.name, command, load.machine(), entries, runs):
+        print(path)
+    return 0
+
+
+def _served_model(url: str, key: str | None) -> str | None:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        data = requests.get(f"{url}/v1/models", headers=headers, timeout=10).json()
+        return str(data["data"][0]["id"])
+    except (requests.RequestException, ValueError, KeyError, IndexError):
+        return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fleet", description="Serve one LLM as several vLLM replicas behind one gateway URL.")
@@ -410,6 +473,34 @@ def build_parser() -> argparse.ArgumentParser:
     _spec_arg(pk)
     pk.add_argument("key", metavar="ID|NAME")
     pk.set_defaults(func=cmd_keys_revoke)
+
+    p = sub.add_parser("bench", help="measure the fleet: latency, throughput, goodput")
+    bench_sub = p.add_subparsers(dest="bench_command", required=True, metavar="SUBCOMMAND")
+    pb = bench_sub.add_parser("run", help="load the gateway (or --url) and write a report to "
+                                          "docs/benchmarks/NAME")
+    _spec_arg(pb)
+    pb.add_argument("--url", help="what to load (default: the running cluster's gateway)")
+    pb.add_argument("--name", default="run", help="report folder under docs/benchmarks")
+    pb.add_argument("--out", type=Path, metavar="DIR", help="report folder (overrides --name)")
+    load_mode = pb.add_mutually_exclusive_group()
+    load_mode.add_argument("--rate", dest="rates", metavar="R[,R...]",
+                           help="open loop: Poisson arrivals at R requests/s; a list sweeps")
+    load_mode.add_argument("--concurrency", type=int, default=8,
+                           help="closed loop: this many clients, each sending its next "
+                                "request when the last one ends (default 8)")
+    pb.add_argument("--duration", type=float, default=30.0, help="seconds per load level")
+    pb.add_argument("--no-stream", action="store_true", help="non-streamed requests")
+    pb.add_argument("--completions", action="store_true",
+                    help="/v1/completions instead of /v1/chat/completions")
+    pb.add_argument("--prompt-words", default="32", metavar="N|LOW-HIGH")
+    pb.add_argument("--output-tokens", default="64", metavar="N|LOW-HIGH")
+    pb.add_argument("--prompts", type=Path, metavar="FILE.jsonl",
+                    help="prompts to draw from, one {\"prompt\": ...} per line")
+    pb.add_argument("--slo", default="", metavar="ttft=2s,itl=50ms,e2e=30s",
+                    help="goodput counts requests meeting all of these")
+    pb.add_argument("--model", help="the model to ask for (default: the gateway's)")
+    pb.add_argument("--seed", type=int, default=0)
+    pb.set_defaults(func=cmd_bench_run)
 
     p = sub.add_parser("replica", help="run one replica in the foreground (systemd units)")
     replica_sub = p.add_subparsers(dest="replica_command", required=True, metavar="SUBCOMMAND")
@@ -483,6 +574,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # What a report names as its command when fleet runs in-process.
+    args.argv_for_report = list(argv) if argv is not None else sys.argv[1:]
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
@@ -490,6 +583,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # One line per HTTP call is noise at the command line; -v shows them.
     if not args.verbose:
         logging.getLogger("httpx").setLevel(logging.WARNING)
+        logging.getLogger("matplotlib").setLevel(logging.WARNING)
     try:
         code: int = args.func(args)
         return code

@@ -1,0 +1,1 @@
+"""`fleet bench`: load generation, measurement and reports (docs/benchmarks/)."""
