@@ -180,9 +180,10 @@ def render_upstream(gw: GatewaySpec, members: Sequence[UpstreamMember],
     servers = upstream_servers(gw, members, weights, down, reasons)
     # The version is what the status port's /fleet/config-version answers
     # once nginx runs this file: the proof that a reload took effect.
-    version = hashlib.sha256(repr((servers, gw.keepalive)).encode()).hexdigest()[:12]
+    version = hashlib.sha256(repr((servers, gw.keepalive, gw.balance)).encode()).hexdigest()[:12]
     text = template("nginx/upstream.conf.j2").render(
-        servers=servers, keepalive=gw.keepalive, provenance=provenance, version=version,
+        servers=servers, keepalive=gw.keepalive, balance=gw.balance, provenance=provenance,
+        version=version,
     )
     return RenderedUpstream(text=text, version=version)
 

@@ -116,6 +116,11 @@ class GatewaySpec(_Model):
     max_fails: int = Field(default=2, ge=0)
     fail_timeout_s: int = Field(default=10, ge=1)
     keepalive: int = Field(default=64, ge=1)
+    # least_conn: each request goes to the replica with the fewest requests
+    # in flight per unit of weight, which is what lets the controller's
+    # weights steer load. round_robin ignores load (a baseline for `fleet
+    # bench scenario`, or for replicas that answer in constant time).
+    balance: Literal["least_conn", "round_robin"] = "least_conn"
     # Old workers that still hold streams after a reload are closed after this.
     worker_shutdown_timeout_s: int = Field(default=900, ge=1)
     worker_processes: int | Literal["auto"] = "auto"
