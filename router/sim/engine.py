@@ -184,6 +184,10 @@ class Engine:
         else:
             self._resume.set()
 
+    async def resumed(self) -> None:
+        """Return once the engine is not paused."""
+        await self._resume.wait()
+
     def kill(self) -> None:
         """Engine death: every request in flight fails, new ones are refused."""
         self.dead = True

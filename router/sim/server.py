@@ -159,9 +159,12 @@ class SimApp:
         if scope["type"] != "http":
             return
         if self.hang and scope["path"] != "/sim/faults":
-            # Hung: read nothing, answer nothing, keep the socket open. The
-            # simulator's own fault API stays reachable so a drill can end it.
-            await asyncio.Event().wait()
+            # Hung: read nothing, answer nothing, keep the socket open, and
+            # carry on when the hang ends, as a SIGSTOPped then SIGCONTed vLLM
+            # does. The simulator's own fault API stays reachable so a drill
+            # can end it.
+            assert self.engine is not None, "lifespan startup has not run"
+            await self.engine.resumed()
         try:
             await self._route(scope, receive, send)
         except BadRequest as exc:
