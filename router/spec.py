@@ -317,6 +317,13 @@ class ControllerSpec(_Model):
     # A replica this many times slower than the fleet median gets 1/ratio of
     # the weight; the ratio is capped so one bad sample cannot zero a replica.
     max_latency_ratio: float = Field(default=4.0, ge=1.0)
+    # A replica at least this many times the median on both P99 TTFT and P99
+    # E2E is an outlier: it drops to the minimum weight, a trickle that keeps
+    # it measured, because any share above 1 % of requests puts its latency
+    # into the fleet's P99. Only while the fleet's median pressure is below
+    # outlier_max_pressure, so a busy fleet keeps the capacity; 0 turns it off.
+    outlier_latency_ratio: float = Field(default=1.5, ge=0.0)
+    outlier_max_pressure: float = Field(default=0.8, ge=0.0, le=2.0)
     # Reload for weights only when one moves by at least this fraction...
     min_weight_change: float = Field(default=0.20, ge=0.0, le=10.0)
     # ...and no sooner than this after the last weight reload. Health changes

@@ -30,6 +30,13 @@ For each replica r, in order (the first rule that applies wins for `down`):
      batch reads near 100 %.
    - Smoothing keeps one noisy evaluation from swinging traffic, and the
      clamp keeps a single bad sample from zeroing a replica.
+   - **Outliers**: a replica at ``outlier_latency_ratio`` times the median
+     or more on *both* P99 TTFT and P99 E2E gets raw weight 1 instead, while
+     the fleet's median pressure is below ``outlier_max_pressure``. Weighted
+     least_conn gives a replica a share of about weight / latency ratio, and
+     any share above 1 % puts its latency into the fleet's P99; a trickle
+     still keeps it measured, so it returns once it is fast again. A busy
+     fleet keeps the proportional weight instead: it needs the capacity.
    - **No data is not zero.** A NaN, missing or stale sample (older than
      ``max_signal_age_s``) drops that term; with no usable term the replica
      keeps its previous target ("hold"). Stale data never reads as fast,
@@ -159,6 +166,19 @@ def _pressure(signals: ReplicaSignals, max_age_s: float) -> float | None:
     return (kv or 0.0) + queue
 
 
+def _outlier(ratios: list[float], median_pressure: float | None,
+             settings: ControllerSpec) -> str | None:
+    """Why a replica is a latency outlier, or None. Both latencies must be
+    slow, so one histogram's coarse buckets cannot make an outlier alone."""
+    limit = settings.outlier_latency_ratio
+    if not limit or len(ratios) < 2 or min(ratios) < limit:
+        return None
+    if median_pressure is None or median_pressure >= settings.outlier_max_pressure:
+        return None
+    return (f"outlier (>= {limit:g}x median on both; fleet pressure {median_pressure:.2f}): "
+            "minimum weight")
+
+
 def decide(snapshot: Snapshot, previous: Decision | None, settings: ControllerSpec) -> Decision:
     """Weights, down set and a reason for every replica; see the module docstring."""
     now, max_age = snapshot.now, settings.max_signal_age_s
@@ -208,9 +228,12 @@ def decide(snapshot: Snapshot, previous: Decision | None, settings: ControllerSp
             have_data = True
             factor *= (1 + median_pressure) / (1 + pressure)
             terms.append(f"pressure {pressure:.2f} vs median {median_pressure:.2f}")
+        outlier = _outlier(ratios, median_pressure, settings)
+        if outlier:
+            terms.append(outlier)
 
         if have_data:
-            raw = BASE_WEIGHT * factor
+            raw = MIN_WEIGHT if outlier else BASE_WEIGHT * factor
             target = prev_target + settings.smoothing * (raw - prev_target)
             reason = ", ".join(terms) + f"; target {target:.1f}"
         else:

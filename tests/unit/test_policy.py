@@ -53,6 +53,29 @@ def test_slow_replica_gets_weight_inverse_to_its_latency_ratio(slow_e2e: float,
     assert "p99 E2E" in decision.reasons()["replica-3"]
 
 
+def test_a_replica_slow_on_both_latencies_is_an_outlier_at_minimum_weight() -> None:
+    signals = {r: fast() for r in R} | {"replica-3": fast(ttft=0.15, e2e=3.0)}
+    decision = decide(snap(signals), None, SETTINGS)
+    assert decision.weights() == {"replica-0": 50, "replica-1": 50, "replica-2": 50,
+                                  "replica-3": 1}
+    assert "outlier" in decision.reasons()["replica-3"]
+    assert decision.down() == frozenset()  # still served a trickle, still measured
+
+
+def test_a_busy_fleet_keeps_the_outliers_capacity() -> None:
+    busy = {r: fast(kv=0.9) for r in R}
+    signals = busy | {"replica-3": fast(ttft=0.15, e2e=3.0, kv=0.9)}
+    decision = decide(snap(signals), None, SETTINGS)
+    assert decision.weights()["replica-3"] == 17
+    assert "outlier" not in decision.reasons()["replica-3"]
+
+
+def test_outliers_can_be_turned_off() -> None:
+    signals = {r: fast() for r in R} | {"replica-3": fast(ttft=0.15, e2e=3.0)}
+    decision = decide(snap(signals), None, ControllerSpec(smoothing=1.0, outlier_latency_ratio=0))
+    assert decision.weights()["replica-3"] == 17
+
+
 def test_all_replicas_slow_together_changes_nothing() -> None:
     signals = {r: fast(ttft=2.0, e2e=30.0) for r in R}
     assert set(decide(snap(signals), None, SETTINGS).weights().values()) == {50}
