@@ -5,7 +5,7 @@ PYTHON  := $(VENV)/bin/python
 SPEC    ?=
 SPECARG := $(if $(SPEC),--spec $(SPEC),)
 
-.PHONY: up down test test-fast test-e2e lint install install-dev status
+.PHONY: up down test test-fast test-e2e lint install install-dev status peers
 
 ## up: install what is missing, start the default cluster, prove it answers
 up: install
@@ -40,6 +40,10 @@ lint: install-dev
 
 install:
 	deploy/setup.sh
+
+## peers: vllm-router and LiteLLM's proxy, for `fleet bench scenario` (own virtualenv)
+peers:
+	deploy/install-peers.sh
 
 install-dev:
 	deploy/setup.sh --dev

@@ -405,6 +405,55 @@ def cmd_bench_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_scenario(args: argparse.Namespace) -> int:
+    import shlex
+    import shutil
+    import tempfile
+
+    from router.bench import load, scenario, scenario_report
+
+    if args.scenario not in scenario.SCENARIOS:
+        raise SpecError(f"no scenario named {args.scenario!r}",
+                        hint="scenarios are: " + ", ".join(scenario.SCENARIOS))
+    out = args.out or REPO_ROOT / "docs" / "benchmarks" / args.scenario
+    work = Path(tempfile.mkdtemp(prefix=f"fleet-{args.scenario}-"))
+    try:
+        result = scenario.run_scenario(args.scenario, work, args.tiny, _progress, args.seed)
+    finally:
+        if args.keep_work:
+            _progress(f"fleet specs and logs kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    command = "fleet " + shlex.join(args.argv_for_report)
+    for path in scenario_report.write(out, result, command, load.machine()):
+        print(path)
+    for text, figure, met in result.targets:
+        _progress(f"target: {text}: {figure} ({'met' if met else 'MISSED'})")
+    return 0
+
+
+def cmd_drill(args: argparse.Namespace) -> int:
+    import shlex
+
+    from router.bench import drill, drill_report, load
+
+    for flag, value in (("--before", args.before), ("--hold", args.hold), ("--after", args.after)):
+        if value < 0:
+            raise SpecError(f"{flag} must be 0 seconds or more", hint=f"e.g. {flag} 10")
+    plan = drill.DrillPlan(fault=args.fault, replica=args.replica, rate=args.load,
+                           before_s=args.before, hold_s=args.hold, after_s=args.after,
+                           recover_timeout_s=args.recover_timeout)
+    spec = load_spec(args.spec)
+    result = drill.run_drill(spec, plan, os.environ.get("FLEET_API_KEY"), _progress)
+    out = args.out or REPO_ROOT / "docs" / "benchmarks" / f"drill-{args.fault}-{result.engine}"
+    command = "fleet " + shlex.join(args.argv_for_report)
+    for path in drill_report.write(out, result, command, load.machine()):
+        print(path)
+    for text, figure, met in result.targets:
+        _progress(f"target: {text}: {figure} ({'met' if met else 'MISSED'})")
+    return 0
+
+
 def _served_model(url: str, key: str | None) -> str | None:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
@@ -501,6 +550,40 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--model", help="the model to ask for (default: the gateway's)")
     pb.add_argument("--seed", type=int, default=0)
     pb.set_defaults(func=cmd_bench_run)
+    pb = bench_sub.add_parser(
+        "scenario", help="llm-fleet and its baselines side by side on simulated fleets: "
+                         "overhead, heterogeneous, homogeneous, scaling (docs/benchmarks)")
+    pb.add_argument("scenario", metavar="NAME",
+                    help="overhead | heterogeneous | homogeneous | scaling")
+    pb.add_argument("--out", type=Path, metavar="DIR",
+                    help="report folder (default: docs/benchmarks/NAME)")
+    pb.add_argument("--tiny", action="store_true",
+                    help="seconds instead of minutes: proves the machinery, measures nothing")
+    pb.add_argument("--keep-work", action="store_true",
+                    help="keep the fleets' specs and logs (printed at the end)")
+    pb.add_argument("--seed", type=int, default=0)
+    pb.set_defaults(func=cmd_bench_scenario)
+
+    p = sub.add_parser("drill", help="inject a fault into one replica under load and report "
+                                     "what clients saw")
+    _spec_arg(p)
+    p.add_argument("fault", choices=("kill", "hang", "slow", "restart"),
+                   help="kill: SIGKILL; restart: SIGTERM; hang: stop answering; "
+                        "slow: a third of the speed (simulated replicas)")
+    p.add_argument("replica", help="e.g. replica-1 (see `fleet status`)")
+    p.add_argument("--load", type=float, default=10.0, metavar="RATE",
+                   help="background Poisson load, requests/s (default 10)")
+    p.add_argument("--before", type=float, default=10.0, metavar="S",
+                   help="seconds of load before the fault")
+    p.add_argument("--hold", type=float, default=20.0, metavar="S",
+                   help="hang and slow: how long the fault lasts")
+    p.add_argument("--after", type=float, default=10.0, metavar="S",
+                   help="seconds of load after the replica is back")
+    p.add_argument("--recover-timeout", type=float, default=180.0, metavar="S",
+                   help="kill and restart: how long to wait for the replica to come back")
+    p.add_argument("--out", type=Path, metavar="DIR",
+                   help="report folder (default: docs/benchmarks/drill-FAULT-ENGINE)")
+    p.set_defaults(func=cmd_drill)
 
     p = sub.add_parser("replica", help="run one replica in the foreground (systemd units)")
     replica_sub = p.add_subparsers(dest="replica_command", required=True, metavar="SUBCOMMAND")

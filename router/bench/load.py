@@ -185,8 +185,9 @@ async def _sample_weights(url: str, key: str | None, into: list[dict[str, Any]],
 
 async def run(url: str, workload: Workload, arrivals: Arrivals, duration_s: float,
               key: str | None = None, progress: Progress | None = None,
-              sample_weights: bool = True) -> RunResult:
-    """Send load for ``duration_s`` and wait for what is in flight to finish."""
+              sample_weights: bool = True, stop: asyncio.Event | None = None) -> RunResult:
+    """Send load for ``duration_s`` (or until ``stop`` is set) and wait for
+    what is in flight to finish."""
     target = Target.from_url(url, workload.path, key)
     rng = random.Random(workload.seed)
     records: list[RequestRecord] = []
@@ -214,7 +215,7 @@ async def run(url: str, workload: Workload, arrivals: Arrivals, duration_s: floa
             scheduled = run_start
             while True:
                 scheduled += rng.expovariate(arrivals.rate)
-                if scheduled >= deadline:
+                if scheduled >= deadline or (stop is not None and stop.is_set()):
                     break
                 delay = scheduled - time.perf_counter()
                 if delay > 0:
@@ -230,7 +231,7 @@ async def run(url: str, workload: Workload, arrivals: Arrivals, duration_s: floa
             async def client() -> None:
                 conn = Connection(target)
                 try:
-                    while time.perf_counter() < deadline:
+                    while time.perf_counter() < deadline and not (stop and stop.is_set()):
                         records.append(await run_request(conn, workload.body(rng),
                                                          workload.stream, run_start))
                 finally:

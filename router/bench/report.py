@@ -20,6 +20,15 @@ def _ms(value: float | None) -> str:
     return "–" if value is None or math.isnan(value) else f"{value * 1000:,.1f}"
 
 
+def targets_table(targets: list[tuple[str, str, bool | None]]) -> list[str]:
+    """A Markdown table of targets: what was asked, what was measured, the verdict."""
+    if not targets:
+        return []
+    verdicts = {True: "met", False: "**missed**", None: "not measured"}
+    return (["", "## Targets", "", "| target | measured | verdict |", "| --- | --- | --- |"]
+            + [f"| {text} | {figure} | {verdicts[met]} |" for text, figure, met in targets])
+
+
 def markdown(name: str, command: str, results: list[dict[str, Any]],
              machine: dict[str, Any], plots: list[str]) -> str:
     lines = [f"# Benchmark: {name}", "",
@@ -90,17 +99,22 @@ def _timeline(records: list[RequestRecord], bucket_s: float = 1.0
     return times, p50, {name: [c[i] for i in range(buckets)] for name, c in sorted(served.items())}
 
 
-def plots(out: Path, runs: list[tuple[str, RunResult]]) -> list[str]:
-    """latency-cdf.png and timeline.png (the last run, weights overlaid)."""
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    written = []
+    return plt
+
+
+def plot_cdf(out: Path, series: list[tuple[str, list[RequestRecord]]],
+             filename: str = "latency-cdf.png") -> str:
+    """The E2E latency CDF of each labelled set of requests, on one chart."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
-    for label, run in runs:
-        values = sorted(r.e2e for r in run.records if r.ok and r.e2e is not None)
+    for label, records in series:
+        values = sorted(r.e2e for r in records if r.ok and r.e2e is not None)
         if values:
             ax.plot([v * 1000 for v in values],
                     [(i + 1) / len(values) for i in range(len(values))], label=label)
@@ -108,14 +122,22 @@ def plots(out: Path, runs: list[tuple[str, RunResult]]) -> list[str]:
     ax.set_ylabel("share of requests")
     ax.set_title("Latency CDF")
     ax.grid(alpha=0.3)
-    if runs:
+    if series:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "latency-cdf.png", dpi=110)
+    fig.savefig(out / filename, dpi=110)
     plt.close(fig)
-    written.append("latency-cdf.png")
+    return filename
 
-    label, run = runs[-1]
+
+# A moment to mark on a timeline: (seconds into the run, label).
+Event = tuple[float, str]
+
+
+def plot_timeline(out: Path, label: str, run: RunResult, filename: str = "timeline.png",
+                  events: list[Event] | None = None) -> str:
+    """Latency and per-replica traffic over time, weights overlaid, events marked."""
+    plt = _pyplot()
     times, p50, served = _timeline(run.records)
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
     top.plot(times, [v * 1000 for v in p50], color="black")
@@ -127,6 +149,11 @@ def plots(out: Path, runs: list[tuple[str, RunResult]]) -> list[str]:
     bottom.set_ylabel("requests started / s")
     bottom.set_xlabel("seconds into the run")
     bottom.grid(alpha=0.3)
+    for at, text in events or []:
+        for axis in (top, bottom):
+            axis.axvline(at, color="red", linestyle=":", linewidth=1)
+        top.annotate(text, (at, 1.0), xycoords=("data", "axes fraction"), rotation=90,
+                     fontsize=7, va="top", ha="right", color="red")
     if run.weights:
         overlay = bottom.twinx()
         names = sorted({n for sample in run.weights for n in sample["weights"]})
@@ -134,14 +161,21 @@ def plots(out: Path, runs: list[tuple[str, RunResult]]) -> list[str]:
             overlay.step([s["t"] for s in run.weights],
                          [s["weights"].get(name, math.nan) for s in run.weights],
                          where="post", linestyle="--", label=f"weight {name}")
-        overlay.set_ylabel("controller weight")
+        overlay.set_ylabel("controller weight (0: out of rotation)")
         overlay.legend(fontsize=7, loc="upper right")
     if served:
         bottom.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
-    fig.savefig(out / "timeline.png", dpi=110)
+    fig.savefig(out / filename, dpi=110)
     plt.close(fig)
-    written.append("timeline.png")
+    return filename
+
+
+def plots(out: Path, runs: list[tuple[str, RunResult]]) -> list[str]:
+    """latency-cdf.png and timeline.png (the last run, weights overlaid)."""
+    written = [plot_cdf(out, [(label, run.records) for label, run in runs])]
+    if runs:
+        written.append(plot_timeline(out, *runs[-1]))
     return written
 
 

@@ -1,0 +1,315 @@
+"""`fleet drill kill|hang|slow|restart REPLICA`: a fault under load, and what clients saw.
+
+A drill runs Poisson load through the gateway, injects one fault into one
+replica of the running cluster, and watches three clocks at once: the
+clients' requests, the replica's own /health, and the gateway's
+/fleet/status (which replicas nginx routes to, after the controller's
+reload took effect). Faults:
+
+- kill: SIGKILL the replica and every process under it (a crash). The
+  supervisor starts it again, as it would in production.
+- restart: SIGTERM the replica (a graceful stop); the supervisor starts it
+  again.
+- hang: the replica stops answering with its sockets left open (SIGSTOP of
+  its processes for real vLLM, the simulator's hang fault), then resumes.
+- slow: the replica runs at a third of its speed for a while (simulated
+  replicas only: nothing slows a real one on command).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from router.bench import load, stats
+from router.errors import ClusterError, SpecError
+from router.procs import descendants
+from router.runtime import RuntimePaths, read_state
+from router.spec import ClusterSpec
+from router.supervise import Supervisor
+
+FAULTS = ("kill", "hang", "slow", "restart")
+SIGNAL_FAULTS = ("kill", "restart", "hang")
+SLOW_FACTOR = 0.33
+POLL_S = 0.2
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class DrillPlan:
+    fault: str
+    replica: str
+    rate: float
+    before_s: float = 10.0
+    # hang and slow: how long the fault lasts.
+    hold_s: float = 20.0
+    # kill and restart: how long to wait for the replica to be back.
+    recover_timeout_s: float = 180.0
+    after_s: float = 10.0
+    output_tokens: load.Range = (32, 64)
+
+
+@dataclass
+class Observation:
+    """What the drill saw, in seconds since the load started."""
+
+    fault_at: float | None = None
+    cleared_at: float | None = None
+    # The replica's own /health: first failure after the fault, first success after that.
+    unhealthy_at: float | None = None
+    healthy_at: float | None = None
+    # The gateway's routing, from /fleet/status.
+    out_at: float | None = None
+    back_at: float | None = None
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class DrillResult:
+    plan: DrillPlan
+    engine: str
+    run: load.RunResult
+    seen: Observation
+    summary: dict[str, Any]
+    windows: dict[str, dict[str, int]]
+    measures: dict[str, float | None]
+    targets: list[tuple[str, str, bool | None]]
+
+
+def check_plan(plan: DrillPlan, engine: str, replicas: list[str]) -> None:
+    if plan.fault not in FAULTS:
+        raise SpecError(f"no drill named {plan.fault!r}", hint="drills are: " + ", ".join(FAULTS))
+    if plan.replica not in replicas:
+        raise SpecError(f"no replica named {plan.replica!r} in the running cluster",
+                        hint="replicas are: " + ", ".join(replicas))
+    if plan.fault == "slow" and engine != "sim":
+        raise SpecError(f"`fleet drill slow` needs simulated replicas; this cluster runs {engine}",
+                        hint="nothing slows a real vLLM on command; drill kill, restart or hang")
+    if engine == "external":
+        raise SpecError("replicas of engine: external are not started by llm-fleet, so a drill "
+                        "cannot signal them", hint="run the drill where the replicas run")
+    if plan.rate <= 0:
+        raise SpecError("--load must be above 0 requests/s", hint="e.g. --load 10")
+
+
+class _Injector:
+    """Applies and clears a fault on one replica."""
+
+    def __init__(self, paths: RuntimePaths, replica: str, url: str, engine: str) -> None:
+        self.supervisor = Supervisor(paths)
+        self.replica, self.url, self.engine = replica, url, engine
+        self.stopped: list[int] = []
+
+    def _tree(self) -> list[int]:
+        info = self.supervisor.process(self.replica)
+        if not info.pid:
+            raise ClusterError(f"{self.replica} is not running ({info.state})",
+                               hint="see `fleet status`; wait until it is RUNNING")
+        return [info.pid, *descendants(info.pid)]
+
+    def _sim_faults(self, **faults: object) -> None:
+        response = httpx.post(f"{self.url}/sim/faults", json=faults, timeout=5)
+        response.raise_for_status()
+
+    def apply(self, fault: str) -> None:
+        if fault == "kill":
+            for pid in self._tree():
+                _signal(pid, signal.SIGKILL)
+        elif fault == "restart":
+            _signal(self._tree()[0], signal.SIGTERM)
+        elif fault == "hang" and self.engine == "sim":
+            self._sim_faults(hang=True)
+        elif fault == "hang":
+            self.stopped = self._tree()
+            for pid in self.stopped:
+                _signal(pid, signal.SIGSTOP)
+        elif fault == "slow":
+            self._sim_faults(slow=SLOW_FACTOR)
+
+    def clear(self, fault: str) -> None:
+        if fault == "hang" and self.engine == "sim":
+            self._sim_faults(hang=False)
+        elif fault == "hang":
+            for pid in self.stopped:
+                _signal(pid, signal.SIGCONT)
+        elif fault == "slow":
+            self._sim_faults(slow=1.0)
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+async def _watch(gateway: str, replica_url: str, replica: str, key: str | None,
+                 seen: Observation, start: float, done: asyncio.Event) -> None:
+    """Poll the replica's /health and the gateway's /fleet/status, each on its
+    own clock, so a hung replica's health timeout does not slow the other."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    state: dict[str, Any] = {"healthy": True}
+
+    def after_fault(now: float) -> bool:
+        return seen.fault_at is not None and now >= seen.fault_at
+
+    async def health(client: httpx.AsyncClient) -> None:
+        while not done.is_set():
+            try:
+                healthy = (await client.get(f"{replica_url}/health")).status_code == 200
+            except httpx.HTTPError:
+                healthy = False
+            now = time.perf_counter() - start
+            state["healthy"] = healthy
+            if after_fault(now):
+                if not healthy and seen.unhealthy_at is None:
+                    seen.unhealthy_at = now
+                if healthy and seen.unhealthy_at is not None and seen.healthy_at is None \
+                        and (seen.cleared_at is None or now >= seen.cleared_at):
+                    seen.healthy_at = now
+            await asyncio.sleep(POLL_S)
+
+    async def routing(client: httpx.AsyncClient) -> None:
+        while not done.is_set():
+            routed: bool | None = None
+            weights: dict[str, int] = {}
+            try:
+                response = await client.get(f"{gateway}/fleet/status", headers=headers)
+                if response.status_code == 200:
+                    for r in response.json()["replicas"]:
+                        live = bool(r["in_rotation"]) and not r["drained"]
+                        weights[r["name"]] = int(r["weight"] or 0) if live else 0
+                        if r["name"] == replica:
+                            routed = live
+            except (httpx.HTTPError, ValueError, KeyError):
+                pass
+            now = time.perf_counter() - start
+            seen.samples.append({"t": now, "healthy": state["healthy"], "routed": routed,
+                                 "weights": weights})
+            if after_fault(now):
+                if routed is False and seen.out_at is None:
+                    seen.out_at = now
+                if routed and seen.out_at is not None and seen.back_at is None:
+                    seen.back_at = now
+            await asyncio.sleep(POLL_S)
+
+    async with httpx.AsyncClient(timeout=1.0) as client:
+        await asyncio.gather(health(client), routing(client))
+
+
+async def _drill(plan: DrillPlan, gateway: str, replica_url: str, key: str | None,
+                 injector: _Injector, model: str | None, progress: Progress
+                 ) -> tuple[load.RunResult, Observation]:
+    seen = Observation()
+    stop, watching = asyncio.Event(), asyncio.Event()
+    workload = load.Workload(model=model, output_tokens=plan.output_tokens)
+    limit = plan.before_s + plan.hold_s + plan.recover_timeout_s + plan.after_s
+    loader = asyncio.create_task(load.run(gateway, workload, load.Arrivals("poisson", plan.rate),
+                                          limit, key, sample_weights=False, stop=stop))
+    start = time.perf_counter()
+    watcher = asyncio.create_task(_watch(gateway, replica_url, plan.replica, key, seen, start,
+                                         watching))
+    try:
+        await asyncio.sleep(plan.before_s)
+        progress(f"{plan.fault} {plan.replica}")
+        seen.fault_at = time.perf_counter() - start
+        await asyncio.to_thread(injector.apply, plan.fault)
+        if plan.fault in ("hang", "slow"):
+            await asyncio.sleep(plan.hold_s)
+            progress(f"clearing {plan.fault} of {plan.replica}")
+            seen.cleared_at = time.perf_counter() - start
+            await asyncio.to_thread(injector.clear, plan.fault)
+        deadline = time.perf_counter() + plan.recover_timeout_s
+        # Back means routed again after having left; a replica never taken out
+        # (a slow one, or one back before its probes failed) is back when healthy.
+        while time.perf_counter() < deadline:
+            routed_now = bool(seen.samples) and seen.samples[-1]["routed"]
+            if seen.back_at is not None or (
+                    seen.out_at is None and routed_now
+                    and (plan.fault == "slow" or seen.healthy_at is not None)):
+                break
+            await asyncio.sleep(POLL_S)
+        else:
+            progress(f"{plan.replica} was not back within {plan.recover_timeout_s:g}s")
+        await asyncio.sleep(plan.after_s)
+    finally:
+        if plan.fault in ("hang", "slow") and seen.cleared_at is None:
+            injector.clear(plan.fault)
+        stop.set()
+    run = await loader
+    watching.set()
+    await watcher
+    run.weights = [{"t": s["t"], "weights": s["weights"]} for s in seen.samples if s["weights"]]
+    return run, seen
+
+
+def _windows(records: list[stats.RequestRecord], seen: Observation) -> dict[str, dict[str, int]]:
+    """Failures by phase before the fault, while it lasted, and after the replica was back."""
+    fault = seen.fault_at or 0.0
+    back = seen.back_at or seen.healthy_at or float("inf")
+    out: dict[str, dict[str, int]] = {}
+    for name, low, high in (("before the fault", 0.0, fault), ("fault until back", fault, back),
+                            ("after back", back, float("inf"))):
+        inside = [r for r in records if low <= r.start < high]
+        failed = [r for r in inside if not r.ok]
+        out[name] = {"requests": len(inside), "failed": len(failed),
+                     **{phase: sum(1 for r in failed if (r.error_phase or stats.HTTP_STATUS)
+                                   == phase) for phase in stats.PHASES}}
+    return out
+
+
+def _delta(later: float | None, earlier: float | None) -> float | None:
+    return None if later is None or earlier is None else later - earlier
+
+
+def run_drill(spec: ClusterSpec, plan: DrillPlan, key: str | None,
+              progress: Progress) -> DrillResult:
+    paths = RuntimePaths(spec.runtime_dir)
+    state = read_state(paths)
+    if state is None or not Supervisor(paths).is_running():
+        raise ClusterError("no cluster is running", hint="start one with `fleet up`, then drill")
+    replicas = {r["name"]: r["url"] for r in state["replicas"]}
+    engine = str(state["engine"])
+    check_plan(plan, engine, list(replicas))
+    if state.get("controller_url") is None:
+        raise SpecError("a drill watches the controller's view of the fleet; this cluster runs "
+                        "without it", hint="set controller.enabled: true")
+    injector = _Injector(paths, plan.replica, replicas[plan.replica], engine)
+    progress(f"{plan.rate:g} requests/s through {state['gateway_url']} for {plan.before_s:g}s, "
+             f"then {plan.fault} {plan.replica}")
+    run, seen = asyncio.run(_drill(plan, state["gateway_url"], replicas[plan.replica], key,
+                                   injector, state.get("served_model_name"), progress))
+    summary = stats.summarize(run.records, run.duration_s, stats.Slo())
+    windows = _windows(run.records, seen)
+    not_started = sum(windows[w][p] for w in windows
+                      for p in (stats.CONNECT, stats.BEFORE_FIRST_BYTE, stats.HTTP_STATUS))
+    measures = {
+        "out_of_rotation_after_fault_s": _delta(seen.out_at, seen.fault_at),
+        "unhealthy_after_fault_s": _delta(seen.unhealthy_at, seen.fault_at),
+        "healthy_after_fault_s": _delta(seen.healthy_at, seen.fault_at),
+        "back_after_healthy_s": _delta(seen.back_at, seen.healthy_at),
+        "failed_before_first_byte": float(not_started),
+        "failed_mid_stream": float(sum(w[stats.MID_STREAM] for w in windows.values())),
+    }
+    targets: list[tuple[str, str, bool | None]] = []
+    if plan.fault == "kill":
+        out, back = measures["out_of_rotation_after_fault_s"], measures["back_after_healthy_s"]
+        targets = [
+            ("zero failed requests that had not started streaming", f"{not_started}",
+             not_started == 0),
+            ("out of rotation within 2 s", _secs(out), None if out is None else out <= 2.0),
+            ("back within 5 s of healthy", _secs(back), None if back is None else back <= 5.0),
+        ]
+    return DrillResult(plan, engine, run, seen, summary, windows, measures, targets)
+
+
+def _secs(value: float | None) -> str:
+    return "not seen" if value is None else f"{value:.1f} s"

@@ -1,0 +1,97 @@
+"""A drill's report: result.json, README.md and timeline.png."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from router.bench import stats
+from router.bench.drill import SLOW_FACTOR, DrillResult
+from router.bench.report import Event, plot_timeline, targets_table
+
+_FAULT_TEXT = {
+    "kill": "SIGKILL of the replica and every process under it; the supervisor starts it again",
+    "restart": "SIGTERM of the replica (a graceful stop); the supervisor starts it again",
+    "hang": "the replica stops answering with its sockets open, then resumes",
+    "slow": f"the replica runs at {SLOW_FACTOR:g} of its speed, then recovers",
+}
+
+
+def _secs(value: float | None) -> str:
+    return "not seen" if value is None else f"{value:.2f} s"
+
+
+def events(result: DrillResult) -> list[Event]:
+    seen = result.seen
+    marks = [(seen.fault_at, result.plan.fault), (seen.cleared_at, "fault cleared"),
+             (seen.out_at, "out of rotation"), (seen.healthy_at, "healthy"),
+             (seen.back_at, "back in rotation")]
+    return [(at, text) for at, text in marks if at is not None]
+
+
+def _share(records: list[stats.RequestRecord], replica: str, low: float, high: float) -> str:
+    inside = [r for r in records if low <= r.start < high and r.ok]
+    if not inside:
+        return "–"
+    return f"{sum(1 for r in inside if r.replica == replica) / len(inside):.0%}"
+
+
+def markdown(result: DrillResult, command: str, machine: dict[str, Any], plot: str) -> str:
+    plan, seen, m = result.plan, result.seen, result.measures
+    lines = [f"# Drill: {plan.fault} {plan.replica}", "",
+             f"Machine: {machine['cpus']} CPUs ({machine['cpu_model']}), "
+             f"{machine['memory_gib']} GiB, Python {machine['python']}; replicas: "
+             f"engine {result.engine}.", "",
+             "## How to repeat", "", "```sh", command, "```", "",
+             "## What happened", "",
+             f"- Load: streamed chat requests, {plan.output_tokens[0]}-{plan.output_tokens[1]} "
+             f"output tokens, Poisson arrivals at {plan.rate:g} requests/s through the gateway.",
+             f"- Fault at {_secs(seen.fault_at)}: {_FAULT_TEXT[plan.fault]}"
+             + (f"; held {plan.hold_s:g} s." if plan.fault in ("hang", "slow") else "."),
+             f"- The replica's /health failed {_secs(m['unhealthy_after_fault_s'])} after the "
+             f"fault and answered again {_secs(m['healthy_after_fault_s'])} after it.",
+             f"- The gateway stopped routing to it {_secs(m['out_of_rotation_after_fault_s'])} "
+             f"after the fault (from /fleet/status: the controller's reload was live), and "
+             f"routed to it again {_secs(m['back_after_healthy_s'])} after it was healthy.",
+             f"- {result.summary['requests']:,} requests, {result.summary['failed']:,} failed: "
+             f"{int(m['failed_before_first_byte'] or 0)} before their stream started, "
+             f"{int(m['failed_mid_stream'] or 0)} mid-stream (a stream cut when its replica "
+             "dies cannot be moved: its tokens came from that replica).", "",
+             "| window | requests | failed | connect | before first byte | HTTP status | "
+             f"mid-stream | share served by {plan.replica} |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    bounds = {"before the fault": (0.0, seen.fault_at or 0.0),
+              "fault until back": (seen.fault_at or 0.0,
+                                   seen.back_at or seen.healthy_at or float("inf")),
+              "after back": (seen.back_at or seen.healthy_at or float("inf"), float("inf"))}
+    for name, w in result.windows.items():
+        low, high = bounds[name]
+        lines.append(f"| {name} | {w['requests']:,} | {w['failed']:,} | {w[stats.CONNECT]} | "
+                     f"{w[stats.BEFORE_FIRST_BYTE]} | {w[stats.HTTP_STATUS]} | "
+                     f"{w[stats.MID_STREAM]} | "
+                     f"{_share(result.run.records, plan.replica, low, high)} |")
+    failed_statuses = result.summary["failed_statuses"]
+    if failed_statuses:
+        lines += ["", f"Failed statuses: {failed_statuses}."]
+    lines += targets_table(result.targets)
+    lines += ["", "## Timeline", "", f"![{plot}]({plot})", ""]
+    return "\n".join(lines)
+
+
+def write(out: Path, result: DrillResult, command: str, machine: dict[str, Any]) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    plot = plot_timeline(out, f"{result.plan.fault} {result.plan.replica}", result.run,
+                         events=events(result))
+    seen = result.seen
+    (out / "result.json").write_text(json.dumps({
+        "drill": result.plan.fault, "replica": result.plan.replica, "engine": result.engine,
+        "command": command, "machine": machine, "rate": result.plan.rate,
+        "moments_s": {"fault": seen.fault_at, "cleared": seen.cleared_at,
+                      "unhealthy": seen.unhealthy_at, "healthy": seen.healthy_at,
+                      "out_of_rotation": seen.out_at, "back_in_rotation": seen.back_at},
+        "measures": result.measures, "windows": result.windows, "summary": result.summary,
+        "targets": [{"target": t, "measured": f, "met": ok} for t, f, ok in result.targets],
+    }, indent=2) + "\n", encoding="utf-8")
+    (out / "README.md").write_text(markdown(result, command, machine, plot), encoding="utf-8")
+    return [out / "result.json", out / "README.md", out / plot]

@@ -1,0 +1,462 @@
+"""`fleet bench scenario NAME`: llm-fleet and its baselines, side by side in one run.
+
+Each contender gets a fresh simulated fleet from the same spec, brought up
+with `fleet up` (nginx, Prometheus, controller), and the same seeded load;
+peers (vllm-router, LiteLLM's proxy) front the same kind of replicas. What
+differs between two rows of a table is only the thing the row names.
+
+The simulated replicas' step times follow the shape of a real vLLM's
+(docs/simulator.md): a bigger batch makes every token slower, a replica at
+speed 0.33 is three times slower, and at ``max_num_seqs`` requests queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from router.bench import fleets, load, stats
+from router.bench.fleets import Endpoint, Fleet, Progress
+from router.errors import ClusterError, SpecError
+
+log = logging.getLogger(__name__)
+
+SCENARIOS = ("overhead", "heterogeneous", "homogeneous", "scaling")
+
+# The replicas of the policy and scaling scenarios: a GPU-like step time
+# (20 ms plus 0.4 ms per sequence in the batch) and 32 sequences at most,
+# so a replica has a capacity and queues beyond it.
+POLICY_SIM: dict[str, Any] = {"decode_step_s": 0.02, "decode_s_per_seq": 0.0004,
+                              "max_num_seqs": 32}
+# The overhead scenario's replica answers almost at once, so what a gateway
+# adds is not lost in the replica's own jitter.
+OVERHEAD_SIM: dict[str, Any] = {"decode_step_s": 0.002, "decode_s_per_seq": 0.00002,
+                                "max_num_seqs": 512}
+OVERHEAD_ROUNDS = 10
+OVERHEAD_WARMUP_S = 1.0
+SLOW_SPEED = 0.33
+LOAD_SHARE = 0.85
+
+
+@dataclass(frozen=True)
+class Size:
+    """How long each part of a scenario runs; `--tiny` proves the machinery in seconds."""
+
+    warmup_s: float = 45.0
+    measure_s: float = 90.0
+    calibrate_s: float = 15.0
+    overhead_rate: float = 20.0
+    overhead_s: float = 30.0
+    capacity_rates: tuple[float, ...] = (25, 50, 100, 200, 400, 800, 1200, 1600)
+    capacity_level_s: float = 5.0
+    scaling_replicas: tuple[int, ...] = (1, 2, 4, 8)
+    scaling_s: float = 30.0
+    output_tokens: load.Range = (64, 128)
+
+
+FULL = Size()
+TINY = Size(warmup_s=1.0, measure_s=2.0, calibrate_s=1.5, overhead_rate=10.0, overhead_s=2.0,
+            capacity_rates=(20.0, 40.0), capacity_level_s=1.0, scaling_replicas=(1, 2),
+            scaling_s=1.5, output_tokens=(8, 16))
+
+
+@dataclass
+class Row:
+    """One contender's result, or why it did not run."""
+
+    label: str
+    summary: dict[str, Any] | None = None
+    run: load.RunResult | None = None
+    skipped: str | None = None
+    # The summary covers requests started from here on (after a warm-up).
+    measured_from_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ScenarioResult:
+    name: str
+    title: str
+    setup: list[str]
+    rows: list[Row]
+    # (target as written in the issue, the figure, met or not; None: not measured)
+    targets: list[tuple[str, str, bool | None]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    # Which row's timeline to draw (the one whose weights move).
+    timeline_row: int = -1
+
+
+@dataclass(frozen=True)
+class Context:
+    work_dir: Path
+    size: Size
+    progress: Progress
+    seed: int = 0
+
+    def fleet_spec(self, name: str, replicas: int, sim: dict[str, Any], **kwargs: Any
+                   ) -> tuple[dict[str, Any], Path]:
+        folder = self.work_dir / name
+        return (fleets.sim_fleet_spec(folder / "runtime", replicas, sim, **kwargs),
+                folder / "spec.yaml")
+
+    @contextlib.contextmanager
+    def fleet(self, name: str, replicas: int, sim: dict[str, Any], **kwargs: Any
+              ) -> Iterator[Fleet]:
+        data, path = self.fleet_spec(name, replicas, sim, **kwargs)
+        self.progress(f"{name}: fleet up ({replicas} simulated replicas)")
+        with fleets.running_fleet(data, path, lambda _msg: None) as fleet:
+            yield fleet
+
+
+def _run(endpoint: Endpoint, workload: load.Workload, arrivals: load.Arrivals,
+         duration_s: float, sample_weights: bool = False) -> load.RunResult:
+    return asyncio.run(load.run(endpoint.url, workload, arrivals, duration_s, endpoint.key,
+                                sample_weights=sample_weights))
+
+
+def _window(run: load.RunResult, start_s: float, length_s: float) -> dict[str, Any]:
+    """Summary of the requests that started inside [start_s, start_s + length_s)."""
+    inside = [r for r in run.records if start_s <= r.start < start_s + length_s]
+    return stats.summarize(inside, length_s, stats.Slo(ttft_s=2.0, itl_s=0.1))
+
+
+def _peer_rows(labels: list[str]) -> dict[str, str | None]:
+    """Why each peer cannot run (None: it can)."""
+    wanted = {"vllm-router": "vllm-router", "LiteLLM": "litellm"}
+    missing = {}
+    for label in labels:
+        for prefix, command in wanted.items():
+            if label.startswith(prefix):
+                missing[label] = (None if fleets.peer_executable(command)
+                                  else f"{command} is not installed (run `make peers`)")
+    return missing
+
+
+# ---------------------------------------------------------------- overhead
+
+def overhead(ctx: Context) -> ScenarioResult:
+    size = ctx.size
+    latency_load = load.Workload(model="sim-model", prompt_words=(16, 16),
+                                 output_tokens=(16, 16), seed=ctx.seed)
+    capacity_load = replace(latency_load, stream=False)
+    labels = ["direct", "llm-fleet (nginx)", "vllm-router", "LiteLLM proxy"]
+    missing = _peer_rows(labels)
+    slice_s = size.overhead_s / OVERHEAD_ROUNDS
+    with ctx.fleet("overhead", 1, {"defaults": OVERHEAD_SIM}) as fleet, \
+            contextlib.ExitStack() as peers:
+        work = ctx.work_dir / "overhead"
+        endpoints = {"direct": Endpoint(fleet.replica_urls[0]),
+                     "llm-fleet (nginx)": Endpoint(fleet.gateway_url)}
+        if not missing["vllm-router"]:
+            endpoints["vllm-router"] = peers.enter_context(
+                fleets.vllm_router(fleet.replica_urls, "round_robin", work))
+        if not missing["LiteLLM proxy"]:
+            endpoints["LiteLLM proxy"] = peers.enter_context(
+                fleets.litellm_proxy(fleet.replica_urls, "sim-model", work))
+        for label, why in missing.items():
+            if why:
+                ctx.progress(f"overhead: {label} skipped: {why}")
+        # Slices in turn, so drift on the shared machine (Prometheus
+        # compacting, a page cache flush) lands on every contender alike.
+        records: dict[str, list[stats.RequestRecord]] = {label: [] for label in endpoints}
+        for endpoint in endpoints.values():
+            _run(endpoint, latency_load, load.Arrivals("poisson", rate=size.overhead_rate),
+                 OVERHEAD_WARMUP_S)
+        ctx.progress(f"overhead: latency, {OVERHEAD_ROUNDS} rounds of {slice_s:g}s per "
+                     f"contender at {size.overhead_rate:g} req/s")
+        for index in range(OVERHEAD_ROUNDS):
+            for label, endpoint in endpoints.items():
+                run = _run(endpoint, replace(latency_load, seed=ctx.seed + index),
+                           load.Arrivals("poisson", rate=size.overhead_rate), slice_s)
+                records[label].extend(run.records)
+        rows = []
+        for label in labels:
+            if label not in endpoints:
+                rows.append(Row(label, skipped=missing[label]))
+                continue
+            summary = stats.summarize(records[label], size.overhead_s, stats.Slo())
+            run = load.RunResult(records=records[label], duration_s=size.overhead_s,
+                                 send_lag_p99_s=None, dropped=0, client_cpu_share=0.0)
+            row = Row(label, summary=summary, run=run)
+            row.extra["capacity"] = _capacity_sweep(ctx, endpoints[label], capacity_load, label)
+            rows.append(row)
+    direct = rows[0].summary
+    assert direct is not None
+    targets: list[tuple[str, str, bool | None]] = []
+    for row in rows[1:]:
+        if row.summary is None:
+            continue
+        added = {q: _added(row.summary, direct, "e2e_s", q) for q in ("p50", "p99")}
+        row.extra["added_e2e_s"] = added
+        if row.label.startswith("llm-fleet"):
+            targets.append(("gateway adds under 1 ms at p50", _fmt_ms(added["p50"]),
+                            added["p50"] is not None and added["p50"] < 0.001))
+            targets.append(("gateway adds under 5 ms at p99", _fmt_ms(added["p99"]),
+                            added["p99"] is not None and added["p99"] < 0.005))
+    return ScenarioResult(
+        name="overhead", title="What a gateway adds to every request",
+        setup=[f"One simulated replica ({_sim_text(OVERHEAD_SIM)}), reached directly and "
+               "through each gateway.",
+               f"Latency: streamed chat requests, 16 prompt words, 16 output tokens, Poisson "
+               f"arrivals at {size.overhead_rate:g} requests/s, {size.overhead_s:g} s per "
+               f"contender, run as {OVERHEAD_ROUNDS} rounds of {slice_s:g} s slices taken in "
+               "turn (after a discarded warm-up second each), so the contenders share any "
+               "drift of the machine. Added latency is the contender's percentile minus "
+               "direct's; the replica's own step jitter is about 1 ms, so differences "
+               "below that are noise.",
+               "Capacity: the same requests non-streamed, Poisson at "
+               + ", ".join(f"{r:g}" for r in size.capacity_rates)
+               + f" requests/s for {size.capacity_level_s:g} s each, stopping at the first "
+               "level that fails. Sustained: no failed request and p99 E2E under 1 s (a "
+               "gateway that falls behind queues, and its p99 grows past that at once).",
+               "vllm-router runs its round_robin policy (one worker); LiteLLM its default "
+               "simple-shuffle router with one worker process, authenticated with a master "
+               "key (it refuses to start without one)."],
+        rows=rows, targets=targets)
+
+
+def _capacity_sweep(ctx: Context, endpoint: Endpoint, workload: load.Workload,
+                    label: str) -> dict[str, Any]:
+    levels = []
+    sustained = 0.0
+    for rate in ctx.size.capacity_rates:
+        run = _run(endpoint, workload, load.Arrivals("poisson", rate=rate),
+                   ctx.size.capacity_level_s)
+        summary = stats.summarize(run.records, run.duration_s, stats.Slo())
+        served = summary["succeeded"] / run.duration_s
+        p99 = summary["e2e_s"]["p99"]
+        client_bound = run.client_bound(load.Arrivals("poisson", rate=rate))
+        ok = summary["failed"] == 0 and p99 is not None and p99 < 1.0 and not client_bound
+        levels.append({"rate": rate, "served": served, "failed": summary["failed"],
+                       "e2e_p99_s": p99, "sustained": ok, "client_bound": client_bound})
+        verdict = "sustained" if ok else "not sustained" + (" (client-bound)" if client_bound
+                                                            else "")
+        ctx.progress(f"overhead: {label}: {rate:g} req/s offered, {served:,.0f} served, "
+                     f"{summary['failed']} failed, p99 {_fmt_s(p99)} -> {verdict}")
+        if not ok:
+            break
+        sustained = rate
+    return {"sustained_rate": sustained, "levels": levels}
+
+
+def _added(row: dict[str, Any], base: dict[str, Any], metric: str, q: str) -> float | None:
+    a, b = row[metric][q], base[metric][q]
+    return None if a is None or b is None else a - b
+
+
+# ------------------------------------------------------- policy scenarios
+
+@dataclass(frozen=True)
+class Policy:
+    label: str
+    balance: str = "least_conn"
+    controller: bool = False
+    router_policy: str | None = None  # a vllm-router policy: the row is vllm-router
+
+
+POLICIES = (
+    Policy("round-robin (nginx)", balance="round_robin"),
+    Policy("least_conn, static weights (nginx)"),
+    Policy("llm-fleet adaptive", controller=True),
+    Policy("vllm-router power_of_two", router_policy="power_of_two"),
+    Policy("vllm-router cache_aware", router_policy="cache_aware"),
+)
+
+
+def _sim_text(sim: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in sim.items())
+
+
+def _calibrate(ctx: Context, fleet: Fleet, workload: load.Workload) -> tuple[float, list[float]]:
+    """The fleet's capacity: every replica driven directly, all at once, at a
+    closed loop of max_num_seqs clients each (a full batch, no queue)."""
+    seqs = int(POLICY_SIM["max_num_seqs"])
+
+    async def all_at_once() -> list[load.RunResult]:
+        return list(await asyncio.gather(*(
+            load.run(url, workload, load.Arrivals("closed", concurrency=seqs),
+                     ctx.size.calibrate_s, sample_weights=False)
+            for url in fleet.replica_urls)))
+
+    runs = asyncio.run(all_at_once())
+    per_replica = [sum(1 for r in run.records if r.ok) / run.duration_s for run in runs]
+    return sum(per_replica), per_replica
+
+
+def policies(ctx: Context, heterogeneous: bool) -> ScenarioResult:
+    size = ctx.size
+    name = "heterogeneous" if heterogeneous else "homogeneous"
+    sim: dict[str, Any] = {"defaults": POLICY_SIM}
+    if heterogeneous:
+        sim["replicas"] = [{}, {}, {}, {"speed": SLOW_SPEED}]
+    workload = load.Workload(model="sim-model", prompt_words=(32, 256),
+                             output_tokens=size.output_tokens, seed=ctx.seed)
+    missing = _peer_rows([p.label for p in POLICIES])
+    rows: list[Row] = []
+    rate = 0.0
+    per_replica: list[float] = []
+    for policy in POLICIES:
+        if missing.get(policy.label):
+            rows.append(Row(policy.label, skipped=missing[policy.label]))
+            ctx.progress(f"{name}: {policy.label} skipped: {missing[policy.label]}")
+            continue
+        folder = policy.label.split(" ")[0].replace(",", "")
+        with ctx.fleet(f"{name}/{folder}-{len(rows)}", 4, sim, balance=policy.balance,
+                       controller=policy.controller) as fleet:
+            if not rate:
+                capacity, per_replica = _calibrate(ctx, fleet, workload)
+                rate = round(LOAD_SHARE * capacity, 1)
+                ctx.progress(f"{name}: capacity {capacity:.1f} req/s "
+                             f"({', '.join(f'{c:.1f}' for c in per_replica)}); "
+                             f"load {rate:g} req/s")
+            opener: contextlib.AbstractContextManager[Endpoint] = (
+                fleets.vllm_router(fleet.replica_urls, policy.router_policy,
+                                   ctx.work_dir / name)
+                if policy.router_policy else contextlib.nullcontext(Endpoint(fleet.gateway_url)))
+            with opener as endpoint:
+                total = size.warmup_s + size.measure_s
+                ctx.progress(f"{name}: {policy.label}: Poisson {rate:g} req/s for {total:g}s "
+                             f"(first {size.warmup_s:g}s warm-up)")
+                run = _run(endpoint, workload, load.Arrivals("poisson", rate=rate), total,
+                           sample_weights=policy.router_policy is None)
+            summary = _window(run, size.warmup_s, size.measure_s)
+            rows.append(Row(policy.label, summary=summary, run=run,
+                            measured_from_s=size.warmup_s))
+            ctx.progress(f"{name}: {policy.label}: E2E p99 {_fmt_s(summary['e2e_s']['p99'])}, "
+                         f"{summary['request_throughput']:.1f} req/s, "
+                         f"{summary['failed']} failed")
+    result = ScenarioResult(
+        name=name,
+        title=("One replica at a third of the speed" if heterogeneous
+               else "Four equal replicas"),
+        setup=[f"4 simulated replicas ({_sim_text(POLICY_SIM)})"
+               + (f"; replica-3 runs at speed {SLOW_SPEED:g}" if heterogeneous else "") + ".",
+               f"Capacity measured first: each replica driven directly with "
+               f"{POLICY_SIM['max_num_seqs']} concurrent clients for {size.calibrate_s:g} s, "
+               "all four at once: " + ", ".join(f"{c:.1f}" for c in per_replica)
+               + f" requests/s, {sum(per_replica):.1f} in all.",
+               f"Load: streamed chat, 32-256 prompt words, {size.output_tokens[0]}-"
+               f"{size.output_tokens[1]} output tokens, Poisson arrivals at {rate:g} "
+               f"requests/s ({LOAD_SHARE:.0%} of capacity) for "
+               f"{size.warmup_s + size.measure_s:g} s; figures are over the requests that "
+               f"started after a {size.warmup_s:g} s warm-up, so the adaptive controller's "
+               "weights have settled (its latency window is 1 minute).",
+               "Each row is a fresh fleet from the same spec; only the balancing differs. "
+               "Goodput counts requests with TTFT <= 2 s and TPOT <= 100 ms."],
+        rows=rows)
+    result.timeline_row = next((i for i, r in enumerate(rows) if r.label == "llm-fleet adaptive"
+                                and r.summary), -1)
+    _policy_targets(result, heterogeneous)
+    return result
+
+
+def _by_label(rows: list[Row], prefix: str) -> dict[str, Any] | None:
+    return next((r.summary for r in rows if r.label.startswith(prefix) and r.summary), None)
+
+
+def _policy_targets(result: ScenarioResult, heterogeneous: bool) -> None:
+    adaptive = _by_label(result.rows, "llm-fleet adaptive")
+    least = _by_label(result.rows, "least_conn")
+    robin = _by_label(result.rows, "round-robin")
+    if adaptive is None or least is None or robin is None:
+        return
+    e2e = adaptive["e2e_s"]["p99"]
+    if heterogeneous:
+        for base, limit, label in ((least, 0.6, "static least_conn"), (robin, 0.4, "round-robin")):
+            ratio = e2e / base["e2e_s"]["p99"] if e2e and base["e2e_s"]["p99"] else None
+            result.targets.append((f"adaptive P99 E2E <= {limit:g} x {label}",
+                                   "–" if ratio is None else f"{ratio:.2f} x",
+                                   ratio is not None and ratio <= limit))
+        thr = adaptive["request_throughput"] / least["request_throughput"]
+        result.targets.append(("adaptive throughput within 2 % of least_conn",
+                               f"{thr - 1:+.1%}", abs(thr - 1) <= 0.02))
+        return
+    for metric, label in (("ttft_s", "P99 TTFT"), ("e2e_s", "P99 E2E")):
+        a, b = adaptive[metric]["p99"], least[metric]["p99"]
+        ratio = a / b if a and b else None
+        result.targets.append((f"adaptive {label} within 5 % of least_conn",
+                               "–" if ratio is None else f"{ratio - 1:+.1%}",
+                               ratio is not None and ratio <= 1.05))
+    for metric, label in (("request_throughput", "throughput"), ("goodput", "goodput")):
+        ratio = adaptive[metric] / least[metric] if least[metric] else None
+        result.targets.append((f"adaptive {label} within 5 % of least_conn",
+                               "–" if ratio is None else f"{ratio - 1:+.1%}",
+                               ratio is not None and ratio >= 0.95))
+
+
+# ----------------------------------------------------------------- scaling
+
+def scaling(ctx: Context) -> ScenarioResult:
+    size = ctx.size
+    seqs = int(POLICY_SIM["max_num_seqs"])
+    # Non-streamed, so at 8 replicas the 2-core client and nginx move requests,
+    # not tens of thousands of stream chunks a second. Each replica gets half
+    # again its batch in clients, so it is always full and queues a little.
+    workload = load.Workload(model="sim-model", stream=False, prompt_words=(32, 32),
+                             output_tokens=size.output_tokens, seed=ctx.seed)
+    per_replica_clients = seqs + seqs // 2
+    rows: list[Row] = []
+    single = 0.0
+    for replicas in size.scaling_replicas:
+        with ctx.fleet(f"scaling/{replicas}", replicas, {"defaults": POLICY_SIM}) as fleet:
+            if not single:
+                ctx.progress(f"scaling: one replica direct, {per_replica_clients} clients")
+                run = _run(Endpoint(fleet.replica_urls[0]), workload,
+                           load.Arrivals("closed", concurrency=per_replica_clients),
+                           size.scaling_s)
+                summary = stats.summarize(run.records, run.duration_s, stats.Slo())
+                single = summary["request_throughput"]
+                rows.append(Row("1 replica, direct", summary=summary, run=run,
+                                extra={"replicas": 1, "ideal": single, "ratio": 1.0}))
+            clients = replicas * per_replica_clients
+            ctx.progress(f"scaling: {replicas} replica(s) through the gateway, {clients} clients")
+            run = _run(Endpoint(fleet.gateway_url), workload,
+                       load.Arrivals("closed", concurrency=clients), size.scaling_s)
+            summary = stats.summarize(run.records, run.duration_s, stats.Slo())
+            ideal = replicas * single
+            rows.append(Row(f"{replicas} replica(s), gateway", summary=summary, run=run,
+                            extra={"replicas": replicas, "ideal": ideal,
+                                   "ratio": summary["request_throughput"] / ideal}))
+    worst = min((r for r in rows[1:]), key=lambda r: r.extra["ratio"])
+    return ScenarioResult(
+        name="scaling", title="Throughput against N x one replica",
+        setup=[f"Simulated replicas ({_sim_text(POLICY_SIM)}), llm-fleet's default spec "
+               "(adaptive controller on).",
+               f"Closed loop of {per_replica_clients} clients per replica (the batch of "
+               f"{seqs} plus half again, so every replica stays full), non-streamed chat, "
+               f"32 prompt words, {size.output_tokens[0]}-{size.output_tokens[1]} output "
+               f"tokens, {size.scaling_s:g} s per fleet size.",
+               "The ideal for N replicas is N times one replica driven directly."],
+        rows=rows,
+        targets=[("at least 0.97 x N x one replica, at every N",
+                  f"lowest {worst.extra['ratio']:.3f} x at N = {worst.extra['replicas']}",
+                  worst.extra["ratio"] >= 0.97)])
+
+
+def _fmt_ms(value: float | None) -> str:
+    return "–" if value is None else f"{value * 1000:+.2f} ms"
+
+
+def _fmt_s(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f} s"
+
+
+def run_scenario(name: str, work_dir: Path, tiny: bool, progress: Progress,
+                 seed: int = 0) -> ScenarioResult:
+    if name not in SCENARIOS:
+        raise SpecError(f"no scenario named {name!r}",
+                        hint="scenarios are: " + ", ".join(SCENARIOS))
+    ctx = Context(work_dir=work_dir, size=TINY if tiny else FULL, progress=progress, seed=seed)
+    try:
+        if name == "overhead":
+            return overhead(ctx)
+        if name == "scaling":
+            return scaling(ctx)
+        return policies(ctx, heterogeneous=name == "heterogeneous")
+    except ClusterError as exc:
+        raise ClusterError(f"scenario {name}: {exc.message}", hint=exc.hint) from exc

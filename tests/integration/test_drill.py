@@ -1,0 +1,106 @@
+"""`fleet drill` on a simulated fleet, every fault, in seconds: the machinery,
+the report and what it counts. No timing is asserted; that a killed or hung
+replica leaves rotation and comes back is the behaviour under test."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from router.bench.drill import DrillPlan, check_plan
+from router.errors import SpecError
+from tests.support.cli import fleet
+from tests.support.harness import free_port, free_port_block, gateway_metrics_ports
+
+pytestmark = pytest.mark.integration
+
+SHORT = ("--load", "8", "--before", "2", "--after", "1", "--recover-timeout", "60")
+
+
+@pytest.fixture(scope="module")
+def sim_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    tmp = tmp_path_factory.mktemp("drill")
+    spec = tmp / "spec.yaml"
+    spec.write_text(yaml.safe_dump({
+        "engine": "sim", "replicas": 3, "runtime_dir": str(tmp / "rt"),
+        "ports": {"replica_base": free_port_block(3)},
+        "gateway": {"port": free_port(), "status_port": free_port(), "worker_processes": 1},
+        "prometheus": {"port": free_port(), "scrape_interval_s": 1},
+        "controller": {"port": free_port()},
+        "gateway_metrics": gateway_metrics_ports(),
+        # replica-1 takes 3 s to answer after each start, like a vLLM
+        # loading its weights, so a kill keeps it away long enough to be seen.
+        "sim": {"defaults": {"decode_step_s": 0.005},
+                "replicas": [{}, {"faults": {"startup_delay_s": 3}}, {}]},
+    }))
+    try:
+        up = fleet("up", "--spec", str(spec))
+        assert up.returncode == 0, up.stderr
+        yield spec
+    finally:
+        fleet("down", "--spec", str(spec))
+
+
+def _drill(spec: Path, out: Path, *args: str) -> dict[str, Any]:
+    done = fleet("drill", "--spec", str(spec), *args, *SHORT, "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert {p.name for p in out.iterdir()} == {"result.json", "README.md", "timeline.png"}
+    result: dict[str, Any] = json.loads((out / "result.json").read_text())
+    return result
+
+
+@pytest.mark.parametrize("fault", ["kill", "restart"])
+def test_a_stopped_replica_leaves_rotation_and_comes_back(sim_fleet: Path, tmp_path: Path,
+                                                          fault: str) -> None:
+    result = _drill(sim_fleet, tmp_path, fault, "replica-1")
+    moments = result["moments_s"]
+    assert moments["unhealthy"] is not None and moments["healthy"] is not None, moments
+    assert moments["out_of_rotation"] is not None, moments
+    assert moments["back_in_rotation"] is not None, moments
+    assert moments["fault"] < moments["out_of_rotation"] < moments["back_in_rotation"]
+    # What the gateway exists for: no request fails before its stream started.
+    assert result["measures"]["failed_before_first_byte"] == 0, result["windows"]
+    assert result["summary"]["requests"] > 10
+    readme = (tmp_path / "README.md").read_text()
+    assert f"fleet drill --spec {sim_fleet} {fault} replica-1" in readme
+    assert "![timeline.png](timeline.png)" in readme
+    if fault == "kill":
+        assert [t["target"] for t in result["targets"]] == [
+            "zero failed requests that had not started streaming", "out of rotation within 2 s",
+            "back within 5 s of healthy"]
+
+
+def test_a_hung_replica_leaves_rotation_until_it_answers(sim_fleet: Path, tmp_path: Path) -> None:
+    result = _drill(sim_fleet, tmp_path, "hang", "replica-2", "--hold", "5")
+    moments = result["moments_s"]
+    assert moments["out_of_rotation"] is not None, moments
+    assert moments["cleared"] is not None and moments["healthy"] >= moments["cleared"]
+    assert moments["back_in_rotation"] is not None, moments
+
+
+def test_a_slow_replica_stays_in_rotation(sim_fleet: Path, tmp_path: Path) -> None:
+    result = _drill(sim_fleet, tmp_path, "slow", "replica-0", "--hold", "2")
+    assert result["moments_s"]["cleared"] is not None
+    assert result["moments_s"]["out_of_rotation"] is None
+    assert result["summary"]["failed"] == 0
+    assert set(result["windows"]) == {"before the fault", "fault until back", "after back"}
+
+
+def test_bad_drills_say_what_to_do(sim_fleet: Path, tmp_path: Path) -> None:
+    for args, words in ((["kill", "replica-9"], "no replica named 'replica-9'"),
+                        (["kill", "replica-0", "--load", "0"], "--load must be above 0"),
+                        (["hang", "replica-0", "--hold", "-1"], "--hold must be")):
+        done = fleet("drill", "--spec", str(sim_fleet), *args, "--out", str(tmp_path / "x"))
+        assert done.returncode != 0 and words in done.stderr and "hint:" in done.stderr, args
+    assert not (tmp_path / "x").exists()
+
+
+def test_slow_needs_a_simulated_replica() -> None:
+    with pytest.raises(SpecError, match="needs simulated replicas"):
+        check_plan(DrillPlan("slow", "replica-0", 5), "cpu", ["replica-0"])
+    check_plan(DrillPlan("kill", "replica-0", 5), "cpu", ["replica-0"])

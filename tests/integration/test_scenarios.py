@@ -1,0 +1,95 @@
+"""`fleet bench scenario NAME --tiny`: every scenario end to end in seconds,
+with real `fleet up` fleets. Proves the machinery and the report; the tiny
+runs measure nothing worth a timing assertion, and none is made."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from router.bench import fleets
+from tests.support.cli import fleet
+
+pytestmark = pytest.mark.integration
+
+PEERS = {"vllm-router": "vllm-router", "LiteLLM proxy": "litellm"}
+
+
+def _scenario(name: str, out: Path) -> dict:
+    done = fleet("bench", "scenario", name, "--tiny", "--out", str(out), timeout=280)
+    assert done.returncode == 0, done.stderr
+    result = json.loads((out / "result.json").read_text())
+    assert result["scenario"] == name
+    readme = (out / "README.md").read_text()
+    assert f"fleet bench scenario {name} --tiny --out {out}" in readme
+    assert (out / "latency-cdf.png").stat().st_size > 5_000
+    return result
+
+
+def _check_row(row: dict) -> None:
+    """A row ran and every request succeeded, or it says why it was skipped."""
+    peer = next((cmd for prefix, cmd in PEERS.items() if row["label"].startswith(prefix)), None)
+    if peer is not None and fleets.peer_executable(peer) is None:
+        assert row["summary"] is None and "make peers" in row["skipped"]
+        return
+    assert row["skipped"] is None, row["skipped"]
+    assert row["summary"]["requests"] > 0 and row["summary"]["failed"] == 0, row["label"]
+
+
+def test_overhead(tmp_path: Path) -> None:
+    result = _scenario("overhead", tmp_path)
+    assert [r["label"] for r in result["rows"]] == [
+        "direct", "llm-fleet (nginx)", "vllm-router", "LiteLLM proxy"]
+    for row in result["rows"]:
+        _check_row(row)
+        if row["summary"] is not None:
+            levels = row["extra"]["capacity"]["levels"]
+            assert levels and levels[0]["rate"] == 20
+    gateway = result["rows"][1]
+    assert set(gateway["extra"]["added_e2e_s"]) == {"p50", "p99"}
+    assert [t["target"] for t in result["targets"]] == [
+        "gateway adds under 1 ms at p50", "gateway adds under 5 ms at p99"]
+
+
+@pytest.mark.parametrize("name", ["heterogeneous", "homogeneous"])
+def test_policy_scenarios(tmp_path: Path, name: str) -> None:
+    result = _scenario(name, tmp_path)
+    labels = [r["label"] for r in result["rows"]]
+    assert labels == ["round-robin (nginx)", "least_conn, static weights (nginx)",
+                      "llm-fleet adaptive", "vllm-router power_of_two", "vllm-router cache_aware"]
+    for row in result["rows"]:
+        _check_row(row)
+        if row["summary"] is not None:
+            assert row["measured_from_s"] > 0
+            # Only llm-fleet's gateway says which replica answered (X-Fleet-Replica).
+            served_by = set(row["summary"]["by_replica"])
+            assert served_by <= ({"?"} if row["label"].startswith("vllm-router")
+                                 else {f"replica-{i}" for i in range(4)}), row["label"]
+    adaptive = result["rows"][2]
+    assert adaptive["summary"]["by_replica"], "the adaptive fleet served nothing"
+    assert len(result["targets"]) == (3 if name == "heterogeneous" else 4)
+    assert (tmp_path / "timeline.png").exists()
+    if name == "heterogeneous":
+        assert "replica-3 runs at speed 0.33" in (tmp_path / "README.md").read_text()
+
+
+def test_scaling(tmp_path: Path) -> None:
+    result = _scenario("scaling", tmp_path)
+    assert [r["label"] for r in result["rows"]] == [
+        "1 replica, direct", "1 replica(s), gateway", "2 replica(s), gateway"]
+    for row in result["rows"]:
+        _check_row(row)
+        assert row["extra"]["ideal"] == pytest.approx(
+            row["extra"]["replicas"] * result["rows"][0]["summary"]["request_throughput"])
+    two = result["rows"][2]["summary"]["by_replica"]
+    assert set(two) == {"replica-0", "replica-1"}
+
+
+def test_unknown_scenario_names_the_known_ones(tmp_path: Path) -> None:
+    done = fleet("bench", "scenario", "fastest", "--out", str(tmp_path / "r"))
+    assert done.returncode != 0
+    assert "no scenario named 'fastest'" in done.stderr
+    assert "overhead, heterogeneous, homogeneous, scaling" in done.stderr
+    assert not (tmp_path / "r").exists()
