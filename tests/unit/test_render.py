@@ -95,6 +95,24 @@ def test_upstream_keeps_least_conn_before_keepalive_and_zone() -> None:
     assert directives.index("zone") < directives.index("least_conn") < directives.index("keepalive")
 
 
+def test_round_robin_upstream_has_no_least_conn_and_its_own_version() -> None:
+    plan = _plan({"gateway": {"balance": "round_robin"}}, gpu_inventory(2))
+    robin = render.render_upstream(plan.spec.gateway, plan.replicas)
+    least = render.render_upstream(_plan({}, gpu_inventory(2)).spec.gateway, plan.replicas)
+    assert "least_conn;" not in robin.text and "least_conn;" in least.text
+    assert robin.version != least.version
+
+
+def test_fleet_status_needs_the_controller_not_the_console() -> None:
+    paths = RuntimePaths(ROOT)
+    no_console = render.render_nginx(_plan({"console": {"enabled": False}}, cpu_inventory(1)),
+                                     paths)
+    assert "location = /fleet/status" in no_console and "location = / {" not in no_console
+    no_controller = render.render_nginx(
+        _plan({"controller": {"enabled": False}}, cpu_inventory(1)), paths)
+    assert "location = /fleet/status" not in no_controller
+
+
 def test_upstream_weights_down_and_reasons() -> None:
     plan = _plan({}, gpu_inventory(3))
     text = render.render_upstream(plan.spec.gateway, plan.replicas, weights={"replica-1": 7},
