@@ -353,7 +353,6 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
 
 def cmd_bench_run(args: argparse.Namespace) -> int:
     import asyncio
-    import shlex
 
     from router.bench import load, report, stats
 
@@ -399,14 +398,11 @@ def cmd_bench_run(args: argparse.Namespace) -> int:
                   f"{summary['request_throughput']:,.1f} req/s, "
                   f"E2E p99 {summary['e2e_s']['p99'] or 0:.3f}s")
     out = args.out or REPO_ROOT / "docs" / "benchmarks" / args.name
-    command = "fleet " + shlex.join(args.argv_for_report)
-    for path in report.write(out, args.name, command, load.machine(), entries, runs):
-        print(path)
+    _announce(report.write(out, args.name, _command(args), load.machine(), entries, runs), [])
     return 0
 
 
 def cmd_bench_scenario(args: argparse.Namespace) -> int:
-    import shlex
     import shutil
     import tempfile
 
@@ -424,17 +420,27 @@ def cmd_bench_scenario(args: argparse.Namespace) -> int:
             _progress(f"fleet specs and logs kept in {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
-    command = "fleet " + shlex.join(args.argv_for_report)
-    for path in scenario_report.write(out, result, command, load.machine()):
-        print(path)
-    for text, figure, met in result.targets:
-        _progress(f"target: {text}: {figure} ({'met' if met else 'MISSED'})")
+    _announce(scenario_report.write(out, result, _command(args), load.machine()),
+              result.targets)
     return 0
 
 
-def cmd_drill(args: argparse.Namespace) -> int:
+def _command(args: argparse.Namespace) -> str:
+    """The command line a report names, so its figures can be repeated."""
     import shlex
 
+    return "fleet " + shlex.join(args.argv_for_report)
+
+
+def _announce(written: list[Path], targets: list[tuple[str, str, bool | None]]) -> None:
+    for path in written:
+        print(path)
+    for text, figure, met in targets:
+        verdict = "not measured" if met is None else ("met" if met else "MISSED")
+        _progress(f"target: {text}: {figure} ({verdict})")
+
+
+def cmd_drill(args: argparse.Namespace) -> int:
     from router.bench import drill, drill_report, load
 
     for flag, value in (("--before", args.before), ("--hold", args.hold), ("--after", args.after)):
@@ -446,11 +452,7 @@ def cmd_drill(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     result = drill.run_drill(spec, plan, os.environ.get("FLEET_API_KEY"), _progress)
     out = args.out or REPO_ROOT / "docs" / "benchmarks" / f"drill-{args.fault}-{result.engine}"
-    command = "fleet " + shlex.join(args.argv_for_report)
-    for path in drill_report.write(out, result, command, load.machine()):
-        print(path)
-    for text, figure, met in result.targets:
-        _progress(f"target: {text}: {figure} ({'met' if met else 'MISSED'})")
+    _announce(drill_report.write(out, result, _command(args), load.machine()), result.targets)
     return 0
 
 

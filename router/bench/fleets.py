@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import secrets
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +25,7 @@ import yaml
 
 from router import cluster
 from router.errors import ClusterError
+from router.ports import free_port, free_port_block
 from router.spec import ClusterSpec, load_spec
 
 Progress = Callable[[str], None]
@@ -34,42 +33,6 @@ Progress = Callable[[str], None]
 # Where `make peers` installs vllm-router and LiteLLM; FLEET_PEERS_DIR moves it.
 PEERS_DIR_ENV = "FLEET_PEERS_DIR"
 PEER_READY_TIMEOUT_S = 90.0
-
-_handed_out: set[int] = set()
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port() -> int:
-    """A free loopback port, never one this process has handed out before."""
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port not in _handed_out:
-            _handed_out.add(port)
-            return port
-
-
-def free_port_block(count: int) -> int:
-    """The first of ``count`` consecutive free ports (replica i is base + i),
-    below the kernel's ephemeral range so no outgoing connection takes one."""
-    for _ in range(200):
-        base = random.randrange(20_000, 30_000 - count)
-        block = range(base, base + count)
-        if not _handed_out.intersection(block) and all(_bindable(p) for p in block):
-            _handed_out.update(block)
-            return base
-    raise ClusterError(f"found no {count} consecutive free ports in 20000-30000",
-                       hint="free some loopback ports, or run fewer fleets at once")
-
 
 @dataclass(frozen=True)
 class Endpoint:

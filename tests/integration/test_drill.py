@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 from router.bench.drill import DrillPlan, check_plan
+from router.bench.fleets import sim_fleet_spec
 from router.errors import SpecError
 from tests.support.cli import fleet
-from tests.support.harness import free_port, free_port_block, gateway_metrics_ports
 
 pytestmark = pytest.mark.integration
 
@@ -26,18 +26,13 @@ SHORT = ("--load", "8", "--before", "2", "--after", "1", "--recover-timeout", "6
 def sim_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     tmp = tmp_path_factory.mktemp("drill")
     spec = tmp / "spec.yaml"
-    spec.write_text(yaml.safe_dump({
-        "engine": "sim", "replicas": 3, "runtime_dir": str(tmp / "rt"),
-        "ports": {"replica_base": free_port_block(3)},
-        "gateway": {"port": free_port(), "status_port": free_port(), "worker_processes": 1},
-        "prometheus": {"port": free_port(), "scrape_interval_s": 1},
-        "controller": {"port": free_port()},
-        "gateway_metrics": gateway_metrics_ports(),
-        # replica-1 takes 3 s to answer after each start, like a vLLM
-        # loading its weights, so a kill keeps it away long enough to be seen.
-        "sim": {"defaults": {"decode_step_s": 0.005},
-                "replicas": [{}, {"faults": {"startup_delay_s": 3}}, {}]},
-    }))
+    # replica-1 takes 3 s to answer after each start, like a vLLM loading
+    # its weights, so a kill keeps it away long enough to be seen.
+    sim = {"defaults": {"decode_step_s": 0.005},
+           "replicas": [{}, {"faults": {"startup_delay_s": 3}}, {}]}
+    spec.write_text(yaml.safe_dump(sim_fleet_spec(
+        tmp / "rt", 3, sim, gateway={"worker_processes": 1},
+        prometheus={"scrape_interval_s": 1})))
     try:
         up = fleet("up", "--spec", str(spec))
         assert up.returncode == 0, up.stderr

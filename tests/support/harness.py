@@ -4,7 +4,6 @@ on loopback ports chosen free at run time."""
 from __future__ import annotations
 
 import contextlib
-import random
 import signal
 import socket
 import subprocess
@@ -18,58 +17,10 @@ import requests
 
 from router import render
 from router.plan import ClusterPlan, build_plan
+from router.ports import free_port, free_port_block  # noqa: F401  (re-exported for tests)
 from router.runtime import RuntimePaths
 from router.spec import parse_spec, resolve_engine_settings
 from tests.support.fakes import cpu_inventory
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-# The kernel may hand the same port 0 out again as soon as it is closed, so
-# two free_port() calls for one spec could return one port twice.
-_handed_out: set[int] = set()
-
-
-def free_port() -> int:
-    """A free loopback port this test process has not handed out before."""
-    for _ in range(100):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port not in _handed_out:
-            _handed_out.add(port)
-            return port
-    raise RuntimeError("no loopback port left that this test run has not used already")
-
-
-def _ephemeral_low() -> int:
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
-def free_port_block(count: int) -> int:
-    """A base port such that base .. base+count-1 are all free.
-
-    Blocks come from below the kernel's ephemeral range, where free_port()
-    (port 0) never lands, so a block and the single ports picked after it
-    cannot collide.
-    """
-    rng = random.Random()
-    top = _ephemeral_low() - count
-    for _ in range(200):
-        base = rng.randrange(10000, top)
-        if all(_bindable(base + i) for i in range(count)):
-            return base
-    raise RuntimeError(f"no block of {count} free loopback ports found")
 
 
 def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
