@@ -8,7 +8,7 @@ For each replica r, in order (the first rule that applies wins for `down`):
 
 1. **Drained by an admin** -> ``down``. An admin's word beats any signal.
 2. **Failing its health probes** (``fail_threshold`` consecutive failures of
-   the controller's own 1 s probes) -> ``down`` at once. Prometheus is far
+   the controller's own probes, twice a second) -> ``down`` at once. Prometheus is far
    too slow to detect a dead replica; the probes are not.
 3. **Weight** from two ratios against the fleet median, computed over the
    replicas in rotation that have fresh data:

@@ -1,7 +1,7 @@
 """The controller's own active health probes: the fast path to "out of rotation".
 
 Prometheus scrapes every few seconds and its latency windows span a minute;
-a dead or hung replica must leave rotation in about two seconds. So every
+a dead or hung replica must leave rotation within about two seconds. So every
 replica's /health is probed every ``probe_interval_s`` with a
 ``probe_timeout_s`` timeout; ``fail_threshold`` failures in a row take it
 out, ``recover_threshold`` successes bring it back (with a slow start, see

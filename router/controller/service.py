@@ -1,8 +1,8 @@
 """The controller loop: probes and Prometheus in, decisions out, nginx reloaded.
 
 Two paths feed one decision function:
-- the probes, every second; a replica that flips health triggers a decision
-  at once (a dead replica leaves rotation in about two seconds);
+- the probes, every ``probe_interval_s``; a replica that flips health triggers a decision
+  at once (a dead replica leaves rotation within about one to two seconds);
 - Prometheus, every ``evaluate_interval_s``; weight changes go through the
   hysteresis in ``policy.should_apply``.
 If Prometheus is down the last signals are kept as they age: once stale
