@@ -251,19 +251,36 @@ async def _drill(plan: DrillPlan, gateway: str, replica_url: str, key: str | Non
     return run, seen
 
 
-def _windows(records: list[stats.RequestRecord], seen: Observation) -> dict[str, dict[str, int]]:
-    """Failures by phase before the fault, while it lasted, and after the replica was back."""
+BEFORE, DURING, AFTER = "before the fault", "during the fault", "after"
+
+
+def window_bounds(seen: Observation) -> dict[str, tuple[float, float]]:
+    """Before the fault; from the fault until the replica was back in
+    rotation (or, if it never left, until the fault was cleared or it was
+    healthy again); after that."""
     fault = seen.fault_at or 0.0
-    back = seen.back_at or seen.healthy_at or float("inf")
+    end = seen.back_at
+    if end is None and seen.out_at is None:
+        end = seen.cleared_at or seen.healthy_at
+    end = float("inf") if end is None else end
+    return {BEFORE: (0.0, fault), DURING: (fault, end), AFTER: (end, float("inf"))}
+
+
+def _windows(records: list[stats.RequestRecord], seen: Observation) -> dict[str, dict[str, int]]:
+    """Requests and failures by phase in each window of window_bounds."""
     out: dict[str, dict[str, int]] = {}
-    for name, low, high in (("before the fault", 0.0, fault), ("fault until back", fault, back),
-                            ("after back", back, float("inf"))):
+    for name, (low, high) in window_bounds(seen).items():
         inside = [r for r in records if low <= r.start < high]
         failed = [r for r in inside if not r.ok]
         out[name] = {"requests": len(inside), "failed": len(failed),
                      **{phase: sum(1 for r in failed if (r.error_phase or stats.HTTP_STATUS)
                                    == phase) for phase in stats.PHASES}}
     return out
+
+
+def _weights_of(seen: Observation, replica: str, low: float, high: float) -> list[int]:
+    return [s["weights"][replica] for s in seen.samples
+            if low <= s["t"] < high and replica in s.get("weights", {})]
 
 
 def _delta(later: float | None, earlier: float | None) -> float | None:
@@ -299,6 +316,17 @@ def run_drill(spec: ClusterSpec, plan: DrillPlan, key: str | None,
         "failed_before_first_byte": float(not_started),
         "failed_mid_stream": float(sum(w[stats.MID_STREAM] for w in windows.values())),
     }
+    bounds = window_bounds(seen)
+    before = _weights_of(seen, plan.replica, *bounds[BEFORE])
+    during = _weights_of(seen, plan.replica, *bounds[DURING])
+    measures["weight_before"] = float(before[-1]) if before else None
+    measures["weight_lowest_during"] = float(min(during)) if during else None
+    # How long the controller took to cut the weight to half of what it was.
+    half = (before[-1] / 2) if before else None
+    measures["weight_halved_after_fault_s"] = next(
+        (s["t"] - (seen.fault_at or 0.0) for s in seen.samples
+         if half is not None and s["t"] >= (seen.fault_at or 0.0)
+         and s.get("weights", {}).get(plan.replica, half + 1) <= half), None)
     targets: list[tuple[str, str, bool | None]] = []
     if plan.fault == "kill":
         out, back = measures["out_of_rotation_after_fault_s"], measures["back_after_healthy_s"]

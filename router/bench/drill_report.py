@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from router.bench import stats
-from router.bench.drill import SLOW_FACTOR, DrillResult
+from router.bench.drill import SLOW_FACTOR, DrillResult, window_bounds
 from router.bench.report import Event, plot_timeline, targets_table
 
 _FAULT_TEXT = {
@@ -37,6 +37,34 @@ def _share(records: list[stats.RequestRecord], replica: str, low: float, high: f
     return f"{sum(1 for r in inside if r.replica == replica) / len(inside):.0%}"
 
 
+def _moments(result: DrillResult) -> list[str]:
+    """What the three clocks saw, as sentences; only what was seen is said."""
+    m, lines = result.measures, []
+    unhealthy, healthy = m["unhealthy_after_fault_s"], m["healthy_after_fault_s"]
+    if unhealthy is None:
+        lines.append("- The replica's `/health` kept answering throughout.")
+    else:
+        lines.append(f"- The replica's `/health` failed {_secs(unhealthy)} after the fault"
+                     + (f" and answered again {_secs(healthy)} after it." if healthy is not None
+                        else "; it did not answer again while the drill watched."))
+    out, back = m["out_of_rotation_after_fault_s"], m["back_after_healthy_s"]
+    if out is None:
+        lines.append("- The gateway never took it out of rotation.")
+    else:
+        lines.append(f"- The gateway stopped routing to it {_secs(out)} after the fault (read "
+                     "from `/fleet/status`: the controller's reload was live)"
+                     + (f", and routed to it again {_secs(back)} after it was healthy."
+                        if back is not None else "; it was not back while the drill watched."))
+    before, lowest = m.get("weight_before"), m.get("weight_lowest_during")
+    if before is not None and lowest is not None and out is None:
+        halved = m.get("weight_halved_after_fault_s")
+        lines.append(f"- The controller's weight for it went from {before:g} to {lowest:g} at "
+                     "the lowest during the fault"
+                     + (f"; it was halved {_secs(halved)} after the fault." if halved is not None
+                        else "; it was never halved."))
+    return lines
+
+
 def markdown(result: DrillResult, command: str, machine: dict[str, Any], plot: str) -> str:
     plan, seen, m = result.plan, result.seen, result.measures
     lines = [f"# Drill: {plan.fault} {plan.replica}", "",
@@ -49,31 +77,26 @@ def markdown(result: DrillResult, command: str, machine: dict[str, Any], plot: s
              f"output tokens, Poisson arrivals at {plan.rate:g} requests/s through the gateway.",
              f"- Fault at {_secs(seen.fault_at)}: {_FAULT_TEXT[plan.fault]}"
              + (f"; held {plan.hold_s:g} s." if plan.fault in ("hang", "slow") else "."),
-             f"- The replica's /health failed {_secs(m['unhealthy_after_fault_s'])} after the "
-             f"fault and answered again {_secs(m['healthy_after_fault_s'])} after it.",
-             f"- The gateway stopped routing to it {_secs(m['out_of_rotation_after_fault_s'])} "
-             f"after the fault (from /fleet/status: the controller's reload was live), and "
-             f"routed to it again {_secs(m['back_after_healthy_s'])} after it was healthy.",
+             *_moments(result),
              f"- {result.summary['requests']:,} requests, {result.summary['failed']:,} failed: "
              f"{int(m['failed_before_first_byte'] or 0)} before their stream started, "
              f"{int(m['failed_mid_stream'] or 0)} mid-stream (a stream cut when its replica "
              "dies cannot be moved: its tokens came from that replica).", "",
+             "The middle window runs from the fault until the replica was back in rotation "
+             "(or, if it never left, until the fault ended).", "",
              "| window | requests | failed | connect | before first byte | HTTP status | "
              f"mid-stream | share served by {plan.replica} |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    bounds = {"before the fault": (0.0, seen.fault_at or 0.0),
-              "fault until back": (seen.fault_at or 0.0,
-                                   seen.back_at or seen.healthy_at or float("inf")),
-              "after back": (seen.back_at or seen.healthy_at or float("inf"), float("inf"))}
+    bounds = window_bounds(seen)
     for name, w in result.windows.items():
-        low, high = bounds[name]
         lines.append(f"| {name} | {w['requests']:,} | {w['failed']:,} | {w[stats.CONNECT]} | "
                      f"{w[stats.BEFORE_FIRST_BYTE]} | {w[stats.HTTP_STATUS]} | "
                      f"{w[stats.MID_STREAM]} | "
-                     f"{_share(result.run.records, plan.replica, low, high)} |")
+                     f"{_share(result.run.records, plan.replica, *bounds[name])} |")
     failed_statuses = result.summary["failed_statuses"]
     if failed_statuses:
-        lines += ["", f"Failed statuses: {failed_statuses}."]
+        lines += ["", "Failed statuses (a 200 here is a stream that broke off): "
+                  f"{failed_statuses}."]
     lines += targets_table(result.targets)
     lines += ["", "## Timeline", "", f"![{plot}]({plot})", ""]
     return "\n".join(lines)

@@ -124,7 +124,7 @@ def test_drill_kill_real_replica_restarts_and_no_request_fails_before_streaming(
     assert moments["back_in_rotation"] is not None, moments
     # Streams cut by the kill may fail; nothing that had not started may.
     assert result["measures"]["failed_before_first_byte"] == 0, result["windows"]
-    assert result["windows"]["fault until back"]["requests"] > 0
+    assert result["windows"]["during the fault"]["requests"] > 0
     after = supervisor.process("replica-0")
     assert after.pid != before and after.state == "RUNNING"
     assert not process_alive(vllm_pid)

@@ -83,7 +83,9 @@ def test_a_slow_replica_stays_in_rotation(sim_fleet: Path, tmp_path: Path) -> No
     assert result["moments_s"]["cleared"] is not None
     assert result["moments_s"]["out_of_rotation"] is None
     assert result["summary"]["failed"] == 0
-    assert set(result["windows"]) == {"before the fault", "fault until back", "after back"}
+    assert set(result["windows"]) == {"before the fault", "during the fault", "after"}
+    assert result["windows"]["during the fault"]["requests"] > 0
+    assert result["measures"]["weight_before"] is not None
 
 
 def test_bad_drills_say_what_to_do(sim_fleet: Path, tmp_path: Path) -> None:
