@@ -8,7 +8,11 @@ program dies, so supervision alone leaks them.
 
 This launcher sits between supervisord and vLLM:
 - it starts vLLM in a process group of its own and records the group id;
-- it forwards TERM/INT/QUIT to that whole group;
+- it forwards TERM/INT/QUIT to that whole group, and kills the group if it
+  has not exited ``--stop-grace`` seconds later: on SIGTERM vLLM stops its
+  engine at once, then its HTTP server waits for open connections to close,
+  and a gateway's streaming or keep-alive connection keeps it waiting for
+  ever, dead but never restarted (found by `fleet drill restart`);
 - when vLLM exits for any reason, it kills what is left of the group and
   exits with vLLM's status (so supervisord restarts it);
 - when it starts, it kills the group a previous launcher recorded, which
@@ -31,6 +35,9 @@ from types import FrameType
 from router.procs import cmdline, group_members
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+# Below supervisord's stopwaitsecs for replicas (30 s), so a stop it asks for
+# still ends with this launcher's own clean-up.
+STOP_GRACE_S = 20.0
 
 
 def kill_recorded_group(state: Path, marker: str) -> list[int]:
@@ -61,7 +68,7 @@ def _kill_group(pgid: int) -> None:
         pass
 
 
-def run(state: Path, command: list[str]) -> int:
+def run(state: Path, command: list[str], stop_grace_s: float = STOP_GRACE_S) -> int:
     marker = " ".join(command)
     leftovers = kill_recorded_group(state, marker)
     if leftovers:
@@ -73,7 +80,11 @@ def run(state: Path, command: list[str]) -> int:
     state.parent.mkdir(parents=True, exist_ok=True)
     state.write_text(f"{pgid}\n")
 
+    kill_at: list[float] = []
+
     def forward(signum: int, _frame: FrameType | None) -> None:
+        if not kill_at:
+            kill_at.append(time.monotonic() + stop_grace_s)
         try:
             os.killpg(pgid, signum)
         except ProcessLookupError:
@@ -81,7 +92,16 @@ def run(state: Path, command: list[str]) -> int:
 
     for sig in FORWARDED:
         signal.signal(sig, forward)
-    code = child.wait()
+    while True:
+        try:
+            code = child.wait(timeout=0.2)
+            break
+        except subprocess.TimeoutExpired:
+            if kill_at and time.monotonic() > kill_at[0]:
+                print(f"launch: the command did not exit {stop_grace_s:g}s after it was asked "
+                      "to stop; killing its process group", file=sys.stderr, flush=True)
+                _kill_group(pgid)
+                kill_at[0] = float("inf")
     # vLLM is gone; anything it forked that is still alive is an orphan.
     _kill_group(pgid)
     state.unlink(missing_ok=True)
@@ -93,12 +113,15 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--state", type=Path, required=True,
                         help="file that records the process group of the running command")
+    parser.add_argument("--stop-grace", type=float, default=STOP_GRACE_S, metavar="S",
+                        help="after a forwarded TERM/INT/QUIT, kill the group if it has not "
+                             f"exited within S seconds (default {STOP_GRACE_S:g})")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("give the command to run after --")
-    return run(args.state, command)
+    return run(args.state, command, args.stop_grace)
 
 
 if __name__ == "__main__":

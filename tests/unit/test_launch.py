@@ -66,6 +66,23 @@ def test_term_is_forwarded_to_the_whole_group(tmp_path: Path) -> None:
     assert _wait_gone([parent, child])
 
 
+STUBBORN = ("import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "print('ready', flush=True); time.sleep(60)")
+
+
+def test_a_command_that_ignores_term_is_killed_after_the_grace(tmp_path: Path) -> None:
+    with subprocess.Popen(
+            [sys.executable, "-m", "router.launch", "--state", str(tmp_path / "r.pgid"),
+             "--stop-grace", "1", "--", sys.executable, "-c", STUBBORN],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as launcher:
+        assert launcher.stdout is not None and launcher.stdout.readline() == "ready\n"
+        pgid = int((tmp_path / "r.pgid").read_text())
+        launcher.send_signal(signal.SIGTERM)
+        assert launcher.wait(timeout=15) == 128 + signal.SIGKILL
+        assert launcher.stderr is not None and "did not exit 1s after" in launcher.stderr.read()
+    assert _wait_gone([pgid])
+
+
 def test_a_killed_launcher_is_cleaned_up_by_the_next_one(tmp_path: Path) -> None:
     state = tmp_path / "r.pgid"
     first, parent, child = _start(state)
