@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,8 +22,6 @@ from typing import Any
 from router.bench import fleets, load, stats
 from router.bench.fleets import Endpoint, Fleet, Progress
 from router.errors import ClusterError, SpecError
-
-log = logging.getLogger(__name__)
 
 SCENARIOS = ("overhead", "heterogeneous", "homogeneous", "scaling")
 
@@ -163,7 +160,7 @@ def overhead(ctx: Context) -> ScenarioResult:
                 ctx.progress(f"overhead: {label} skipped: {why}")
         # Slices in turn, so drift on the shared machine (Prometheus
         # compacting, a page cache flush) lands on every contender alike.
-        records: dict[str, list[stats.RequestRecord]] = {label: [] for label in endpoints}
+        slices: dict[str, list[load.RunResult]] = {label: [] for label in endpoints}
         for endpoint in endpoints.values():
             _run(endpoint, latency_load, load.Arrivals("poisson", rate=size.overhead_rate),
                  OVERHEAD_WARMUP_S)
@@ -173,15 +170,14 @@ def overhead(ctx: Context) -> ScenarioResult:
             for label, endpoint in endpoints.items():
                 run = _run(endpoint, replace(latency_load, seed=ctx.seed + index),
                            load.Arrivals("poisson", rate=size.overhead_rate), slice_s)
-                records[label].extend(run.records)
+                slices[label].append(run)
         rows = []
         for label in labels:
             if label not in endpoints:
                 rows.append(Row(label, skipped=missing[label]))
                 continue
-            summary = stats.summarize(records[label], size.overhead_s, stats.Slo())
-            run = load.RunResult(records=records[label], duration_s=size.overhead_s,
-                                 send_lag_p99_s=None, dropped=0, client_cpu_share=0.0)
+            run = _joined(slices[label])
+            summary = stats.summarize(run.records, run.duration_s, stats.Slo())
             row = Row(label, summary=summary, run=run)
             row.extra["capacity"] = _capacity_sweep(ctx, endpoints[label], capacity_load, label)
             rows.append(row)
@@ -218,6 +214,17 @@ def overhead(ctx: Context) -> ScenarioResult:
                "simple-shuffle router with one worker process, authenticated with a master "
                "key (it refuses to start without one)."],
         rows=rows, targets=targets)
+
+
+def _joined(runs: list[load.RunResult]) -> load.RunResult:
+    """Slices of one contender's load as one run: records pooled, the worst
+    slice's send lag, the client's CPU share averaged over time."""
+    wall = sum(r.duration_s for r in runs)
+    lags = [r.send_lag_p99_s for r in runs if r.send_lag_p99_s is not None]
+    return load.RunResult(
+        records=[record for r in runs for record in r.records], duration_s=wall,
+        send_lag_p99_s=max(lags) if lags else None, dropped=sum(r.dropped for r in runs),
+        client_cpu_share=sum(r.client_cpu_share * r.duration_s for r in runs) / wall)
 
 
 def _capacity_sweep(ctx: Context, endpoint: Endpoint, workload: load.Workload,
