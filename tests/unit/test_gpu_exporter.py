@@ -178,6 +178,19 @@ def test_real_gpu_capture_shows_each_replicas_load_on_its_own_gpu() -> None:
     assert busy1["replica-1"] >= 90 and busy1["replica-0"] <= 10
 
 
+def test_real_capture_of_two_loads_at_once_and_a_vanished_gpu() -> None:
+    """Both GPUs busy at once (GPU 0 all the time, GPU 1 about 30 % of it), with a
+    state file naming a third GPU that NVML does not list."""
+    capture = FIXTURES / "both-loaded.metrics"
+    busy = _utilisation(capture)
+    assert busy["replica-0"] >= 90 and 10 <= busy["replica-1"] <= 60
+    assert "replica-2" not in busy
+    present = {s.labels["replica"]: s.value
+               for family in text_string_to_metric_families(capture.read_text())
+               for s in family.samples if s.name == "fleet_gpu_present"}
+    assert present == {"replica-0": 1, "replica-1": 1, "replica-2": 0}
+
+
 def test_real_capture_has_the_families_the_exporter_writes_today() -> None:
     def families(text: str) -> dict[str, tuple[str, frozenset[str]]]:
         return {f.name: (f.type, frozenset(k for s in f.samples for k in s.labels))
