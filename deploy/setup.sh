@@ -39,6 +39,8 @@ if [ "$dev" -eq 1 ]; then
   command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
   command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
   command -v keepalived >/dev/null 2>&1 || [ -x /usr/sbin/keepalived ] || need+=(keepalived)
+  # deploy/keepalived/check_gateway.sh, run against a live server by the tests.
+  command -v curl >/dev/null 2>&1 || need+=(curl)
   # The web console's browser tests drive Debian's Chromium with Playwright.
   [ -x /usr/bin/chromium ] || need+=(chromium)
 fi

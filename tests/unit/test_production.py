@@ -4,9 +4,11 @@ keepalived pair (keepalived -t)."""
 
 from __future__ import annotations
 
+import http.server
 import os
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -149,6 +151,42 @@ def test_keepalived_config_passes_keepalived_t(tmp_path: Path, role: str) -> Non
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "not found" not in proc.stdout + proc.stderr
+
+
+class _Health(http.server.BaseHTTPRequestHandler):
+    status = 200
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        self.send_response(self.status if self.path == "/health" else 404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _check_gateway(address: str) -> int:
+    script = REPO_ROOT / "deploy" / "keepalived" / "check_gateway.sh"
+    return subprocess.run(["sh", str(script)], env={**os.environ, "LLM_FLEET_GATEWAY": address},
+                          capture_output=True, timeout=30, check=False).returncode
+
+
+@pytest.mark.parametrize(("status", "healthy"), [(200, True), (503, False)])
+def test_keepalived_check_follows_the_gateway_health(status: int, healthy: bool) -> None:
+    handler = type("Health", (_Health,), {"status": status})
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            code = _check_gateway(f"127.0.0.1:{server.server_address[1]}")
+        finally:
+            server.shutdown()
+            thread.join(timeout=5)
+    assert (code == 0) == healthy
+
+
+def test_keepalived_check_fails_when_nothing_answers() -> None:
+    assert _check_gateway(f"127.0.0.1:{free_port()}") != 0
 
 
 def test_keepalived_t_rejects_a_broken_pair(tmp_path: Path) -> None:
