@@ -35,7 +35,7 @@ from router import render
 from router.spec import REPO_ROOT
 from tests.support.cli import fleet
 from tests.support.client import resend_on_reset
-from tests.support.grafana import DASHBOARDS, Query, queries, substitute
+from tests.support.grafana import DASHBOARDS, Query, queries, substitute, variables
 from tests.support.harness import (
     free_port,
     free_port_block,
@@ -186,6 +186,25 @@ def test_every_fleet_panel_shows_data(live: LiveFleet) -> None:
     missing = wait_for_all(live.prometheus, panel_queries, live.started, timeout=45)
     assert not missing, "panels without data:\n" + "\n".join(missing)
     assert live.load.statuses[200] > 50 and live.load.statuses[404] > 0
+
+
+def test_replica_variable_lists_every_replica_and_filters_to_one(live: LiveFleet) -> None:
+    """The dropdown is filled from Prometheus, and a single choice still shows data."""
+    boards = [path for path in sorted(DASHBOARDS.glob("*.json")) if list(variables(path))]
+    assert boards, "no dashboard has a replica variable"
+    for path in boards:
+        for variable in variables(path):
+            response = requests.get(
+                f"{live.prometheus}/api/v1/label/{variable.label}/values", timeout=10,
+                params={"match[]": variable.selector, "start": f"{live.started:.3f}"})
+            values = set(response.json()["data"])
+            assert values == {"replica-0", "replica-1"}, (variable, values)
+    one = [q for path in boards for q in queries(path) if "$replica" in q.expr]
+    assert len(one) >= 10
+    missing = [f"{q.dashboard} / {q.panel}: {q.expr}" for q in one
+               if not _has_numbers(_range_query(
+                   live.prometheus, substitute(q.expr, RATE_INTERVAL, "replica-1"), live.started))]
+    assert not missing, "panels without data for replica-1 alone:\n" + "\n".join(missing)
 
 
 def wait_for_all(prometheus: str, panel_queries: list[Query], start: float,

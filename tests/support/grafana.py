@@ -43,6 +43,30 @@ def queries(path: Path) -> Iterator[Query]:
                         annotation["expr"])
 
 
+@dataclass(frozen=True)
+class Variable:
+    """A dashboard variable filled from ``label_values(SELECTOR, LABEL)``."""
+
+    dashboard: str
+    name: str
+    selector: str
+    label: str
+
+
+_LABEL_VALUES = re.compile(r"^label_values\((?P<selector>.+),\s*(?P<label>\w+)\)$")
+
+
+def variables(path: Path) -> Iterator[Variable]:
+    board = load(path)
+    for variable in board["templating"]["list"]:
+        definition = variable["query"]["query"]
+        match = _LABEL_VALUES.match(definition)
+        if match is None:
+            raise AssertionError(f"{board['uid']}: variable {variable['name']} is not a "
+                                 f"label_values query: {definition}")
+        yield Variable(board["uid"], variable["name"], match["selector"], match["label"])
+
+
 def substitute(expr: str, rate_interval: str, replica: str = ".+") -> str:
     """Grafana's variables as Grafana fills them in: ``$replica`` set to All."""
     text = expr.replace("$__rate_interval", rate_interval).replace("$__interval", rate_interval)
