@@ -26,6 +26,7 @@ from router.runtime import RuntimePaths, read_state
 from router.supervise import Supervisor
 from tests.support import rawhttp
 from tests.support.cli import fleet
+from tests.support.client import resend_on_reset
 from tests.support.harness import free_port, free_port_block, gateway_metrics_ports, wait_for
 
 pytestmark = pytest.mark.integration
@@ -324,11 +325,16 @@ def test_a_key_over_its_limit_gets_429_while_another_key_is_unaffected(
     lock = threading.Lock()
     stop = threading.Event()
 
+    def send(session: requests.Session) -> requests.Response:
+        return session.post(f"{secured.url}/v1/completions", json=body, timeout=10,
+                            headers={"Authorization": f"Bearer {noisy}"})
+
     def flood() -> None:
         with requests.Session() as session:
             while not stop.is_set():
-                response = session.post(f"{secured.url}/v1/completions", json=body, timeout=10,
-                                        headers={"Authorization": f"Bearer {noisy}"})
+                # The controller may reload nginx under this load, closing idle
+                # keep-alive connections: resent as the openai client would.
+                response, _ = resend_on_reset(session, send)
                 with lock:
                     noisy_results[response.status_code] += 1
                     if response.status_code == 429 and len(limited) < 5:
