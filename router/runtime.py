@@ -12,7 +12,7 @@ import json
 import os
 import secrets
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +119,10 @@ class RuntimePaths:
     def launch_state(self, program: str) -> Path:
         return self.root / "run" / f"{program}.pgid"
 
+    def start_lock(self, device: str) -> Path:
+        """Held by the one replica of a shared GPU that is starting."""
+        return self.root / "run" / f"start-{device}.lock"
+
     def log(self, program: str) -> Path:
         return self.logs_dir / f"{program}.log"
 
@@ -160,6 +164,7 @@ def plan_state(plan: ClusterPlan, spec_path: Path | None) -> dict[str, Any]:
         "controller_url": (
             f"http://127.0.0.1:{spec.controller.port}" if spec.controller.enabled else None
         ),
+        "warmup": asdict(plan.warmup) if plan.warmup else None,
         "replicas": [
             {
                 "name": r.name,

@@ -42,6 +42,9 @@ CPU_AUTO_REPLICAS_MAX = 2
 # A simulated fleet under `replicas: auto`: the reference box's four GPUs.
 SIM_AUTO_REPLICAS = 4
 SIM_SERVED_MODEL_NAME = "sim-model"
+# What the served name of a dummy-weight model ends with, so no client can
+# take its noise for answers.
+DUMMY_MARK = "dummy"
 
 
 def _xdg(var: str, fallback: str) -> Path:
@@ -180,9 +183,16 @@ class ModelSpec(_Model):
 
     # A Hugging Face id, a local folder, or unset for the engine's default.
     name: str | None = None
-    # The name clients put in "model"; unset for the engine's default.
+    # The name clients put in "model"; unset for the engine's default (with
+    # load_format: dummy, that name ends in DUMMY_SUFFIX).
     served_name: str | None = None
     cache_dir: Path = Field(default_factory=default_model_cache)
+    # auto: the real weights. dummy: the model's architecture, quantization
+    # and tokenizer with random weights (vLLM's --load-format dummy), from a
+    # folder `fleet model prepare --dummy` writes: the real compute, so a box
+    # is measured before gigabytes of weights are downloaded; the answers are
+    # noise.
+    load_format: Literal["auto", "dummy"] = "auto"
 
     @field_validator("cache_dir")
     @classmethod
@@ -212,7 +222,7 @@ class VllmSpec(_Model):
     def _no_managed_flags(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         managed = {
             "--host", "--port", "--model", "--served-model-name", "--max-num-seqs",
-            "--max-model-len", "--gpu-memory-utilization",
+            "--max-model-len", "--gpu-memory-utilization", "--load-format",
         }
         for arg in value:
             flag = arg.split("=", 1)[0]
@@ -226,6 +236,17 @@ class VllmSpec(_Model):
                 "from the checkpoint"
             )
         return value
+
+
+class GpuSpec(_Model):
+    """How GPU replicas share the GPUs (engine: gpu)."""
+
+    # Replicas pinned to each GPU. Each gets 1/N of the memory share
+    # (vllm.gpu_memory_utilization / N), and replicas of one GPU start one
+    # after the other, since vLLM sizes its KV cache from the memory it
+    # sees free while it starts. Several small replicas can beat one large
+    # one where a single engine's throughput falls at high concurrency.
+    replicas_per_gpu: int = Field(default=1, ge=1, le=8)
 
 
 class PortsSpec(_Model):
@@ -290,6 +311,23 @@ class SimSpec(_Model):
                                                  self.replicas[index]))
 
 
+class WarmupSpec(_Model):
+    """A burst of requests the controller sends straight to a replica that
+    starts or restarts, before it joins rotation: vLLM's GPU build compiles
+    kernels on its first large batch (an 8 s stall was seen on an H200), and
+    clients must not wait for that."""
+
+    # auto: on for GPU replicas, off for CPU and simulated ones.
+    enabled: bool | Literal["auto"] = "auto"
+    # Concurrent requests in the burst; unset means the replica's
+    # max_num_seqs, its largest batch.
+    requests: int | None = Field(default=None, ge=1, le=4096)
+    max_tokens: int = Field(default=16, ge=1, le=4096)
+    # A burst that has not finished by then is abandoned and the replica
+    # joins anyway: a replica that answers /health serves.
+    timeout_s: float = Field(default=300.0, gt=0.0, le=3600.0)
+
+
 class ControllerSpec(_Model):
     """The adaptive weight controller (docs/controller.md explains every knob)."""
 
@@ -333,6 +371,7 @@ class ControllerSpec(_Model):
     min_reload_interval_s: float = Field(default=10.0, ge=0.0)
     # How many decisions GET /decisions keeps.
     history: int = Field(default=200, ge=1, le=100_000)
+    warmup: WarmupSpec = WarmupSpec()
 
     @field_validator("latency_window")
     @classmethod
@@ -441,6 +480,7 @@ class ClusterSpec(_Model):
     console: ConsoleSpec = ConsoleSpec()
     model: ModelSpec = Field(default_factory=ModelSpec)
     vllm: VllmSpec = VllmSpec()
+    gpu: GpuSpec = GpuSpec()
     ports: PortsSpec = PortsSpec()
     prometheus: PrometheusSpec = PrometheusSpec()
     sim: SimSpec = SimSpec()
@@ -461,7 +501,7 @@ class ClusterSpec(_Model):
         # A section whose keys are all commented out parses as None in YAML;
         # it means "all defaults", not "invalid".
         if isinstance(data, dict):
-            sections = {"gateway", "auth", "limits", "console", "model", "vllm", "ports",
+            sections = {"gateway", "auth", "limits", "console", "model", "vllm", "gpu", "ports",
                         "prometheus", "sim", "controller", "gpu_exporter", "gateway_metrics",
                         "alerts", "compose"}
             return {k: v for k, v in data.items() if not (k in sections and v is None)}
@@ -478,6 +518,20 @@ class ClusterSpec(_Model):
         if isinstance(value, int) and value < 1:
             raise ValueError("need at least 1 replica, or 'auto'")
         return value
+
+    @model_validator(mode="after")
+    def _dummy_weights(self) -> ClusterSpec:
+        if self.model.load_format != "dummy":
+            return self
+        if self.engine in ("sim", "external"):
+            raise ValueError(f"model.load_format: dummy is for vLLM replicas; engine "
+                             f"{self.engine} has no weights to replace")
+        served = self.model.served_name
+        if served is not None and DUMMY_MARK not in served.lower():
+            raise ValueError(f"model.served_name {served!r} must say '{DUMMY_MARK}' with "
+                             "load_format: dummy, so clients know its answers are noise; "
+                             "leave it unset for the default")
+        return self
 
     @model_validator(mode="after")
     def _external_replicas(self) -> ClusterSpec:
@@ -600,6 +654,11 @@ class EngineSettings:
     max_num_seqs: int
     max_model_len: int
     gpu_memory_utilization: float | None
+    load_format: Literal["auto", "dummy"] = "auto"
+
+    @property
+    def dummy(self) -> bool:
+        return self.load_format == "dummy"
 
 
 def resolve_engine_settings(spec: ClusterSpec, engine: ResolvedEngine) -> EngineSettings:
@@ -623,10 +682,14 @@ def resolve_engine_settings(spec: ClusterSpec, engine: ResolvedEngine) -> Engine
             max_num_seqs=spec.sim.defaults.max_num_seqs,
             max_model_len=spec.sim.defaults.max_model_len, gpu_memory_utilization=None)
     defaults = ENGINE_DEFAULTS[engine]
+    dummy = spec.model.load_format == "dummy"
+    default_name = (f"{defaults.served_model_name}-{DUMMY_MARK}" if dummy
+                    else defaults.served_model_name)
     return EngineSettings(
         engine=engine,
         model=spec.model.name or defaults.model,
-        served_model_name=spec.model.served_name or defaults.served_model_name,
+        served_model_name=spec.model.served_name or default_name,
+        load_format=spec.model.load_format,
         max_num_seqs=spec.vllm.max_num_seqs or defaults.max_num_seqs,
         max_model_len=spec.vllm.max_model_len or defaults.max_model_len,
         gpu_memory_utilization=spec.vllm.gpu_memory_utilization

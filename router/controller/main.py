@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import uvicorn
 
@@ -11,18 +12,28 @@ from router.controller.api import create_app
 from router.controller.service import Controller, Member
 from router.controller.signals import PrometheusClient
 from router.errors import ClusterError
+from router.plan import WarmupPlan
 from router.runtime import RuntimePaths, read_admin_token, read_state
 from router.spec import ClusterSpec
 
 log = logging.getLogger(__name__)
 
 
-def members_from_state(paths: RuntimePaths) -> list[Member]:
+def _state(paths: RuntimePaths) -> dict[str, Any]:
     state = read_state(paths)
     if state is None:
         raise ClusterError(f"no state.json in {paths.root}",
                            hint="the controller runs inside a cluster started by `fleet up`")
-    return [Member(r["name"], r["device"], r["url"]) for r in state["replicas"]]
+    return state
+
+
+def members_from_state(paths: RuntimePaths) -> list[Member]:
+    return [Member(r["name"], r["device"], r["url"]) for r in _state(paths)["replicas"]]
+
+
+def warmup_from_state(paths: RuntimePaths) -> WarmupPlan | None:
+    raw = _state(paths).get("warmup")
+    return WarmupPlan(**raw) if raw else None
 
 
 def run(spec: ClusterSpec) -> None:
@@ -34,7 +45,8 @@ def run(spec: ClusterSpec) -> None:
                                    spec.controller.query_timeout_s)
                   if spec.prometheus.enabled else None)
     controller = Controller(members, spec.controller, Actuator(spec.gateway, members, paths),
-                            prometheus, overrides_file=paths.overrides_json)
+                            prometheus, overrides_file=paths.overrides_json,
+                            warmup=warmup_from_state(paths))
     app = create_app(controller, read_admin_token(paths), grafana_url=spec.console.grafana_url)
     log.info("controller for %d replicas on 127.0.0.1:%d", len(members), spec.controller.port)
     uvicorn.run(app, host="127.0.0.1", port=spec.controller.port, log_level="warning",

@@ -47,6 +47,12 @@ class ControllerMetrics:
                                    registry=reg)
         self.last_reload = Gauge("fleet_controller_last_successful_reload_timestamp_seconds",
                                  "Unix time of the last successful reload.", registry=reg)
+        self.warming = Gauge("fleet_controller_replica_warming",
+                             "1 while the replica takes its warm-up burst before it joins "
+                             "rotation, else 0.", ["replica"], registry=reg)
+        self.warmup_seconds = Gauge("fleet_controller_warmup_duration_seconds",
+                                    "How long the replica's last warm-up burst took, in "
+                                    "seconds.", ["replica"], registry=reg)
         for result in RELOAD_RESULTS:
             self.reloads.labels(result=result)
         for applied in ("true", "false"):

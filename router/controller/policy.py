@@ -9,7 +9,8 @@ For each replica r, in order (the first rule that applies wins for `down`):
 1. **Drained by an admin** -> ``down``. An admin's word beats any signal.
 2. **Failing its health probes** (``fail_threshold`` consecutive failures of
    the controller's own probes, twice a second) -> ``down`` at once. Prometheus is far
-   too slow to detect a dead replica; the probes are not.
+   too slow to detect a dead replica; the probes are not. A healthy replica
+   still **warming up** (its first burst after a start) stays ``down`` too.
 3. **Weight** from two ratios against the fleet median, computed over the
    replicas in rotation that have fresh data:
 
@@ -123,6 +124,8 @@ class Snapshot:
     signals: Mapping[str, ReplicaSignals] = field(default_factory=dict)
     health: Mapping[str, Health] = field(default_factory=dict)
     overrides: Mapping[str, Override] = field(default_factory=dict)
+    # Replicas being sent their warm-up burst (router.controller.warmup).
+    warming: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -185,7 +188,8 @@ def decide(snapshot: Snapshot, previous: Decision | None, settings: ControllerSp
     health = {r: snapshot.health.get(r, Health()) for r in snapshot.replicas}
     overrides = {r: snapshot.overrides.get(r, Override()) for r in snapshot.replicas}
     signals = {r: snapshot.signals.get(r, ReplicaSignals()) for r in snapshot.replicas}
-    in_rotation = [r for r in snapshot.replicas if health[r].healthy and not overrides[r].drained]
+    in_rotation = [r for r in snapshot.replicas if health[r].healthy
+                   and not overrides[r].drained and r not in snapshot.warming]
 
     medians = {
         metric: _median_of([v for r in in_rotation
@@ -207,6 +211,11 @@ def decide(snapshot: Snapshot, previous: Decision | None, settings: ControllerSp
             decisions[r] = ReplicaDecision(
                 max(1, round(prev_target)), True, prev_target,
                 f"out: {health[r].consecutive_failures} failed health probes in a row")
+            continue
+        if r in snapshot.warming:
+            decisions[r] = ReplicaDecision(
+                max(1, round(prev_target)), True, prev_target,
+                "warming up: healthy, taking its warm-up burst before it joins")
             continue
 
         terms: list[str] = []

@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from router.controller.actuator import Actuator
 from router.controller.metrics import ControllerMetrics
 from router.controller.policy import (
@@ -35,7 +37,9 @@ from router.controller.policy import (
 )
 from router.controller.probes import Prober
 from router.controller.signals import PrometheusClient
+from router.controller.warmup import warm_up
 from router.errors import MetricsUnavailable, NginxReloadFailed
+from router.plan import WarmupPlan
 from router.runtime import write_atomic
 from router.spec import ControllerSpec
 
@@ -82,15 +86,23 @@ class Controller:
 
     def __init__(self, members: Sequence[Member], settings: ControllerSpec,
                  actuator: Actuator, prometheus: PrometheusClient | None,
-                 overrides_file: Path | None = None) -> None:
+                 overrides_file: Path | None = None, warmup: WarmupPlan | None = None,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.members = list(members)
         self.names = tuple(m.name for m in members)
+        self.urls = {m.name: m.url for m in members}
         self.settings = settings
         self.actuator = actuator
         self.prometheus = prometheus
         self.metrics = ControllerMetrics()
         self.flipped = asyncio.Event()
-        self.prober = Prober({m.name: m.url for m in members}, settings, self.flipped)
+        self.prober = Prober(self.urls, settings, self.flipped, transport)
+        # Replicas warmed since they last became healthy, and bursts under way.
+        self.warmup = warmup
+        self.warmed: set[str] = set()
+        self.warming: dict[str, asyncio.Task[None]] = {}
+        self._warmup_client = (httpx.AsyncClient(timeout=warmup.timeout_s, transport=transport)
+                               if warmup else None)
         # Admin overrides outlive a controller restart: a drained replica
         # must not come back because supervisord restarted the controller.
         self.overrides_file = overrides_file
@@ -125,11 +137,42 @@ class Controller:
         signals = {name: _aged(s, extra) for name, s in self.signals.items()}
         return Snapshot(now=now, replicas=self.names, signals=signals,
                         health={n: s.health for n, s in self.prober.states.items()},
-                        overrides=dict(self.overrides))
+                        overrides=dict(self.overrides), warming=frozenset(self.warming))
+
+    # --- warm-up -------------------------------------------------------------
+    def track_warmups(self) -> None:
+        """Start a burst for each replica that answers its probes but has not
+        been warmed since it last came up; forget the warmth of one that fell."""
+        for name in self.names:
+            health = self.prober.states[name].health
+            if not health.healthy:
+                self.warmed.discard(name)
+                task = self.warming.pop(name, None)
+                if task is not None:
+                    task.cancel()
+            elif (self.warmup is not None and health.last_success is not None
+                  and name not in self.warmed and name not in self.warming):
+                log.info("warm-up replica=%s reason=healthy after a start requests=%d "
+                         "max_tokens=%d", name, self.warmup.requests, self.warmup.max_tokens)
+                self.metrics.warming.labels(replica=name).set(1)
+                self.warming[name] = asyncio.create_task(self._warm(name))
+
+    async def _warm(self, name: str) -> None:
+        assert self.warmup is not None and self._warmup_client is not None
+        result = await warm_up(self._warmup_client, self.urls[name], self.warmup)
+        level = logging.INFO if not result.failed else logging.WARNING
+        log.log(level, "warm-up done replica=%s decision=joins rotation %s", name,
+                result.summary())
+        self.metrics.warmup_seconds.labels(replica=name).set(result.seconds)
+        self.metrics.warming.labels(replica=name).set(0)
+        self.warmed.add(name)
+        self.warming.pop(name, None)
+        self.flipped.set()
 
     # --- the decision ------------------------------------------------------
     async def evaluate(self, trigger: str) -> DecisionRecord:
         async with self._lock:
+            self.track_warmups()
             started = time.monotonic()
             now = time.time()
             desired = decide(self.snapshot(now), self.desired, self.settings)
@@ -230,6 +273,10 @@ class Controller:
                     next_signals = time.monotonic() + self.settings.evaluate_interval_s
         finally:
             probing.cancel()
+            for task in self.warming.values():
+                task.cancel()
+            if self._warmup_client is not None:
+                await self._warmup_client.aclose()
             await self.prober.close()
             if self.prometheus is not None:
                 await self.prometheus.close()

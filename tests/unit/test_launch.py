@@ -110,3 +110,59 @@ def test_stale_record_of_an_unrelated_group_is_left_alone(tmp_path: Path) -> Non
     finally:
         bystander.kill()
         bystander.wait()
+
+
+# A stand-in for a replica that loads for a while, then answers /health; it
+# notes when it started and when it began to answer.
+LOADER = (
+    "import http.server, sys, time\n"
+    "log, port = sys.argv[1], int(sys.argv[2])\n"
+    "open(log, 'a').write(f'start {time.monotonic()}\\n')\n"
+    "time.sleep(1.0)\n"
+    "class H(http.server.BaseHTTPRequestHandler):\n"
+    "    def do_GET(self):\n"
+    "        self.send_response(200); self.end_headers()\n"
+    "    def log_message(self, *args):\n"
+    "        pass\n"
+    "server = http.server.HTTPServer(('127.0.0.1', port), H)\n"
+    "open(log, 'a').write(f'ready {time.monotonic()}\\n')\n"
+    "server.serve_forever()\n"
+)
+
+
+def test_replicas_of_one_gpu_start_one_after_the_other(tmp_path: Path) -> None:
+    from router.ports import free_port
+
+    lock = tmp_path / "start-GPU-x.lock"
+    launchers = []
+    try:
+        for name in ("first", "second"):
+            port = free_port()
+            launchers.append(subprocess.Popen(
+                [sys.executable, "-m", "router.launch", "--state", str(tmp_path / f"{name}.pgid"),
+                 "--start-lock", str(lock), "--ready-url", f"http://127.0.0.1:{port}/",
+                 "--", sys.executable, "-c", LOADER, str(tmp_path / f"{name}.log"), str(port)],
+                stderr=subprocess.PIPE, text=True))
+            if name == "first":  # the first takes the lock before the second asks
+                deadline = time.monotonic() + 10
+                while not (tmp_path / "first.log").exists() and time.monotonic() < deadline:
+                    time.sleep(0.02)
+        deadline = time.monotonic() + 20
+        while not (tmp_path / "second.log").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        first = dict(line.split() for line in (tmp_path / "first.log").read_text().splitlines())
+        second = dict(line.split() for line in (tmp_path / "second.log").read_text().splitlines())
+        assert float(second["start"]) >= float(first["ready"]), "both loaded at once"
+    finally:
+        errors = []
+        for launcher in launchers:
+            launcher.send_signal(signal.SIGTERM)
+            errors.append(launcher.communicate(timeout=30)[1])
+    assert "another replica of this GPU is starting" in errors[1]
+
+
+def test_start_lock_needs_a_ready_url(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "router.launch", "--state", str(tmp_path / "s"),
+                           "--start-lock", str(tmp_path / "l"), "--", "true"],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and "--start-lock and --ready-url go together" in proc.stderr
