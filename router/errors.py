@@ -12,7 +12,8 @@ and maps the class to an exit status.
     ├── RenderError          a rendered config was rejected (nginx -t, promtool)
     ├── MetricsUnavailable   Prometheus did not answer or refused a query
     ├── NginxReloadFailed    a new upstream was not applied; the old one was restored
-    └── ClusterError         starting, stopping or talking to the cluster failed
+    ├── ClusterError         starting, stopping or talking to the cluster failed
+    └── BundleError          an offline bundle could not be built or does not check out
 """
 
 from __future__ import annotations
@@ -82,3 +83,9 @@ class ClusterError(FleetError):
     """The cluster could not be started, reached or stopped."""
 
     exit_code = 6
+
+
+class BundleError(FleetError):
+    """An offline bundle could not be built, or its parts do not match the manifest."""
+
+    exit_code = 8

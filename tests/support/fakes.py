@@ -35,6 +35,8 @@ class FakeNvml:
     fail_init: bool = False
     fail_on_index: int | None = None
     shutdowns: int = 0
+    driver: str = "580.159.04"
+    cuda: int = 13000  # what nvmlSystemGetCudaDriverVersion answers: 1000 * major + 10 * minor
 
     def nvmlInit(self) -> None:  # noqa: N802 - pynvml's names
         if self.fail_init:
@@ -59,3 +61,9 @@ class FakeNvml:
 
     def nvmlDeviceGetMemoryInfo(self, handle: int) -> Any:  # noqa: N802
         return SimpleNamespace(total=self.devices[handle][2], used=0, free=self.devices[handle][2])
+
+    def nvmlSystemGetDriverVersion(self) -> Any:  # noqa: N802
+        return self.driver
+
+    def nvmlSystemGetCudaDriverVersion(self) -> int:  # noqa: N802
+        return self.cuda
