@@ -373,6 +373,11 @@ class ControllerSpec(_Model):
     history: int = Field(default=200, ge=1, le=100_000)
     warmup: WarmupSpec = WarmupSpec()
 
+    @property
+    def latency_window_s(self) -> float:
+        number, unit = int(self.latency_window[:-1]), self.latency_window[-1]
+        return float(number * {"s": 1, "m": 60, "h": 3600}[unit])
+
     @field_validator("latency_window")
     @classmethod
     def _window(cls, value: str) -> str:

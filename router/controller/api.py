@@ -14,7 +14,11 @@
 
 # No `from __future__ import annotations` here: FastAPI reads the dependency
 # annotations at run time, and some name objects local to create_app.
+import asyncio
 import hmac
+import logging
+import os
+import signal
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,6 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from router.controller.public import public_status
 from router.controller.service import Controller
 
+log = logging.getLogger(__name__)
+
 DEFAULT_PIN_TTL_S = 600.0
 
 
@@ -39,6 +45,17 @@ class PinRequest(BaseModel):
     weight: int | None = Field(ge=1, le=100, description="nginx weight, 1-100; null unpins")
     ttl_s: float = Field(default=DEFAULT_PIN_TTL_S, gt=0, le=7 * 86400,
                          description="seconds until the pin expires")
+
+
+def _exit_if_loop_died(task: "asyncio.Task[None]") -> None:
+    """A control loop that raised leaves an API that answers while nothing
+    acts on health: end the process instead, so its supervisor restarts it
+    (nginx keeps serving the last good config meanwhile)."""
+    if task.cancelled() or task.exception() is None:
+        return
+    log.critical("control loop died decision=exit so the supervisor restarts the controller",
+                 exc_info=task.exception())
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def create_app(controller: Controller, token: str, run_loop: bool = True,
@@ -63,9 +80,9 @@ def create_app(controller: Controller, token: str, run_loop: bool = True,
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        import asyncio
-
         task = asyncio.create_task(controller.run()) if run_loop else None
+        if task is not None:
+            task.add_done_callback(_exit_if_loop_died)
         yield
         if task is not None:
             task.cancel()

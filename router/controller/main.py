@@ -46,7 +46,9 @@ def run(spec: ClusterSpec) -> None:
                   if spec.prometheus.enabled else None)
     controller = Controller(members, spec.controller, Actuator(spec.gateway, members, paths),
                             prometheus, overrides_file=paths.overrides_json,
-                            warmup=warmup_from_state(paths))
+                            warmup=warmup_from_state(paths),
+                            latency_memory_s=spec.controller.latency_window_s
+                            + spec.prometheus.scrape_interval_s)
     app = create_app(controller, read_admin_token(paths), grafana_url=spec.console.grafana_url)
     log.info("controller for %d replicas on 127.0.0.1:%d", len(members), spec.controller.port)
     uvicorn.run(app, host="127.0.0.1", port=spec.controller.port, log_level="warning",

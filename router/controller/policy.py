@@ -10,7 +10,8 @@ For each replica r, in order (the first rule that applies wins for `down`):
 2. **Failing its health probes** (``fail_threshold`` consecutive failures of
    the controller's own probes, twice a second) -> ``down`` at once. Prometheus is far
    too slow to detect a dead replica; the probes are not. A healthy replica
-   still **warming up** (its first burst after a start) stays ``down`` too.
+   still **warming up** (its first burst after a start) stays ``down`` too,
+   and its latency is not read while the burst is inside the latency window.
 3. **Weight** from two ratios against the fleet median, computed over the
    replicas in rotation that have fresh data:
 
@@ -126,6 +127,9 @@ class Snapshot:
     overrides: Mapping[str, Override] = field(default_factory=dict)
     # Replicas being sent their warm-up burst (router.controller.warmup).
     warming: frozenset[str] = frozenset()
+    # Replicas whose latency histograms still hold their warm-up burst: its
+    # first batch pays the kernels' compile, so their P99 says nothing yet.
+    latency_blind: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -149,6 +153,12 @@ class Decision:
 
     def reasons(self) -> dict[str, str]:
         return {name: d.reason for name, d in self.replicas.items()}
+
+
+def _weight(target: float) -> int:
+    """The nginx weight for a target: an integer in [1, 100] on every path,
+    the down and drained ones included (nginx keeps their weight)."""
+    return int(min(MAX_WEIGHT, max(MIN_WEIGHT, round(target))))
 
 
 def _median_of(values: list[float]) -> float | None:
@@ -192,8 +202,8 @@ def decide(snapshot: Snapshot, previous: Decision | None, settings: ControllerSp
                    and not overrides[r].drained and r not in snapshot.warming]
 
     medians = {
-        metric: _median_of([v for r in in_rotation
-                            if (v := _fresh(getattr(signals[r], metric), max_age)) is not None])
+        metric: _median_of([v for r in in_rotation if r not in snapshot.latency_blind
+                            and (v := _fresh(getattr(signals[r], metric), max_age)) is not None])
         for metric in ("ttft_p99", "e2e_p99")
     }
     pressures = {r: _pressure(signals[r], max_age) for r in snapshot.replicas}
@@ -204,17 +214,17 @@ def decide(snapshot: Snapshot, previous: Decision | None, settings: ControllerSp
         before = previous.replicas.get(r) if previous else None
         prev_target = before.target if before else float(BASE_WEIGHT)
         if overrides[r].drained:
-            decisions[r] = ReplicaDecision(max(1, round(prev_target)), True, prev_target,
+            decisions[r] = ReplicaDecision(_weight(prev_target), True, prev_target,
                                            "drained by admin")
             continue
         if not health[r].healthy:
             decisions[r] = ReplicaDecision(
-                max(1, round(prev_target)), True, prev_target,
+                _weight(prev_target), True, prev_target,
                 f"out: {health[r].consecutive_failures} failed health probes in a row")
             continue
         if r in snapshot.warming:
             decisions[r] = ReplicaDecision(
-                max(1, round(prev_target)), True, prev_target,
+                _weight(prev_target), True, prev_target,
                 "warming up: healthy, taking its warm-up burst before it joins")
             continue
 
@@ -222,7 +232,11 @@ def decide(snapshot: Snapshot, previous: Decision | None, settings: ControllerSp
         factor = 1.0
         have_data = False
         ratios = []
+        if r in snapshot.latency_blind:
+            terms.append("latency not read: its warm-up is inside the latency window")
         for metric, label in (("ttft_p99", "p99 TTFT"), ("e2e_p99", "p99 E2E")):
+            if r in snapshot.latency_blind:
+                break
             value, median = _fresh(getattr(signals[r], metric), max_age), medians[metric]
             if value is not None and median is not None and median > 0 and len(in_rotation) > 1:
                 ratios.append(value / median)
@@ -243,7 +257,11 @@ def decide(snapshot: Snapshot, previous: Decision | None, settings: ControllerSp
 
         if have_data:
             raw = MIN_WEIGHT if outlier else BASE_WEIGHT * factor
-            target = prev_target + settings.smoothing * (raw - prev_target)
+            # Bounded like the weight, so a target cannot wind up past what
+            # nginx can be given and then lag on its way back.
+            target = min(float(MAX_WEIGHT), max(float(MIN_WEIGHT),
+                                                prev_target + settings.smoothing
+                                                * (raw - prev_target)))
             reason = ", ".join(terms) + f"; target {target:.1f}"
         else:
             target = prev_target
@@ -261,7 +279,7 @@ def decide(snapshot: Snapshot, previous: Decision | None, settings: ControllerSp
             assert override.pinned_weight is not None
             effective = override.pinned_weight
             reason = f"pinned by admin to {override.pinned_weight}"
-        weight = int(min(MAX_WEIGHT, max(MIN_WEIGHT, round(effective))))
+        weight = _weight(effective)
         decisions[r] = ReplicaDecision(weight, False, target, reason)
 
     if snapshot.replicas and all(d.down for d in decisions.values()):

@@ -87,7 +87,8 @@ class Controller:
     def __init__(self, members: Sequence[Member], settings: ControllerSpec,
                  actuator: Actuator, prometheus: PrometheusClient | None,
                  overrides_file: Path | None = None, warmup: WarmupPlan | None = None,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 latency_memory_s: float = 0.0) -> None:
         self.members = list(members)
         self.names = tuple(m.name for m in members)
         self.urls = {m.name: m.url for m in members}
@@ -101,6 +102,10 @@ class Controller:
         self.warmup = warmup
         self.warmed: set[str] = set()
         self.warming: dict[str, asyncio.Task[None]] = {}
+        # How long a warm-up stays in the latency signals (the query window
+        # plus a scrape), and when each replica's last one ended.
+        self.latency_memory_s = latency_memory_s
+        self.warmed_at: dict[str, float] = {}
         self._warmup_client = (httpx.AsyncClient(timeout=warmup.timeout_s, transport=transport)
                                if warmup else None)
         # Admin overrides outlive a controller restart: a drained replica
@@ -137,7 +142,9 @@ class Controller:
         signals = {name: _aged(s, extra) for name, s in self.signals.items()}
         return Snapshot(now=now, replicas=self.names, signals=signals,
                         health={n: s.health for n, s in self.prober.states.items()},
-                        overrides=dict(self.overrides), warming=frozenset(self.warming))
+                        overrides=dict(self.overrides), warming=frozenset(self.warming),
+                        latency_blind=frozenset(n for n, at in self.warmed_at.items()
+                                                if now - at < self.latency_memory_s))
 
     # --- warm-up -------------------------------------------------------------
     def track_warmups(self) -> None:
@@ -166,6 +173,7 @@ class Controller:
         self.metrics.warmup_seconds.labels(replica=name).set(result.seconds)
         self.metrics.warming.labels(replica=name).set(0)
         self.warmed.add(name)
+        self.warmed_at[name] = time.time()
         self.warming.pop(name, None)
         self.flipped.set()
 

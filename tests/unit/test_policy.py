@@ -176,3 +176,29 @@ def test_hysteresis(applied: Decision | None, desired: Decision, last: float | N
     decision, reason = should_apply(applied, desired, last, ControllerSpec())
     assert decision is apply
     assert why in reason
+
+
+def test_weights_and_targets_stay_in_nginx_range_on_every_path() -> None:
+    # A replica far faster than the median aims high: its target stops at 100,
+    # and the weight written while it is down or drained is a valid one too
+    # (a target of 195 once crashed the controller when its replica was killed).
+    signals = {r: fast(e2e=4.0) for r in R} | {"replica-1": fast(e2e=1.0)}
+    fastest = decide(snap(signals), None, SETTINGS)
+    assert fastest.replicas["replica-1"].target <= 100
+    wound_up = Decision(at=NOW, replicas={r: ReplicaDecision(100, False, 195.0, "") for r in R})
+    down = decide(snap(health={"replica-1": Health(healthy=False, consecutive_failures=2)},
+                       overrides={"replica-2": Override(drained=True)}), wound_up, SETTINGS)
+    assert down.replicas["replica-1"].down and down.replicas["replica-1"].weight == 100
+    assert down.replicas["replica-2"].down and down.replicas["replica-2"].weight == 100
+    assert all(1 <= w <= 100 for w in down.weights().values())
+
+
+def test_a_replica_whose_warmup_is_in_the_window_is_not_judged_by_latency() -> None:
+    # Its warm-up burst paid the kernels' compile: a P99 of seconds that is not its speed.
+    signals = {r: fast() for r in R} | {"replica-3": fast(ttft=8.0, e2e=9.0)}
+    blind = Snapshot(now=NOW, replicas=R, signals=signals, latency_blind=frozenset({"replica-3"}))
+    decision = decide(blind, None, SETTINGS)
+    assert set(decision.weights().values()) == {50}
+    assert "warm-up is inside the latency window" in decision.replicas["replica-3"].reason
+    seen = decide(snap(signals), None, SETTINGS)
+    assert seen.weights()["replica-3"] == 1  # the same numbers read as an outlier

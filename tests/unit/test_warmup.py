@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import time
 from typing import Any
 
 import httpx
+import pytest
 
 from router.controller.actuator import ApplyResult
 from router.controller.policy import Decision, Health, Snapshot, decide
@@ -140,3 +144,49 @@ def test_a_burst_that_outlives_its_timeout_is_abandoned_and_reported() -> None:
 def test_health_defaults_mean_healthy_but_never_probed() -> None:
     # What track_warmups relies on: no warm-up before a replica has answered once.
     assert Health().healthy and Health().last_success is None
+
+
+def test_latency_is_not_read_while_a_warmup_is_inside_the_window() -> None:
+    async def scenario() -> None:
+        replicas = Replicas()
+        replicas.release.set()
+        controller, _ = _controller(replicas, PLAN)
+        controller.latency_memory_s = 65.0
+        await controller.prober.probe_all()
+        await controller.evaluate("start")
+        while controller.warming:
+            await asyncio.sleep(0.01)
+        now = time.time()
+        assert controller.snapshot(now).latency_blind == {"a", "b"}
+        assert controller.snapshot(now + 66).latency_blind == frozenset()
+        await controller.prober.close()
+        assert controller._warmup_client is not None
+        await controller._warmup_client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_control_loop_that_raised_ends_the_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    from router.controller import api
+
+    killed: list[tuple[int, int]] = []
+    monkeypatch.setattr(api.os, "kill", lambda pid, sig: killed.append((pid, sig)))
+
+    async def scenario() -> None:
+        async def broken() -> None:
+            raise RuntimeError("a bug in the loop")
+
+        async def cancelled() -> None:
+            await asyncio.sleep(60)
+
+        died = asyncio.create_task(broken())
+        await asyncio.gather(died, return_exceptions=True)
+        api._exit_if_loop_died(died)
+        stopped = asyncio.create_task(cancelled())
+        await asyncio.sleep(0)
+        stopped.cancel()
+        await asyncio.gather(stopped, return_exceptions=True)
+        api._exit_if_loop_died(stopped)
+
+    asyncio.run(scenario())
+    assert killed == [(os.getpid(), signal.SIGTERM)]
