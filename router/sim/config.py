@@ -6,7 +6,9 @@ defaults plus per-replica overrides) and the options of `fleet sim serve`.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # What the simulator reports as its vLLM version: the one its metrics and
 # response shapes were copied from.
@@ -28,6 +30,22 @@ class SimFaults(BaseModel):
     hang: bool = False
 
 
+# Latency-model constants fitted to a real GPU replica, by name. Each names
+# the report whose runs it was fitted to and that says how close it comes.
+PROFILES: dict[str, dict[str, Any]] = {
+    # vLLM 0.26.0 on one H200, Qwen2.5-7B-Instruct-AWQ's architecture
+    # (docs/benchmarks/gpu-h200): ITL 3.7 ms alone and 16 ms at 256 streams.
+    "h200-qwen2.5-7b-awq": {
+        "decode_step_s": 0.0030,
+        "decode_s_per_seq": 0.000035,
+        "prefill_s_per_token": 0.000014,
+        "max_num_seqs": 256,
+        "kv_capacity_tokens": 986_592,
+        "max_model_len": 8192,
+    },
+}
+
+
 class SimSettings(BaseModel):
     """One simulated replica: capacity, speed and the latency model's constants."""
 
@@ -45,3 +63,16 @@ class SimSettings(BaseModel):
     prefill_s_per_token: float = Field(default=0.00002, ge=0.0)
     seed: int = 0
     faults: SimFaults = SimFaults()
+    # A name from PROFILES: its constants fill every field not given here.
+    profile: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_profile(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("profile") is None:
+            return data
+        constants = PROFILES.get(data["profile"])
+        if constants is None:
+            raise ValueError(f"profile {data['profile']!r} is unknown; profiles are: "
+                             + ", ".join(sorted(PROFILES)))
+        return {**constants, **data}

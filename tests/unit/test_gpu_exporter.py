@@ -201,3 +201,13 @@ def test_real_capture_has_the_families_the_exporter_writes_today() -> None:
     # ECC is not supported by the fake consumer card; the H200 reports it.
     assert set(families(fake.text)) <= set(real)
     assert {k: v for k, v in real.items() if k in families(fake.text)} == families(fake.text)
+
+
+def test_real_capture_of_two_replicas_sharing_one_busy_gpu() -> None:
+    """Captured on one H200 by docs/benchmarks/gpu-h200/qualify.sh while two vLLM
+    replicas pinned to it (gpu.replicas_per_gpu: 2) served 256 streams."""
+    capture = FIXTURES / "two-replicas-one-gpu-loaded.metrics"
+    assert _utilisation(capture) == {"replica-0,replica-1": 100.0}
+    memory = [s.value for family in text_string_to_metric_families(capture.read_text())
+              for s in family.samples if s.name == "fleet_gpu_memory_used_bytes"]
+    assert len(memory) == 1 and memory[0] > 100 * 2**30  # both replicas' memory, one series

@@ -161,3 +161,18 @@ def test_engine_death_fails_everything_in_flight() -> None:
             engine.submit("late", 1, 1, ignore_eos=True, stream=False)
 
     asyncio.run(run())
+
+
+def test_a_profile_fills_the_latency_model_and_explicit_values_win() -> None:
+    from pydantic import ValidationError
+
+    from router.sim.config import PROFILES, SimSettings
+
+    profiled = SimSettings(profile="h200-qwen2.5-7b-awq")
+    for key, value in PROFILES["h200-qwen2.5-7b-awq"].items():
+        assert getattr(profiled, key) == value
+    assert SimSettings(profile="h200-qwen2.5-7b-awq", speed=0.5, max_num_seqs=64).max_num_seqs == 64
+    # What `fleet up` passes to each simulated replica survives the trip.
+    assert SimSettings.model_validate_json(profiled.model_dump_json()) == profiled
+    with pytest.raises(ValidationError, match="profiles are: h200-qwen2.5-7b-awq"):
+        SimSettings(profile="a100")

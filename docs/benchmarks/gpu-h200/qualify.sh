@@ -10,6 +10,7 @@
 #   bash docs/benchmarks/gpu-h200/qualify.sh gateway   # client checks, first burst, bench
 #   bash docs/benchmarks/gpu-h200/qualify.sh direct    # bench one replica direct
 #   bash docs/benchmarks/gpu-h200/qualify.sh drill     # fleet drill kill replica-1
+#   REPLICAS_PER_GPU=1 ... up, then compare              # gateway vs direct, one replica
 #   bash docs/benchmarks/gpu-h200/qualify.sh down      # stop, pack results
 #   bash docs/benchmarks/gpu-h200/qualify.sh pack      # pack what exists so far
 #
@@ -50,7 +51,7 @@ up() {
 engine: gpu
 replicas: auto
 gpu:
-  replicas_per_gpu: 2
+  replicas_per_gpu: ${REPLICAS_PER_GPU:-2}
 model:
   load_format: dummy
 vllm:
@@ -108,6 +109,25 @@ direct() {
   log "direct benches done"
 }
 
+compare() {  # the gateway against replica-0 direct, alternating, each run with its own
+             # prompts (seed) so neither finds the other's prompts in the prefix cache
+  env_up
+  local url model replica
+  url=$(state "s['gateway_url']")
+  model=$(state "s['served_model_name']")
+  replica=$(state "s['replicas'][0]['url']")
+  for c in $levels; do
+    for target in gateway direct; do
+      local where=$url seed=$((c * 2))
+      [ $target = direct ] && where=$replica && seed=$((c * 2 + 1))
+      fleet bench run --url "$where" --model "$model" --concurrency "$c" --seed "$seed" \
+        --duration "$duration" --prompt-words 100 --output-tokens 256 \
+        --out "$work/bench/cmp-$target-c$c" 2>&1 | tail -n 1
+    done
+  done
+  log "comparison done"
+}
+
 drill() {
   env_up
   fleet drill kill replica-1 --spec "$spec" --load 20 --before 10 --after 15 \
@@ -130,6 +150,6 @@ pack() {  # what exists so far, into $OUT/results.tgz (safe to run after any pha
   log "packed $(du -h "$out/results.tgz" | cut -f1) into $out/results.tgz"
 }
 
-phase=${1:?give a phase: install PARTS | up | gateway | direct | drill | down | pack}
+phase=${1:?give a phase: install PARTS | up | gateway | direct | compare | drill | down | pack}
 shift
 "$phase" "$@"
