@@ -31,7 +31,7 @@ GATEWAY_SPEC = Path("deploy") / "compose" / "gateway.yaml"
 REPLICA_PORT = 8000
 CONTAINER_RUNTIME_DIR = "/var/lib/llm-fleet"
 # Spec sections that mean nothing to a gateway whose replicas are containers.
-_REPLICA_ONLY = ("engine", "replicas", "vllm", "ports", "sim", "compose", "runtime_dir",
+_REPLICA_ONLY = ("engine", "replicas", "vllm", "gpu", "ports", "sim", "compose", "runtime_dir",
                  "external_replicas", "startup_timeout_s")
 
 
@@ -89,6 +89,12 @@ def gateway_spec(spec: ClusterSpec, replicas: list[ComposeReplica]) -> dict[str,
 def render_compose(spec: ClusterSpec, gpus: int, out_dir: Path) -> RenderedCompose:
     if gpus < 1:
         raise SpecError(f"--gpus {gpus}: need at least one GPU", hint="e.g. --gpus 4")
+    if spec.gpu.replicas_per_gpu != 1:
+        # Each replica service reserves its GPU by device id.
+        raise SpecError(f"gpu.replicas_per_gpu: {spec.gpu.replicas_per_gpu}, but the compose "
+                        "deployment runs one replica container per GPU",
+                        hint="set gpu.replicas_per_gpu: 1 for compose, or run the box with "
+                             "`fleet up`")
     gateway_ip, replicas = addresses(spec, gpus)
     settings = resolve_engine_settings(spec, "gpu")
     # The model id, not a local path: vLLM finds it in the mounted HF cache.

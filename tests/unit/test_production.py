@@ -210,3 +210,12 @@ def test_render_cli_errors_are_one_line_with_a_hint(args: tuple[str, ...], messa
     lines = result.stderr.strip().splitlines()
     assert lines[0].startswith("error: ") and message in lines[0], result.stderr
     assert lines[1].startswith("hint: ")
+
+
+def test_compose_refuses_several_replicas_per_gpu(tmp_path: Path) -> None:
+    from router.errors import SpecError
+
+    spec = parse_spec({"gpu": {"replicas_per_gpu": 2}})
+    with pytest.raises(SpecError, match="one replica container per GPU") as caught:
+        compose.render_compose(spec, 2, tmp_path)
+    assert "fleet up" in caught.value.hint
