@@ -9,6 +9,7 @@ pure, so every verdict is unit-tested with a fake NVML and no GPU.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 import subprocess
@@ -26,6 +27,8 @@ from router.devices import Inventory, _import_pynvml, discover
 from router.errors import FleetError
 from router.plan import build_plan, choose_engine, memory_share
 from router.spec import ClusterSpec, resolve_engine_settings
+
+log = logging.getLogger(__name__)
 
 GiB = 1 << 30
 # The oldest driver of each CUDA major release (NVIDIA's CUDA release notes).
@@ -243,8 +246,9 @@ def _nvml_driver(load_nvml: Callable[[], ModuleType]) -> tuple[str | None, tuple
     finally:
         try:
             nvml.nvmlShutdown()
-        except Exception:  # noqa: S110 - nothing to do about a failed shutdown
-            pass
+        except Exception as exc:
+            # The readings are taken; a failed shutdown changes none of them.
+            log.debug("nvmlShutdown failed: %s", exc)
 
 
 def _torch_cuda(torch_version: str | None) -> tuple[int, int] | None:
