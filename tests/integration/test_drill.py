@@ -30,9 +30,11 @@ def sim_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     # its weights, so a kill keeps it away long enough to be seen.
     sim = {"defaults": {"decode_step_s": 0.005},
            "replicas": [{}, {"faults": {"startup_delay_s": 3}}, {}]}
-    spec.write_text(yaml.safe_dump(sim_fleet_spec(
-        tmp / "rt", 3, sim, gateway={"worker_processes": 1},
-        prometheus={"scrape_interval_s": 1})))
+    data = sim_fleet_spec(tmp / "rt", 3, sim, gateway={"worker_processes": 1},
+                          prometheus={"scrape_interval_s": 1})
+    # Warm-up on, as on GPU fleets: every start and restart gets a small burst.
+    data["controller"]["warmup"] = {"enabled": True, "requests": 4, "max_tokens": 4}
+    spec.write_text(yaml.safe_dump(data))
     try:
         up = fleet("up", "--spec", str(spec))
         assert up.returncode == 0, up.stderr
@@ -47,6 +49,16 @@ def _drill(spec: Path, out: Path, *args: str) -> dict[str, Any]:
     assert {p.name for p in out.iterdir()} == {"result.json", "README.md", "timeline.png"}
     result: dict[str, Any] = json.loads((out / "result.json").read_text())
     return result
+
+
+def test_a_killed_replica_is_warmed_before_it_rejoins(sim_fleet: Path, tmp_path: Path) -> None:
+    _drill(sim_fleet, tmp_path, "kill", "replica-1")
+    log = (sim_fleet.parent / "rt" / "logs" / "controller.log").read_text().splitlines()
+    warmed = [i for i, line in enumerate(log) if "warm-up done replica=replica-1" in line]
+    back = [i for i, line in enumerate(log) if "back: replica-1" in line]
+    assert len(warmed) >= 2, "warmed at `fleet up` and again after the kill"
+    assert "4 of 4 requests answered" in log[warmed[-1]]
+    assert back and warmed[-1] < back[-1], "it rejoined before its warm-up was done"
 
 
 @pytest.mark.parametrize("fault", ["kill", "restart"])
