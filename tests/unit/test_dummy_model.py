@@ -77,3 +77,29 @@ def test_merges_rebuild_tiktoken_ranks_in_rank_order() -> None:
     assert ranks == {b"a": 0, b"b": 1, b"c": 2, b"ab": 3, b"bc": 4, b"abc": 5}
     # "abc" splits into known tokens two ways: both are listed, at its rank.
     assert bpe_merges(ranks) == [(b"a", b"b"), (b"b", b"c"), (b"a", b"bc"), (b"ab", b"c")]
+
+
+def test_other_models_take_only_config_and_tokenizer_files_from_the_hub(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+
+    asked: dict[str, object] = {}
+    snapshot = tmp_path / "snapshot"
+    snapshot.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json",
+                 "model.safetensors.index.json"):
+        (snapshot / name).write_text("{}")
+
+    def fake_snapshot_download(model_id: str, allow_patterns: list[str]) -> str:
+        asked.update(model_id=model_id, allow_patterns=allow_patterns)
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    folder = model_store.prepare("org/other-model", tmp_path / "cache", dummy=True)
+    assert asked["model_id"] == "org/other-model"
+    assert not any("safetensors" in p or p.endswith(".bin")
+                   for p in asked["allow_patterns"])  # type: ignore[union-attr]
+    assert folder == tmp_path / "cache" / "dummy" / "org--other-model"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "config.json", "llm-fleet-manifest.json", "tokenizer.json", "tokenizer_config.json"]
+    assert model_store.resolve("org/other-model", tmp_path / "cache", dummy=True) == str(folder)
