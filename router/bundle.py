@@ -182,7 +182,8 @@ def run_command(argv: Sequence[str], cwd: Path) -> None:
     proc = subprocess.run(list(argv), cwd=cwd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         last = (proc.stderr or proc.stdout).strip().splitlines()
-        raise BundleError(f"{argv[0]} {argv[1] if len(argv) > 1 else ''} failed: "
+        what = "pip download" if "pip" in argv else " ".join(argv[:2])
+        raise BundleError(f"{what} failed: "
                           f"{last[-1] if last else 'exit ' + str(proc.returncode)}",
                           hint="check that this machine reaches PyPI and Debian's archive "
                                "(apt-get update), then run fleet bundle again")

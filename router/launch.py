@@ -35,12 +35,11 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from types import FrameType
 from typing import IO
 
+from router.health import probe
 from router.procs import cmdline, group_members
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
@@ -75,14 +74,6 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-
-
-def ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as answer:
-            return bool(answer.status == 200)
-    except (OSError, urllib.error.URLError):
-        return False
 
 
 def acquire(lock_file: Path) -> IO[bytes]:
@@ -134,7 +125,7 @@ def run(state: Path, command: list[str], stop_grace_s: float = STOP_GRACE_S,
         except subprocess.TimeoutExpired:
             if lock is not None and ready_url and time.monotonic() >= next_ready_check:
                 next_ready_check = time.monotonic() + 1.0
-                if ready(ready_url):
+                if probe(ready_url, timeout_s=2.0).ok:
                     lock.close()  # the next replica of this GPU may start
                     lock = None
             if kill_at and time.monotonic() > kill_at[0]:
