@@ -77,10 +77,17 @@ def signal_reload(paths: RuntimePaths) -> None:
     os.kill(pid, signal.SIGHUP)
 
 
+# Reads in a row that must answer the new version: right after a reload an
+# old worker can still answer one connection with the old file's version.
+LIVE_READS = 3
+
+
 def _wait_live(url: str, version: str) -> bool:
     deadline = time.monotonic() + VERIFY_TIMEOUT_S
+    seen = 0
     while time.monotonic() < deadline:
-        if live_version(url) == version:
+        seen = seen + 1 if live_version(url) == version else 0
+        if seen >= LIVE_READS:
             return True
         time.sleep(0.05)
     return False
