@@ -79,6 +79,10 @@ class NginxReloadFailed(FleetError):
     exit_code = 5
 
 
+class NginxTestFailed(NginxReloadFailed):
+    """`nginx -t` rejected a new configuration file; it was never loaded."""
+
+
 class ClusterError(FleetError):
     """The cluster could not be started, reached or stopped."""
 

@@ -19,7 +19,6 @@ with ``fleet_gpu_present 0``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import threading
@@ -33,6 +32,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from router.errors import ClusterError
+from router.runtime.state import ClusterState
 
 log = logging.getLogger(__name__)
 
@@ -108,14 +110,14 @@ def replica_map(state_file: Path | None) -> dict[str, str]:
     if state_file is None:
         return {}
     try:
-        state = json.loads(state_file.read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError) as exc:
-        log.debug("no replica map from %s: %s", state_file, exc)
+        state = ClusterState.read(state_file)
+    except ClusterError as exc:
+        log.debug("no replica map from %s: %s", state_file, exc.message)
         return {}
     names: dict[str, list[str]] = {}
-    for replica in state.get("replicas", []):
-        if replica.get("gpu_uuid"):
-            names.setdefault(replica["gpu_uuid"], []).append(replica["name"])
+    for replica in state.replicas if state else ():
+        if replica.gpu_uuid:
+            names.setdefault(replica.gpu_uuid, []).append(replica.name)
     return {uuid: ",".join(pinned) for uuid, pinned in names.items()}
 
 

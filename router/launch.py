@@ -39,8 +39,8 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
-from router.health import probe
-from router.procs import cmdline, group_members
+from router.runtime.health import probe
+from router.runtime.procs import cmdline, group_members
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 # Below supervisord's stopwaitsecs for replicas (30 s), so a stop it asks for

@@ -29,11 +29,12 @@ from typing import Any
 import httpx
 
 from router.bench import load, stats
+from router.config.spec import ClusterSpec
 from router.errors import ClusterError, SpecError
-from router.procs import descendants
-from router.runtime import RuntimePaths, read_state
-from router.spec import ClusterSpec
-from router.supervise import Supervisor
+from router.runtime.paths import RuntimePaths
+from router.runtime.procs import descendants
+from router.runtime.state import ClusterState
+from router.runtime.supervise import Supervisor
 
 FAULTS = ("kill", "hang", "slow", "restart")
 SIGNAL_FAULTS = ("kill", "restart", "hang")
@@ -290,20 +291,20 @@ def _delta(later: float | None, earlier: float | None) -> float | None:
 def run_drill(spec: ClusterSpec, plan: DrillPlan, key: str | None,
               progress: Progress) -> DrillResult:
     paths = RuntimePaths(spec.runtime_dir)
-    state = read_state(paths)
+    state = ClusterState.load(paths)
     if state is None or not Supervisor(paths).is_running():
         raise ClusterError("no cluster is running", hint="start one with `fleet up`, then drill")
-    replicas = {r["name"]: r["url"] for r in state["replicas"]}
-    engine = str(state["engine"])
+    replicas = {r.name: r.url for r in state.replicas}
+    engine = state.engine
     check_plan(plan, engine, list(replicas))
-    if state.get("controller_url") is None:
+    if state.controller_url is None:
         raise SpecError("a drill watches the controller's view of the fleet; this cluster runs "
                         "without it", hint="set controller.enabled: true")
     injector = _Injector(paths, plan.replica, replicas[plan.replica], engine)
-    progress(f"{plan.rate:g} requests/s through {state['gateway_url']} for {plan.before_s:g}s, "
+    progress(f"{plan.rate:g} requests/s through {state.gateway_url} for {plan.before_s:g}s, "
              f"then {plan.fault} {plan.replica}")
-    run, seen = asyncio.run(_drill(plan, state["gateway_url"], replicas[plan.replica], key,
-                                   injector, state.get("served_model_name"), progress))
+    run, seen = asyncio.run(_drill(plan, state.gateway_url, replicas[plan.replica], key,
+                                   injector, state.served_model_name, progress))
     summary = stats.summarize(run.records, run.duration_s, stats.Slo())
     windows = _windows(run.records, seen)
     not_started = sum(windows[w][p] for w in windows

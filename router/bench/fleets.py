@@ -23,10 +23,10 @@ from typing import Any
 import requests
 import yaml
 
-from router import cluster
+from router.config.spec import ClusterSpec, load_spec
 from router.errors import ClusterError
-from router.ports import free_port, free_port_block
-from router.spec import ClusterSpec, load_spec
+from router.runtime import cluster
+from router.runtime.ports import free_port, free_port_block
 
 Progress = Callable[[str], None]
 

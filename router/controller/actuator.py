@@ -1,6 +1,6 @@
 """Applying a decision to nginx, safely.
 
-Only the upstream file changes, through router.gateway_reload: render the
+Only the upstream file changes, through router.runtime.gateway: render the
 new upstream.conf (jinja2, nginx/upstream.conf.j2), write it, `nginx -t`,
 SIGHUP, and verify that the status port's /fleet/config-version answers the
 new version; any failure restores the previous file. Failures are raised as
@@ -14,11 +14,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from router.config.spec import GatewaySpec
 from router.controller.policy import Decision
-from router.gateway_reload import apply_gateway_file, live_version, status_url
-from router.render import RenderedUpstream, UpstreamMember, render_upstream
-from router.runtime import RuntimePaths
-from router.spec import GatewaySpec
+from router.render.upstream import RenderedUpstream, render_upstream
+from router.runtime.gateway import apply_gateway_file, live_version, status_url
+from router.runtime.paths import RuntimePaths
+from router.upstream import UpstreamMember
 
 Renderer = Callable[[Decision, str], RenderedUpstream]
 

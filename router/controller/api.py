@@ -19,7 +19,6 @@ import hmac
 import logging
 import os
 import signal
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -29,12 +28,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
+from router.controller.policy import DEFAULT_PIN_TTL_S
 from router.controller.public import public_status
 from router.controller.service import Controller
+from router.upstream import MAX_WEIGHT, MIN_WEIGHT
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PIN_TTL_S = 600.0
 
 
 class PinRequest(BaseModel):
@@ -42,7 +42,8 @@ class PinRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    weight: int | None = Field(ge=1, le=100, description="nginx weight, 1-100; null unpins")
+    weight: int | None = Field(ge=MIN_WEIGHT, le=MAX_WEIGHT,
+                              description=f"nginx weight, {MIN_WEIGHT}-{MAX_WEIGHT}; null unpins")
     ttl_s: float = Field(default=DEFAULT_PIN_TTL_S, gt=0, le=7 * 86400,
                          description="seconds until the pin expires")
 
@@ -116,7 +117,7 @@ def create_app(controller: Controller, token: str, run_loop: bool = True,
 
     @app.post("/replicas/{name}/weight", dependencies=guarded)
     async def pin(name: str, body: PinRequest) -> dict[str, Any]:
-        expires = None if body.weight is None else time.time() + body.ttl_s
+        expires = None if body.weight is None else controller.clock() + body.ttl_s
         record = await controller.set_override(replica(name), pinned_weight=body.weight,
                                                pin_expires_at=expires)
         return {"replica": name, "pinned_weight": body.weight, "pin_expires_at": expires,

@@ -3,24 +3,24 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import uvicorn
 
+from router.config.plan import WarmupPlan
+from router.config.spec import ClusterSpec
 from router.controller.actuator import Actuator
 from router.controller.api import create_app
 from router.controller.service import Controller, Member
 from router.controller.signals import PrometheusClient
 from router.errors import ClusterError
-from router.plan import WarmupPlan
-from router.runtime import RuntimePaths, read_admin_token, read_state
-from router.spec import ClusterSpec
+from router.runtime.paths import RuntimePaths, read_admin_token
+from router.runtime.state import ClusterState
 
 log = logging.getLogger(__name__)
 
 
-def _state(paths: RuntimePaths) -> dict[str, Any]:
-    state = read_state(paths)
+def _state(paths: RuntimePaths) -> ClusterState:
+    state = ClusterState.load(paths)
     if state is None:
         raise ClusterError(f"no state.json in {paths.root}",
                            hint="the controller runs inside a cluster started by `fleet up`")
@@ -28,12 +28,11 @@ def _state(paths: RuntimePaths) -> dict[str, Any]:
 
 
 def members_from_state(paths: RuntimePaths) -> list[Member]:
-    return [Member(r["name"], r["device"], r["url"]) for r in _state(paths)["replicas"]]
+    return [Member(r.name, r.device, r.url) for r in _state(paths).replicas]
 
 
 def warmup_from_state(paths: RuntimePaths) -> WarmupPlan | None:
-    raw = _state(paths).get("warmup")
-    return WarmupPlan(**raw) if raw else None
+    return _state(paths).warmup
 
 
 def run(spec: ClusterSpec) -> None:

@@ -61,10 +61,11 @@ import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from router.render import BASE_WEIGHT
-from router.spec import ControllerSpec
+from router.config.spec import ControllerSpec
+from router.upstream import BASE_WEIGHT, MAX_WEIGHT, MIN_WEIGHT, clamp_weight
 
-MIN_WEIGHT, MAX_WEIGHT = 1, 100
+# How long an admin's pin lasts when no duration is given.
+DEFAULT_PIN_TTL_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,8 @@ class ReplicaDecision:
     down: bool
     target: float  # the smoothed, unrounded target: the next decision starts here
     reason: str
+    # The weight is an admin's pin, not the policy's.
+    pinned: bool = False
 
 
 @dataclass(frozen=True)
@@ -153,12 +156,6 @@ class Decision:
 
     def reasons(self) -> dict[str, str]:
         return {name: d.reason for name, d in self.replicas.items()}
-
-
-def _weight(target: float) -> int:
-    """The nginx weight for a target: an integer in [1, 100] on every path,
-    the down and drained ones included (nginx keeps their weight)."""
-    return int(min(MAX_WEIGHT, max(MIN_WEIGHT, round(target))))
 
 
 def _median_of(values: list[float]) -> float | None:
@@ -214,17 +211,17 @@ def decide(snapshot: Snapshot, previous: Decision | None, settings: ControllerSp
         before = previous.replicas.get(r) if previous else None
         prev_target = before.target if before else float(BASE_WEIGHT)
         if overrides[r].drained:
-            decisions[r] = ReplicaDecision(_weight(prev_target), True, prev_target,
+            decisions[r] = ReplicaDecision(clamp_weight(prev_target), True, prev_target,
                                            "drained by admin")
             continue
         if not health[r].healthy:
             decisions[r] = ReplicaDecision(
-                _weight(prev_target), True, prev_target,
+                clamp_weight(prev_target), True, prev_target,
                 f"out: {health[r].consecutive_failures} failed health probes in a row")
             continue
         if r in snapshot.warming:
             decisions[r] = ReplicaDecision(
-                _weight(prev_target), True, prev_target,
+                clamp_weight(prev_target), True, prev_target,
                 "warming up: healthy, taking its warm-up burst before it joins")
             continue
 
@@ -275,12 +272,13 @@ def decide(snapshot: Snapshot, previous: Decision | None, settings: ControllerSp
                 effective = max(MIN_WEIGHT, target * max(ramp, 0.0))
                 reason += f"; slow start {ramp:.0%}"
         override = overrides[r]
-        if override.pin_active(now):
+        pinned = override.pin_active(now)
+        if pinned:
             assert override.pinned_weight is not None
             effective = override.pinned_weight
             reason = f"pinned by admin to {override.pinned_weight}"
-        weight = _weight(effective)
-        decisions[r] = ReplicaDecision(weight, False, target, reason)
+        weight = clamp_weight(effective)
+        decisions[r] = ReplicaDecision(weight, False, target, reason, pinned)
 
     if snapshot.replicas and all(d.down for d in decisions.values()):
         candidates = [r for r in snapshot.replicas if not overrides[r].drained] or list(
@@ -291,7 +289,7 @@ def decide(snapshot: Snapshot, previous: Decision | None, settings: ControllerSp
         decisions[least_bad] = ReplicaDecision(
             kept.weight, False, kept.target,
             "fail open: every replica is out, so the least bad one stays in rotation "
-            f"({kept.reason})")
+            f"({kept.reason})", kept.pinned)
     return Decision(at=now, replicas=decisions)
 
 
@@ -314,8 +312,7 @@ def should_apply(applied: Decision | None, desired: Decision, last_weight_reload
             [f"back: {', '.join(came)}"] if came else [])
         return True, "rotation change (" + "; ".join(parts) + ")"
     pinned_changes = [r for r, d in desired.replicas.items()
-                      if d.reason.startswith("pinned") != applied.replicas.get(
-                          r, d).reason.startswith("pinned")]
+                      if d.pinned != applied.replicas.get(r, d).pinned]
     if pinned_changes:
         return True, f"admin pin changed for {', '.join(sorted(pinned_changes))}"
     moved = []

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 import httpx
 
+from router.config.spec import ControllerSpec
 from router.controller.policy import Health
-from router.spec import ControllerSpec
 
 
 @dataclass(frozen=True)
@@ -63,12 +63,14 @@ class Prober:
     """Probes every replica concurrently, forever, and reports flips."""
 
     def __init__(self, urls: Mapping[str, str], settings: ControllerSpec,
-                 on_flip: asyncio.Event, transport: httpx.AsyncBaseTransport | None = None
-                 ) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.urls = dict(urls)
         self.settings = settings
         self.states = {name: ProbeState() for name in urls}
-        self._flipped = on_flip
+        # Set when some replica's health flips; the controller decides at once.
+        self.flipped = asyncio.Event()
+        self._clock = clock
         self._client = httpx.AsyncClient(timeout=settings.probe_timeout_s, transport=transport)
 
     async def close(self) -> None:
@@ -85,10 +87,10 @@ class Prober:
             ok, error = False, f"no answer within {self.settings.probe_timeout_s:g}s"
         except httpx.HTTPError as exc:
             ok, error = False, type(exc).__name__
-        self.states[name], flipped = observe(self.states[name], ok, error, time.time(),
+        self.states[name], flipped = observe(self.states[name], ok, error, self._clock(),
                                              self.settings)
         if flipped:
-            self._flipped.set()
+            self.flipped.set()
 
     async def probe_all(self) -> None:
         await asyncio.gather(*(self._probe(name) for name in self.urls))

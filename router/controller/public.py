@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from router.dashboards import DASHBOARDS
+from router.render.dashboards import DASHBOARDS
 
 
 def _signal(replica: dict[str, Any], name: str) -> float | None:

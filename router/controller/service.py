@@ -17,14 +17,16 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
-from router.controller.actuator import Actuator
+from router.config.plan import WarmupPlan
+from router.config.spec import ControllerSpec
+from router.controller.actuator import ApplyResult
 from router.controller.metrics import ControllerMetrics
 from router.controller.policy import (
     Decision,
@@ -36,14 +38,28 @@ from router.controller.policy import (
     should_apply,
 )
 from router.controller.probes import Prober
-from router.controller.signals import PrometheusClient
 from router.controller.warmup import warm_up
-from router.errors import MetricsUnavailable, NginxReloadFailed
-from router.plan import WarmupPlan
-from router.runtime import write_atomic
-from router.spec import ControllerSpec
+from router.errors import MetricsUnavailable, NginxReloadFailed, NginxTestFailed
+from router.runtime.paths import write_atomic
 
 log = logging.getLogger(__name__)
+
+# Seconds since the epoch; decisions, probes and signal ages all read this one.
+Clock = Callable[[], float]
+
+
+class GatewayActuator(Protocol):
+    """Makes the gateway run a decision (router.controller.actuator.Actuator)."""
+
+    async def apply(self, decision: Decision, why: str) -> ApplyResult: ...
+
+
+class SignalSource(Protocol):
+    """Per-replica signals over a window (router.controller.signals.PrometheusClient)."""
+
+    async def signals(self, window: str) -> dict[str, ReplicaSignals]: ...
+
+    async def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -85,19 +101,21 @@ class Controller:
     """Owns the control loop's state; the admin API reads and edits it."""
 
     def __init__(self, members: Sequence[Member], settings: ControllerSpec,
-                 actuator: Actuator, prometheus: PrometheusClient | None,
+                 actuator: GatewayActuator, prometheus: SignalSource | None,
                  overrides_file: Path | None = None, warmup: WarmupPlan | None = None,
                  transport: httpx.AsyncBaseTransport | None = None,
-                 latency_memory_s: float = 0.0) -> None:
+                 latency_memory_s: float = 0.0, *, clock: Clock = time.time,
+                 prober: Prober | None = None, metrics: ControllerMetrics | None = None) -> None:
         self.members = list(members)
         self.names = tuple(m.name for m in members)
         self.urls = {m.name: m.url for m in members}
         self.settings = settings
         self.actuator = actuator
         self.prometheus = prometheus
-        self.metrics = ControllerMetrics()
-        self.flipped = asyncio.Event()
-        self.prober = Prober(self.urls, settings, self.flipped, transport)
+        self.clock = clock
+        self.metrics = metrics or ControllerMetrics()
+        self.prober = prober or Prober(self.urls, settings, transport, clock)
+        self.flipped = self.prober.flipped
         # Replicas warmed since they last became healthy, and bursts under way.
         self.warmup = warmup
         self.warmed: set[str] = set()
@@ -127,7 +145,7 @@ class Controller:
             return
         try:
             self.signals = await self.prometheus.signals(self.settings.latency_window)
-            self.signals_at = time.time()
+            self.signals_at = self.clock()
             self.prometheus_error = None
             self.metrics.prometheus_up.set(1)
         except MetricsUnavailable as exc:
@@ -173,7 +191,7 @@ class Controller:
         self.metrics.warmup_seconds.labels(replica=name).set(result.seconds)
         self.metrics.warming.labels(replica=name).set(0)
         self.warmed.add(name)
-        self.warmed_at[name] = time.time()
+        self.warmed_at[name] = self.clock()
         self.warming.pop(name, None)
         self.flipped.set()
 
@@ -182,7 +200,7 @@ class Controller:
         async with self._lock:
             self.track_warmups()
             started = time.monotonic()
-            now = time.time()
+            now = self.clock()
             desired = decide(self.snapshot(now), self.desired, self.settings)
             self.desired = desired
             apply, why = should_apply(self.applied, desired, self.last_weight_reload_at,
@@ -204,7 +222,7 @@ class Controller:
         try:
             result = await self.actuator.apply(desired, why)
         except NginxReloadFailed as exc:
-            kind = "nginx_test_failed" if "nginx -t" in exc.message else "reload_failed"
+            kind = "nginx_test_failed" if isinstance(exc, NginxTestFailed) else "reload_failed"
             self.metrics.reloads.labels(result=kind).inc()
             log.error("reload failed result=%s reason=%s; previous config kept", kind,
                       exc.message)
@@ -213,7 +231,7 @@ class Controller:
         self.last_weight_reload_at = desired.at
         self.applied = desired
         self.metrics.reloads.labels(result="success").inc()
-        self.metrics.last_reload.set(time.time())
+        self.metrics.last_reload.set(self.clock())
         log.info("reload applied version=%s in %.3fs why=%s weights=%s down=%s",
                  result.version, result.seconds, why, desired.weights(),
                  sorted(desired.down()) or "-")
@@ -222,7 +240,7 @@ class Controller:
     def _publish(self) -> None:
         m = self.metrics
         applied = self.applied
-        now = time.time()
+        now = self.clock()
         signals = self.snapshot(now).signals
         for name in self.names:
             if self.desired is not None:
@@ -290,7 +308,7 @@ class Controller:
                 await self.prometheus.close()
 
     def status(self) -> dict[str, Any]:
-        now = time.time()
+        now = self.clock()
         snapshot = self.snapshot(now)
         replicas = []
         for member in self.members:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from router.plan import WarmupPlan
+from router.config.plan import WarmupPlan
 
 
 @dataclass(frozen=True)

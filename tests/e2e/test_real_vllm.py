@@ -13,9 +13,9 @@ import openai
 import pytest
 import requests
 
-from router.health import port_in_use
-from router.procs import descendants, process_alive
-from router.supervise import Supervisor
+from router.runtime.health import port_in_use
+from router.runtime.procs import descendants, process_alive
+from router.runtime.supervise import Supervisor
 from tests.e2e.conftest import Cluster
 from tests.support.cli import fleet
 from tests.support.harness import wait_for

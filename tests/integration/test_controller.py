@@ -24,9 +24,9 @@ from router.controller.actuator import Actuator
 from router.controller.policy import Decision, ReplicaDecision
 from router.controller.service import Controller, Member
 from router.errors import NginxReloadFailed
-from router.render import RenderedUpstream
-from router.runtime import RuntimePaths
-from router.supervise import Supervisor
+from router.render.upstream import RenderedUpstream
+from router.runtime.paths import RuntimePaths
+from router.runtime.supervise import Supervisor
 from tests.support.backend import Backend
 from tests.support.cli import fleet
 from tests.support.client import resend_on_reset

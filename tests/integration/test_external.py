@@ -14,7 +14,7 @@ import pytest
 import requests
 import yaml
 
-from router.procs import descendants, process_alive
+from router.runtime.procs import descendants, process_alive
 from tests.support.cli import fleet
 from tests.support.harness import free_port, gateway_metrics_ports, wait_for
 from tests.support.sim import sim_replica

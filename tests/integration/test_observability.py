@@ -31,8 +31,8 @@ import pytest
 import requests
 import yaml
 
-from router import render
-from router.spec import REPO_ROOT
+from router.config.spec import REPO_ROOT
+from router.host.machine import require_binary
 from tests.support.cli import fleet
 from tests.support.client import resend_on_reset
 from tests.support.grafana import DASHBOARDS, Query, queries, substitute, variables
@@ -276,7 +276,7 @@ def test_every_gpu_panel_shows_data_from_a_real_gpu_capture(tmp_path: Path) -> N
         }))
         log = (tmp_path / "prometheus.log").open("wb")
         process = subprocess.Popen(
-            [render.prometheus_binary(), f"--config.file={config}",
+            [require_binary("prometheus"), f"--config.file={config}",
              f"--storage.tsdb.path={tmp_path / 'data'}",
              f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
         try:

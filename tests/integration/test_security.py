@@ -22,8 +22,9 @@ import pytest
 import requests
 import yaml
 
-from router.runtime import RuntimePaths, read_state
-from router.supervise import Supervisor
+from router.runtime.paths import RuntimePaths
+from router.runtime.state import ClusterState
+from router.runtime.supervise import Supervisor
 from tests.support import rawhttp
 from tests.support.cli import fleet
 from tests.support.client import resend_on_reset
@@ -281,11 +282,11 @@ def test_every_bad_request_gets_a_clear_answer_and_costs_nothing(secured: Secure
 
 def _running_on_replicas(cluster: Secured) -> float:
     """Requests the replicas themselves say they are working on."""
-    state = read_state(cluster.paths)
+    state = ClusterState.load(cluster.paths)
     assert state is not None
     total = 0.0
-    for replica in state["replicas"]:
-        text = requests.get(f"{replica['url']}/metrics", timeout=5).text
+    for replica in state.replicas:
+        text = requests.get(f"{replica.url}/metrics", timeout=5).text
         total += sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                      if line.startswith("vllm:num_requests_running"))
     return total

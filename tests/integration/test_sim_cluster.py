@@ -14,10 +14,10 @@ import pytest
 import requests
 import yaml
 
-from router.health import port_in_use
-from router.procs import descendants, process_alive
-from router.runtime import RuntimePaths
-from router.supervise import Supervisor
+from router.runtime.health import port_in_use
+from router.runtime.paths import RuntimePaths
+from router.runtime.procs import descendants, process_alive
+from router.runtime.supervise import Supervisor
 from tests.support.cli import fleet
 from tests.support.harness import free_port, free_port_block, gateway_metrics_ports, wait_for
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from router.devices import Gpu, Inventory
+from router.host.devices import Gpu, Inventory
+from router.runtime.state import ClusterState, ReplicaRecord
 
 
 def gpu_inventory(count: int, cores: int = 16) -> Inventory:
@@ -67,3 +70,16 @@ class FakeNvml:
 
     def nvmlSystemGetCudaDriverVersion(self) -> int:  # noqa: N802
         return self.cuda
+
+
+def write_state(path: Path, pinned: list[tuple[str, str | None]]) -> Path:
+    """A state.json for replicas ``(name, gpu_uuid)``, as `fleet up` writes it."""
+    replicas = tuple(ReplicaRecord(name=name, url=f"http://127.0.0.1:{8100 + i}",
+                                   device=uuid or f"cpu:{i}", gpu_uuid=uuid)
+                     for i, (name, uuid) in enumerate(pinned))
+    state = ClusterState(engine="gpu", model="m", served_model_name="m",
+                         gateway_url="http://127.0.0.1:8080",
+                         gateway_status_url="http://127.0.0.1:8081/stub_status",
+                         replicas=replicas)
+    path.write_text(json.dumps(state.to_json()))
+    return path

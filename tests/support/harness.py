@@ -15,11 +15,13 @@ from typing import Any
 
 import requests
 
-from router import render
-from router.plan import ClusterPlan, build_plan
-from router.ports import free_port, free_port_block  # noqa: F401  (re-exported for tests)
-from router.runtime import RuntimePaths
-from router.spec import parse_spec, resolve_engine_settings
+from router.config.plan import ClusterPlan, build_plan
+from router.config.spec import parse_spec, resolve_engine_settings
+from router.host.machine import detect
+from router.render.programs import gateway_program, prometheus_program
+from router.runtime.configs import write_checked
+from router.runtime.paths import RuntimePaths
+from router.runtime.ports import free_port, free_port_block  # noqa: F401  (re-exported for tests)
 from tests.support.fakes import cpu_inventory
 
 
@@ -88,8 +90,8 @@ def _stop(process: subprocess.Popen[bytes], sig: int) -> None:
 def gateway(plan: ClusterPlan) -> Iterator[Running]:
     """Render the cluster's configs, `nginx -t` them and run the gateway program."""
     paths = RuntimePaths(plan.spec.runtime_dir)
-    render.write_checked(plan, paths)
-    program = render.gateway_program(paths)
+    write_checked(plan, paths)
+    program = gateway_program(paths, detect())
     process = subprocess.Popen(program.argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: _port_open(plan.spec.gateway.port), 10, "nginx to listen")
@@ -103,8 +105,8 @@ def prometheus(plan: ClusterPlan) -> Iterator[Running]:
     """Run Prometheus with the rendered prometheus.yml."""
     paths = RuntimePaths(plan.spec.runtime_dir)
     paths.create()  # Prometheus's data folder
-    render.write_checked(plan, paths)
-    program = render.prometheus_program(plan, paths)
+    write_checked(plan, paths)
+    program = prometheus_program(plan, paths, detect())
     log = paths.log("prometheus").open("wb")
     process = subprocess.Popen(program.argv, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{plan.spec.prometheus.port}"

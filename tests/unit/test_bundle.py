@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from router import bundle
 from router.errors import BundleError
+from router.host import bundle
 
 PROGRAMS = {"nginx": "usr/sbin", "prometheus": "usr/bin", "promtool": "usr/bin",
             "prometheus-nginx-exporter": "usr/bin", "mtail": "usr/bin"}
@@ -126,7 +126,7 @@ def test_install_puts_everything_in_the_prefix_and_fleet_runs(tmp_path: Path) ->
     assert result.returncode == 0, result.stderr
     assert (prefix / "site" / "fleetfake" / "__init__.py").is_file()
     assert (prefix / "root" / "usr" / "sbin" / "nginx").is_file()
-    assert (prefix / "llm-fleet" / "router" / "cli.py").is_file()
+    assert (prefix / "llm-fleet" / "router" / "cli" / "__init__.py").is_file()
     assert (prefix / "llm-fleet" / "deploy" / "bundle" / "install.sh").is_file()
     model = prefix / "cache" / "llm-fleet" / "models" / "dummy" / "Qwen2.5-7B-Instruct-AWQ"
     assert (model / "config.json").is_file()

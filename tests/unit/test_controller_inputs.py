@@ -8,10 +8,10 @@ import math
 import httpx
 import pytest
 
+from router.config.spec import ControllerSpec
 from router.controller.probes import ProbeState, observe
 from router.controller.signals import AGE_QUERY, PrometheusClient, queries
 from router.errors import MetricsUnavailable
-from router.spec import ControllerSpec
 
 SETTINGS = ControllerSpec(fail_threshold=2, recover_threshold=2)
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from router import dashboards
-from router.spec import REPO_ROOT
+from router.config.spec import REPO_ROOT
+from router.render import dashboards
 from tests.support.grafana import dashboard_files, load, queries, substitute
 
 PROVISIONING = REPO_ROOT / "grafana" / "provisioning"
@@ -35,7 +35,7 @@ def test_committed_dashboards_are_the_generated_ones(tmp_path: Path) -> None:
     for name in generated:
         assert (tmp_path / name).read_text() == (dashboards.DASHBOARD_DIR / name).read_text(), (
             f"grafana/dashboards/{name} differs from router/dashboards.py; "
-            "run `python -m router.dashboards`")
+            "run `python -m router.render.dashboards`")
 
 
 def test_four_dashboards_with_fixed_uids() -> None:

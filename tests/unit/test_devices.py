@@ -3,7 +3,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import cast
 
-from router.devices import discover, discover_gpus
+from router.host.devices import discover, discover_gpus
 from tests.support.fakes import FakeNvml
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from router import doctor
 from router.cli import main
-from router.spec import parse_spec
+from router.config.spec import parse_spec
+from router.host import doctor
 from tests.support.fakes import FakeNvml
 
 H200 = 143771 * 2**20
@@ -38,7 +38,7 @@ def _dummy_spec(tmp_path: Path, **extra: object) -> dict:
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps(REFERENCE_CONFIG))
     (folder / "tokenizer.json").write_text("{}")
-    from router import model as model_store
+    from router.models import store as model_store
 
     model_store._write_manifest(folder, {"model_id": "test"})
     return {"engine": "gpu", "runtime_dir": str(tmp_path / "rt"),

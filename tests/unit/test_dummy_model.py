@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from router import model as model_store
-from router.dummy_model import bpe_merges, read_ranks
 from router.errors import ModelError
+from router.models import store as model_store
+from router.models.dummy import bpe_merges, read_ranks
 
 REFERENCE = "Qwen/Qwen2.5-7B-Instruct-AWQ"
 

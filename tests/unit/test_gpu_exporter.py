@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any, cast
@@ -11,6 +10,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from router.gpu_exporter import GpuCollector
+from tests.support.fakes import write_state
 
 
 class NVMLError(Exception):
@@ -119,9 +119,8 @@ def test_nvml_init_failure_is_availability_zero() -> None:
 
 
 def test_readings_in_base_units_with_replica_labels(tmp_path: Path) -> None:
-    state = tmp_path / "state.json"
-    state.write_text(json.dumps({"replicas": [
-        {"name": "replica-0", "gpu_uuid": "GPU-a"}, {"name": "replica-1", "gpu_uuid": "GPU-b"}]}))
+    state = write_state(tmp_path / "state.json",
+                        [("replica-0", "GPU-a"), ("replica-1", "GPU-b")])
     registry = _scrape(GpuCollector(state, load_nvml=_loader(FakeNvml(["GPU-a", "GPU-b"]))))
     labels = {"gpu_uuid": "GPU-a", "gpu_index": "0", "gpu_name": "NVIDIA GeForce RTX 4090 D",
               "replica": "replica-0"}
@@ -150,9 +149,8 @@ def test_one_failing_field_drops_only_that_field() -> None:
 
 
 def test_a_gpu_that_vanished_is_reported(tmp_path: Path) -> None:
-    state = tmp_path / "state.json"
-    state.write_text(json.dumps({"replicas": [{"name": "replica-0", "gpu_uuid": "GPU-a"},
-                                              {"name": "replica-1", "gpu_uuid": "GPU-gone"}]}))
+    state = write_state(tmp_path / "state.json",
+                        [("replica-0", "GPU-a"), ("replica-1", "GPU-gone")])
     registry = _scrape(GpuCollector(state, load_nvml=_loader(FakeNvml(["GPU-a"]))))
     assert registry.get_sample_value("fleet_gpu_present",
                                      {"gpu_uuid": "GPU-gone", "replica": "replica-1"}) == 0

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
+from router.config.plan import build_plan, choose_engine, memory_share
+from router.config.spec import parse_spec, resolve_engine_settings
 from router.errors import DeviceError, SpecError
 from router.gpu_exporter import replica_map
-from router.plan import build_plan, choose_engine, memory_share
-from router.render import replica_program
-from router.runtime import RuntimePaths
-from router.spec import parse_spec, resolve_engine_settings
-from tests.support.fakes import gpu_inventory
+from router.host.machine import detect
+from router.render.programs import replica_program
+from router.runtime.paths import RuntimePaths
+from tests.support.fakes import gpu_inventory, write_state
 
 
 def _plan(data: dict, gpus: int = 2):  # type: ignore[no-untyped-def]
@@ -51,16 +51,16 @@ def test_memory_share_splits_the_spec_share_and_never_exceeds_it() -> None:
 def test_one_replica_per_gpu_is_unchanged_and_takes_no_start_lock(tmp_path: Path) -> None:
     plan = _plan({}, gpus=2)
     assert not any(r.shares_gpu for r in plan.replicas)
-    program = replica_program(plan.replicas[0], RuntimePaths(tmp_path))
+    program = replica_program(plan.replicas[0], RuntimePaths(tmp_path), detect())
     assert "--start-lock" not in program.argv
 
 
 def test_replicas_of_a_shared_gpu_start_under_one_lock(tmp_path: Path) -> None:
     plan = _plan({"gpu": {"replicas_per_gpu": 2}}, gpus=2)
     paths = RuntimePaths(tmp_path)
-    locks = [_flag(replica_program(r, paths).argv, "--start-lock") for r in plan.replicas]
+    locks = [_flag(replica_program(r, paths, detect()).argv, "--start-lock") for r in plan.replicas]
     assert locks[0] == locks[1] != locks[2] == locks[3]
-    program = replica_program(plan.replicas[1], paths)
+    program = replica_program(plan.replicas[1], paths, detect())
     assert _flag(program.argv, "--ready-url") == plan.replicas[1].url + "/health"
 
 
@@ -79,9 +79,7 @@ def test_replicas_per_gpu_out_of_range_is_a_spec_error() -> None:
 
 def test_exporter_names_every_replica_of_a_shared_gpu(tmp_path: Path) -> None:
     plan = _plan({"gpu": {"replicas_per_gpu": 2}}, gpus=2)
-    state = tmp_path / "state.json"
-    state.write_text(json.dumps({"replicas": [
-        {"name": r.name, "gpu_uuid": r.gpu_uuid} for r in plan.replicas]}))
+    state = write_state(tmp_path / "state.json", [(r.name, r.gpu_uuid) for r in plan.replicas])
     mapping = replica_map(state)
     assert mapping == {plan.replicas[0].gpu_uuid: "replica-0,replica-1",
                        plan.replicas[2].gpu_uuid: "replica-2,replica-3"}

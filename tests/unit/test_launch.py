@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from router.launch import kill_recorded_group
-from router.procs import process_alive
+from router.runtime.procs import process_alive
 
 # A stand-in for vLLM: a parent that forks a long-lived child and prints both pids.
 FORKER = (
@@ -131,7 +131,7 @@ LOADER = (
 
 
 def test_replicas_of_one_gpu_start_one_after_the_other(tmp_path: Path) -> None:
-    from router.ports import free_port
+    from router.runtime.ports import free_port
 
     lock = tmp_path / "start-GPU-x.lock"
     launchers = []

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from router import model
 from router.errors import ModelError
+from router.models import store as model
 
 SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from router.render import MTAIL_PROGRAMS
-from router.spec import REPO_ROOT
+from router.config.spec import REPO_ROOT
+from router.host.machine import MTAIL_PROGRAMS
 
 # Real nginx lines: streams, 404/413/400 answers, 500s, and requests retried
 # onto another replica after one crashed.

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
+from router.config.plan import build_plan, choose_engine
+from router.config.spec import parse_spec, resolve_engine_settings
 from router.errors import DeviceError, SpecError
-from router.plan import build_plan, choose_engine
-from router.spec import parse_spec, resolve_engine_settings
 from tests.support.fakes import cpu_inventory, gpu_inventory
 
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import pytest
 
+from router.config.spec import ControllerSpec
 from router.controller.policy import (
     Decision,
     Health,
@@ -17,7 +20,6 @@ from router.controller.policy import (
     decide,
     should_apply,
 )
-from router.spec import ControllerSpec
 
 R = ("replica-0", "replica-1", "replica-2", "replica-3")
 NOW = 1000.0
@@ -202,3 +204,13 @@ def test_a_replica_whose_warmup_is_in_the_window_is_not_judged_by_latency() -> N
     assert "warm-up is inside the latency window" in decision.replicas["replica-3"].reason
     seen = decide(snap(signals), None, SETTINGS)
     assert seen.weights()["replica-3"] == 1  # the same numbers read as an outlier
+
+
+def test_the_policy_imports_no_template_engine_and_runs_no_process() -> None:
+    """The policy is pure: importing it must not pull in rendering or process
+    machinery (router.upstream is its only link to the gateway's file)."""
+    probe = ("import sys, router.controller.policy; "
+             "print(sorted(m for m in ('jinja2', 'subprocess') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            check=True, timeout=60).stdout.strip()
+    assert loaded == "[]"

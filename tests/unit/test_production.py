@@ -14,10 +14,20 @@ from pathlib import Path
 import pytest
 import yaml
 
-from router import compose, render, systemd
-from router.plan import build_plan
-from router.runtime import RuntimePaths
-from router.spec import EXAMPLE_SPEC, REPO_ROOT, load_spec, parse_spec, resolve_engine_settings
+from router.config.plan import build_plan
+from router.config.spec import (
+    EXAMPLE_SPEC,
+    REPO_ROOT,
+    load_spec,
+    parse_spec,
+    resolve_engine_settings,
+)
+from router.host.machine import detect
+from router.render import compose
+from router.render.programs import programs
+from router.runtime import units
+from router.runtime.configs import write_checked
+from router.runtime.paths import RuntimePaths
 from tests.support.cli import fleet
 from tests.support.fakes import gpu_inventory
 from tests.support.harness import free_port, gateway_metrics_ports
@@ -103,9 +113,9 @@ def test_gateway_container_renders_the_bare_metal_config(tmp_path: Path) -> None
     assert [r.address for r in plan.replicas] == [f"172.28.0.{10 + i}:8000" for i in range(4)]
     assert all(r.external and r.gpu_uuid for r in plan.replicas)
     assert plan.gpu_exporter
-    rendered = render.write_checked(plan, RuntimePaths(tmp_path / "rt"))  # nginx -t, promtool
+    rendered = write_checked(plan, RuntimePaths(tmp_path / "rt"))  # nginx -t, promtool
     assert "server 172.28.0.13:8000 weight=50" in rendered.files["upstream.conf"]
-    names = [p.name for p in render.programs(plan, RuntimePaths(tmp_path / "rt"))]
+    names = [p.name for p in programs(plan, RuntimePaths(tmp_path / "rt"), detect())]
     assert names == ["gateway", "prometheus", "controller", "gpu-exporter", "nginx-exporter",
                      "log-exporter"]
     dockerfile = (REPO_ROOT / "deploy" / "gateway" / "Dockerfile").read_text()
@@ -121,7 +131,7 @@ def test_systemd_units_verify(tmp_path: Path, engine: str) -> None:
     spec_file = tmp_path / "cluster.yaml"
     spec_file.write_text(yaml.safe_dump({"engine": engine, "replicas": 2,
                                          "runtime_dir": str(tmp_path / "rt")}))
-    written = systemd.write_units(load_spec(spec_file), spec_file, tmp_path / "units")
+    written = units.write_units(load_spec(spec_file), spec_file, tmp_path / "units")
     names = {p.name for p in written}
     assert {"llm-fleet.target", "llm-fleet-prepare.service", "llm-fleet-replica@.service",
             "llm-fleet-gateway.service", "llm-fleet-controller.service"} <= names

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from router.render import recording_rules, render_alert_rules, render_prometheus
-from router.runtime import ALERT_RULES, RECORDING_RULES
-from router.spec import REPO_ROOT, parse_spec
+from router.config.spec import REPO_ROOT, parse_spec
+from router.render.prometheus import recording_rules, render_alert_rules, render_prometheus
+from router.runtime.paths import ALERT_RULES, RECORDING_RULES
 from tests.support.harness import plan_for
 
 RULE_TESTS = REPO_ROOT / "prometheus" / "tests"

@@ -8,33 +8,37 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-from router import render
+from router.config.plan import ClusterPlan, build_plan, choose_engine
+from router.config.spec import parse_spec, resolve_engine_settings
 from router.errors import RenderError
-from router.plan import ClusterPlan, build_plan, choose_engine
-from router.runtime import RuntimePaths
-from router.spec import parse_spec, resolve_engine_settings
+from router.host.machine import MachineFacts, console_root, stage_console
+from router.render.files import render_all
+from router.render.nginx import render_nginx
+from router.render.programs import render_supervisord
+from router.render.prometheus import recording_rules, render_alert_rules
+from router.render.upstream import render_upstream
+from router.runtime.keys import KeyStore
+from router.runtime.paths import RuntimePaths
 from tests.support.fakes import cpu_inventory, gpu_inventory
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 ROOT = Path("/var/lib/llm-fleet")
-
-
-@pytest.fixture(autouse=True)
-def _fixed_machine(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(render, "nginx_binary", lambda: "/usr/sbin/nginx")
-    monkeypatch.setattr(render, "prometheus_binary", lambda: "/usr/bin/prometheus")
-    monkeypatch.setattr(render, "nginx_exporter_binary",
-                        lambda: "/usr/bin/prometheus-nginx-exporter")
-    monkeypatch.setattr(render, "mtail_binary", lambda: "/usr/bin/mtail")
-    monkeypatch.setattr(render, "MTAIL_PROGRAMS", Path("/opt/llm-fleet/nginx/mtail"))
-    monkeypatch.setattr(render, "nginx_run_user", lambda: None)
-    monkeypatch.setattr(render, "CONSOLE_SOURCE", Path("/opt/llm-fleet/nginx/console"))
-    monkeypatch.setattr(sys, "executable", "/opt/llm-fleet/bin/python")
+# The machine the golden files were rendered for: a package install under
+# /opt/llm-fleet, started by an unprivileged user.
+MACHINE = MachineFacts(
+    run_user=None,
+    console_root=Path("/opt/llm-fleet/nginx/console"),
+    mtail_programs=Path("/opt/llm-fleet/nginx/mtail"),
+    python="/opt/llm-fleet/bin/python",
+    binaries={"nginx": "/usr/sbin/nginx", "prometheus": "/usr/bin/prometheus",
+              "prometheus-nginx-exporter": "/usr/bin/prometheus-nginx-exporter",
+              "mtail": "/usr/bin/mtail"},
+)
+NO_KEYS = KeyStore(keys=())
 
 
 def _plan(data: dict, inventory) -> ClusterPlan:  # type: ignore[no-untyped-def]
@@ -59,14 +63,14 @@ def _check(name: str, text: str) -> None:
 ])
 def test_rendered_files_match_golden(case: str, data: dict, inventory) -> None:  # type: ignore[no-untyped-def]
     plan = _plan(data, inventory)
-    rendered = render.render_all(plan, RuntimePaths(ROOT))
+    rendered = render_all(plan, RuntimePaths(ROOT), MACHINE, NO_KEYS)
     assert set(rendered.files) == {"nginx.conf", "upstream.conf", "api-keys.conf",
                                    "prometheus.yml", "supervisord.conf", "spec.json",
                                    "recording.rules.yml", "alerts.rules.yml"}
     assert rendered.private == {"api-keys.conf"}
     # The rule files have promtool tests of their own (test_prometheus_rules.py).
-    assert rendered.files.pop("recording.rules.yml") == render.recording_rules()
-    assert rendered.files.pop("alerts.rules.yml") == render.render_alert_rules(plan.spec)
+    assert rendered.files.pop("recording.rules.yml") == recording_rules()
+    assert rendered.files.pop("alerts.rules.yml") == render_alert_rules(plan.spec)
     # spec.json holds machine paths (the model cache under $HOME): it must
     # reproduce the spec, not match a golden file.
     assert parse_spec(json.loads(rendered.files.pop("spec.json"))) == plan.spec
@@ -75,14 +79,14 @@ def test_rendered_files_match_golden(case: str, data: dict, inventory) -> None: 
 
 
 def _upstream(plan: ClusterPlan) -> str:
-    return render.render_upstream(plan.spec.gateway, plan.replicas).text
+    return render_upstream(plan.spec.gateway, plan.replicas).text
 
 
 def test_upstream_version_follows_content() -> None:
     plan = _plan({}, gpu_inventory(2))
-    first = render.render_upstream(plan.spec.gateway, plan.replicas)
-    same = render.render_upstream(plan.spec.gateway, plan.replicas)
-    other = render.render_upstream(plan.spec.gateway, plan.replicas, weights={"replica-0": 9})
+    first = render_upstream(plan.spec.gateway, plan.replicas)
+    same = render_upstream(plan.spec.gateway, plan.replicas)
+    other = render_upstream(plan.spec.gateway, plan.replicas, weights={"replica-0": 9})
     assert first.version == same.version != other.version
     assert f'default "{first.version}";' in first.text
 
@@ -97,25 +101,25 @@ def test_upstream_keeps_least_conn_before_keepalive_and_zone() -> None:
 
 def test_round_robin_upstream_has_no_least_conn_and_its_own_version() -> None:
     plan = _plan({"gateway": {"balance": "round_robin"}}, gpu_inventory(2))
-    robin = render.render_upstream(plan.spec.gateway, plan.replicas)
-    least = render.render_upstream(_plan({}, gpu_inventory(2)).spec.gateway, plan.replicas)
+    robin = render_upstream(plan.spec.gateway, plan.replicas)
+    least = render_upstream(_plan({}, gpu_inventory(2)).spec.gateway, plan.replicas)
     assert "least_conn;" not in robin.text and "least_conn;" in least.text
     assert robin.version != least.version
 
 
 def test_fleet_status_needs_the_controller_not_the_console() -> None:
     paths = RuntimePaths(ROOT)
-    no_console = render.render_nginx(_plan({"console": {"enabled": False}}, cpu_inventory(1)),
-                                     paths)
+    no_console = render_nginx(_plan({"console": {"enabled": False}}, cpu_inventory(1)),
+                              paths, MACHINE)
     assert "location = /fleet/status" in no_console and "location = / {" not in no_console
-    no_controller = render.render_nginx(
-        _plan({"controller": {"enabled": False}}, cpu_inventory(1)), paths)
+    no_controller = render_nginx(
+        _plan({"controller": {"enabled": False}}, cpu_inventory(1)), paths, MACHINE)
     assert "location = /fleet/status" not in no_controller
 
 
 def test_upstream_weights_down_and_reasons() -> None:
     plan = _plan({}, gpu_inventory(3))
-    text = render.render_upstream(plan.spec.gateway, plan.replicas, weights={"replica-1": 7},
+    text = render_upstream(plan.spec.gateway, plan.replicas, weights={"replica-1": 7},
                                   down=frozenset({"replica-2"}),
                                   reasons={"replica-1": "p99 2.1x fleet median"}).text
     assert "server 127.0.0.1:8101 weight=7 " in text
@@ -127,12 +131,12 @@ def test_upstream_weights_down_and_reasons() -> None:
 def test_weight_outside_nginx_range_is_refused(weight: int) -> None:
     with pytest.raises(RenderError, match="outside"):
         plan = _plan({}, gpu_inventory(2))
-        render.render_upstream(plan.spec.gateway, plan.replicas, weights={"replica-0": weight})
+        render_upstream(plan.spec.gateway, plan.replicas, weights={"replica-0": weight})
 
 
 def test_prometheus_disabled_renders_no_prometheus_files() -> None:
     plan = _plan({"prometheus": {"enabled": False}}, cpu_inventory(2))
-    rendered = render.render_all(plan, RuntimePaths(ROOT))
+    rendered = render_all(plan, RuntimePaths(ROOT), MACHINE, NO_KEYS)
     assert "prometheus.yml" not in rendered.files
     assert "[program:prometheus]" not in rendered.files["supervisord.conf"]
 
@@ -140,32 +144,31 @@ def test_prometheus_disabled_renders_no_prometheus_files() -> None:
 def test_supervisor_escapes_percent_signs() -> None:
     plan = _plan({"vllm": {"extra_args": ["--chat-template-content-format", "50%"]}},
                  cpu_inventory(1))
-    text = render.render_supervisord(plan, RuntimePaths(ROOT))
+    text = render_supervisord(plan, RuntimePaths(ROOT), MACHINE)
     assert "50%%" in text
 
 
 def test_ipv6_gateway_listen() -> None:
     plan = _plan({"gateway": {"host": "::1"}}, cpu_inventory(1))
-    assert "listen [::1]:8080;" in render.render_nginx(plan, RuntimePaths(ROOT))
+    assert "listen [::1]:8080;" in render_nginx(plan, RuntimePaths(ROOT), MACHINE)
 
 
-def test_console_is_served_from_the_checkout_or_a_world_readable_copy(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_console_is_served_from_the_checkout_or_a_world_readable_copy(tmp_path: Path) -> None:
     source = tmp_path / "checkout" / "console"
     source.mkdir(parents=True)
     (source / "index.html").write_text("<!doctype html>")
-    monkeypatch.setattr(render, "CONSOLE_SOURCE", source)
-    monkeypatch.setattr(render, "CONSOLE_STAGING", tmp_path / "cache" / "console")
+    staging = tmp_path / "cache" / "console"
     # Workers that run as we do read the checkout itself.
-    assert render.console_dir(False) == source
+    assert console_root(None, source, staging) == source
     # Workers that drop to nobody read a copy named by its content.
-    staged = render.console_dir(True)
-    assert staged.parent == tmp_path / "cache" / "console"
-    monkeypatch.setattr(render, "nginx_run_user", lambda: "nobody nogroup")
-    render.stage_console()
+    staged = console_root("nobody nogroup", source, staging)
+    assert staged.parent == staging
+    machine = MachineFacts(run_user="nobody nogroup", console_root=staged,
+                           mtail_programs=MACHINE.mtail_programs, python=MACHINE.python)
+    stage_console(machine, source, staging)
     assert (staged / "index.html").read_text() == "<!doctype html>"
     assert staged.stat().st_mode & 0o777 == 0o755
     assert (staged / "index.html").stat().st_mode & 0o777 == 0o644
     # New content, new folder: a running gateway keeps the files it serves.
     (source / "index.html").write_text("<!doctype html><p>v2")
-    assert render.console_dir(True) != staged
+    assert console_root("nobody nogroup", source, staging) != staged

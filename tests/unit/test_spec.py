@@ -5,8 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from router.errors import SpecError
-from router.spec import (
+from router.config.spec import (
     ENGINE_DEFAULTS,
     EXAMPLE_SPEC,
     ClusterSpec,
@@ -14,6 +13,7 @@ from router.spec import (
     parse_spec,
     resolve_engine_settings,
 )
+from router.errors import SpecError
 
 
 def test_empty_spec_gets_every_default() -> None:

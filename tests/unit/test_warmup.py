@@ -13,12 +13,12 @@ from typing import Any
 import httpx
 import pytest
 
+from router.config.plan import WarmupPlan
+from router.config.spec import ControllerSpec
 from router.controller.actuator import ApplyResult
 from router.controller.policy import Decision, Health, Snapshot, decide
 from router.controller.service import Controller, Member
 from router.controller.warmup import warm_up
-from router.plan import WarmupPlan
-from router.spec import ControllerSpec
 
 SETTINGS = ControllerSpec()
 PLAN = WarmupPlan(model="m", requests=8, max_tokens=4, timeout_s=5.0)

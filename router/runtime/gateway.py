@@ -27,9 +27,9 @@ from pathlib import Path
 
 import httpx
 
-from router.errors import NginxReloadFailed
-from router.render import nginx_binary
-from router.runtime import RuntimePaths, write_atomic
+from router.errors import NginxReloadFailed, NginxTestFailed
+from router.host.machine import require_binary
+from router.runtime.paths import RuntimePaths, write_atomic
 
 VERIFY_TIMEOUT_S = 5.0
 
@@ -48,14 +48,18 @@ def live_version(url: str) -> str | None:
 
 
 def nginx_test(paths: RuntimePaths) -> str | None:
-    """nginx's first complaint about the configuration on disk, or None."""
+    """nginx's first complaint about the configuration on disk, or None.
+
+    The one `nginx -t` of llm-fleet: `fleet up` and every reload check the
+    configuration exactly as the gateway program runs it (same prefix).
+    """
     proc = subprocess.run(
-        [nginx_binary(), "-t", "-q", "-e", str(paths.log("nginx-check")),
+        [require_binary("nginx"), "-t", "-q", "-e", str(paths.log("nginx-check")),
          "-p", str(paths.root), "-c", str(paths.nginx_conf)],
         capture_output=True, text=True, timeout=30, check=False)
     if proc.returncode == 0:
         return None
-    lines = proc.stderr.strip().splitlines()
+    lines = (proc.stderr or proc.stdout).strip().splitlines()
     return lines[0] if lines else f"nginx -t exited {proc.returncode}"
 
 
@@ -124,8 +128,8 @@ def apply_gateway_file(paths: RuntimePaths, target: Path, text: str, *, version:
         problem = nginx_test(paths)
         if problem is not None:
             _restore(target, previous, mode)
-            raise NginxReloadFailed(f"nginx -t rejected the new {target.name}: {problem}",
-                                    hint="the previous configuration is still serving")
+            raise NginxTestFailed(f"nginx -t rejected the new {target.name}: {problem}",
+                                  hint="the previous configuration is still serving")
         try:
             signal_reload(paths)
         except NginxReloadFailed:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import jinja2
 
+from router.config.spec import REPO_ROOT
 from router.errors import EnvironmentError_
-from router.spec import REPO_ROOT
 
 
 def _environment(variable_delimiters: tuple[str, str]) -> jinja2.Environment:

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from router.errors import ClusterError
-from router.procs import process_alive
-from router.runtime import RuntimePaths
+from router.runtime.paths import RuntimePaths
+from router.runtime.procs import process_alive
 
 
 @dataclass(frozen=True)

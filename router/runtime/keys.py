@@ -1,4 +1,4 @@
-"""API keys for the gateway: the key store and the nginx map rendered from it.
+"""API keys for the gateway: the key store (the map nginx reads is router.render.keys).
 
 Keys live in ``<runtime_dir>/api-keys.json`` (mode 0600). The gateway checks
 them itself, from ``config/api-keys.conf`` (also 0600), a `map` from the
@@ -12,7 +12,6 @@ list` still tells what was revoked and when.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import secrets
@@ -21,8 +20,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from router.errors import SpecError
-from router.runtime import write_atomic
-from router.templates import template
+from router.runtime.paths import write_atomic
 
 KEY_PREFIX = "sk-fleet-"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -109,19 +107,3 @@ def load_store(path: Path) -> KeyStore:
 def save_store(path: Path, store: KeyStore) -> None:
     text = json.dumps({"keys": [asdict(k) for k in store.keys]}, indent=2) + "\n"
     write_atomic(path, text, mode=0o600)
-
-
-@dataclass(frozen=True)
-class RenderedKeys:
-    text: str
-    version: str
-
-
-def render_keys_conf(store: KeyStore) -> RenderedKeys:
-    """The nginx include with the key map and the version the status port answers."""
-    active = store.active()
-    # The version names the set of keys without revealing any of them.
-    version = hashlib.sha256(
-        "\n".join(sorted(f"{k.id}:{k.secret}" for k in active)).encode()).hexdigest()[:12]
-    text = template("nginx/api-keys.conf.j2").render(keys=active, version=version)
-    return RenderedKeys(text=text, version=version)

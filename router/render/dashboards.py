@@ -1,7 +1,7 @@
 """The Grafana dashboards of llm-fleet, as data.
 
 The JSON files under ``grafana/dashboards/`` are generated from this module
-(``python -m router.dashboards``) and a test proves the committed files equal
+(``python -m router.render.dashboards``) and a test proves the committed files equal
 what it builds, so layout rules (a 24-column grid, one datasource, a unit on
 every panel) hold by construction instead of by review.
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from router.spec import REPO_ROOT
+from router.config.spec import REPO_ROOT
 
 # The uid of the datasource that grafana/provisioning/datasources declares.
 DATASOURCE_UID = "llm-fleet-prometheus"

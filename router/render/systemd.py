@@ -1,7 +1,7 @@
 """`fleet render systemd`: unit files for operators who run without Docker.
 
 systemd takes supervisord's place: one unit per program that `fleet up`
-would supervise (same command lines, from :func:`router.render.programs`),
+would supervise (same command lines, from :func:`router.render.programs.programs`),
 a templated unit for the replicas that computes each replica's command from
 the spec when it starts, a oneshot unit that renders and checks the configs
 first, and a target that groups them.
@@ -9,14 +9,13 @@ first, and a target that groups them.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from router import cluster
-from router.render import Program, programs
-from router.runtime import RuntimePaths, write_atomic
-from router.spec import EXAMPLE_SPEC, ClusterSpec
-from router.templates import template
+from router.config.plan import ClusterPlan
+from router.host.machine import MachineFacts
+from router.render.programs import Program, programs
+from router.render.templates import template
+from router.runtime.paths import RuntimePaths
 
 TARGET = "llm-fleet.target"
 PREPARE = "llm-fleet-prepare.service"
@@ -28,11 +27,10 @@ def _environment(program: Program) -> list[str]:
     return [f'"{key}={value}"'.replace("%", "%%") for key, value in sorted(program.env.items())]
 
 
-def render_units(spec: ClusterSpec, spec_path: Path) -> dict[str, str]:
-    """File name -> text of every unit, for this machine's Python and spec."""
-    plan = cluster.make_plan(spec, require_model=False)
-    paths = RuntimePaths(spec.runtime_dir)
-    common = {"python": sys.executable, "spec": str(spec_path.resolve()),
+def render_units(plan: ClusterPlan, spec_path: Path, machine: MachineFacts) -> dict[str, str]:
+    """File name -> text of every unit, for this machine's Python and ``spec_path``."""
+    paths = RuntimePaths(plan.spec.runtime_dir)
+    common = {"python": machine.python, "spec": str(spec_path),
               "runtime_dir": str(paths.root)}
     units: dict[str, str] = {
         PREPARE: template("deploy/systemd/llm-fleet-prepare.service.j2").render(**common),
@@ -44,7 +42,7 @@ def render_units(spec: ClusterSpec, spec_path: Path) -> dict[str, str]:
     if names:
         units[REPLICA_TEMPLATE] = template(
             "deploy/systemd/llm-fleet-replica@.service.j2").render(**common)
-    for program in programs(plan, paths):
+    for program in programs(plan, paths, machine):
         if program.name.startswith("replica-"):
             continue
         unit = f"llm-fleet-{program.name}.service"
@@ -56,13 +54,3 @@ def render_units(spec: ClusterSpec, spec_path: Path) -> dict[str, str]:
     units[TARGET] = template("deploy/systemd/llm-fleet.target.j2").render(
         replicas=len(plan.replicas), units=names)
     return units
-
-
-def write_units(spec: ClusterSpec, spec_path: Path | None, out_dir: Path) -> list[Path]:
-    units = render_units(spec, spec_path or EXAMPLE_SPEC)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, text in units.items():
-        write_atomic(out_dir / name, text)
-        written.append(out_dir / name)
-    return written

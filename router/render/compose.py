@@ -5,7 +5,7 @@ per GPU, the gateway, Grafana) and the gateway's own spec
 (``deploy/compose/gateway.yaml``), with which the gateway container runs
 ``fleet up --foreground`` exactly as bare metal does, its replicas being the
 vLLM containers (``engine: external``). The vLLM command line comes from the
-same :func:`router.plan.vllm_argv` that bare-metal GPU replicas use.
+same :func:`router.config.plan.vllm_argv` that bare-metal GPU replicas use.
 
 Pure: the spec in, text out; the CLI writes the files.
 """
@@ -20,10 +20,10 @@ from typing import Any
 
 import yaml
 
+from router.config.plan import vllm_argv
+from router.config.spec import REPO_ROOT, ClusterSpec, parse_spec, resolve_engine_settings
 from router.errors import SpecError
-from router.plan import vllm_argv
-from router.spec import REPO_ROOT, ClusterSpec, parse_spec, resolve_engine_settings
-from router.templates import template
+from router.render.templates import template
 
 COMPOSE_FILE = "docker-compose.yml"
 GATEWAY_SPEC = Path("deploy") / "compose" / "gateway.yaml"

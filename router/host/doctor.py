@@ -21,12 +21,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
 
-from router import model as model_store
-from router.cluster import busy_ports
-from router.devices import Inventory, _import_pynvml, discover
+from router.config.plan import build_plan, choose_engine, memory_share
+from router.config.spec import ClusterSpec, resolve_engine_settings
 from router.errors import FleetError
-from router.plan import build_plan, choose_engine, memory_share
-from router.spec import ClusterSpec, resolve_engine_settings
+from router.host.devices import Inventory, _import_pynvml, discover
+from router.models import store as model_store
+from router.runtime.cluster import busy_ports
 
 log = logging.getLogger(__name__)
 

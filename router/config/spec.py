@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from router.errors import SpecError
 from router.sim.config import VLLM_VERSION, SimSettings
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_SPEC = REPO_ROOT / "deploy" / "cluster.example.yaml"
 
 Engine = Literal["auto", "gpu", "cpu", "sim", "external"]
@@ -506,9 +506,9 @@ class ClusterSpec(_Model):
         # A section whose keys are all commented out parses as None in YAML;
         # it means "all defaults", not "invalid".
         if isinstance(data, dict):
-            sections = {"gateway", "auth", "limits", "console", "model", "vllm", "gpu", "ports",
-                        "prometheus", "sim", "controller", "gpu_exporter", "gateway_metrics",
-                        "alerts", "compose"}
+            sections = {name for name, info in cls.model_fields.items()
+                        if isinstance(info.annotation, type)
+                        and issubclass(info.annotation, BaseModel)}
             return {k: v for k, v in data.items() if not (k in sections and v is None)}
         return data
 

@@ -8,16 +8,13 @@ GPU exporter join on.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from router.errors import ClusterError
-from router.plan import ClusterPlan
 
 # Rule files sit beside prometheus.yml, which names them relative to itself.
 RECORDING_RULES = "recording.rules.yml"
@@ -147,38 +144,6 @@ def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
         raise
 
 
-def plan_state(plan: ClusterPlan, spec_path: Path | None) -> dict[str, Any]:
-    """The JSON written to state.json when a cluster is started."""
-    spec = plan.spec
-    return {
-        "spec_path": str(spec_path) if spec_path else None,
-        "engine": plan.engine.engine,
-        "model": plan.engine.model,
-        "model_path": plan.model_path,
-        "served_model_name": plan.engine.served_model_name,
-        "gateway_url": plan.gateway_url,
-        "gateway_status_url": f"http://127.0.0.1:{spec.gateway.status_port}/stub_status",
-        "prometheus_url": (
-            f"http://127.0.0.1:{spec.prometheus.port}" if spec.prometheus.enabled else None
-        ),
-        "controller_url": (
-            f"http://127.0.0.1:{spec.controller.port}" if spec.controller.enabled else None
-        ),
-        "warmup": asdict(plan.warmup) if plan.warmup else None,
-        "replicas": [
-            {
-                "name": r.name,
-                "url": r.url,
-                "device": r.device,
-                "gpu_uuid": r.gpu_uuid,
-                "gpu_index": r.gpu_index,
-                "cpu_core": r.cpu_core,
-            }
-            for r in plan.replicas
-        ],
-    }
-
-
 def ensure_admin_token(paths: RuntimePaths) -> str:
     """The controller's admin token, created once with mode 0600."""
     if not paths.admin_token.exists():
@@ -192,11 +157,3 @@ def read_admin_token(paths: RuntimePaths) -> str:
     except FileNotFoundError as exc:
         raise ClusterError(f"no admin token at {paths.admin_token}",
                            hint="it is created by `fleet up`; start the cluster first") from exc
-
-
-def read_state(paths: RuntimePaths) -> dict[str, Any] | None:
-    try:
-        data: dict[str, Any] = json.loads(paths.state_json.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    return data

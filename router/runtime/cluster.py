@@ -8,7 +8,6 @@ ports, render and `nginx -t` the configs; only then start supervisord.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -20,23 +19,17 @@ from typing import Any, NoReturn
 
 import requests
 
-from router import model as model_store
-from router.devices import Inventory, discover
+from router.config.plan import ClusterPlan, build_plan, choose_engine
+from router.config.spec import ClusterSpec, load_spec, resolve_engine_settings
 from router.errors import ClusterError, ModelError
-from router.health import Probe, port_in_use, probe
-from router.plan import ClusterPlan, build_plan, choose_engine
-from router.procs import descendants, process_alive
-from router.render import write_checked
-from router.runtime import (
-    RuntimePaths,
-    ensure_admin_token,
-    plan_state,
-    read_admin_token,
-    read_state,
-    write_atomic,
-)
-from router.spec import ClusterSpec, load_spec, resolve_engine_settings
-from router.supervise import ProcessInfo, Supervisor
+from router.host.devices import Inventory, discover
+from router.models import store as model_store
+from router.runtime.configs import write_checked
+from router.runtime.health import Probe, port_in_use, probe
+from router.runtime.paths import RuntimePaths, ensure_admin_token, read_admin_token
+from router.runtime.procs import descendants, process_alive
+from router.runtime.state import ClusterState
+from router.runtime.supervise import ProcessInfo, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -143,26 +136,26 @@ class ClusterStatus:
 def status(spec: ClusterSpec) -> ClusterStatus:
     paths = RuntimePaths(spec.runtime_dir)
     supervisor = Supervisor(paths)
-    state = read_state(paths)
+    state = ClusterState.load(paths)
     if state is None or not supervisor.is_running():
         return ClusterStatus(False, None, None, [], [])
     processes = supervisor.processes()
     by_name = {p.name: p for p in processes}
     replicas = []
-    for replica in state["replicas"]:
-        info = by_name.get(replica["name"])
+    for replica in state.replicas:
+        info = by_name.get(replica.name)
         replicas.append(ReplicaStatus(
-            name=replica["name"], device=replica["device"], url=replica["url"],
+            name=replica.name, device=replica.device, url=replica.url,
             state=info.state if info else "UNKNOWN", pid=info.pid if info else 0,
             uptime_s=info.uptime_s if info else 0,
-            health=probe(replica["url"] + "/health", timeout_s=2.0),
+            health=probe(replica.url + "/health", timeout_s=2.0),
         ))
-    gateway_url = state["gateway_url"]
+    gateway_url = state.gateway_url
     return ClusterStatus(True, gateway_url, probe(gateway_url + "/health", timeout_s=5.0),
                          replicas, processes, controller_call(paths, state, "GET", "/status"))
 
 
-def controller_call(paths: RuntimePaths, state: dict[str, Any], method: str, path: str,
+def controller_call(paths: RuntimePaths, state: ClusterState, method: str, path: str,
                     body: dict[str, Any] | None = None,
                     required: bool = False) -> dict[str, Any] | None:
     """One admin API call with the cluster's token.
@@ -171,7 +164,7 @@ def controller_call(paths: RuntimePaths, state: dict[str, Any], method: str, pat
     with the reason when ``required``.
     """
     try:
-        url = state.get("controller_url")
+        url = state.controller_url
         if url is None:
             raise ClusterError("this cluster runs without the controller",
                                hint="set controller.enabled: true in the spec")
@@ -261,7 +254,7 @@ def _controller_ready(plan: ClusterPlan, paths: RuntimePaths) -> bool:
     """True once the controller has put every replica in rotation (or is off)."""
     if not plan.spec.controller.enabled:
         return True
-    view = controller_call(paths, plan_state(plan, None), "GET", "/status")
+    view = controller_call(paths, ClusterState.from_plan(plan, None), "GET", "/status")
     return view is not None and all(r["in_rotation"] for r in view["replicas"])
 
 
@@ -281,7 +274,7 @@ def _prepare(spec_path: Path | None, progress: Progress,
         for line in DUMMY_BANNER:
             progress(line)
     _prepare_runtime(plan, paths)
-    write_atomic(paths.state_json, json.dumps(plan_state(plan, spec_path), indent=2) + "\n")
+    ClusterState.from_plan(plan, spec_path).save(paths)
     progress(f"configs written to {paths.config_dir} and checked with nginx -t")
     return plan, paths, supervisor
 

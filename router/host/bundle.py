@@ -35,8 +35,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from router import __version__
+from router.config.spec import REPO_ROOT
 from router.errors import BundleError
-from router.spec import REPO_ROOT
 
 MiB = 1 << 20
 # A 64 MiB transfer limit leaves room for a few MiB of other files beside a part.

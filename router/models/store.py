@@ -26,9 +26,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from router import dummy_model
 from router.errors import ModelError
-from router.runtime import write_atomic
+from router.models import dummy as dummy_model
+from router.runtime.paths import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ def dummy_dir(cache_dir: Path) -> Path:
 
 
 def prepare_dummy(model: str, cache_dir: Path, force: bool = False) -> Path:
-    """A config-only folder of ``model`` for --load-format dummy (router.dummy_model)."""
+    """A config-only folder of ``model`` for --load-format dummy (router.models.dummy)."""
     local = Path(model).expanduser()
     if local.is_dir():
         _progress(f"{model} is a local folder; vLLM reads its config and skips its weights")

@@ -1,0 +1,180 @@
+"""`fleet bench` and `fleet drill`: measurements that end in a report."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import requests
+
+from router.cli.common import announce, command_line, progress, spec_arg
+from router.config.spec import REPO_ROOT, load_spec
+from router.errors import ClusterError, SpecError
+from router.runtime.paths import RuntimePaths
+from router.runtime.state import ClusterState
+
+
+def cmd_bench_run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from router.bench import load, report, stats
+
+    if args.url is None:
+        state = ClusterState.load(RuntimePaths(load_spec(args.spec).runtime_dir))
+        if state is None:
+            raise ClusterError("no cluster is running and no --url was given",
+                               hint="start one with `fleet up`, or pass --url http://host:port")
+        args.url = state.gateway_url
+    if args.duration <= 0:
+        raise SpecError("--duration must be above 0 seconds", hint="e.g. --duration 30")
+    if args.rates:
+        try:
+            rates = [float(r) for r in args.rates.split(",")]
+        except ValueError as exc:
+            raise SpecError(f"--rate: {args.rates!r} is not a list of numbers",
+                            hint="e.g. --rate 20 or --rate 10,20,40") from exc
+        if any(r <= 0 for r in rates):
+            raise SpecError("--rate: every rate must be above 0", hint="e.g. --rate 10,20,40")
+        plans = [load.Arrivals("poisson", rate=r) for r in rates]
+    else:
+        if args.concurrency < 1:
+            raise SpecError("--concurrency must be at least 1", hint="e.g. --concurrency 8")
+        plans = [load.Arrivals("closed", concurrency=args.concurrency)]
+    slo = stats.parse_slo(args.slo)
+    key = os.environ.get("FLEET_API_KEY")
+    model = args.model or _served_model(args.url, key)
+    workload = load.Workload(
+        model=model, chat=not args.completions, stream=not args.no_stream,
+        prompt_words=load.parse_range(args.prompt_words, "--prompt-words"),
+        output_tokens=load.parse_range(args.output_tokens, "--output-tokens"),
+        prompts=load.load_prompts(args.prompts) if args.prompts else (), seed=args.seed)
+    entries, runs = [], []
+    for arrivals in plans:
+        progress(f"{arrivals.describe()} for {args.duration:g}s against {args.url}")
+        result = asyncio.run(load.run(args.url, workload, arrivals, args.duration, key,
+                                      load.terminal_progress(args.duration)))
+        print(file=sys.stderr)
+        summary = stats.summarize(result.records, result.duration_s, slo)
+        entries.append(report.result_entry(arrivals, workload, result, summary))
+        runs.append((arrivals.describe(), result))
+        progress(f"{summary['succeeded']:,} ok, {summary['failed']:,} failed, "
+                  f"{summary['request_throughput']:,.1f} req/s, "
+                  f"E2E p99 {summary['e2e_s']['p99'] or 0:.3f}s")
+    out = args.out or REPO_ROOT / "docs" / "benchmarks" / args.name
+    announce(report.write(out, args.name, command_line(args), load.machine(), entries, runs), [])
+    return 0
+
+
+def cmd_bench_scenario(args: argparse.Namespace) -> int:
+    import shutil
+    import tempfile
+
+    from router.bench import load, scenario, scenario_report
+
+    if args.scenario not in scenario.SCENARIOS:
+        raise SpecError(f"no scenario named {args.scenario!r}",
+                        hint="scenarios are: " + ", ".join(scenario.SCENARIOS))
+    out = args.out or REPO_ROOT / "docs" / "benchmarks" / args.scenario
+    work = Path(tempfile.mkdtemp(prefix=f"fleet-{args.scenario}-"))
+    try:
+        result = scenario.run_scenario(args.scenario, work, args.tiny, progress, args.seed)
+    finally:
+        if args.keep_work:
+            progress(f"fleet specs and logs kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    announce(scenario_report.write(out, result, command_line(args), load.machine()),
+              result.targets)
+    return 0
+
+
+def cmd_drill(args: argparse.Namespace) -> int:
+    from router.bench import drill, drill_report, load
+
+    for flag, value in (("--before", args.before), ("--hold", args.hold), ("--after", args.after)):
+        if value < 0:
+            raise SpecError(f"{flag} must be 0 seconds or more", hint=f"e.g. {flag} 10")
+    plan = drill.DrillPlan(fault=args.fault, replica=args.replica, rate=args.load,
+                           before_s=args.before, hold_s=args.hold, after_s=args.after,
+                           recover_timeout_s=args.recover_timeout)
+    spec = load_spec(args.spec)
+    result = drill.run_drill(spec, plan, os.environ.get("FLEET_API_KEY"), progress)
+    out = args.out or REPO_ROOT / "docs" / "benchmarks" / f"drill-{args.fault}-{result.engine}"
+    announce(drill_report.write(out, result, command_line(args), load.machine()), result.targets)
+    return 0
+
+
+def _served_model(url: str, key: str | None) -> str | None:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        data = requests.get(f"{url}/v1/models", headers=headers, timeout=10).json()
+        return str(data["data"][0]["id"])
+    except (requests.RequestException, ValueError, KeyError, IndexError):
+        return None
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("bench", help="measure the fleet: latency, throughput, goodput")
+    bench_sub = p.add_subparsers(dest="bench_command", required=True, metavar="SUBCOMMAND")
+    pb = bench_sub.add_parser("run", help="load the gateway (or --url) and write a report to "
+                                          "docs/benchmarks/NAME")
+    spec_arg(pb)
+    pb.add_argument("--url", help="what to load (default: the running cluster's gateway)")
+    pb.add_argument("--name", default="run", help="report folder under docs/benchmarks")
+    pb.add_argument("--out", type=Path, metavar="DIR", help="report folder (overrides --name)")
+    load_mode = pb.add_mutually_exclusive_group()
+    load_mode.add_argument("--rate", dest="rates", metavar="R[,R...]",
+                           help="open loop: Poisson arrivals at R requests/s; a list sweeps")
+    load_mode.add_argument("--concurrency", type=int, default=8,
+                           help="closed loop: this many clients, each sending its next "
+                                "request when the last one ends (default 8)")
+    pb.add_argument("--duration", type=float, default=30.0, help="seconds per load level")
+    pb.add_argument("--no-stream", action="store_true", help="non-streamed requests")
+    pb.add_argument("--completions", action="store_true",
+                    help="/v1/completions instead of /v1/chat/completions")
+    pb.add_argument("--prompt-words", default="32", metavar="N|LOW-HIGH")
+    pb.add_argument("--output-tokens", default="64", metavar="N|LOW-HIGH")
+    pb.add_argument("--prompts", type=Path, metavar="FILE.jsonl",
+                    help="prompts to draw from, one {\"prompt\": ...} per line")
+    pb.add_argument("--slo", default="", metavar="ttft=2s,itl=50ms,e2e=30s",
+                    help="goodput counts requests meeting all of these")
+    pb.add_argument("--model", help="the model to ask for (default: the gateway's)")
+    pb.add_argument("--seed", type=int, default=0)
+    pb.set_defaults(func=cmd_bench_run)
+    pb = bench_sub.add_parser(
+        "scenario", help="llm-fleet and its baselines side by side on simulated fleets: "
+                         "overhead, heterogeneous, homogeneous, scaling (docs/benchmarks)")
+    pb.add_argument("scenario", metavar="NAME",
+                    help="overhead | heterogeneous | homogeneous | scaling")
+    pb.add_argument("--out", type=Path, metavar="DIR",
+                    help="report folder (default: docs/benchmarks/NAME)")
+    pb.add_argument("--tiny", action="store_true",
+                    help="seconds instead of minutes: proves the machinery, measures nothing")
+    pb.add_argument("--keep-work", action="store_true",
+                    help="keep the fleets' specs and logs (printed at the end)")
+    pb.add_argument("--seed", type=int, default=0)
+    pb.set_defaults(func=cmd_bench_scenario)
+
+    p = sub.add_parser("drill", help="inject a fault into one replica under load and report "
+                                     "what clients saw")
+    spec_arg(p)
+    p.add_argument("fault", choices=("kill", "hang", "slow", "restart"),
+                   help="kill: SIGKILL; restart: SIGTERM; hang: stop answering; "
+                        "slow: a third of the speed (simulated replicas)")
+    p.add_argument("replica", help="e.g. replica-1 (see `fleet status`)")
+    p.add_argument("--load", type=float, default=10.0, metavar="RATE",
+                   help="background Poisson load, requests/s (default 10)")
+    p.add_argument("--before", type=float, default=10.0, metavar="S",
+                   help="seconds of load before the fault")
+    p.add_argument("--hold", type=float, default=20.0, metavar="S",
+                   help="hang and slow: how long the fault lasts")
+    p.add_argument("--after", type=float, default=10.0, metavar="S",
+                   help="seconds of load after the replica is back")
+    p.add_argument("--recover-timeout", type=float, default=180.0, metavar="S",
+                   help="kill and restart: how long to wait for the replica to come back")
+    p.add_argument("--out", type=Path, metavar="DIR",
+                   help="report folder (default: docs/benchmarks/drill-FAULT-ENGINE)")
+    p.set_defaults(func=cmd_drill)
+

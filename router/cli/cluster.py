@@ -1,0 +1,180 @@
+"""Running a cluster: up, down, status, logs, one replica in the foreground, a chat."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from typing import NoReturn
+
+import requests
+
+from router.cli.common import progress, spec_arg, table
+from router.config.spec import load_spec
+from router.errors import ClusterError, SpecError
+from router.host.machine import detect
+from router.render.programs import replica_program
+from router.runtime import cluster
+from router.runtime.paths import RuntimePaths
+from router.runtime.state import ClusterState
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    if args.prepare_only:
+        cluster.prepare_only(args.spec, progress)
+        return 0
+    if args.foreground:
+        cluster.up_foreground(args.spec, progress)
+    plan = cluster.up(args.spec, progress)
+    print(_statustable(cluster.status(plan.spec)))
+    print(f"\ngateway: {plan.gateway_url}/v1  (model '{plan.engine.served_model_name}')")
+    return 0
+
+
+def _statustable(status: cluster.ClusterStatus) -> str:
+    controlled = {r["name"]: r for r in (status.controller or {}).get("replicas", [])}
+    rows = [["REPLICA", "DEVICE", "URL", "STATE", "PID", "HEALTH", "WEIGHT", "REASON"]]
+    for r in status.replicas:
+        health = str(r.health.status) if r.health.status else (r.health.error or "-")
+        view = controlled.get(r.name, {})
+        weight = "-" if view.get("weight") is None else (
+            str(view["weight"]) if view.get("in_rotation") else "out")
+        rows.append([r.name, r.device, r.url, r.state, str(r.pid or "-"), health, weight,
+                     view.get("reason") or "-"])
+    others = [p for p in status.processes if not p.name.startswith("replica-")]
+    for p in others:
+        rows.append([p.name, "-", "-", p.state, str(p.pid or "-"), "-", "-", "-"])
+    return table(rows)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec)
+    status = cluster.status(spec)
+    if args.json:
+        print(json.dumps(status.to_json(), indent=2))
+        return 0 if status.running else 1
+    if not status.running:
+        print(f"no cluster is running from {spec.runtime_dir}")
+        return 1
+    print(_statustable(status))
+    gw = status.gateway_health
+    print(f"\ngateway: {status.gateway_url}  /health: "
+          f"{gw.status if gw and gw.status else (gw.error if gw else '-')}")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec)
+    left = cluster.down(spec, progress)
+    if left:
+        print(f"killed {len(left)} process(es) that outlived supervisord: {left}",
+              file=sys.stderr)
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec)
+    paths = RuntimePaths(spec.runtime_dir)
+    state = ClusterState.load(paths)
+    known = [r.name for r in state.replicas] if state else []
+    known += ["gateway", "prometheus", "controller", "gpu-exporter", "nginx-exporter",
+              "log-exporter", "nginx-error", "gateway-access", "supervisord"]
+    if args.name not in known:
+        raise ClusterError(f"no log named {args.name!r}", hint="choose one of: " + ", ".join(known))
+    path = paths.log(args.name)
+    if not path.exists():
+        raise ClusterError(f"{path} does not exist yet", hint="has the cluster been started?")
+    tail = ["tail", "-n", str(args.lines)] + (["-F"] if args.follow else []) + [str(path)]
+    try:
+        return subprocess.call(tail)
+    except KeyboardInterrupt:
+        return 0
+
+
+def cmd_replica_exec(args: argparse.Namespace) -> NoReturn:
+    """Become replica N as the spec plans it (systemd's llm-fleet-replica@N)."""
+    spec = load_spec(args.spec)
+    plan = cluster.make_plan(spec)
+    if not 0 <= args.index < len(plan.replicas):
+        raise SpecError(f"no replica {args.index}: the spec plans {len(plan.replicas)}",
+                        hint=f"choose 0 to {len(plan.replicas) - 1}")
+    replica = plan.replicas[args.index]
+    if replica.external:
+        raise SpecError(f"{replica.name} is external: something else runs it",
+                        hint="engine: external replicas are not started by llm-fleet")
+    paths = RuntimePaths(spec.runtime_dir)
+    paths.create()
+    program = replica_program(replica, paths, detect())
+    progress(f"{replica.name} on {replica.device}, port {replica.port}")
+    os.execve(program.argv[0], list(program.argv), {**os.environ, **program.env})
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec)
+    state = ClusterState.load(RuntimePaths(spec.runtime_dir))
+    if state is None:
+        raise ClusterError("no cluster state found", hint="start one with `fleet up`")
+    url = state.gateway_url + "/v1/chat/completions"
+    body = {"model": state.served_model_name, "max_tokens": args.max_tokens,
+            "messages": [{"role": "user", "content": args.message}]}
+    key = os.environ.get("FLEET_API_KEY")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        response = requests.post(url, json=body, headers=headers, timeout=args.timeout)
+    except requests.RequestException as exc:
+        raise ClusterError(f"the gateway at {url} did not answer: {exc}",
+                           hint="check `fleet status`") from exc
+    if response.status_code == 401:
+        raise ClusterError("the gateway wants an API key (auth.enabled is true)",
+                           hint="set FLEET_API_KEY to a key from `fleet keys add NAME`")
+    if response.status_code != 200:
+        raise ClusterError(f"gateway answered {response.status_code}: {response.text.strip()}")
+    answer = response.json()["choices"][0]["message"]["content"]
+    replica = response.headers.get("X-Fleet-Replica", "?")
+    print(f"[{replica}] {answer.strip()}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("up", help="start the cluster and wait until it serves")
+    spec_arg(p)
+    p.add_argument("--foreground", action="store_true",
+                   help="check the configs, then run supervisord in the foreground "
+                        "(containers); does not wait for health")
+    p.add_argument("--prepare-only", action="store_true",
+                   help="render and check the configs and write the runtime state, start "
+                        "nothing (systemd's llm-fleet-prepare.service)")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("down", help="stop every process of the cluster")
+    spec_arg(p)
+    p.set_defaults(func=cmd_down)
+
+    p = sub.add_parser("status", help="replicas, processes and health")
+    spec_arg(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("logs", help="show the log of a replica or another process")
+    spec_arg(p)
+    p.add_argument("name", metavar="NAME", help="replica-0, gateway, prometheus, ...")
+    p.add_argument("-n", "--lines", type=int, default=50)
+    p.add_argument("-f", "--follow", action="store_true")
+    p.set_defaults(func=cmd_logs)
+
+    p = sub.add_parser("replica", help="run one replica in the foreground (systemd units)")
+    replica_sub = p.add_subparsers(dest="replica_command", required=True, metavar="SUBCOMMAND")
+    pp = replica_sub.add_parser("exec", help="become replica N: its vLLM, pinned as planned")
+    pp.add_argument("index", type=int, metavar="N")
+    spec_arg(pp)
+    pp.set_defaults(func=cmd_replica_exec)
+
+    p = sub.add_parser("chat", help="send one chat message through the gateway (with keys on, "
+                                    "the key comes from FLEET_API_KEY)")
+    spec_arg(p)
+    p.add_argument("message")
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--timeout", type=float, default=120.0)
+    p.set_defaults(func=cmd_chat)

@@ -1,0 +1,95 @@
+"""`fleet keys`: the gateway's API keys, applied to the running gateway."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from router.cli.common import progress, spec_arg, table
+from router.config.spec import ClusterSpec, load_spec
+from router.render.keys import render_keys_conf
+from router.runtime import gateway as gateway_reload
+from router.runtime import keys
+from router.runtime.paths import RuntimePaths, write_atomic
+
+
+def _apply_keys(spec: ClusterSpec, store: keys.KeyStore) -> str:
+    """Make ``store`` the gateway's keys; say how it took effect. The store is
+    saved only once the running gateway accepted it, so a failed reload
+    leaves keys and gateway as they were."""
+    paths = RuntimePaths(spec.runtime_dir)
+    rendered = render_keys_conf(store)
+    if gateway_reload.gateway_pid(paths) is not None:
+        seconds = gateway_reload.apply_gateway_file(
+            paths, paths.api_keys_conf, rendered.text, version=rendered.version,
+            version_url=gateway_reload.status_url(spec.gateway.status_port, "keys"),
+            mode=0o600)
+        outcome = f"the running gateway uses it (reloaded in {seconds:.2f}s)"
+    else:
+        outcome = "the gateway is not running; it applies at the next `fleet up`"
+        if paths.config_dir.is_dir():
+            write_atomic(paths.api_keys_conf, rendered.text, mode=0o600)
+    keys.save_store(paths.api_keys, store)
+    if not spec.auth.enabled:
+        outcome += ("; note: auth.enabled is false in this spec, so keys are not checked "
+                    "until you set it to true")
+    return outcome
+
+
+def cmd_keys_add(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec)
+    store, key = keys.load_store(RuntimePaths(spec.runtime_dir).api_keys).add(args.name)
+    outcome = _apply_keys(spec, store)
+    progress(f"created {key.id} ({key.name}); {outcome}")
+    progress("the key is shown only now; store it where the client can read it")
+    print(key.secret)
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec)
+    store = keys.load_store(RuntimePaths(spec.runtime_dir).api_keys)
+    if args.json:
+        print(json.dumps([{"id": k.id, "name": k.name, "created_at": k.created_at,
+                           "revoked_at": k.revoked_at, "key": k.shown} for k in store.keys],
+                         indent=2))
+        return 0
+    if not store.keys:
+        print("no keys yet; create one with `fleet keys add NAME`")
+        return 0
+
+    def stamp(at: float | None) -> str:
+        return "-" if at is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(at))
+
+    rows = [["ID", "NAME", "KEY", "CREATED", "REVOKED"]]
+    rows += [[k.id, k.name, k.shown, stamp(k.created_at), stamp(k.revoked_at)]
+             for k in store.keys]
+    print(table(rows))
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec)
+    store, key = keys.load_store(RuntimePaths(spec.runtime_dir).api_keys).revoke(args.key)
+    outcome = _apply_keys(spec, store)
+    progress(f"revoked {key.id} ({key.name}); {outcome}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("keys", help="API keys of the gateway (docs/security.md)")
+    keys_sub = p.add_subparsers(dest="keys_command", required=True, metavar="SUBCOMMAND")
+    pk = keys_sub.add_parser("add", help="create a key and print it (shown only once)")
+    spec_arg(pk)
+    pk.add_argument("name", metavar="NAME", help="who the key is for, e.g. team-search")
+    pk.set_defaults(func=cmd_keys_add)
+    pk = keys_sub.add_parser("list", help="every key: id, name, prefix, created, revoked")
+    spec_arg(pk)
+    pk.add_argument("--json", action="store_true", help="machine-readable output")
+    pk.set_defaults(func=cmd_keys_list)
+    pk = keys_sub.add_parser("revoke", help="revoke a key by id or name; it stops at once")
+    spec_arg(pk)
+    pk.add_argument("key", metavar="ID|NAME")
+    pk.set_defaults(func=cmd_keys_revoke)
+

@@ -1,0 +1,101 @@
+"""The gateway's nginx.conf: listen, limits, the API allowlist, the console."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from router.config.plan import ClusterPlan
+from router.config.spec import ClusterSpec, GatewaySpec
+from router.host.machine import MachineFacts
+from router.render.templates import template
+from router.runtime.paths import RuntimePaths
+
+
+@dataclass(frozen=True)
+class NginxPaths:
+    pid: Path
+    error_log: Path
+    access_log: Path
+    temp_dir: Path
+
+
+@dataclass(frozen=True)
+class LimitsView:
+    """Rate and concurrency limits, keyed per API key or per client address."""
+
+    key: str
+    key_doc: str
+    requests_per_s: int | None
+    burst: int
+    concurrent: int | None
+    # The limit in words, for the 429 body; empty when there is none.
+    summary: str
+
+
+@dataclass(frozen=True)
+class ConsoleView:
+    root: Path
+
+
+@dataclass(frozen=True)
+class NginxView:
+    """Everything nginx/nginx.conf.j2 reads."""
+
+    run_user: str | None
+    paths: NginxPaths
+    gateway: GatewaySpec
+    listen: str
+    auth: bool
+    limits: LimitsView
+    console: ConsoleView | None
+    controller_port: int | None
+    upstream_conf: Path
+    api_keys_conf: Path
+
+
+def limits_view(spec: ClusterSpec) -> LimitsView:
+    limits = spec.limits
+    parts = []
+    if limits.requests_per_s:
+        parts.append(f"{limits.requests_per_s} requests/s with a burst of {limits.burst}")
+    if limits.concurrent:
+        parts.append(f"{limits.concurrent} requests in flight")
+    per = " per key" if spec.auth.enabled else " per client address"
+    return LimitsView(
+        # Empty keys are not counted by nginx, so with auth on a request
+        # without a valid key (already refused) never uses a slot.
+        key="$fleet_api_key" if spec.auth.enabled else "$binary_remote_addr",
+        key_doc="per API key" if spec.auth.enabled else "per client address",
+        requests_per_s=limits.requests_per_s,
+        burst=limits.burst,
+        concurrent=limits.concurrent,
+        summary=("limit: " + ", ".join(parts) + per) if parts else "",
+    )
+
+
+def listen_address(gw: GatewaySpec) -> str:
+    return f"[{gw.host}]:{gw.port}" if ":" in gw.host else f"{gw.host}:{gw.port}"
+
+
+def nginx_view(plan: ClusterPlan, paths: RuntimePaths, machine: MachineFacts) -> NginxView:
+    spec = plan.spec
+    return NginxView(
+        run_user=machine.run_user,
+        paths=NginxPaths(pid=paths.nginx_pid, error_log=paths.log("nginx-error"),
+                         access_log=paths.access_log, temp_dir=paths.nginx_temp_dir),
+        gateway=spec.gateway,
+        listen=listen_address(spec.gateway),
+        auth=spec.auth.enabled,
+        limits=limits_view(spec),
+        console=ConsoleView(machine.console_root) if spec.console.enabled else None,
+        controller_port=spec.controller.port if spec.controller.enabled else None,
+        upstream_conf=paths.upstream_conf,
+        api_keys_conf=paths.api_keys_conf,
+    )
+
+
+def render_nginx(plan: ClusterPlan, paths: RuntimePaths, machine: MachineFacts) -> str:
+    view = nginx_view(plan, paths, machine)
+    return template("nginx/nginx.conf.j2").render(
+        {name: getattr(view, name) for name in NginxView.__dataclass_fields__})

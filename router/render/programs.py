@@ -1,0 +1,168 @@
+"""The processes of a cluster, and supervisord's config that runs them.
+
+:func:`programs` is the one program table: supervisord's config, the
+systemd units (router.render.systemd) and the tests read it.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from router.config.plan import ClusterPlan, ReplicaPlan
+from router.host.machine import MachineFacts
+from router.render.templates import template
+from router.runtime.paths import RuntimePaths
+
+
+@dataclass(frozen=True)
+class Program:
+    """One process supervisord runs."""
+
+    name: str
+    comment: str
+    argv: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=dict)
+    # Up this long counts as started; this many failed starts and
+    # supervisord gives up (FATAL) instead of spinning.
+    startsecs: int = 2
+    startretries: int = 10
+    stopsignal: str = "TERM"
+    stopwaitsecs: int = 10
+
+    @property
+    def command(self) -> str:
+        # supervisord expands %(...)s in its config: escape literal percents.
+        return shlex.join(self.argv).replace("%", "%%")
+
+    @property
+    def environment(self) -> str:
+        return ",".join(
+            f'{key}="{value}"'.replace("%", "%%") for key, value in sorted(self.env.items())
+        )
+
+
+def replica_program(replica: ReplicaPlan, paths: RuntimePaths, machine: MachineFacts) -> Program:
+    # router.launch keeps vLLM's engine processes from outliving a killed replica.
+    launcher: tuple[str, ...] = (machine.python, "-m", "router.launch",
+                                 "--state", str(paths.launch_state(replica.name)))
+    if replica.shares_gpu:
+        launcher += ("--start-lock", str(paths.start_lock(replica.device)),
+                     "--ready-url", replica.url + "/health")
+    launcher += ("--",)
+    return Program(
+        name=replica.name,
+        comment=f"vLLM replica on {replica.device}, port {replica.port}",
+        argv=launcher + replica.argv,
+        env=replica.env,
+        # A replica that dies before this counts as a failed start; after
+        # startretries of those supervisord gives up (FATAL) instead of
+        # spinning on a broken model or flag.
+        startsecs=10,
+        startretries=5,
+        stopwaitsecs=30,
+    )
+
+
+def gateway_program(paths: RuntimePaths, machine: MachineFacts) -> Program:
+    return Program(
+        name="gateway",
+        comment="nginx, the one URL clients use",
+        argv=(machine.binary("nginx"), "-e", str(paths.log("nginx-error")), "-p",
+              str(paths.root), "-c", str(paths.nginx_conf)),
+        startsecs=1,
+        # QUIT is nginx's graceful shutdown: open streams finish first.
+        stopsignal="QUIT",
+        stopwaitsecs=30,
+    )
+
+
+def prometheus_program(plan: ClusterPlan, paths: RuntimePaths, machine: MachineFacts) -> Program:
+    prom = plan.spec.prometheus
+    return Program(
+        name="prometheus",
+        comment="Prometheus, scraping every replica",
+        argv=(machine.binary("prometheus"), f"--config.file={paths.prometheus_yml}",
+              f"--storage.tsdb.path={paths.prometheus_data}",
+              f"--storage.tsdb.retention.time={prom.retention}",
+              f"--web.listen-address=127.0.0.1:{prom.port}",
+              "--web.enable-lifecycle"),
+        stopwaitsecs=20,
+    )
+
+
+def controller_program(paths: RuntimePaths, machine: MachineFacts) -> Program:
+    return Program(
+        name="controller",
+        comment="the adaptive weight controller and its admin API",
+        argv=(machine.python, "-m", "router.cli", "controller", "run",
+              "--spec", str(paths.spec_json)),
+        env={"PYTHONUNBUFFERED": "1"},
+        stopwaitsecs=15,
+    )
+
+
+def gpu_exporter_program(plan: ClusterPlan, paths: RuntimePaths,
+                         machine: MachineFacts) -> Program:
+    return Program(
+        name="gpu-exporter",
+        comment="NVML readings per GPU, labelled with the replica pinned to it",
+        argv=(machine.python, "-m", "router.gpu_exporter", "--port",
+              str(plan.spec.gpu_exporter.port), "--state", str(paths.state_json)),
+    )
+
+
+def nginx_exporter_program(plan: ClusterPlan, machine: MachineFacts) -> Program:
+    gw = plan.spec.gateway
+    return Program(
+        name="nginx-exporter",
+        comment="nginx's stub_status counters as Prometheus metrics",
+        # Debian's 0.11 build takes single-dash flags.
+        argv=(machine.binary("prometheus-nginx-exporter"),
+              f"-nginx.scrape-uri=http://127.0.0.1:{gw.status_port}/stub_status",
+              f"-web.listen-address=127.0.0.1:{plan.spec.gateway_metrics.nginx_exporter_port}",
+              # nginx may still be starting: wait for it instead of exiting.
+              "-nginx.retries=30", "-nginx.retry-interval=1s"),
+        startsecs=1,
+    )
+
+
+def log_exporter_program(plan: ClusterPlan, paths: RuntimePaths,
+                         machine: MachineFacts) -> Program:
+    return Program(
+        name="log-exporter",
+        comment="mtail: per-replica requests, statuses and latency from the access log",
+        argv=(machine.binary("mtail"), "-progs", str(machine.mtail_programs),
+              "-logs", str(paths.access_log),
+              "-address", "127.0.0.1", "-port", str(plan.spec.gateway_metrics.log_exporter_port),
+              "-emit_prog_label=false", "-logtostderr"),
+        startsecs=1,
+    )
+
+
+def programs(plan: ClusterPlan, paths: RuntimePaths, machine: MachineFacts) -> list[Program]:
+    progs = [replica_program(r, paths, machine) for r in plan.replicas if not r.external]
+    progs.append(gateway_program(paths, machine))
+    if plan.spec.prometheus.enabled:
+        progs.append(prometheus_program(plan, paths, machine))
+    if plan.spec.controller.enabled:
+        progs.append(controller_program(paths, machine))
+    if plan.gpu_exporter:
+        progs.append(gpu_exporter_program(plan, paths, machine))
+    if plan.spec.gateway_metrics.enabled:
+        progs.append(nginx_exporter_program(plan, machine))
+        progs.append(log_exporter_program(plan, paths, machine))
+    return progs
+
+
+def render_supervisord(plan: ClusterPlan, paths: RuntimePaths, machine: MachineFacts) -> str:
+    return template("deploy/supervisord.conf.j2").render(
+        paths={
+            "root": paths.root,
+            "socket": paths.supervisor_socket,
+            "pid": paths.supervisord_pid,
+            "logs": paths.logs_dir,
+        },
+        programs=programs(plan, paths, machine),
+    )

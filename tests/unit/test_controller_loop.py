@@ -1,0 +1,226 @@
+"""The controller's loop on virtual time: probes and Prometheus behind
+httpx.MockTransport, a fake actuator in place of nginx.
+
+Covers what otherwise only a real gateway shows: signals aging while
+Prometheus is away, reloads held by the minimum interval, admin overrides,
+hysteresis, and the apply/record path when the gateway refuses a change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qs
+
+import httpx
+import pytest
+
+from router.config.spec import ControllerSpec
+from router.controller.actuator import ApplyResult
+from router.controller.policy import Decision
+from router.controller.service import Controller, Member
+from router.controller.signals import PrometheusClient
+from router.errors import NginxReloadFailed, NginxTestFailed
+
+# Straight to the target, no ramp and no outlier rule: each figure below is
+# then the proportional rule alone (a 3x slower replica gets a third).
+SETTINGS = ControllerSpec(slow_start_s=0.0, smoothing=1.0, outlier_latency_ratio=0.0,
+                          min_reload_interval_s=10.0, max_signal_age_s=30.0)
+MEMBERS = [Member(name, f"GPU-{name}", f"http://{name}") for name in ("a", "b", "c")]
+
+
+class VirtualClock:
+    def __init__(self, now: float = 1_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FakeActuator:
+    """Records what it is asked to apply; fails on demand like nginx would."""
+
+    def __init__(self) -> None:
+        self.applied: list[tuple[Decision, str]] = []
+        self.fail_with: NginxReloadFailed | None = None
+
+    async def apply(self, decision: Decision, why: str) -> ApplyResult:
+        if self.fail_with is not None:
+            raise self.fail_with
+        self.applied.append((decision, why))
+        return ApplyResult(version=f"v{len(self.applied)}", seconds=0.01)
+
+
+class Fleet:
+    """Replica /health and Prometheus' query API, as one mock transport."""
+
+    def __init__(self) -> None:
+        self.healthy = {m.name: True for m in MEMBERS}
+        self.ttft = {m.name: 0.2 for m in MEMBERS}
+        self.prometheus_up = True
+
+    def _vector(self, values: dict[str, float]) -> httpx.Response:
+        return httpx.Response(200, json={"status": "success", "data": {
+            "resultType": "vector",
+            "result": [{"metric": {"replica": name}, "value": [0, str(value)]}
+                       for name, value in values.items()]}})
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/health":
+            return httpx.Response(200 if self.healthy[request.url.host] else 503)
+        if not self.prometheus_up:
+            raise httpx.ConnectError("connection refused", request=request)
+        query = parse_qs(request.content.decode())["query"][0]
+        names = [m.name for m in MEMBERS]
+        if "time() - timestamp" in query:
+            return self._vector({n: 1.0 for n in names})
+        if "time_to_first_token" in query or "e2e_request_latency" in query:
+            return self._vector(self.ttft)
+        if "kv_cache_usage" in query:
+            return self._vector({n: 0.1 for n in names})
+        if "num_requests" in query:
+            return self._vector({n: 2.0 for n in names})
+        return self._vector({})
+
+
+Scenario = Callable[[Controller, Fleet, FakeActuator, VirtualClock], Awaitable[None]]
+
+
+def _run(scenario: Scenario, settings: ControllerSpec = SETTINGS) -> None:
+    async def main() -> None:
+        fleet, actuator, clock = Fleet(), FakeActuator(), VirtualClock()
+        transport = httpx.MockTransport(fleet)
+        prometheus = PrometheusClient("http://prometheus", 1.0, transport=transport)
+        controller = Controller(MEMBERS, settings, actuator, prometheus, transport=transport,
+                                clock=clock)
+        try:
+            await controller.prober.probe_all()
+            await scenario(controller, fleet, actuator, clock)
+        finally:
+            await controller.prober.close()
+            await prometheus.close()
+
+    asyncio.run(main())
+
+
+async def _tick(controller: Controller, clock: VirtualClock, seconds: float,
+                trigger: str = "signals") -> Any:
+    clock.advance(seconds)
+    await controller.refresh_signals()
+    return await controller.evaluate(trigger)
+
+
+def test_first_decision_applies_and_is_recorded() -> None:
+    async def scenario(controller: Controller, fleet: Fleet, actuator: FakeActuator,
+                       clock: VirtualClock) -> None:
+        record = await _tick(controller, clock, 0.0, "start")
+        assert record.applied and record.why == "first configuration"
+        assert record.weights == {"a": 50, "b": 50, "c": 50}
+        assert len(actuator.applied) == 1 and controller.history[-1] is record
+        assert controller.metrics.reloads.labels(result="success")._value.get() == 1
+
+    _run(scenario)
+
+
+def test_a_slow_replica_loses_weight_once_the_reload_interval_allows() -> None:
+    async def scenario(controller: Controller, fleet: Fleet, actuator: FakeActuator,
+                       clock: VirtualClock) -> None:
+        await _tick(controller, clock, 0.0, "start")
+        fleet.ttft["b"] = 0.6
+        held = await _tick(controller, clock, 2.0)
+        assert not held.applied and held.why.startswith("held: b 50->17")
+        assert controller.applied is not None and controller.applied.weights()["b"] == 50
+        assert controller.desired is not None and controller.desired.weights()["b"] == 17
+        applied = await _tick(controller, clock, 8.0)
+        assert applied.applied and applied.weights["b"] == 17
+        # Steady: the same evidence moves nothing further (hysteresis).
+        steady = await _tick(controller, clock, 20.0)
+        assert not steady.applied and steady.why.startswith("no weight moved")
+        assert len(actuator.applied) == 2
+
+    _run(scenario)
+
+
+def test_signals_age_while_prometheus_is_away_and_weights_hold() -> None:
+    async def scenario(controller: Controller, fleet: Fleet, actuator: FakeActuator,
+                       clock: VirtualClock) -> None:
+        await _tick(controller, clock, 0.0, "start")
+        fleet.ttft["b"] = 0.6
+        await _tick(controller, clock, 10.0)
+        fleet.prometheus_up = False
+        record = await _tick(controller, clock, 40.0)
+        assert controller.prometheus_error is not None
+        assert controller.metrics.prometheus_up._value.get() == 0
+        # Older than max_signal_age_s: no data, so b keeps its last target.
+        assert record.reasons["b"] == "holding: no fresh signals"
+        assert record.weights["b"] == 17 and not record.applied
+        ages = controller.snapshot(clock()).signals["b"]
+        assert ages.ttft_p99 is not None and ages.ttft_p99.age_s == pytest.approx(41.0)
+
+    _run(scenario)
+
+
+def test_health_flips_apply_at_once_despite_the_reload_interval() -> None:
+    async def scenario(controller: Controller, fleet: Fleet, actuator: FakeActuator,
+                       clock: VirtualClock) -> None:
+        await _tick(controller, clock, 0.0, "start")
+        fleet.healthy["c"] = False
+        for _ in range(SETTINGS.fail_threshold):
+            clock.advance(0.5)
+            await controller.prober.probe_all()
+        assert controller.flipped.is_set()
+        record = await controller.evaluate("health probes")
+        assert record.applied and record.down == ["c"]
+        assert record.why == "rotation change (out: c)"
+
+    _run(scenario)
+
+
+def test_admin_drain_and_pin_apply_at_once_and_a_pin_expires() -> None:
+    async def scenario(controller: Controller, fleet: Fleet, actuator: FakeActuator,
+                       clock: VirtualClock) -> None:
+        await _tick(controller, clock, 0.0, "start")
+        drained = await controller.set_override("a", drained=True)
+        assert drained.applied and drained.down == ["a"] and drained.reasons["a"] == \
+            "drained by admin"
+        clock.advance(1.0)
+        pinned = await controller.set_override("b", pinned_weight=80,
+                                               pin_expires_at=clock() + 60)
+        assert pinned.applied and pinned.why == "admin pin changed for b"
+        assert controller.applied is not None and controller.applied.replicas["b"].pinned
+        expired = await _tick(controller, clock, 61.0)
+        assert expired.applied and expired.why == "admin pin changed for b"
+        assert expired.weights["b"] == 50
+
+    _run(scenario)
+
+
+@pytest.mark.parametrize(("error", "result"), [
+    (NginxTestFailed("nginx -t rejected the new upstream.conf"), "nginx_test_failed"),
+    (NginxReloadFailed("nginx did not run upstream.conf version x"), "reload_failed"),
+])
+def test_a_refused_change_is_counted_kept_pending_and_retried(error: NginxReloadFailed,
+                                                              result: str) -> None:
+    async def scenario(controller: Controller, fleet: Fleet, actuator: FakeActuator,
+                       clock: VirtualClock) -> None:
+        await _tick(controller, clock, 0.0, "start")
+        actuator.fail_with = error
+        fleet.healthy["a"] = False
+        for _ in range(SETTINGS.fail_threshold):
+            await controller.prober.probe_all()
+        failed = await controller.evaluate("health probes")
+        assert not failed.applied and failed.error == error.message
+        assert controller.metrics.reloads.labels(result=result)._value.get() == 1
+        assert controller.metrics.change_pending._value.get() == 1
+        # The gateway still runs the last good decision; the next evaluation retries.
+        assert controller.applied is not None and controller.applied.down() == frozenset()
+        actuator.fail_with = None
+        retried = await _tick(controller, clock, 2.0)
+        assert retried.applied and retried.down == ["a"]
+        assert controller.metrics.change_pending._value.get() == 0
+
+    _run(scenario)
