@@ -19,10 +19,11 @@ reload took effect). Faults:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,10 +32,12 @@ import httpx
 from router.bench import load, stats
 from router.config.spec import ClusterSpec
 from router.errors import ClusterError, SpecError
+from router.runtime.cluster import controller_call
 from router.runtime.paths import RuntimePaths
 from router.runtime.procs import descendants
 from router.runtime.state import ClusterState
 from router.runtime.supervise import Supervisor
+from router.upstream import BASE_WEIGHT
 
 FAULTS = ("kill", "hang", "slow", "restart")
 SIGNAL_FAULTS = ("kill", "restart", "hang")
@@ -56,6 +59,13 @@ class DrillPlan:
     recover_timeout_s: float = 180.0
     after_s: float = 10.0
     output_tokens: load.Range = (32, 64)
+    # Every replica pinned at the base weight for the whole drill: the
+    # gateway is static least_conn, the baseline the controller is judged by.
+    static: bool = False
+
+    @property
+    def longest_s(self) -> float:
+        return self.before_s + self.hold_s + self.recover_timeout_s + self.after_s
 
 
 @dataclass
@@ -212,7 +222,7 @@ async def _drill(plan: DrillPlan, gateway: str, replica_url: str, key: str | Non
     seen = Observation()
     stop, watching = asyncio.Event(), asyncio.Event()
     workload = load.Workload(model=model, output_tokens=plan.output_tokens)
-    limit = plan.before_s + plan.hold_s + plan.recover_timeout_s + plan.after_s
+    limit = plan.longest_s
     loader = asyncio.create_task(load.run(gateway, workload, load.Arrivals("poisson", plan.rate),
                                           limit, key, sample_weights=False, stop=stop))
     start = time.perf_counter()
@@ -303,8 +313,9 @@ def run_drill(spec: ClusterSpec, plan: DrillPlan, key: str | None,
     injector = _Injector(paths, plan.replica, replicas[plan.replica], engine)
     progress(f"{plan.rate:g} requests/s through {state.gateway_url} for {plan.before_s:g}s, "
              f"then {plan.fault} {plan.replica}")
-    run, seen = asyncio.run(_drill(plan, state.gateway_url, replicas[plan.replica], key,
-                                   injector, state.served_model_name, progress))
+    with _static_weights(paths, state, plan, progress):
+        run, seen = asyncio.run(_drill(plan, state.gateway_url, replicas[plan.replica], key,
+                                       injector, state.served_model_name, progress))
     summary = stats.summarize(run.records, run.duration_s, stats.Slo())
     windows = _windows(run.records, seen)
     not_started = sum(windows[w][p] for w in windows
@@ -328,7 +339,25 @@ def run_drill(spec: ClusterSpec, plan: DrillPlan, key: str | None,
         (s["t"] - (seen.fault_at or 0.0) for s in seen.samples
          if half is not None and s["t"] >= (seen.fault_at or 0.0)
          and s.get("weights", {}).get(plan.replica, half + 1) <= half), None)
+    # How long after the fault ended it had 80 % of its old weight again.
+    regained = 0.8 * before[-1] if before else None
+    measures["weight_regained_after_clear_s"] = next(
+        (s["t"] - seen.cleared_at for s in seen.samples
+         if regained is not None and seen.cleared_at is not None and s["t"] >= seen.cleared_at
+         and s.get("weights", {}).get(plan.replica, 0) >= regained), None)
+    during_records = [r for r in run.records if bounds[DURING][0] <= r.start < bounds[DURING][1]]
+    measures["share_during"] = (sum(1 for r in during_records if r.replica == plan.replica)
+                                / len(during_records)) if during_records else None
     targets: list[tuple[str, str, bool | None]] = []
+    if plan.fault == "slow" and not plan.static:
+        halved = measures["weight_halved_after_fault_s"]
+        regained_s = measures["weight_regained_after_clear_s"]
+        targets = [
+            ("weight halved within 5 s of the slowdown", _secs(halved),
+             None if halved is None else halved <= 5.0),
+            ("back to at least 80 % of its weight within 20 s of the fault ending",
+             _secs(regained_s), None if regained_s is None else regained_s <= 20.0),
+        ]
     if plan.fault == "kill":
         out, back = measures["out_of_rotation_after_fault_s"], measures["back_after_healthy_s"]
         targets = [
@@ -338,6 +367,27 @@ def run_drill(spec: ClusterSpec, plan: DrillPlan, key: str | None,
             ("back within 5 s of healthy", _secs(back), None if back is None else back <= 5.0),
         ]
     return DrillResult(plan, engine, run, seen, summary, windows, measures, targets)
+
+
+@contextlib.contextmanager
+def _static_weights(paths: RuntimePaths, state: ClusterState, plan: DrillPlan,
+                    progress: Progress) -> Iterator[None]:
+    """Pin every replica at the base weight for the drill when it asks for
+    static weights; the pins go when the drill ends, however it ends."""
+    if not plan.static:
+        yield
+        return
+    names = [r.name for r in state.replicas]
+    progress(f"static weights: pinning {', '.join(names)} at {BASE_WEIGHT}")
+    try:
+        for name in names:
+            controller_call(paths, state, "POST", f"/replicas/{name}/weight",
+                            {"weight": BASE_WEIGHT, "ttl_s": plan.longest_s + 60}, required=True)
+        yield
+    finally:
+        for name in names:
+            controller_call(paths, state, "POST", f"/replicas/{name}/weight",
+                            {"weight": None})
 
 
 def _secs(value: float | None) -> str:

@@ -62,6 +62,15 @@ def _moments(result: DrillResult) -> list[str]:
                      "the lowest during the fault"
                      + (f"; it was halved {_secs(halved)} after the fault." if halved is not None
                         else "; it was never halved."))
+        regained = m.get("weight_regained_after_clear_s")
+        if result.plan.fault in ("hang", "slow") and halved is not None:
+            lines.append(f"- It had 80 % of its weight again {_secs(regained)} after the "
+                         "fault ended." if regained is not None else
+                         "- It did not have 80 % of its weight again while the drill watched.")
+    if result.plan.static:
+        lines.append("- Static weights: every replica was pinned at the base weight for the "
+                     "whole drill (`--static`), so the gateway balanced with plain "
+                     "`least_conn`; health still took replicas out.")
     return lines
 
 

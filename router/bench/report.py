@@ -99,7 +99,7 @@ def _timeline(records: list[RequestRecord], bucket_s: float = 1.0
     return times, p50, {name: [c[i] for i in range(buckets)] for name, c in sorted(served.items())}
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -111,7 +111,7 @@ def _pyplot() -> Any:
 def plot_cdf(out: Path, series: list[tuple[str, list[RequestRecord]]],
              filename: str = "latency-cdf.png") -> str:
     """The E2E latency CDF of each labelled set of requests, on one chart."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for label, records in series:
         values = sorted(r.e2e for r in records if r.ok and r.e2e is not None)
@@ -137,7 +137,7 @@ Event = tuple[float, str]
 def plot_timeline(out: Path, label: str, run: RunResult, filename: str = "timeline.png",
                   events: list[Event] | None = None) -> str:
     """Latency and per-replica traffic over time, weights overlaid, events marked."""
-    plt = _pyplot()
+    plt = pyplot()
     times, p50, served = _timeline(run.records)
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
     top.plot(times, [v * 1000 for v in p50], color="black")

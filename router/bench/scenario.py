@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,8 +23,10 @@ from typing import Any
 from router.bench import fleets, load, stats
 from router.bench.fleets import Endpoint, Fleet, Progress
 from router.errors import ClusterError, SpecError
+from router.runtime.gateway import signal_reload
+from router.runtime.paths import RuntimePaths
 
-SCENARIOS = ("overhead", "heterogeneous", "homogeneous", "scaling")
+SCENARIOS = ("overhead", "heterogeneous", "homogeneous", "scaling", "reloads")
 
 # The replicas of the policy and scaling scenarios: a GPU-like step time
 # (20 ms plus 0.4 ms per sequence in the batch) and 32 sequences at most,
@@ -54,12 +57,18 @@ class Size:
     scaling_replicas: tuple[int, ...] = (1, 2, 4, 8)
     scaling_s: float = 45.0
     output_tokens: load.Range = (64, 128)
+    reload_clients: int = 200
+    reload_every_s: float = 10.0
+    reload_warmup_s: float = 20.0
+    reload_measure_s: float = 120.0
+    reload_output_tokens: load.Range = (100, 200)
 
 
 FULL = Size()
 TINY = Size(warmup_s=1.0, measure_s=2.0, calibrate_s=1.5, overhead_rate=10.0, overhead_s=2.0,
             capacity_rates=(20.0, 40.0), capacity_level_s=1.0, scaling_replicas=(1, 2),
-            scaling_s=2.0, output_tokens=(8, 16))
+            scaling_s=2.0, output_tokens=(8, 16), reload_clients=16, reload_every_s=0.5,
+            reload_warmup_s=0.5, reload_measure_s=2.0, reload_output_tokens=(8, 16))
 
 
 @dataclass
@@ -94,6 +103,8 @@ class Context:
     size: Size
     progress: Progress
     seed: int = 0
+    # Policy scenarios: only these contenders (Policy.key); empty runs all.
+    contenders: tuple[str, ...] = ()
 
     def fleet_spec(self, name: str, replicas: int, sim: dict[str, Any], **kwargs: Any
                    ) -> tuple[dict[str, Any], Path]:
@@ -260,6 +271,7 @@ def _added(row: dict[str, Any], base: dict[str, Any], metric: str, q: str) -> fl
 
 @dataclass(frozen=True)
 class Policy:
+    key: str  # what --contenders names it by
     label: str
     balance: str = "least_conn"
     controller: bool = False
@@ -267,12 +279,13 @@ class Policy:
 
 
 POLICIES = (
-    Policy("round-robin (nginx)", balance="round_robin"),
-    Policy("least_conn, static weights (nginx)"),
-    Policy("llm-fleet adaptive", controller=True),
-    Policy("vllm-router power_of_two", router_policy="power_of_two"),
-    Policy("vllm-router cache_aware", router_policy="cache_aware"),
+    Policy("round-robin", "round-robin (nginx)", balance="round_robin"),
+    Policy("least_conn", "least_conn, static weights (nginx)"),
+    Policy("adaptive", "llm-fleet adaptive", controller=True),
+    Policy("power_of_two", "vllm-router power_of_two", router_policy="power_of_two"),
+    Policy("cache_aware", "vllm-router cache_aware", router_policy="cache_aware"),
 )
+CONTENDERS = tuple(p.key for p in POLICIES)
 
 
 def _sim_text(sim: dict[str, Any]) -> str:
@@ -307,7 +320,8 @@ def policies(ctx: Context, heterogeneous: bool) -> ScenarioResult:
     rows: list[Row] = []
     rate = 0.0
     per_replica: list[float] = []
-    for policy in POLICIES:
+    chosen = [p for p in POLICIES if not ctx.contenders or p.key in ctx.contenders]
+    for policy in chosen:
         if missing.get(policy.label):
             rows.append(Row(policy.label, skipped=missing[policy.label]))
             ctx.progress(f"{name}: {policy.label} skipped: {missing[policy.label]}")
@@ -332,8 +346,10 @@ def policies(ctx: Context, heterogeneous: bool) -> ScenarioResult:
                 run = _run(endpoint, workload, load.Arrivals("poisson", rate=rate), total,
                            sample_weights=policy.router_policy is None)
             summary = _window(run, size.warmup_s, size.measure_s)
-            rows.append(Row(policy.label, summary=summary, run=run,
-                            measured_from_s=size.warmup_s))
+            row = Row(policy.label, summary=summary, run=run, measured_from_s=size.warmup_s)
+            if policy.controller:
+                row.extra["weight_changes"] = weight_changes(run.weights, size.warmup_s)
+            rows.append(row)
             ctx.progress(f"{name}: {policy.label}: E2E p99 {_fmt_s(summary['e2e_s']['p99'])}, "
                          f"{summary['request_throughput']:.1f} req/s, "
                          f"{summary['failed']} failed")
@@ -350,9 +366,10 @@ def policies(ctx: Context, heterogeneous: bool) -> ScenarioResult:
                f"Load: streamed chat, 32-256 prompt words, {size.output_tokens[0]}-"
                f"{size.output_tokens[1]} output tokens, Poisson arrivals at {rate:g} "
                f"requests/s ({LOAD_SHARE:.0%} of capacity) for "
-               f"{size.warmup_s + size.measure_s:g} s; figures are over the requests that "
-               f"started after a {size.warmup_s:g} s warm-up, so the adaptive controller's "
-               "weights have settled (its latency window is 1 minute).",
+               f"{size.warmup_s + size.measure_s:g} s; "
+               + (f"figures are over the requests that started after a {size.warmup_s:g} s "
+                  "warm-up." if size.warmup_s else "figures are over every request, from the "
+                  "first second (no warm-up left out)."),
                "Each row is a fresh fleet from the same spec; only the balancing differs. "
                "Goodput counts requests with TTFT <= 2 s and TPOT <= 100 ms."],
         rows=rows)
@@ -360,6 +377,13 @@ def policies(ctx: Context, heterogeneous: bool) -> ScenarioResult:
                                 and r.summary), -1)
     _policy_targets(result, heterogeneous)
     return result
+
+
+def weight_changes(samples: list[dict[str, Any]], after_s: float) -> int:
+    """How often the sampled weights changed after ``after_s``: each change is
+    a reload the controller made (samples are a second apart, reloads ten)."""
+    seen = [s["weights"] for s in samples if s["t"] >= after_s and s["weights"]]
+    return sum(1 for a, b in zip(seen, seen[1:], strict=False) if a != b)
 
 
 def _by_label(rows: list[Row], prefix: str) -> dict[str, Any] | None:
@@ -370,11 +394,13 @@ def _policy_targets(result: ScenarioResult, heterogeneous: bool) -> None:
     adaptive = _by_label(result.rows, "llm-fleet adaptive")
     least = _by_label(result.rows, "least_conn")
     robin = _by_label(result.rows, "round-robin")
-    if adaptive is None or least is None or robin is None:
+    if adaptive is None or least is None:
         return
     e2e = adaptive["e2e_s"]["p99"]
     if heterogeneous:
-        for base, limit, label in ((least, 0.6, "static least_conn"), (robin, 0.4, "round-robin")):
+        bases = [(least, 0.6, "static least_conn")] + (
+            [(robin, 0.4, "round-robin")] if robin is not None else [])
+        for base, limit, label in bases:
             ratio = e2e / base["e2e_s"]["p99"] if e2e and base["e2e_s"]["p99"] else None
             result.targets.append((f"adaptive P99 E2E <= {limit:g} x {label}",
                                    "–" if ratio is None else f"{ratio:.2f} x",
@@ -383,6 +409,11 @@ def _policy_targets(result: ScenarioResult, heterogeneous: bool) -> None:
         result.targets.append(("adaptive throughput within 2 % of least_conn",
                                f"{thr - 1:+.1%}", abs(thr - 1) <= 0.02))
         return
+    changes = next((r.extra["weight_changes"] for r in result.rows
+                    if "weight_changes" in r.extra), None)
+    if changes is not None:
+        result.targets.append(("adaptive: zero weight reloads after warm-up",
+                               f"{changes}", changes == 0))
     for metric, label in (("ttft_s", "P99 TTFT"), ("e2e_s", "P99 E2E")):
         a, b = adaptive[metric]["p99"], least[metric]["p99"]
         ratio = a / b if a and b else None
@@ -454,6 +485,140 @@ def scaling(ctx: Context) -> ScenarioResult:
                   worst.extra["ratio"] >= 0.97)])
 
 
+# ----------------------------------------------------------------- reloads
+
+# Slow steps, so 200 long streams are a few thousand chunks a second (what a
+# 2-core client can read), and a batch big enough that nothing queues: the
+# running count per replica is then exactly where the gateway sent streams.
+RELOAD_SIM: dict[str, Any] = {"decode_step_s": 0.1, "decode_s_per_seq": 0.0004,
+                              "max_num_seqs": 128}
+IMBALANCE_SAMPLE_S = 0.5
+
+
+def running_requests(metrics_text: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics_text.splitlines()
+               if line.startswith("vllm:num_requests_running"))
+
+
+async def _sample_running(urls: list[str], into: list[dict[str, Any]], run_start: float,
+                          stop: asyncio.Event) -> None:
+    import httpx
+
+    async with httpx.AsyncClient(timeout=2.0) as client:
+        while not stop.is_set():
+            try:
+                texts = await asyncio.gather(*(client.get(u + "/metrics") for u in urls))
+                into.append({"t": time.perf_counter() - run_start,
+                             "running": [running_requests(r.text) for r in texts]})
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(IMBALANCE_SAMPLE_S)
+
+
+async def _reload_every(paths: RuntimePaths, every_s: float, stop: asyncio.Event,
+                        done: list[float], run_start: float) -> None:
+    """SIGHUP the nginx master every ``every_s``: a reload of the same file
+    still starts a new generation of workers, which is what is measured."""
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), every_s)
+        except TimeoutError:
+            signal_reload(paths)
+            done.append(time.perf_counter() - run_start)
+
+
+async def _streams(fleet: Fleet, workload: load.Workload, clients: int, seconds: float,
+                   reload_every_s: float | None, samples: list[dict[str, Any]],
+                   reloaded: list[float]) -> load.RunResult:
+    """The closed loop of streams, with the running counts sampled and, when
+    asked, nginx reloaded every ``reload_every_s``."""
+    stop = asyncio.Event()
+    start = time.perf_counter()
+    helpers = [asyncio.create_task(_sample_running(fleet.replica_urls, samples, start, stop))]
+    if reload_every_s is not None:
+        helpers.append(asyncio.create_task(_reload_every(
+            RuntimePaths(fleet.spec.runtime_dir), reload_every_s, stop, reloaded, start)))
+    try:
+        return await load.run(fleet.gateway_url, workload,
+                              load.Arrivals("closed", concurrency=clients), seconds,
+                              sample_weights=False)
+    finally:
+        stop.set()
+        await asyncio.gather(*helpers)
+
+
+def imbalance(samples: list[dict[str, Any]], after_s: float) -> dict[str, Any]:
+    """max/min of the replicas' running requests per sample, after ``after_s``."""
+    ratios = [max(s["running"]) / min(s["running"]) for s in samples
+              if s["t"] >= after_s and s["running"] and min(s["running"]) > 0]
+    empty = sum(1 for s in samples if s["t"] >= after_s and s["running"]
+                and min(s["running"]) == 0)
+    ratios.sort()
+    return {"samples": len(ratios), "samples_with_an_idle_replica": empty,
+            "mean": sum(ratios) / len(ratios) if ratios else None,
+            "p50": stats.percentile(ratios, 50) if ratios else None,
+            "p95": stats.percentile(ratios, 95) if ratios else None,
+            "max": ratios[-1] if ratios else None}
+
+
+def reloads(ctx: Context) -> ScenarioResult:
+    size = ctx.size
+    workload = load.Workload(model="sim-model", prompt_words=(32, 64),
+                             output_tokens=size.reload_output_tokens, seed=ctx.seed)
+    total = size.reload_warmup_s + size.reload_measure_s
+    rows: list[Row] = []
+    for label, every in (("no reloads", None),
+                         (f"a reload every {size.reload_every_s:g} s", size.reload_every_s)):
+        with ctx.fleet(f"reloads/{'none' if every is None else 'every'}", 4,
+                       {"defaults": RELOAD_SIM}, controller=False) as fleet:
+            ctx.progress(f"reloads: {label}: {size.reload_clients} streams for {total:g}s")
+            samples: list[dict[str, Any]] = []
+            reloaded: list[float] = []
+            run = asyncio.run(_streams(fleet, workload, size.reload_clients, total, every,
+                                       samples, reloaded))
+        summary = _window(run, size.reload_warmup_s, size.reload_measure_s)
+        row = Row(label, summary=summary, run=run, measured_from_s=size.reload_warmup_s)
+        row.extra.update(imbalance=imbalance(samples, size.reload_warmup_s),
+                         reloads=len(reloaded), running_samples=samples)
+        rows.append(row)
+        spread = row.extra["imbalance"]
+        ctx.progress(f"reloads: {label}: running max/min mean {_fmt_ratio(spread['mean'])}, "
+                     f"p95 {_fmt_ratio(spread['p95'])}; E2E p99 "
+                     f"{_fmt_s(summary['e2e_s']['p99'])}")
+    still, reloading = (r.extra["imbalance"] for r in rows)
+    calm, busy = (r.summary for r in rows)
+    assert calm is not None and busy is not None
+    p99 = {m: (busy[m]["p99"] / calm[m]["p99"]) if busy[m]["p99"] and calm[m]["p99"] else None
+           for m in ("ttft_s", "e2e_s")}
+    result = ScenarioResult(
+        name="reloads", title="What a reload every few seconds does to least_conn",
+        setup=[f"4 simulated replicas ({_sim_text(RELOAD_SIM)}): a batch large enough that "
+               "nothing queues, so each replica's running count is where the gateway sent "
+               "streams. Static least_conn; the controller is off in both runs, so the only "
+               "difference is the reloads.",
+               f"Load: a closed loop of {size.reload_clients} clients, streamed completions "
+               f"of {size.reload_output_tokens[0]}-{size.reload_output_tokens[1]} tokens "
+               f"(long streams), {total:g} s per run; figures after a "
+               f"{size.reload_warmup_s:g} s warm-up.",
+               f"With reloads: SIGHUP to the nginx master every {size.reload_every_s:g} s "
+               "(the same configuration: each reload starts a new generation of workers, "
+               "as a weight change does).",
+               f"Imbalance: every {IMBALANCE_SAMPLE_S:g} s, each replica's "
+               "`vllm:num_requests_running`; the figure is max/min across the four."],
+        rows=rows, timeline_row=-1)
+    result.targets += [
+        ("running max/min with reloads against without (mean)",
+         f"{_fmt_ratio(reloading['mean'])} vs {_fmt_ratio(still['mean'])}", None),
+        ("P99 TTFT and E2E with reloads against without",
+         f"{_fmt_ratio(p99['ttft_s'])} x, {_fmt_ratio(p99['e2e_s'])} x", None),
+    ]
+    return result
+
+
+def _fmt_ratio(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
 def _fmt_ms(value: float | None) -> str:
     return "–" if value is None else f"{value * 1000:+.2f} ms"
 
@@ -463,16 +628,25 @@ def _fmt_s(value: float | None) -> str:
 
 
 def run_scenario(name: str, work_dir: Path, tiny: bool, progress: Progress,
-                 seed: int = 0) -> ScenarioResult:
+                 seed: int = 0, warmup_s: float | None = None, measure_s: float | None = None,
+                 contenders: tuple[str, ...] = ()) -> ScenarioResult:
     if name not in SCENARIOS:
         raise SpecError(f"no scenario named {name!r}",
                         hint="scenarios are: " + ", ".join(SCENARIOS))
-    ctx = Context(work_dir=work_dir, size=TINY if tiny else FULL, progress=progress, seed=seed)
+    size = TINY if tiny else FULL
+    if warmup_s is not None:
+        size = replace(size, warmup_s=warmup_s)
+    if measure_s is not None:
+        size = replace(size, measure_s=measure_s)
+    ctx = Context(work_dir=work_dir, size=size, progress=progress, seed=seed,
+                  contenders=contenders)
     try:
         if name == "overhead":
             return overhead(ctx)
         if name == "scaling":
             return scaling(ctx)
+        if name == "reloads":
+            return reloads(ctx)
         return policies(ctx, heterogeneous=name == "heterogeneous")
     except ClusterError as exc:
         raise ClusterError(f"scenario {name}: {exc.message}", hint=exc.hint) from exc

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from router.bench.report import plot_cdf, plot_timeline, targets_table
+from router.bench.report import plot_cdf, plot_timeline, pyplot, targets_table
 from router.bench.scenario import Row, ScenarioResult
 
 
@@ -69,6 +69,42 @@ def _scaling_table(rows: list[Row]) -> list[str]:
     return lines
 
 
+def _ratio(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def _reloads_table(rows: list[Row]) -> list[str]:
+    lines = ["", "### Running requests per replica, max/min", "",
+             "| run | reloads | mean | p50 | p95 | max | samples | samples with an idle "
+             "replica |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for row in rows:
+        spread = row.extra["imbalance"]
+        lines.append(f"| {row.label} | {row.extra['reloads']} | {_ratio(spread['mean'])} | "
+                     f"{_ratio(spread['p50'])} | {_ratio(spread['p95'])} | "
+                     f"{_ratio(spread['max'])} | {spread['samples']} | "
+                     f"{spread['samples_with_an_idle_replica']} |")
+    return lines
+
+
+def plot_imbalance(out: Path, rows: list[Row], filename: str = "imbalance.png") -> str:
+    """Running max/min over time, one line per run."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    for row in rows:
+        points = [(s["t"], max(s["running"]) / min(s["running"]))
+                  for s in row.extra["running_samples"] if s["running"] and min(s["running"])]
+        ax.plot([t for t, _ in points], [r for _, r in points], label=row.label, linewidth=1)
+    ax.axvline(rows[0].measured_from_s, color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("seconds into the run")
+    ax.set_ylabel("running requests, max/min")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / filename, dpi=110)
+    plt.close(fig)
+    return filename
+
+
 def markdown(result: ScenarioResult, command: str, machine: dict[str, Any],
              plots: list[str]) -> str:
     lines = [f"# Scenario `{result.name}`: {result.title}", "",
@@ -82,6 +118,13 @@ def markdown(result: ScenarioResult, command: str, machine: dict[str, Any],
         lines += _overhead_tables(result.rows)
     if result.name == "scaling":
         lines += _scaling_table(result.rows)
+    if result.name == "reloads":
+        lines += _reloads_table(result.rows)
+    changes = [(r.label, r.extra["weight_changes"]) for r in result.rows
+               if "weight_changes" in r.extra]
+    if changes:
+        lines += [""] + [f"{label}: the weights changed {count} time(s) after the warm-up "
+                         "(each change is a gateway reload)." for label, count in changes]
     lines += targets_table(result.targets)
     if result.notes:
         lines += ["", "## Notes", ""] + [f"- {note}" for note in result.notes]
@@ -109,6 +152,8 @@ def write(out: Path, result: ScenarioResult, command: str, machine: dict[str, An
                 else None)
     if timeline is not None and timeline.run is not None:
         plots.append(plot_timeline(out, timeline.label, timeline.run))
+    if result.name == "reloads" and result.rows:
+        plots.append(plot_imbalance(out, result.rows))
     (out / "result.json").write_text(json.dumps(
         {"scenario": result.name, "command": command, "machine": machine,
          "setup": result.setup, "rows": [_row_json(r) for r in result.rows],

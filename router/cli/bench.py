@@ -76,10 +76,21 @@ def cmd_bench_scenario(args: argparse.Namespace) -> int:
     if args.scenario not in scenario.SCENARIOS:
         raise SpecError(f"no scenario named {args.scenario!r}",
                         hint="scenarios are: " + ", ".join(scenario.SCENARIOS))
+    contenders = tuple(c for c in (args.contenders or "").split(",") if c)
+    unknown = sorted(set(contenders) - set(scenario.CONTENDERS))
+    if unknown:
+        raise SpecError(f"--contenders: no contender named {', '.join(unknown)}",
+                        hint="contenders are: " + ", ".join(scenario.CONTENDERS))
+    for flag, value in (("--warmup", args.warmup), ("--measure", args.measure)):
+        if value is not None and value < (0 if flag == "--warmup" else 1):
+            raise SpecError(f"{flag} must be {'0' if flag == '--warmup' else '1'} seconds or "
+                            "more", hint=f"e.g. {flag} 60")
     out = args.out or REPO_ROOT / "docs" / "benchmarks" / args.scenario
     work = Path(tempfile.mkdtemp(prefix=f"fleet-{args.scenario}-"))
     try:
-        result = scenario.run_scenario(args.scenario, work, args.tiny, progress, args.seed)
+        result = scenario.run_scenario(args.scenario, work, args.tiny, progress, args.seed,
+                                       warmup_s=args.warmup, measure_s=args.measure,
+                                       contenders=contenders)
     finally:
         if args.keep_work:
             progress(f"fleet specs and logs kept in {work}")
@@ -98,10 +109,11 @@ def cmd_drill(args: argparse.Namespace) -> int:
             raise SpecError(f"{flag} must be 0 seconds or more", hint=f"e.g. {flag} 10")
     plan = drill.DrillPlan(fault=args.fault, replica=args.replica, rate=args.load,
                            before_s=args.before, hold_s=args.hold, after_s=args.after,
-                           recover_timeout_s=args.recover_timeout)
+                           recover_timeout_s=args.recover_timeout, static=args.static)
     spec = load_spec(args.spec)
     result = drill.run_drill(spec, plan, os.environ.get("FLEET_API_KEY"), progress)
-    out = args.out or REPO_ROOT / "docs" / "benchmarks" / f"drill-{args.fault}-{result.engine}"
+    name = f"drill-{args.fault}-{result.engine}" + ("-static" if args.static else "")
+    out = args.out or REPO_ROOT / "docs" / "benchmarks" / name
     announce(drill_report.write(out, result, command_line(args), load.machine()), result.targets)
     return 0
 
@@ -145,9 +157,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     pb.set_defaults(func=cmd_bench_run)
     pb = bench_sub.add_parser(
         "scenario", help="llm-fleet and its baselines side by side on simulated fleets: "
-                         "overhead, heterogeneous, homogeneous, scaling (docs/benchmarks)")
+                         "overhead, heterogeneous, homogeneous, scaling, reloads "
+                         "(docs/benchmarks)")
     pb.add_argument("scenario", metavar="NAME",
-                    help="overhead | heterogeneous | homogeneous | scaling")
+                    help="overhead | heterogeneous | homogeneous | scaling | reloads")
+    pb.add_argument("--warmup", type=float, metavar="S",
+                    help="heterogeneous, homogeneous: seconds of load left out of the figures "
+                         "(default 45)")
+    pb.add_argument("--measure", type=float, metavar="S",
+                    help="heterogeneous, homogeneous: seconds of load measured (default 90)")
+    pb.add_argument("--contenders", metavar="LIST",
+                    help="heterogeneous, homogeneous: only these, comma-separated, of "
+                         "round-robin, least_conn, adaptive, power_of_two, cache_aware")
     pb.add_argument("--out", type=Path, metavar="DIR",
                     help="report folder (default: docs/benchmarks/NAME)")
     pb.add_argument("--tiny", action="store_true",
@@ -174,7 +195,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="seconds of load after the replica is back")
     p.add_argument("--recover-timeout", type=float, default=180.0, metavar="S",
                    help="kill and restart: how long to wait for the replica to come back")
+    p.add_argument("--static", action="store_true",
+                   help="pin every replica at the base weight for the drill: static "
+                        "least_conn, the baseline for the controller's figures")
     p.add_argument("--out", type=Path, metavar="DIR",
-                   help="report folder (default: docs/benchmarks/drill-FAULT-ENGINE)")
+                   help="report folder (default: docs/benchmarks/drill-FAULT-ENGINE, "
+                        "with -static after it for --static)")
     p.set_defaults(func=cmd_drill)
 

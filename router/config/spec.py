@@ -328,6 +328,31 @@ class WarmupSpec(_Model):
     timeout_s: float = Field(default=300.0, gt=0.0, le=3600.0)
 
 
+class PaceSpec(_Model):
+    """Pace probes (router.controller.pace): the controller's own measure of
+    each replica's seconds per output token, fresh every round, which moves
+    weights within seconds of a slowdown instead of Prometheus' minute."""
+
+    # Off: weights follow Prometheus' P99 latency alone, as before.
+    enabled: bool = True
+    # One round probes every replica in rotation at once.
+    interval_s: float = Field(default=1.0, gt=0.0, le=60.0)
+    # Tokens per probe; the gaps between them are what is timed.
+    tokens: int = Field(default=8, ge=3, le=256)
+    timeout_s: float = Field(default=5.0, gt=0.0, le=60.0)
+    # A replica's ratio is its median over this many rounds: one odd round
+    # (a long prompt joining its batch) moves nothing.
+    window_rounds: int = Field(default=3, ge=1, le=60)
+    # Ratios within [1/deadband, deadband] of the fleet's median count as
+    # even: batch-to-batch noise on equal replicas stays inside it.
+    deadband: float = Field(default=1.25, gt=1.0, le=4.0)
+    # This many rounds in a row in one zone is strong evidence: the weight
+    # moves to its target in one step, at once, past the reload interval.
+    strong_rounds: int = Field(default=3, ge=1, le=60)
+    # A reading older than this is no data (the replica's probes fail).
+    max_age_s: float = Field(default=5.0, gt=0.0, le=600.0)
+
+
 class ControllerSpec(_Model):
     """The adaptive weight controller (docs/controller.md explains every knob)."""
 
@@ -372,6 +397,7 @@ class ControllerSpec(_Model):
     # How many decisions GET /decisions keeps.
     history: int = Field(default=200, ge=1, le=100_000)
     warmup: WarmupSpec = WarmupSpec()
+    pace: PaceSpec = PaceSpec()
 
     @property
     def latency_window_s(self) -> float:

@@ -6,10 +6,10 @@ import logging
 
 import uvicorn
 
-from router.config.plan import WarmupPlan
 from router.config.spec import ClusterSpec
 from router.controller.actuator import Actuator
 from router.controller.api import create_app
+from router.controller.pace import PaceProber
 from router.controller.service import Controller, Member
 from router.controller.signals import PrometheusClient
 from router.errors import ClusterError
@@ -27,27 +27,22 @@ def _state(paths: RuntimePaths) -> ClusterState:
     return state
 
 
-def members_from_state(paths: RuntimePaths) -> list[Member]:
-    return [Member(r.name, r.device, r.url) for r in _state(paths).replicas]
-
-
-def warmup_from_state(paths: RuntimePaths) -> WarmupPlan | None:
-    return _state(paths).warmup
-
-
 def run(spec: ClusterSpec) -> None:
     # One line per probe is noise; decisions and reloads are what to read.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     paths = RuntimePaths(spec.runtime_dir)
-    members = members_from_state(paths)
+    state = _state(paths)
+    members = [Member(r.name, r.device, r.url) for r in state.replicas]
+    pace = (PaceProber({m.name: m.url for m in members}, state.served_model_name,
+                       spec.controller.pace) if spec.controller.pace.enabled else None)
     prometheus = (PrometheusClient(f"http://127.0.0.1:{spec.prometheus.port}",
                                    spec.controller.query_timeout_s)
                   if spec.prometheus.enabled else None)
     controller = Controller(members, spec.controller, Actuator(spec.gateway, members, paths),
                             prometheus, overrides_file=paths.overrides_json,
-                            warmup=warmup_from_state(paths),
+                            warmup=state.warmup,
                             latency_memory_s=spec.controller.latency_window_s
-                            + spec.prometheus.scrape_interval_s)
+                            + spec.prometheus.scrape_interval_s, pace=pace)
     app = create_app(controller, read_admin_token(paths), grafana_url=spec.console.grafana_url)
     log.info("controller for %d replicas on 127.0.0.1:%d", len(members), spec.controller.port)
     uvicorn.run(app, host="127.0.0.1", port=spec.controller.port, log_level="warning",

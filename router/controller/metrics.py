@@ -53,6 +53,16 @@ class ControllerMetrics:
         self.warmup_seconds = Gauge("fleet_controller_warmup_duration_seconds",
                                     "How long the replica's last warm-up burst took, in "
                                     "seconds.", ["replica"], registry=reg)
+        self.pace_ratio = Gauge("fleet_controller_pace_ratio",
+                                "The replica's seconds per output token over the fleet's "
+                                "median, median of the last pace rounds (1 = even).",
+                                ["replica"], registry=reg)
+        self.pace_seconds = Gauge("fleet_controller_pace_seconds_per_token",
+                                  "Seconds per output token of the replica's latest pace "
+                                  "probe.", ["replica"], registry=reg)
+        self.pace_failures = Counter("fleet_controller_pace_probe_failures",
+                                     "Pace probes that failed or streamed too little to time.",
+                                     ["replica"], registry=reg)
         for result in RELOAD_RESULTS:
             self.reloads.labels(result=result)
         for applied in ("true", "false"):

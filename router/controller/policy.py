@@ -15,7 +15,11 @@ For each replica r, in order (the first rule that applies wins for `down`):
 3. **Weight** from two ratios against the fleet median, computed over the
    replicas in rotation that have fresh data:
 
-       latency_ratio_r  = max(p99_ttft_r / median(p99_ttft), p99_e2e_r / median(p99_e2e))
+       latency_ratio_r  = pace_r, from the controller's pace probes when fresh
+                          (router.controller.pace: the replica's seconds per
+                          output token over the round's median, median of the
+                          last rounds, 1 inside the deadband), else
+                          max(p99_ttft_r / median(p99_ttft), p99_e2e_r / median(p99_e2e))
                           clamped to [1/max_latency_ratio, max_latency_ratio]
        pressure_r       = kv_cache_usage_r + min(1, waiting_r / max(1, running_r))
        raw_r            = BASE_WEIGHT / latency_ratio_r * (1 + median(pressure)) / (1 + pressure_r)
@@ -31,9 +35,14 @@ For each replica r, in order (the first rule that applies wins for `down`):
      kernel activity in the sample period as busy, so every replica with a
      batch reads near 100 %.
    - Smoothing keeps one noisy evaluation from swinging traffic, and the
-     clamp keeps a single bad sample from zeroing a replica.
+     clamp keeps a single bad sample from zeroing a replica. Pace that sat
+     in one zone for ``pace.strong_rounds`` rounds in a row is strong
+     evidence: the target jumps to the raw weight, and the first such
+     decision is urgent (applied past the reload interval, see
+     ``should_apply``). Prometheus' P99 needs a minute to forget a slowdown;
+     the pace probes need ``strong_rounds`` seconds.
    - **Outliers**: a replica at ``outlier_latency_ratio`` times the median
-     or more on *both* P99 TTFT and P99 E2E gets raw weight 1 instead, while
+     or more on its pace, or on *both* P99 TTFT and P99 E2E, gets raw weight 1 instead, while
      the fleet's median pressure is below ``outlier_max_pressure``. Weighted
      least_conn gives a replica a share of about weight / latency ratio, and
      any share above 1 % puts its latency into the fleet's P99; a trickle
@@ -118,6 +127,23 @@ class Override:
 
 
 @dataclass(frozen=True)
+class PaceSignal:
+    """A replica's speed against the fleet's, from the controller's pace probes."""
+
+    # Median over the last rounds of its seconds per token / the round's median.
+    ratio: float
+    # Rounds in a row that ratio stayed in this zone ("slow", "even", "fast").
+    streak: int
+    zone: str
+    # Seconds per output token in the latest round, and when it was taken.
+    seconds_per_token: float
+    at: float
+
+    def fresh(self, now: float, max_age_s: float) -> bool:
+        return 0 <= now - self.at <= max_age_s
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """Everything the policy looks at, at one instant."""
 
@@ -131,6 +157,8 @@ class Snapshot:
     # Replicas whose latency histograms still hold their warm-up burst: its
     # first batch pays the kernels' compile, so their P99 says nothing yet.
     latency_blind: frozenset[str] = frozenset()
+    # Pace probe signals, per replica (router.controller.pace).
+    pace: Mapping[str, PaceSignal] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -141,6 +169,8 @@ class ReplicaDecision:
     reason: str
     # The weight is an admin's pin, not the policy's.
     pinned: bool = False
+    # Strong evidence just arrived: a weight change applies past the reload interval.
+    urgent: bool = False
 
 
 @dataclass(frozen=True)
@@ -176,17 +206,62 @@ def _pressure(signals: ReplicaSignals, max_age_s: float) -> float | None:
     return (kv or 0.0) + queue
 
 
-def _outlier(ratios: list[float], median_pressure: float | None,
+def _outlier(ratios: list[float], needed: int, median_pressure: float | None,
              settings: ControllerSpec) -> str | None:
-    """Why a replica is a latency outlier, or None. Both latencies must be
-    slow, so one histogram's coarse buckets cannot make an outlier alone."""
+    """Why a replica is a latency outlier, or None. From Prometheus both
+    latencies must be slow (``needed`` 2), so one histogram's coarse buckets
+    cannot make an outlier alone; the pace is one exact reading."""
     limit = settings.outlier_latency_ratio
-    if not limit or len(ratios) < 2 or min(ratios) < limit:
+    if not limit or len(ratios) < needed or min(ratios) < limit:
         return None
     if median_pressure is None or median_pressure >= settings.outlier_max_pressure:
         return None
-    return (f"outlier (>= {limit:g}x median on both; fleet pressure {median_pressure:.2f}): "
+    which = "on both" if needed > 1 else "in pace"
+    return (f"outlier (>= {limit:g}x median {which}; fleet pressure {median_pressure:.2f}): "
             "minimum weight")
+
+
+def _pace_ratio(signal: PaceSignal, settings: ControllerSpec) -> float:
+    """The pace ratio the weight follows: even inside the deadband."""
+    band = settings.pace.deadband
+    return 1.0 if 1 / band <= signal.ratio <= band else signal.ratio
+
+
+@dataclass(frozen=True)
+class _Latency:
+    """A replica's latency against the fleet's, and how sure we are of it."""
+
+    ratios: list[float]
+    terms: list[str]
+    # Ratios at the outlier limit it takes to make an outlier.
+    outlier_needs: int = 2
+    strong: bool = False
+    urgent: bool = False
+
+
+def _latency(replica: str, snapshot: Snapshot, signals: ReplicaSignals,
+             medians: Mapping[str, float | None], in_rotation: int,
+             settings: ControllerSpec) -> _Latency:
+    pace = snapshot.pace.get(replica)
+    if pace is not None and pace.fresh(snapshot.now, settings.pace.max_age_s) \
+            and in_rotation > 1:
+        # Probes are the same request everywhere and seconds old: they stand
+        # in for the P99s, which stay for alerts and dashboards.
+        rounds = f"{pace.streak} round{'s' if pace.streak != 1 else ''}"
+        return _Latency([_pace_ratio(pace, settings)],
+                        [f"pace {pace.ratio:.2f}x median ({pace.zone}, {rounds})"],
+                        outlier_needs=1, strong=pace.streak >= settings.pace.strong_rounds,
+                        urgent=pace.streak == settings.pace.strong_rounds)
+    if replica in snapshot.latency_blind:
+        return _Latency([], ["latency not read: its warm-up is inside the latency window"])
+    ratios, terms = [], []
+    for metric, label in (("ttft_p99", "p99 TTFT"), ("e2e_p99", "p99 E2E")):
+        value = _fresh(getattr(signals, metric), settings.max_signal_age_s)
+        median = medians[metric]
+        if value is not None and median is not None and median > 0 and in_rotation > 1:
+            ratios.append(value / median)
+            terms.append(f"{label} {value / median:.2f}x median")
+    return _Latency(ratios, terms)
 
 
 def decide(snapshot: Snapshot, previous: Decision | None, settings: ControllerSpec) -> Decision:
@@ -225,19 +300,10 @@ def decide(snapshot: Snapshot, previous: Decision | None, settings: ControllerSp
                 "warming up: healthy, taking its warm-up burst before it joins")
             continue
 
-        terms: list[str] = []
+        latency = _latency(r, snapshot, signals[r], medians, len(in_rotation), settings)
+        ratios, terms = latency.ratios, list(latency.terms)
         factor = 1.0
         have_data = False
-        ratios = []
-        if r in snapshot.latency_blind:
-            terms.append("latency not read: its warm-up is inside the latency window")
-        for metric, label in (("ttft_p99", "p99 TTFT"), ("e2e_p99", "p99 E2E")):
-            if r in snapshot.latency_blind:
-                break
-            value, median = _fresh(getattr(signals[r], metric), max_age), medians[metric]
-            if value is not None and median is not None and median > 0 and len(in_rotation) > 1:
-                ratios.append(value / median)
-                terms.append(f"{label} {value / median:.2f}x median")
         if ratios:
             have_data = True
             ratio = min(max(max(ratios), 1 / settings.max_latency_ratio),
@@ -248,7 +314,7 @@ def decide(snapshot: Snapshot, previous: Decision | None, settings: ControllerSp
             have_data = True
             factor *= (1 + median_pressure) / (1 + pressure)
             terms.append(f"pressure {pressure:.2f} vs median {median_pressure:.2f}")
-        outlier = _outlier(ratios, median_pressure, settings)
+        outlier = _outlier(ratios, latency.outlier_needs, median_pressure, settings)
         if outlier:
             terms.append(outlier)
 
@@ -256,9 +322,9 @@ def decide(snapshot: Snapshot, previous: Decision | None, settings: ControllerSp
             raw = MIN_WEIGHT if outlier else BASE_WEIGHT * factor
             # Bounded like the weight, so a target cannot wind up past what
             # nginx can be given and then lag on its way back.
+            step = 1.0 if latency.strong else settings.smoothing
             target = min(float(MAX_WEIGHT), max(float(MIN_WEIGHT),
-                                                prev_target + settings.smoothing
-                                                * (raw - prev_target)))
+                                                prev_target + step * (raw - prev_target)))
             reason = ", ".join(terms) + f"; target {target:.1f}"
         else:
             target = prev_target
@@ -278,7 +344,8 @@ def decide(snapshot: Snapshot, previous: Decision | None, settings: ControllerSp
             effective = override.pinned_weight
             reason = f"pinned by admin to {override.pinned_weight}"
         weight = clamp_weight(effective)
-        decisions[r] = ReplicaDecision(weight, False, target, reason, pinned)
+        decisions[r] = ReplicaDecision(weight, False, target, reason, pinned,
+                                       urgent=latency.urgent and not pinned)
 
     if snapshot.replicas and all(d.down for d in decisions.values()):
         candidates = [r for r in snapshot.replicas if not overrides[r].drained] or list(
@@ -297,9 +364,10 @@ def should_apply(applied: Decision | None, desired: Decision, last_weight_reload
                  settings: ControllerSpec) -> tuple[bool, str]:
     """Whether ``desired`` is worth a reload now, and why (hysteresis).
 
-    Health and admin changes apply at once; weight drift only when some
-    weight moves by at least ``min_weight_change`` and the last weight
-    reload is at least ``min_reload_interval_s`` old. Each reload resets
+    Health and admin changes apply at once, and so does the first weight
+    move on strong pace evidence; weight drift only when some weight moves
+    by at least ``min_weight_change`` and the last weight reload is at
+    least ``min_reload_interval_s`` old. Each reload resets
     nginx's least_conn counts and fail counters and forks a worker
     generation, so it is not free.
     """
@@ -315,18 +383,23 @@ def should_apply(applied: Decision | None, desired: Decision, last_weight_reload
                       if d.pinned != applied.replicas.get(r, d).pinned]
     if pinned_changes:
         return True, f"admin pin changed for {', '.join(sorted(pinned_changes))}"
-    moved = []
+    moved: dict[str, str] = {}
     for name, new in desired.replicas.items():
         old = applied.replicas.get(name)
         if old is None or new.down:
             continue
         change = abs(new.weight - old.weight) / old.weight
         if change >= settings.min_weight_change and new.weight != old.weight:
-            moved.append(f"{name} {old.weight}->{new.weight}")
+            moved[name] = f"{name} {old.weight}->{new.weight}"
     if not moved:
         return False, f"no weight moved by {settings.min_weight_change:.0%} or more"
+    urgent = [text for name, text in moved.items() if desired.replicas[name].urgent]
+    if urgent:
+        # The first decision on strong evidence is an event, like a health
+        # flip; the interval is for drift, and drift does not form streaks.
+        return True, "strong pace evidence: " + ", ".join(urgent)
     since = None if last_weight_reload_at is None else desired.at - last_weight_reload_at
     if since is not None and since < settings.min_reload_interval_s:
-        return False, (f"held: {', '.join(moved)} waits for the minimum reload interval "
-                       f"({since:.1f}s of {settings.min_reload_interval_s:g}s)")
-    return True, "weights moved: " + ", ".join(moved)
+        return False, (f"held: {', '.join(moved.values())} waits for the minimum reload "
+                       f"interval ({since:.1f}s of {settings.min_reload_interval_s:g}s)")
+    return True, "weights moved: " + ", ".join(moved.values())

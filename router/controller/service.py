@@ -28,9 +28,11 @@ from router.config.plan import WarmupPlan
 from router.config.spec import ControllerSpec
 from router.controller.actuator import ApplyResult
 from router.controller.metrics import ControllerMetrics
+from router.controller.pace import PaceProber
 from router.controller.policy import (
     Decision,
     Override,
+    PaceSignal,
     ReplicaSignals,
     Sample,
     Snapshot,
@@ -105,7 +107,8 @@ class Controller:
                  overrides_file: Path | None = None, warmup: WarmupPlan | None = None,
                  transport: httpx.AsyncBaseTransport | None = None,
                  latency_memory_s: float = 0.0, *, clock: Clock = time.time,
-                 prober: Prober | None = None, metrics: ControllerMetrics | None = None) -> None:
+                 prober: Prober | None = None, metrics: ControllerMetrics | None = None,
+                 pace: PaceProber | None = None) -> None:
         self.members = list(members)
         self.names = tuple(m.name for m in members)
         self.urls = {m.name: m.url for m in members}
@@ -131,6 +134,9 @@ class Controller:
         self.overrides_file = overrides_file
         self.overrides: dict[str, Override] = self._load_overrides()
         self.signals: dict[str, ReplicaSignals] = {}
+        # The pace probes, when on (router.controller.pace), and their signals.
+        self.pace = pace
+        self.pace_signals: dict[str, PaceSignal] = {}
         self.signals_at: float | None = None
         self.prometheus_error: str | None = None
         self.desired: Decision | None = None
@@ -162,7 +168,35 @@ class Controller:
                         health={n: s.health for n, s in self.prober.states.items()},
                         overrides=dict(self.overrides), warming=frozenset(self.warming),
                         latency_blind=frozenset(n for n, at in self.warmed_at.items()
-                                                if now - at < self.latency_memory_s))
+                                                if now - at < self.latency_memory_s),
+                        pace=dict(self.pace_signals))
+
+    # --- pace probes -------------------------------------------------------
+    def pace_targets(self) -> list[str]:
+        """The replicas a pace round probes: those in the gateway's rotation."""
+        applied = self.applied
+        return [name for name in self.names
+                if self.prober.states[name].health.healthy and name not in self.warming
+                and not self.overrides.get(name, Override()).drained
+                and (applied is None or not applied.replicas[name].down)]
+
+    async def pace_round(self) -> DecisionRecord | None:
+        """Probe every replica in rotation once, then decide on what was seen."""
+        if self.pace is None:
+            return None
+        round_ = await self.pace.probe(self.pace_targets())
+        self.pace_signals = round_.signals
+        for name in round_.failed:
+            self.metrics.pace_failures.labels(replica=name).inc()
+        return await self.evaluate("pace")
+
+    async def _pace_loop(self) -> None:
+        assert self.pace is not None
+        interval = self.pace.settings.interval_s
+        while True:
+            started = time.monotonic()
+            await self.pace_round()
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
 
     # --- warm-up -------------------------------------------------------------
     def track_warmups(self) -> None:
@@ -254,6 +288,10 @@ class Controller:
             m.signal_age.labels(replica=name).set(min(ages) if ages else math.inf)
             override = self.overrides.get(name, Override())
             m.override.labels(replica=name, kind="drain").set(int(override.drained))
+            pace = self.pace_signals.get(name)
+            if pace is not None:
+                m.pace_ratio.labels(replica=name).set(pace.ratio)
+                m.pace_seconds.labels(replica=name).set(pace.seconds_per_token)
             m.override.labels(replica=name, kind="pin").set(int(override.pin_active(now)))
 
     # --- admin actions -------------------------------------------------------
@@ -282,10 +320,13 @@ class Controller:
     # --- the loops ---------------------------------------------------------
     async def run(self) -> None:
         probing = asyncio.create_task(self.prober.run())
+        pacing = None
         try:
             await self.prober.probe_all()
             await self.refresh_signals()
             await self.evaluate("start")
+            if self.pace is not None:
+                pacing = asyncio.create_task(self._pace_loop())
             next_signals = time.monotonic() + self.settings.evaluate_interval_s
             while True:
                 timeout = max(0.0, next_signals - time.monotonic())
@@ -299,6 +340,10 @@ class Controller:
                     next_signals = time.monotonic() + self.settings.evaluate_interval_s
         finally:
             probing.cancel()
+            if pacing is not None:
+                pacing.cancel()
+            if self.pace is not None:
+                await self.pace.close()
             for task in self.warming.values():
                 task.cancel()
             if self._warmup_client is not None:
@@ -332,6 +377,10 @@ class Controller:
                                     "age_s": s.age_s if math.isfinite(s.age_s) else None})
                             for name in ReplicaSignals.__dataclass_fields__
                             for s in [getattr(signals, name)]},
+                "pace": None if (pace := self.pace_signals.get(member.name)) is None else {
+                    "ratio": pace.ratio, "zone": pace.zone, "streak": pace.streak,
+                    "seconds_per_token": pace.seconds_per_token,
+                    "age_s": max(0.0, now - pace.at)},
                 "override": {"drained": override.drained,
                              "pinned_weight": override.pinned_weight
                              if override.pin_active(now) else None,

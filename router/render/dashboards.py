@@ -466,6 +466,16 @@ CONTROLLER = Dashboard(
                   (Target(f'fleet_controller_override{{job="controller",{REPLICA}}}',
                           "{{kind}} {{replica}}"),),
                   "1 while a drain or pin set through the admin API is active."),
+            Panel("Pace against the fleet", "none",
+                  _per_replica(f'fleet_controller_pace_ratio{{job="controller",{REPLICA}}}'),
+                  "Seconds per output token over the fleet's median, from the controller's "
+                  "pace probes (1 = even; 3 = three times slower). It moves weights within "
+                  "seconds; the P99 panels need a minute."),
+            Panel("Pace probe, seconds per token", "s",
+                  _per_replica(f'fleet_controller_pace_seconds_per_token{{job="controller",'
+                               f'{REPLICA}}}'),
+                  "The latest probe's decode pace per replica: the same small request on "
+                  "every replica each round."),
         )),
         Row("Decisions", (
             Panel("Reloads", "short",

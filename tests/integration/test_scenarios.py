@@ -69,10 +69,24 @@ def test_policy_scenarios(tmp_path: Path, name: str) -> None:
                                  else {f"replica-{i}" for i in range(4)}), row["label"]
     adaptive = result["rows"][2]
     assert adaptive["summary"]["by_replica"], "the adaptive fleet served nothing"
-    assert len(result["targets"]) == (3 if name == "heterogeneous" else 4)
+    assert len(result["targets"]) == (3 if name == "heterogeneous" else 5)
+    assert isinstance(adaptive["extra"]["weight_changes"], int)
     assert (tmp_path / "timeline.png").exists()
     if name == "heterogeneous":
         assert "replica-3 runs at speed 0.33" in (tmp_path / "README.md").read_text()
+
+
+def test_reloads(tmp_path: Path) -> None:
+    result = _scenario("reloads", tmp_path)
+    quiet, reloading = result["rows"]
+    assert quiet["label"] == "no reloads" and reloading["label"].startswith("a reload every")
+    for row in result["rows"]:
+        _check_row(row)
+        assert row["extra"]["imbalance"]["samples"] + \
+            row["extra"]["imbalance"]["samples_with_an_idle_replica"] > 0
+    assert quiet["extra"]["reloads"] == 0 and reloading["extra"]["reloads"] > 0
+    assert (tmp_path / "imbalance.png").stat().st_size > 5_000
+    assert "### Running requests per replica, max/min" in (tmp_path / "README.md").read_text()
 
 
 def test_scaling(tmp_path: Path) -> None:

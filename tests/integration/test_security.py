@@ -83,7 +83,9 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
         "gateway": {"port": port, "status_port": free_port(), "max_body_size": MAX_BODY,
                     "client_timeout_s": CLIENT_TIMEOUT_S, "worker_processes": 1},
         "prometheus": {"port": free_port(), "scrape_interval_s": 1},
-        "controller": {"port": ctl, "evaluate_interval_s": 1},
+        # Pace probes off: the tests count the requests the replicas run, and
+        # the probes are the controller's own requests, sent past the gateway.
+        "controller": {"port": ctl, "evaluate_interval_s": 1, "pace": {"enabled": False}},
         "gateway_metrics": gateway_metrics_ports(),
         "auth": {"enabled": True},
         "limits": {"requests_per_s": RATE, "burst": BURST, "concurrent": CONCURRENT},
