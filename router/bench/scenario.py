@@ -606,12 +606,20 @@ def reloads(ctx: Context) -> ScenarioResult:
                f"Imbalance: every {IMBALANCE_SAMPLE_S:g} s, each replica's "
                "`vllm:num_requests_running`; the figure is max/min across the four."],
         rows=rows, timeline_row=-1)
-    result.targets += [
-        ("running max/min with reloads against without (mean)",
-         f"{_fmt_ratio(reloading['mean'])} vs {_fmt_ratio(still['mean'])}", None),
-        ("P99 TTFT and E2E with reloads against without",
-         f"{_fmt_ratio(p99['ttft_s'])} x, {_fmt_ratio(p99['e2e_s'])} x", None),
-    ]
+    # The question is whether the reloads hurt clients: a P99 more than 5 %
+    # worse would call for a mitigation.
+    result.targets.append((
+        f"P99 TTFT and E2E with a reload every {size.reload_every_s:g} s within 5 % of "
+        "without", f"{_fmt_ratio(p99['ttft_s'])} x, {_fmt_ratio(p99['e2e_s'])} x",
+        all(v is not None and v <= 1.05 for v in p99.values())))
+    result.notes.append(
+        f"Running requests per replica, max/min: mean {_fmt_ratio(reloading['mean'])} with "
+        f"reloads against {_fmt_ratio(still['mean'])} without (p95 "
+        f"{_fmt_ratio(reloading['p95'])} against {_fmt_ratio(still['p95'])}).")
+    result.notes.append(
+        "Goodput is 0 in both rows by design of the load: these replicas take 0.1 s a step, "
+        "above the goodput SLO's 100 ms per token; the long, slow streams are what keeps "
+        "old workers busy across reloads.")
     return result
 
 

@@ -39,7 +39,8 @@ For each replica r, in order (the first rule that applies wins for `down`):
      in one zone for ``pace.strong_rounds`` rounds in a row is strong
      evidence: the target jumps to the raw weight, and the first such
      decision is urgent (applied past the reload interval, see
-     ``should_apply``). Prometheus' P99 needs a minute to forget a slowdown;
+     ``should_apply``), as is the first decision that finds a replica with
+     strong evidence an outlier (below). Prometheus' P99 needs a minute to forget a slowdown;
      the pace probes need ``strong_rounds`` seconds.
    - **Outliers**: a replica at ``outlier_latency_ratio`` times the median
      or more on its pace, or on *both* P99 TTFT and P99 E2E, gets raw weight 1 instead, while
@@ -171,6 +172,8 @@ class ReplicaDecision:
     pinned: bool = False
     # Strong evidence just arrived: a weight change applies past the reload interval.
     urgent: bool = False
+    # The outlier rule set its weight to the minimum.
+    outlier: bool = False
 
 
 @dataclass(frozen=True)
@@ -344,8 +347,12 @@ def decide(snapshot: Snapshot, previous: Decision | None, settings: ControllerSp
             effective = override.pinned_weight
             reason = f"pinned by admin to {override.pinned_weight}"
         weight = clamp_weight(effective)
+        # An outlier found on strong evidence is news even in a long streak:
+        # the pressure that held the rule back may have only just dropped.
+        newly_outlier = bool(outlier) and latency.strong and not (before and before.outlier)
         decisions[r] = ReplicaDecision(weight, False, target, reason, pinned,
-                                       urgent=latency.urgent and not pinned)
+                                       urgent=(latency.urgent or newly_outlier) and not pinned,
+                                       outlier=bool(outlier))
 
     if snapshot.replicas and all(d.down for d in decisions.values()):
         candidates = [r for r in snapshot.replicas if not overrides[r].drained] or list(
@@ -356,7 +363,7 @@ def decide(snapshot: Snapshot, previous: Decision | None, settings: ControllerSp
         decisions[least_bad] = ReplicaDecision(
             kept.weight, False, kept.target,
             "fail open: every replica is out, so the least bad one stays in rotation "
-            f"({kept.reason})", kept.pinned)
+            f"({kept.reason})", kept.pinned, outlier=kept.outlier)
     return Decision(at=now, replicas=decisions)
 
 

@@ -19,7 +19,14 @@ import pytest
 
 from router.config.spec import ControllerSpec
 from router.controller.pace import PaceTracker, measure, round_ratios, zone_of
-from router.controller.policy import Decision, Snapshot, decide, should_apply
+from router.controller.policy import (
+    Decision,
+    ReplicaSignals,
+    Sample,
+    Snapshot,
+    decide,
+    should_apply,
+)
 
 SETTINGS = ControllerSpec()
 NAMES = ("replica-0", "replica-1", "replica-2", "replica-3")
@@ -165,3 +172,30 @@ def test_measure_gives_no_reading_for_a_failed_or_short_probe(answer: httpx.Resp
             return await measure(client, "http://r", "m", 4)
 
     assert asyncio.run(main()) is None
+
+
+def test_an_outlier_held_back_by_pressure_is_urgent_once_the_pressure_drops() -> None:
+    """Strong pace evidence of a 3x slower replica while the fleet is busy
+    keeps its proportional weight; when the pressure falls the outlier rule
+    applies at once, past the reload interval, not ten seconds later."""
+    settings = ControllerSpec(smoothing=1.0, slow_start_s=0.0)
+    tracker = PaceTracker(settings.pace)
+    names = ("a", "b", "c")
+    for t in range(5):
+        pace = tracker.fold({"a": 0.03, "b": 0.03, "c": 0.09}, float(t))
+
+    def snapshot(now: float, waiting: float) -> Snapshot:
+        signals = {n: ReplicaSignals(waiting=Sample(waiting, 0.0), running=Sample(10.0, 0.0),
+                                     kv_usage=Sample(0.1, 0.0)) for n in names}
+        return Snapshot(now=now, replicas=names, pace=pace, signals=signals)
+
+    busy = decide(snapshot(4.0, waiting=10.0), None, settings)
+    assert not busy.replicas["c"].outlier and busy.replicas["c"].weight == 17
+    calm = decide(snapshot(5.0, waiting=0.0), busy, settings)
+    assert calm.replicas["c"].outlier and calm.replicas["c"].urgent
+    assert calm.replicas["c"].weight == 1
+    apply, why = should_apply(busy, calm, last_weight_reload_at=4.5, settings=settings)
+    assert apply and why.startswith("strong pace evidence: c 17->1")
+    # The next decision, still an outlier, is not news.
+    later = decide(snapshot(6.0, waiting=0.0), calm, settings)
+    assert later.replicas["c"].outlier and not later.replicas["c"].urgent
