@@ -124,12 +124,22 @@ cat > "$prefix/bin/fleet" <<FLEET
 exec "$python" -m router.cli "\$@"
 FLEET
 chmod +x "$prefix/bin/fleet"
+if [ -x "$prefix/root/usr/sbin/logrotate" ]; then
+  # logrotate with the library a GPU host may lack (libpopt, also in the
+  # bundle); the rest of the host's programs keep the host's libraries.
+  cat > "$prefix/bin/logrotate" <<ROTATE
+#!/bin/sh
+LD_LIBRARY_PATH="$prefix/root/usr/lib/x86_64-linux-gnu:$prefix/root/lib/x86_64-linux-gnu\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}" \\
+  exec "$prefix/root/usr/sbin/logrotate" "\$@"
+ROTATE
+  chmod +x "$prefix/bin/logrotate"
+fi
 
 say "checking the installed programs"
 (
   . "$prefix/env.sh"
   "$prefix/bin/fleet" --version
-  for program in nginx prometheus promtool prometheus-nginx-exporter mtail; do
+  for program in nginx prometheus promtool prometheus-nginx-exporter mtail logrotate; do
     command -v "$program" >/dev/null || fail "$program is not in the bundle" \
       "rebuild the bundle with fleet bundle; its Debian packages were incomplete" 7
   done

@@ -28,12 +28,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     if args.foreground:
         cluster.up_foreground(args.spec, progress)
     plan = cluster.up(args.spec, progress)
-    print(_statustable(cluster.status(plan.spec)))
+    print(_status_table(cluster.status(plan.spec)))
     print(f"\ngateway: {plan.gateway_url}/v1  (model '{plan.engine.served_model_name}')")
     return 0
 
 
-def _statustable(status: cluster.ClusterStatus) -> str:
+def _status_table(status: cluster.ClusterStatus) -> str:
     controlled = {r["name"]: r for r in (status.controller or {}).get("replicas", [])}
     rows = [["REPLICA", "DEVICE", "URL", "STATE", "PID", "HEALTH", "WEIGHT", "REASON"]]
     for r in status.replicas:
@@ -58,11 +58,25 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not status.running:
         print(f"no cluster is running from {spec.runtime_dir}")
         return 1
-    print(_statustable(status))
+    print(_status_table(status))
     gw = status.gateway_health
     print(f"\ngateway: {status.gateway_url}  /health: "
           f"{gw.status if gw and gw.status else (gw.error if gw else '-')}")
+    if status.disk is not None:
+        disk = status.disk
+        print(f"disk: {spec.runtime_dir} holds {_size(disk.total)} (logs {_size(disk.logs)}, "
+              f"Prometheus {_size(disk.prometheus)}; bounded by logs.* and "
+              "prometheus.retention_size)")
     return 0
+
+
+def _size(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KiB", "MiB"):
+        if value < 1024:
+            return f"{value:,.0f} {unit}" if unit == "B" else f"{value:,.1f} {unit}"
+        value /= 1024
+    return f"{value:,.1f} GiB"
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -79,8 +93,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
     paths = RuntimePaths(spec.runtime_dir)
     state = ClusterState.load(paths)
     known = [r.name for r in state.replicas] if state else []
-    known += ["gateway", "prometheus", "controller", "gpu-exporter", "nginx-exporter",
-              "log-exporter", "nginx-error", "gateway-access", "supervisord"]
+    known += ["gateway", "log-rotation", "prometheus", "controller", "gpu-exporter",
+              "nginx-exporter", "log-exporter", "nginx-error", "gateway-access", "supervisord"]
     if args.name not in known:
         raise ClusterError(f"no log named {args.name!r}", hint="choose one of: " + ", ".join(known))
     path = paths.log(args.name)

@@ -263,6 +263,8 @@ class PrometheusSpec(_Model):
     port: Port = 9090
     scrape_interval_s: int = Field(default=5, ge=1, le=300)
     retention: str = "2d"
+    # Whichever comes first, time or size, bounds the TSDB on disk.
+    retention_size: str = "2GB"
 
     @field_validator("retention")
     @classmethod
@@ -270,6 +272,28 @@ class PrometheusSpec(_Model):
         if not re.fullmatch(r"[1-9][0-9]*(ms|s|m|h|d|w|y)", value):
             raise ValueError(f"{value!r} is not a Prometheus duration; write e.g. 12h or 2d")
         return value
+
+    @field_validator("retention_size")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        if not re.fullmatch(r"[1-9][0-9]*(B|KB|MB|GB|TB|PB)", value):
+            raise ValueError(f"{value!r} is not a Prometheus size; write e.g. 512MB or 2GB")
+        return value
+
+
+class LogsSpec(_Model):
+    """Rotation of the logs nginx writes itself (its access and error logs), by
+    Debian's logrotate, run under the supervisor. The programs' own output is
+    rotated by supervisord (20 MB, two kept)."""
+
+    # A log is rotated once it is this large...
+    rotate_size_mb: int = Field(default=100, ge=1, le=100_000)
+    # ...this many rotated files are kept (compressed, all but the newest)...
+    keep: int = Field(default=5, ge=1, le=1000)
+    # ...and none older than this.
+    max_age_days: int = Field(default=14, ge=1, le=3650)
+    # How often logrotate looks.
+    check_interval_s: int = Field(default=60, ge=5, le=86_400)
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -518,6 +542,7 @@ class ClusterSpec(_Model):
     controller: ControllerSpec = ControllerSpec()
     gpu_exporter: GpuExporterSpec = GpuExporterSpec()
     gateway_metrics: GatewayMetricsSpec = GatewayMetricsSpec()
+    logs: LogsSpec = LogsSpec()
     alerts: AlertsSpec = AlertsSpec()
     compose: ComposeSpec = ComposeSpec()
     # engine: external only: the replicas, in order (replica-0 first).

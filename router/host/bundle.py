@@ -8,7 +8,8 @@ that reaches the registries, carries the parts across (each at most
 - ``wheels/``: the target's pinned wheels (``deploy/bundle/<lock>.txt``),
   downloaded without resolution: the host already has torch and CUDA, and
   its versions (``<lock>.host``) are checked before anything is installed;
-- ``debs/``: nginx, Prometheus (with promtool), the nginx exporter and mtail
+- ``debs/``: nginx, Prometheus (with promtool), the nginx exporter, mtail,
+  logrotate and its libpopt
   from Debian's packages, unpacked on the host with ``dpkg -x`` into the
   prefix, so nothing touches the host's own package database;
 - ``llm-fleet/``: this source tree (templates and dashboards travel with it);
@@ -73,7 +74,8 @@ TARGETS: dict[str, BundleTarget] = {
         platforms=_MANYLINUX,
         lock=REPO_ROOT / "deploy" / "bundle" / "gpu-cu130-py312.txt",
         host=REPO_ROOT / "deploy" / "bundle" / "gpu-cu130-py312.host",
-        debs=("nginx", "prometheus", "prometheus-nginx-exporter", "mtail"),
+        debs=("nginx", "prometheus", "prometheus-nginx-exporter", "mtail", "logrotate",
+              "libpopt0"),
         dummy_model="Qwen/Qwen2.5-7B-Instruct-AWQ",
     ),
 }

@@ -35,6 +35,7 @@ PACKAGES: Mapping[str, str] = {
     "prometheus": "prometheus",
     "prometheus-nginx-exporter": "prometheus-nginx-exporter",
     "mtail": "mtail",
+    "logrotate": "logrotate",
 }
 
 

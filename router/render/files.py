@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from router.config.plan import ClusterPlan
 from router.host.machine import MachineFacts
 from router.render.keys import render_keys_conf
+from router.render.logrotate import render_logrotate
 from router.render.nginx import render_nginx
 from router.render.programs import render_supervisord
 from router.render.prometheus import recording_rules, render_alert_rules, render_prometheus
@@ -31,6 +32,7 @@ def render_all(plan: ClusterPlan, paths: RuntimePaths, machine: MachineFacts,
         paths.upstream_conf.name: render_upstream(plan.spec.gateway, plan.replicas).text,
         paths.api_keys_conf.name: render_keys_conf(keys).text,
         paths.supervisord_conf.name: render_supervisord(plan, paths, machine),
+        paths.logrotate_conf.name: render_logrotate(plan, paths, machine),
         paths.spec_json.name: plan.spec.model_dump_json(indent=2) + "\n",
     }
     if plan.spec.prometheus.enabled:

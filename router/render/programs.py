@@ -86,6 +86,7 @@ def prometheus_program(plan: ClusterPlan, paths: RuntimePaths, machine: MachineF
         argv=(machine.binary("prometheus"), f"--config.file={paths.prometheus_yml}",
               f"--storage.tsdb.path={paths.prometheus_data}",
               f"--storage.tsdb.retention.time={prom.retention}",
+              f"--storage.tsdb.retention.size={prom.retention_size}",
               f"--web.listen-address=127.0.0.1:{prom.port}",
               "--web.enable-lifecycle"),
         stopwaitsecs=20,
@@ -141,9 +142,25 @@ def log_exporter_program(plan: ClusterPlan, paths: RuntimePaths,
     )
 
 
+def log_rotation_program(plan: ClusterPlan, paths: RuntimePaths,
+                         machine: MachineFacts) -> Program:
+    rotate = shlex.join([machine.binary("logrotate"), "--state", str(paths.logrotate_state),
+                         str(paths.logrotate_conf)])
+    return Program(
+        name="log-rotation",
+        comment="logrotate for nginx's access and error logs",
+        # logrotate runs once and exits; a container has no cron to call it.
+        # A failed pass says why in this program's log and is tried again.
+        argv=("/bin/sh", "-c",
+              f"while :; do {rotate}; sleep {plan.spec.logs.check_interval_s}; done"),
+        startsecs=1,
+    )
+
+
 def programs(plan: ClusterPlan, paths: RuntimePaths, machine: MachineFacts) -> list[Program]:
     progs = [replica_program(r, paths, machine) for r in plan.replicas if not r.external]
     progs.append(gateway_program(paths, machine))
+    progs.append(log_rotation_program(plan, paths, machine))
     if plan.spec.prometheus.enabled:
         progs.append(prometheus_program(plan, paths, machine))
     if plan.spec.controller.enabled:

@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -26,7 +26,13 @@ from router.host.devices import Inventory, discover
 from router.models import store as model_store
 from router.runtime.configs import write_checked
 from router.runtime.health import Probe, port_in_use, probe
-from router.runtime.paths import RuntimePaths, ensure_admin_token, read_admin_token
+from router.runtime.paths import (
+    DiskUse,
+    RuntimePaths,
+    disk_use,
+    ensure_admin_token,
+    read_admin_token,
+)
 from router.runtime.procs import descendants, process_alive
 from router.runtime.state import ClusterState
 from router.runtime.supervise import ProcessInfo, Supervisor
@@ -113,6 +119,7 @@ class ClusterStatus:
     processes: list[ProcessInfo]
     # The controller's GET /status, or None when it does not answer.
     controller: dict[str, Any] | None = None
+    disk: DiskUse | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -130,6 +137,7 @@ class ClusterStatus:
                 for p in self.processes
             ],
             "controller": self.controller,
+            "disk_bytes": asdict(self.disk) if self.disk else None,
         }
 
 
@@ -152,7 +160,8 @@ def status(spec: ClusterSpec) -> ClusterStatus:
         ))
     gateway_url = state.gateway_url
     return ClusterStatus(True, gateway_url, probe(gateway_url + "/health", timeout_s=5.0),
-                         replicas, processes, controller_call(paths, state, "GET", "/status"))
+                         replicas, processes, controller_call(paths, state, "GET", "/status"),
+                         disk_use(paths))
 
 
 def controller_call(paths: RuntimePaths, state: ClusterState, method: str, path: str,

@@ -50,6 +50,7 @@ def write_checked(plan: ClusterPlan, paths: RuntimePaths,
     machine = machine or detect()
     paths.logs_dir.mkdir(parents=True, exist_ok=True)
     paths.nginx_temp_dir.mkdir(parents=True, exist_ok=True)
+    paths.logrotate_state.parent.mkdir(parents=True, exist_ok=True)
     # mtail follows only files that exist when it starts.
     paths.access_log.touch(exist_ok=True)
     if machine.run_user:

@@ -100,7 +100,7 @@ def _wait_live(url: str, version: str) -> bool:
 @contextmanager
 def _reload_lock(paths: RuntimePaths) -> Iterator[None]:
     paths.root.mkdir(parents=True, exist_ok=True)
-    with open(paths.root / "gateway-reload.lock", "a") as handle:
+    with open(paths.reload_lock, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

@@ -58,6 +58,20 @@ class RuntimePaths:
         return self.log("gateway-access")
 
     @property
+    def reload_lock(self) -> Path:
+        """Held by whoever reloads the gateway: the controller, `fleet keys`, logrotate."""
+        return self.root / "gateway-reload.lock"
+
+    @property
+    def logrotate_conf(self) -> Path:
+        return self.config_dir / "logrotate.conf"
+
+    @property
+    def logrotate_state(self) -> Path:
+        """logrotate's record of when it last rotated each log."""
+        return self.root / "run" / "logrotate.status"
+
+    @property
     def supervisord_conf(self) -> Path:
         return self.config_dir / "supervisord.conf"
 
@@ -126,6 +140,33 @@ class RuntimePaths:
     def create(self) -> None:
         for folder in (self.config_dir, self.logs_dir, self.nginx_temp_dir, self.prometheus_data):
             folder.mkdir(parents=True, exist_ok=True)
+
+
+@dataclass(frozen=True)
+class DiskUse:
+    """Bytes under the runtime directory, and the two parts that grow."""
+
+    total: int
+    logs: int
+    prometheus: int
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes of the files under ``folder``; 0 when it does not exist. Files
+    that vanish while it is walked (a rotation, a compaction) are skipped."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except FileNotFoundError:
+                continue
+    return total
+
+
+def disk_use(paths: RuntimePaths) -> DiskUse:
+    return DiskUse(total=folder_bytes(paths.root), logs=folder_bytes(paths.logs_dir),
+                   prometheus=folder_bytes(paths.prometheus_data))
 
 
 def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:

@@ -31,8 +31,10 @@ import pytest
 import requests
 import yaml
 
-from router.config.spec import REPO_ROOT
+from router.config.spec import REPO_ROOT, load_spec
 from router.host.machine import require_binary
+from router.runtime.paths import RuntimePaths
+from router.runtime.supervise import Supervisor
 from tests.support.cli import fleet
 from tests.support.client import resend_on_reset
 from tests.support.grafana import DASHBOARDS, Query, queries, substitute, variables
@@ -235,6 +237,46 @@ def test_gateway_log_counts_every_request_by_replica(live: LiveFleet) -> None:
     # stub_status counted at least every client request.
     total = _instant(live.prometheus, 'nginx_http_requests_total{job="gateway"}')
     assert float(total[0]["value"][1]) >= sum(live.load.statuses.values())  # type: ignore[index]
+
+
+def _chat_counts(prometheus: str) -> dict[str, float]:
+    result = _instant(prometheus, 'sum by (replica) (fleet_gateway_requests_total'
+                                  '{job="gateway_log",route="chat",status="200"})')
+    return {str(r["metric"]["replica"]): float(r["value"][1])  # type: ignore[index]
+            for r in result}
+
+
+def test_a_log_rotation_under_traffic_keeps_mtails_counts(live: LiveFleet) -> None:
+    """The access log is rotated the way the log-rotation program does it
+    (forced, since it is far below its size): nginx reopens a new file, mtail
+    follows the rename, and no request goes uncounted or counted twice."""
+    live.load.stop.set()
+    paths = RuntimePaths(load_spec(live.spec).runtime_dir)
+    processes = {p.name: p.state for p in Supervisor(paths).processes()}
+    assert processes["log-rotation"] == "RUNNING"
+    wait_for(lambda: _chat_counts(live.prometheus) == {
+        k: float(v) for k, v in live.load.served.items()}, 15, "mtail to catch up")
+    rotate = subprocess.run([require_binary("logrotate"), "--force", "--state",
+                             str(paths.logrotate_state), str(paths.logrotate_conf)],
+                            capture_output=True, text=True, timeout=60)
+    assert rotate.returncode == 0, rotate.stderr
+    rotated = paths.access_log.with_name(paths.access_log.name + ".1")
+    assert rotated.stat().st_size > 0
+    def burst() -> None:
+        with requests.Session() as session:
+            for turn in range(1, 41, 2):  # odd turns: chat or completions, not streamed
+                assert live.load._send(turn, session).status_code == 200
+
+    # nginx writes into the new file once the reopen (USR1, or the reload
+    # when workers run as nobody) took effect; until then into the old one.
+    burst()
+    wait_for(lambda: paths.access_log.stat().st_size > 0, 10,
+             "nginx to log into the new access log")
+    burst()
+    wait_for(lambda: _chat_counts(live.prometheus) == {
+        k: float(v) for k, v in live.load.served.items()}, 20,
+        f"mtail's counts to carry on across the rotation: {dict(live.load.served)}",
+        interval=0.5)
 
 
 class _Exposition(http.server.BaseHTTPRequestHandler):

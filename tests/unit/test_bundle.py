@@ -17,7 +17,7 @@ from router.errors import BundleError
 from router.host import bundle
 
 PROGRAMS = {"nginx": "usr/sbin", "prometheus": "usr/bin", "promtool": "usr/bin",
-            "prometheus-nginx-exporter": "usr/bin", "mtail": "usr/bin"}
+            "prometheus-nginx-exporter": "usr/bin", "mtail": "usr/bin", "logrotate": "usr/sbin"}
 
 
 def _fake_wheel(folder: Path) -> None:
@@ -133,13 +133,19 @@ def test_install_puts_everything_in_the_prefix_and_fleet_runs(tmp_path: Path) ->
     assert not (prefix / ".incoming").exists()
     check = subprocess.run(
         ["bash", "-c", f". {prefix}/env.sh && command -v nginx && fleet --version && "
-                       "python -c 'import fleetfake; print(fleetfake.ANSWER)'"],
+                       "python -c 'import fleetfake; print(fleetfake.ANSWER)' && "
+                       "command -v logrotate && logrotate"],
         capture_output=True, text=True, timeout=60,
         env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
     assert check.returncode == 0, check.stderr
     lines = check.stdout.splitlines()
     assert lines[0] == str(prefix / "root" / "usr" / "sbin" / "nginx")
     assert lines[1].startswith("llm-fleet ") and lines[2] == "42"
+    # logrotate runs through a wrapper that adds the bundle's libpopt (a GPU
+    # host may lack it), leaving every other program the host's libraries.
+    assert lines[3] == str(prefix / "bin" / "logrotate") and lines[4] == "logrotate fake"
+    assert "LD_LIBRARY_PATH" in (prefix / "bin" / "logrotate").read_text()
+    assert "LD_LIBRARY_PATH" not in (prefix / "env.sh").read_text()
     # A second install over the first replaces it whole.
     assert _install(out, prefix).returncode == 0
 

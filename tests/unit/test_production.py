@@ -24,12 +24,13 @@ from router.config.spec import (
 )
 from router.host.machine import detect
 from router.render import compose
+from router.render.logrotate import render_logrotate
 from router.render.programs import programs
 from router.runtime import units
 from router.runtime.configs import write_checked
-from router.runtime.paths import RuntimePaths
+from router.runtime.paths import DiskUse, RuntimePaths, disk_use
 from tests.support.cli import fleet
-from tests.support.fakes import gpu_inventory
+from tests.support.fakes import cpu_inventory, gpu_inventory
 from tests.support.harness import free_port, gateway_metrics_ports
 
 REFERENCE_GPUS = 4
@@ -116,8 +117,8 @@ def test_gateway_container_renders_the_bare_metal_config(tmp_path: Path) -> None
     rendered = write_checked(plan, RuntimePaths(tmp_path / "rt"))  # nginx -t, promtool
     assert "server 172.28.0.13:8000 weight=50" in rendered.files["upstream.conf"]
     names = [p.name for p in programs(plan, RuntimePaths(tmp_path / "rt"), detect())]
-    assert names == ["gateway", "prometheus", "controller", "gpu-exporter", "nginx-exporter",
-                     "log-exporter"]
+    assert names == ["gateway", "log-rotation", "prometheus", "controller", "gpu-exporter",
+                     "nginx-exporter", "log-exporter"]
     dockerfile = (REPO_ROOT / "deploy" / "gateway" / "Dockerfile").read_text()
     assert 'CMD ["fleet", "up", "--foreground"' in dockerfile
     tracked = subprocess.run(["git", "ls-files"], cwd=REPO_ROOT, capture_output=True,
@@ -229,3 +230,35 @@ def test_compose_refuses_several_replicas_per_gpu(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match="one replica container per GPU") as caught:
         compose.render_compose(spec, 2, tmp_path)
     assert "fleet up" in caught.value.hint
+
+
+def test_the_rendered_logrotate_config_passes_logrotate_debug(tmp_path: Path) -> None:
+    """logrotate reads the rendered file and would rotate a log past its size
+    (--debug: it says what it would do and touches nothing)."""
+    spec = parse_spec({"engine": "sim", "replicas": 1, "runtime_dir": str(tmp_path / "rt"),
+                       "logs": {"rotate_size_mb": 1}})
+    plan = build_plan(spec, resolve_engine_settings(spec, "sim"), cpu_inventory(1), "unused",
+                      "python3")
+    paths = RuntimePaths(tmp_path / "rt")
+    paths.logs_dir.mkdir(parents=True)
+    paths.access_log.write_bytes(b"x" * (2 * 1024 * 1024))
+    paths.logrotate_conf.parent.mkdir(parents=True)
+    paths.logrotate_conf.write_text(render_logrotate(plan, paths, detect()))
+    proc = subprocess.run([_tool("logrotate"), "--debug", "--state", str(tmp_path / "state"),
+                           str(paths.logrotate_conf)], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "log needs rotating" in proc.stderr, proc.stderr
+    assert f"renaming {paths.access_log} to {paths.access_log}.1" in proc.stderr, proc.stderr
+
+
+def test_disk_use_counts_logs_and_prometheus_apart(tmp_path: Path) -> None:
+    paths = RuntimePaths(tmp_path)
+    paths.logs_dir.mkdir()
+    (paths.logs_dir / "gateway-access.log").write_bytes(b"a" * 1000)
+    (paths.prometheus_data / "wal").mkdir(parents=True)
+    (paths.prometheus_data / "wal" / "00000001").write_bytes(b"p" * 300)
+    (tmp_path / "state.json").write_text("{}")
+    use = disk_use(paths)
+    assert (use.logs, use.prometheus, use.total) == (1000, 300, 1302)
+    assert disk_use(RuntimePaths(tmp_path / "absent")) == DiskUse(0, 0, 0)

@@ -36,7 +36,7 @@ MACHINE = MachineFacts(
     python="/opt/llm-fleet/bin/python",
     binaries={"nginx": "/usr/sbin/nginx", "prometheus": "/usr/bin/prometheus",
               "prometheus-nginx-exporter": "/usr/bin/prometheus-nginx-exporter",
-              "mtail": "/usr/bin/mtail"},
+              "mtail": "/usr/bin/mtail", "logrotate": "/usr/sbin/logrotate"},
 )
 NO_KEYS = KeyStore(keys=())
 
@@ -66,7 +66,7 @@ def test_rendered_files_match_golden(case: str, data: dict, inventory) -> None: 
     rendered = render_all(plan, RuntimePaths(ROOT), MACHINE, NO_KEYS)
     assert set(rendered.files) == {"nginx.conf", "upstream.conf", "api-keys.conf",
                                    "prometheus.yml", "supervisord.conf", "spec.json",
-                                   "recording.rules.yml", "alerts.rules.yml"}
+                                   "recording.rules.yml", "alerts.rules.yml", "logrotate.conf"}
     assert rendered.private == {"api-keys.conf"}
     # The rule files have promtool tests of their own (test_prometheus_rules.py).
     assert rendered.files.pop("recording.rules.yml") == recording_rules()
