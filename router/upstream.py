@@ -83,7 +83,7 @@ def upstream_servers(members: Sequence[UpstreamMember], *, max_fails: int,
     return servers
 
 
-def content_version(text_with_placeholder: str) -> str:
+def content_version(unstamped: str) -> str:
     """The version of a rendered upstream file: a hash of what nginx reads in it.
 
     Comments are left out, so a new reason or provenance line alone is not a
@@ -91,12 +91,12 @@ def content_version(text_with_placeholder: str) -> str:
     entry, a new upstream-level key) is.
     """
     directives = "\n".join(
-        stripped for line in text_with_placeholder.splitlines()
+        stripped for line in unstamped.splitlines()
         if (stripped := line.strip()) and not stripped.startswith("#"))
     return hashlib.sha256(directives.encode()).hexdigest()[:VERSION_LENGTH]
 
 
-def stamp_version(text_with_placeholder: str) -> tuple[str, str]:
+def stamp_version(unstamped: str) -> tuple[str, str]:
     """The file with its version filled in, and that version."""
-    version = content_version(text_with_placeholder)
-    return text_with_placeholder.replace(VERSION_PLACEHOLDER, version), version
+    version = content_version(unstamped)
+    return unstamped.replace(VERSION_PLACEHOLDER, version), version

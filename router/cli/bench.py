@@ -81,10 +81,9 @@ def cmd_bench_scenario(args: argparse.Namespace) -> int:
     if unknown:
         raise SpecError(f"--contenders: no contender named {', '.join(unknown)}",
                         hint="contenders are: " + ", ".join(scenario.CONTENDERS))
-    for flag, value in (("--warmup", args.warmup), ("--measure", args.measure)):
-        if value is not None and value < (0 if flag == "--warmup" else 1):
-            raise SpecError(f"{flag} must be {'0' if flag == '--warmup' else '1'} seconds or "
-                            "more", hint=f"e.g. {flag} 60")
+    for flag, value, least in (("--warmup", args.warmup, 0), ("--measure", args.measure, 1)):
+        if value is not None and value < least:
+            raise SpecError(f"{flag} must be {least} seconds or more", hint=f"e.g. {flag} 60")
     out = args.out or REPO_ROOT / "docs" / "benchmarks" / args.scenario
     work = Path(tempfile.mkdtemp(prefix=f"fleet-{args.scenario}-"))
     try:
