@@ -83,6 +83,10 @@ class NginxTestFailed(NginxReloadFailed):
     """`nginx -t` rejected a new configuration file; it was never loaded."""
 
 
+class ConfigWriteFailed(NginxReloadFailed):
+    """A new config file could not be written (a full disk); the old one serves on."""
+
+
 class ClusterError(FleetError):
     """The cluster could not be started, reached or stopped."""
 

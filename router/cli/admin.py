@@ -32,6 +32,11 @@ def _admin(args: argparse.Namespace, path: str, body: dict[str, object] | None =
     decision = result["decision"]
     print(f"{args.replica}: {decision['reasons'].get(args.replica, '')}"
           f" ({'applied' if decision['applied'] else decision['why']})")
+    if decision.get("error"):
+        raise ClusterError("recorded, but the gateway still runs its previous configuration: "
+                           + decision["error"],
+                           hint="the controller retries on its own; `fleet logs controller` "
+                                "says when it succeeds")
     return 0
 
 

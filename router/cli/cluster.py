@@ -55,10 +55,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(status.to_json(), indent=2))
         return 0 if status.running else 1
+    if status.unsupervised:
+        print(_unsupervised_report(status))
+        return 1
     if not status.running:
         print(f"no cluster is running from {spec.runtime_dir}")
         return 1
     print(_status_table(status))
+    paths = RuntimePaths(spec.runtime_dir)
+    for r in status.replicas:
+        if r.state in ("FATAL", "BACKOFF"):
+            print(f"\n{r.name} is {r.state}: "
+                  + ("supervisord gave up after repeated failed starts"
+                     if r.state == "FATAL" else "it exits as it starts; supervisord retries")
+                  + f"\n  last log line: {cluster.last_log_line(paths.log(r.name))}"
+                  f"\n  fix the cause (`fleet logs {r.name}`), then `fleet restart {r.name}`")
     gw = status.gateway_health
     print(f"\ngateway: {status.gateway_url}  /health: "
           f"{gw.status if gw and gw.status else (gw.error if gw else '-')}")
@@ -68,6 +79,21 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"Prometheus {_size(disk.prometheus)}; bounded by logs.* and "
               "prometheus.retention_size)")
     return 0
+
+
+def _unsupervised_report(status: cluster.ClusterStatus) -> str:
+    gw = status.gateway_health
+    rows = [["PROGRAM", "PID", "COMMAND"]]
+    rows += [[p.program, str(p.pid), p.command[:80]] for p in status.unsupervised]
+    return "\n".join([
+        "supervisord is not running (killed or crashed), but these processes it started "
+        "still run, unsupervised:",
+        table(rows),
+        f"\ngateway: {status.gateway_url}  /health: "
+        f"{gw.status if gw and gw.status else (gw.error if gw else '-')}",
+        "Nothing restarts them if they die. `fleet down` stops them (streams finish first); "
+        "then `fleet up`.",
+    ])
 
 
 def _size(count: int) -> str:
@@ -85,6 +111,11 @@ def cmd_down(args: argparse.Namespace) -> int:
     if left:
         print(f"killed {len(left)} process(es) that outlived supervisord: {left}",
               file=sys.stderr)
+    return 0
+
+
+def cmd_restart(args: argparse.Namespace) -> int:
+    cluster.restart(load_spec(args.spec), args.name, progress)
     return 0
 
 
@@ -170,6 +201,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     spec_arg(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("restart", help="restart one replica or program (also one supervisord "
+                                       "gave up on) and wait until it is back; nothing else "
+                                       "is touched")
+    spec_arg(p)
+    p.add_argument("name", metavar="NAME", help="replica-0, prometheus, ... (see `fleet status`)")
+    p.set_defaults(func=cmd_restart)
 
     p = sub.add_parser("logs", help="show the log of a replica or another process")
     spec_arg(p)

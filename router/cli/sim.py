@@ -26,7 +26,8 @@ def cmd_sim_serve(args: argparse.Namespace) -> int:
                           kv_capacity_tokens=args.kv_capacity_tokens,
                           mean_output_tokens=args.mean_output_tokens))
         data["faults"].update(given(startup_delay_s=args.startup_delay, slow=args.slow,
-                                    error_rate=args.error_rate, hang=args.hang or None))
+                                    error_rate=args.error_rate, hang=args.hang or None,
+                                    fail_start_while=args.fail_start_while))
         settings = SimSettings.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
@@ -57,5 +58,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ps.add_argument("--slow", type=float, help="fault: extra speed multiplier")
     ps.add_argument("--error-rate", type=float, help="fault: fraction of requests answered 500")
     ps.add_argument("--hang", action="store_true", help="fault: accept but never answer")
+    ps.add_argument("--fail-start-while", metavar="FILE",
+                    help="fault: exit with status 1 at start while FILE exists (a crash loop)")
     ps.set_defaults(func=cmd_sim_serve)
 

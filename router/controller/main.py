@@ -9,12 +9,15 @@ import uvicorn
 from router.config.spec import ClusterSpec
 from router.controller.actuator import Actuator
 from router.controller.api import create_app
+from router.controller.metrics import ControllerMetrics
 from router.controller.pace import PaceProber
+from router.controller.processes import ProcessWatch
 from router.controller.service import Controller, Member
 from router.controller.signals import PrometheusClient
 from router.errors import ClusterError
 from router.runtime.paths import RuntimePaths, read_admin_token
 from router.runtime.state import ClusterState
+from router.runtime.supervise import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +41,17 @@ def run(spec: ClusterSpec) -> None:
     prometheus = (PrometheusClient(f"http://127.0.0.1:{spec.prometheus.port}",
                                    spec.controller.query_timeout_s)
                   if spec.prometheus.enabled else None)
+    metrics = ControllerMetrics()
+    # Under systemd there is no supervisord to ask (its units say the same).
+    processes = (ProcessWatch(Supervisor(paths, timeout=5.0).processes,
+                              [m.name for m in members], metrics)
+                 if paths.supervisor_socket.exists() else None)
     controller = Controller(members, spec.controller, Actuator(spec.gateway, members, paths),
                             prometheus, overrides_file=paths.overrides_json,
                             warmup=state.warmup,
                             latency_memory_s=spec.controller.latency_window_s
-                            + spec.prometheus.scrape_interval_s, pace=pace)
+                            + spec.prometheus.scrape_interval_s, pace=pace,
+                            metrics=metrics, processes=processes)
     app = create_app(controller, read_admin_token(paths), grafana_url=spec.console.grafana_url)
     log.info("controller for %d replicas on 127.0.0.1:%d", len(members), spec.controller.port)
     uvicorn.run(app, host="127.0.0.1", port=spec.controller.port, log_level="warning",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-RELOAD_RESULTS = ("success", "nginx_test_failed", "reload_failed")
+RELOAD_RESULTS = ("success", "nginx_test_failed", "reload_failed", "write_failed")
 
 
 class ControllerMetrics:
@@ -63,6 +63,14 @@ class ControllerMetrics:
         self.pace_failures = Counter("fleet_controller_pace_probe_failures",
                                      "Pace probes that failed or streamed too little to time.",
                                      ["replica"], registry=reg)
+        self.process_starts = Counter("fleet_controller_replica_process_starts",
+                                      "Starts of the replica's process by supervisord that "
+                                      "the controller saw; several in minutes is a crash "
+                                      "loop.", ["replica"], registry=reg)
+        self.gave_up = Gauge("fleet_controller_replica_process_fatal",
+                             "1 while supervisord has given up on the replica's process "
+                             "(FATAL: it kept dying as it started), else 0.",
+                             ["replica"], registry=reg)
         for result in RELOAD_RESULTS:
             self.reloads.labels(result=result)
         for applied in ("true", "false"):

@@ -160,6 +160,9 @@ class Snapshot:
     latency_blind: frozenset[str] = frozenset()
     # Pace probe signals, per replica (router.controller.pace).
     pace: Mapping[str, PaceSignal] = field(default_factory=dict)
+    # Replicas whose process crash-loops, and the supervisor's account of
+    # it (router.controller.processes): out whatever a probe says.
+    crash_looping: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -274,7 +277,8 @@ def decide(snapshot: Snapshot, previous: Decision | None, settings: ControllerSp
     overrides = {r: snapshot.overrides.get(r, Override()) for r in snapshot.replicas}
     signals = {r: snapshot.signals.get(r, ReplicaSignals()) for r in snapshot.replicas}
     in_rotation = [r for r in snapshot.replicas if health[r].healthy
-                   and not overrides[r].drained and r not in snapshot.warming]
+                   and not overrides[r].drained and r not in snapshot.warming
+                   and r not in snapshot.crash_looping]
 
     medians = {
         metric: _median_of([v for r in in_rotation if r not in snapshot.latency_blind
@@ -291,6 +295,10 @@ def decide(snapshot: Snapshot, previous: Decision | None, settings: ControllerSp
         if overrides[r].drained:
             decisions[r] = ReplicaDecision(clamp_weight(prev_target), True, prev_target,
                                            "drained by admin")
+            continue
+        if r in snapshot.crash_looping:
+            decisions[r] = ReplicaDecision(clamp_weight(prev_target), True, prev_target,
+                                           f"out: {snapshot.crash_looping[r]}")
             continue
         if not health[r].healthy:
             decisions[r] = ReplicaDecision(

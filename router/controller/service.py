@@ -40,8 +40,14 @@ from router.controller.policy import (
     should_apply,
 )
 from router.controller.probes import Prober
+from router.controller.processes import ProcessWatch
 from router.controller.warmup import warm_up
-from router.errors import MetricsUnavailable, NginxReloadFailed, NginxTestFailed
+from router.errors import (
+    ConfigWriteFailed,
+    MetricsUnavailable,
+    NginxReloadFailed,
+    NginxTestFailed,
+)
 from router.runtime.paths import write_atomic
 
 log = logging.getLogger(__name__)
@@ -108,7 +114,8 @@ class Controller:
                  transport: httpx.AsyncBaseTransport | None = None,
                  latency_memory_s: float = 0.0, *, clock: Clock = time.time,
                  prober: Prober | None = None, metrics: ControllerMetrics | None = None,
-                 pace: PaceProber | None = None) -> None:
+                 pace: PaceProber | None = None,
+                 processes: ProcessWatch | None = None) -> None:
         self.members = list(members)
         self.names = tuple(m.name for m in members)
         self.urls = {m.name: m.url for m in members}
@@ -137,12 +144,17 @@ class Controller:
         # The pace probes, when on (router.controller.pace), and their signals.
         self.pace = pace
         self.pace_signals: dict[str, PaceSignal] = {}
+        # supervisord's process states, when the cluster runs under it.
+        self.processes = processes
         self.signals_at: float | None = None
         self.prometheus_error: str | None = None
         self.desired: Decision | None = None
         self.applied: Decision | None = None
         self.last_weight_reload_at: float | None = None
         self.history: deque[DecisionRecord] = deque(maxlen=settings.history)
+        self._failures_in_a_row = 0
+        self._last_failure: str | None = None
+        self._last_failure_logged = 0.0
         self._lock = asyncio.Lock()
 
     # --- inputs ------------------------------------------------------------
@@ -169,7 +181,15 @@ class Controller:
                         overrides=dict(self.overrides), warming=frozenset(self.warming),
                         latency_blind=frozenset(n for n, at in self.warmed_at.items()
                                                 if now - at < self.latency_memory_s),
-                        pace=dict(self.pace_signals))
+                        pace=dict(self.pace_signals),
+                        crash_looping=self.processes.crash_looping() if self.processes else {})
+
+    async def _process_loop(self) -> None:
+        assert self.processes is not None
+        while True:
+            if await asyncio.to_thread(self.processes.poll):
+                self.flipped.set()
+            await asyncio.sleep(self.settings.probe_interval_s)
 
     # --- pace probes -------------------------------------------------------
     def pace_targets(self) -> list[str]:
@@ -256,11 +276,22 @@ class Controller:
         try:
             result = await self.actuator.apply(desired, why)
         except NginxReloadFailed as exc:
-            kind = "nginx_test_failed" if isinstance(exc, NginxTestFailed) else "reload_failed"
+            kind = ("nginx_test_failed" if isinstance(exc, NginxTestFailed) else
+                    "write_failed" if isinstance(exc, ConfigWriteFailed) else "reload_failed")
             self.metrics.reloads.labels(result=kind).inc()
-            log.error("reload failed result=%s reason=%s; previous config kept", kind,
-                      exc.message)
+            self._failures_in_a_row += 1
+            now = time.monotonic()
+            # A full disk fails every evaluation: log a change of reason at
+            # once, the same reason once a minute, and count every attempt.
+            if exc.message != self._last_failure or now - self._last_failure_logged >= 60:
+                log.error("reload failed result=%s reason=%s; previous config kept, "
+                          "retrying (%d failure(s) in a row)", kind, exc.message,
+                          self._failures_in_a_row)
+                self._last_failure, self._last_failure_logged = exc.message, now
             return exc.message
+        if self._failures_in_a_row:
+            log.info("reload recovered after %d failure(s) in a row", self._failures_in_a_row)
+        self._failures_in_a_row, self._last_failure = 0, None
         # Any reload resets nginx's counters; the minimum interval spaces them all.
         self.last_weight_reload_at = desired.at
         self.applied = desired
@@ -313,14 +344,22 @@ class Controller:
             return {}
 
     def _save_overrides(self) -> None:
-        if self.overrides_file is not None:
+        if self.overrides_file is None:
+            return
+        try:
             write_atomic(self.overrides_file, json.dumps(
                 {name: asdict(o) for name, o in self.overrides.items()}, indent=2) + "\n")
+        except OSError as exc:
+            # The override still acts; only a controller restart would forget it.
+            log.error("cannot save overrides to %s: %s; they hold until the controller "
+                      "restarts", self.overrides_file, exc.strerror or exc)
 
     # --- the loops ---------------------------------------------------------
     async def run(self) -> None:
         probing = asyncio.create_task(self.prober.run())
         pacing = None
+        watching = (asyncio.create_task(self._process_loop())
+                    if self.processes is not None else None)
         try:
             await self.prober.probe_all()
             await self.refresh_signals()
@@ -340,8 +379,9 @@ class Controller:
                     next_signals = time.monotonic() + self.settings.evaluate_interval_s
         finally:
             probing.cancel()
-            if pacing is not None:
-                pacing.cancel()
+            for task in (pacing, watching):
+                if task is not None:
+                    task.cancel()
             if self.pace is not None:
                 await self.pace.close()
             for task in self.warming.values():
@@ -367,6 +407,7 @@ class Controller:
                 "weight": applied.weight if applied else None,
                 "in_rotation": (not applied.down) if applied else None,
                 "desired_weight": desired.weight if desired else None,
+                "process": self.processes.states.get(member.name) if self.processes else None,
                 "reason": desired.reason if desired else None,
                 "health": {"healthy": probe.health.healthy,
                            "consecutive_failures": probe.health.consecutive_failures,

@@ -69,7 +69,10 @@ def gateway_program(paths: RuntimePaths, machine: MachineFacts) -> Program:
     return Program(
         name="gateway",
         comment="nginx, the one URL clients use",
-        argv=(machine.binary("nginx"), "-e", str(paths.log("nginx-error")), "-p",
+        # router.gateway_launch retires the workers of a master that was
+        # killed; they would hold the ports and keep the new master out.
+        argv=(machine.python, "-m", "router.gateway_launch", "--pid-file", str(paths.nginx_pid),
+              "--", machine.binary("nginx"), "-e", str(paths.log("nginx-error")), "-p",
               str(paths.root), "-c", str(paths.nginx_conf)),
         startsecs=1,
         # QUIT is nginx's graceful shutdown: open streams finish first.

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -33,7 +34,7 @@ from router.runtime.paths import (
     ensure_admin_token,
     read_admin_token,
 )
-from router.runtime.procs import descendants, process_alive
+from router.runtime.procs import Unsupervised, descendants, left_by_supervisor, process_alive
 from router.runtime.state import ClusterState
 from router.runtime.supervise import ProcessInfo, Supervisor
 
@@ -120,6 +121,8 @@ class ClusterStatus:
     # The controller's GET /status, or None when it does not answer.
     controller: dict[str, Any] | None = None
     disk: DiskUse | None = None
+    # With supervisord gone: the processes it had started that still run.
+    unsupervised: list[Unsupervised] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -138,6 +141,7 @@ class ClusterStatus:
             ],
             "controller": self.controller,
             "disk_bytes": asdict(self.disk) if self.disk else None,
+            "unsupervised": [asdict(p) for p in self.unsupervised],
         }
 
 
@@ -145,8 +149,13 @@ def status(spec: ClusterSpec) -> ClusterStatus:
     paths = RuntimePaths(spec.runtime_dir)
     supervisor = Supervisor(paths)
     state = ClusterState.load(paths)
-    if state is None or not supervisor.is_running():
+    if state is None:
         return ClusterStatus(False, None, None, [], [])
+    if not supervisor.is_running():
+        left = unsupervised(paths)
+        gateway_health = probe(state.gateway_url + "/health", timeout_s=5.0) if left else None
+        return ClusterStatus(False, state.gateway_url if left else None, gateway_health, [], [],
+                             unsupervised=left)
     processes = supervisor.processes()
     by_name = {p.name: p for p in processes}
     replicas = []
@@ -162,6 +171,11 @@ def status(spec: ClusterSpec) -> ClusterStatus:
     return ClusterStatus(True, gateway_url, probe(gateway_url + "/health", timeout_s=5.0),
                          replicas, processes, controller_call(paths, state, "GET", "/status"),
                          disk_use(paths))
+
+
+def unsupervised(paths: RuntimePaths) -> list[Unsupervised]:
+    """Processes of this runtime dir that run on without their supervisord."""
+    return left_by_supervisor(str(paths.root.resolve()), str(paths.supervisor_socket))
 
 
 def controller_call(paths: RuntimePaths, state: ClusterState, method: str, path: str,
@@ -213,6 +227,11 @@ def _log_tail(path: Path, lines: int = 15) -> str:
     except FileNotFoundError:
         return "(no log yet)"
     return "\n".join(text[-lines:])
+
+
+def last_log_line(path: Path) -> str:
+    lines = [line for line in _log_tail(path, 40).splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "(empty)"
 
 
 def _wait_healthy(plan: ClusterPlan, paths: RuntimePaths, supervisor: Supervisor,
@@ -275,6 +294,12 @@ def _prepare(spec_path: Path | None, progress: Progress,
     if supervisor.is_running():
         raise ClusterError(f"a cluster is already running from {paths.root}",
                            hint="see `fleet status`; stop it with `fleet down` first")
+    left = unsupervised(paths)
+    if left:
+        raise ClusterError(
+            f"{len(left)} process(es) of an earlier cluster in {paths.root} still run without "
+            f"their supervisord: {_names(left)}",
+            hint="`fleet down` stops them; then `fleet up` again")
     plan = make_plan(spec, inventory)
     _check_ports_free(plan)
     progress(f"engine {plan.engine.engine}: {len(plan.replicas)} replica(s) of "
@@ -320,14 +345,59 @@ def up(spec_path: Path | None, progress: Progress,
     return plan
 
 
+def restart(spec: ClusterSpec, name: str, progress: Progress) -> None:
+    """Restart one supervised program (out of FATAL too) and wait until it is back.
+
+    Nothing else is touched: the gateway keeps routing to the other replicas
+    and the controller takes this one back in once it answers.
+    """
+    paths = RuntimePaths(spec.runtime_dir)
+    supervisor = Supervisor(paths)
+    state = ClusterState.load(paths)
+    if state is None or not supervisor.is_running():
+        raise ClusterError(f"no cluster is running from {paths.root} under supervisord",
+                           hint="`fleet status` says what runs; under systemd: "
+                                "systemctl restart llm-fleet-replica@N")
+    known = [p.name for p in supervisor.processes()]
+    if name not in known:
+        raise ClusterError(f"no program named {name!r} in this cluster",
+                           hint="choose one of: " + ", ".join(known))
+    before = supervisor.restart_process(name)
+    progress(f"{name} was {before}; started again")
+    replica = next((r for r in state.replicas if r.name == name), None)
+    deadline = time.monotonic() + spec.startup_timeout_s
+    while time.monotonic() < deadline:
+        info = supervisor.process(name)
+        if info.state in ("FATAL", "BACKOFF"):
+            raise ClusterError(f"{name} failed to start again ({info.state}); last log lines:\n"
+                               + _log_tail(paths.log(name)),
+                               hint=f"read `fleet logs {name}`, fix the cause, then "
+                                    f"`fleet restart {name}` again")
+        if info.state == "RUNNING" and (replica is None or probe(replica.url + "/health").ok):
+            progress(f"{name} is {'healthy' if replica else 'running'} again; "
+                     + ("the controller takes it back in after its warm-up"
+                        if replica else "nothing else was touched"))
+            return
+        time.sleep(0.5)
+    raise ClusterError(f"{name} did not come back within startup_timeout_s="
+                       f"{spec.startup_timeout_s}", hint=f"see `fleet logs {name}`")
+
+
 def down(spec: ClusterSpec, progress: Progress) -> list[int]:
     """Stop everything; return pids that outlived supervisord (should be none)."""
     paths = RuntimePaths(spec.runtime_dir)
     supervisor = Supervisor(paths)
     pid = supervisor.pid()
     if pid is None:
-        progress(f"no cluster is running from {paths.root}")
-        return []
+        orphans = unsupervised(paths)
+        if not orphans:
+            progress(f"no cluster is running from {paths.root}")
+            return []
+        progress(f"supervisord is gone (killed or crashed); stopping the {len(orphans)} "
+                 f"process(es) it left running: {_names(orphans)}")
+        killed = stop_unsupervised(orphans)
+        progress("stopped")
+        return killed
     before = descendants(pid)
     progress(f"stopping {len(supervisor.processes())} program(s)")
     supervisor.shutdown()
@@ -346,3 +416,37 @@ def down(spec: ClusterSpec, progress: Progress) -> list[int]:
             pass
     progress("stopped")
     return left
+
+
+def _names(processes: list[Unsupervised]) -> str:
+    counts: dict[str, int] = {}
+    for process in processes:
+        counts[process.program] = counts.get(process.program, 0) + 1
+    return ", ".join(name if n == 1 else f"{name} ({n} processes)"
+                     for name, n in sorted(counts.items()))
+
+
+def stop_unsupervised(processes: list[Unsupervised], grace_s: float = 30.0) -> list[int]:
+    """Stop what a dead supervisord left, as it would have; return the pids killed.
+
+    nginx gets QUIT (its streams finish), the rest TERM; whatever is alive
+    after ``grace_s`` is killed. Returns nothing when all stopped in time.
+    """
+    for process in processes:
+        sig = signal.SIGQUIT if process.program == "gateway" else signal.SIGTERM
+        try:
+            os.kill(process.pid, sig)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace_s
+    alive = [p.pid for p in processes]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = [pid for pid in alive if process_alive(pid)]
+    for pid in alive:
+        log.warning("process outlived its stop signal by %.0fs pid=%d; killing it", grace_s, pid)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return alive

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import httpx
 
-from router.errors import NginxReloadFailed, NginxTestFailed
+from router.errors import ConfigWriteFailed, NginxReloadFailed, NginxTestFailed
 from router.host.machine import require_binary
 from router.runtime.paths import RuntimePaths, write_atomic
 
@@ -124,7 +124,14 @@ def apply_gateway_file(paths: RuntimePaths, target: Path, text: str, *, version:
     started = time.monotonic()
     with _reload_lock(paths):
         previous = target.read_text(encoding="utf-8") if target.exists() else None
-        write_atomic(target, text, mode)
+        try:
+            write_atomic(target, text, mode)
+        except OSError as exc:
+            # write_atomic leaves the old file whole: nginx has nothing to reload.
+            raise ConfigWriteFailed(
+                f"cannot write {target}: {exc.strerror or exc}",
+                hint=f"free space on the disk of {paths.root}; the previous configuration "
+                     "keeps serving and the change is retried") from exc
         problem = nginx_test(paths)
         if problem is not None:
             _restore(target, previous, mode)

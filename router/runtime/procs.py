@@ -70,3 +70,61 @@ def cmdline(pid: int) -> str:
             return handle.read().replace(b"\0", b" ").decode(errors="replace")
     except (FileNotFoundError, ProcessLookupError):
         return ""
+
+
+def working_dir(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return None
+
+
+def environ(pid: int) -> dict[str, str]:
+    """The environment a process was started with ({} when unreadable).
+
+    nginx overwrites its own (its process titles take that memory), so
+    nginx's processes read as {} or as noise.
+    """
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            raw = handle.read()
+    except OSError:
+        return {}
+    pairs = (item.decode(errors="replace").partition("=") for item in raw.split(b"\0") if item)
+    return {key: value for key, sep, value in pairs if sep}
+
+
+@dataclass(frozen=True)
+class Unsupervised:
+    """A process of a cluster whose supervisord is gone."""
+
+    pid: int
+    program: str
+    command: str
+
+
+def left_by_supervisor(root: str, socket: str) -> list[Unsupervised]:
+    """The processes a supervisord of runtime dir ``root`` started, once it is gone.
+
+    supervisord starts every program in ``root`` and gives it
+    SUPERVISOR_SERVER_URL naming its socket; vLLM's engine processes inherit
+    both. nginx's processes hide their environment, so a process running in
+    ``root`` whose title is nginx's counts as the gateway. A shell that an
+    operator left in ``root`` has neither, and is never listed.
+    """
+    own = {os.getpid(), os.getppid()}
+    url = f"unix://{socket}"
+    found = []
+    for proc in all_processes():
+        if proc.state == "Z" or proc.pid in own or working_dir(proc.pid) != root:
+            continue
+        command = cmdline(proc.pid).strip()
+        env = environ(proc.pid)
+        if env.get("SUPERVISOR_SERVER_URL") == url:
+            program = env.get("SUPERVISOR_PROCESS_NAME", "?")
+        elif command.startswith("nginx: "):
+            program = "gateway"
+        else:
+            continue
+        found.append(Unsupervised(proc.pid, program, command))
+    return sorted(found, key=lambda p: (p.program, p.pid))

@@ -33,6 +33,8 @@ class ProcessInfo:
     pid: int
     uptime_s: int
     description: str
+    # When supervisord last started it (Unix time; 0 if never): a new value is a new start.
+    started_at: int = 0
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
@@ -138,7 +140,7 @@ class Supervisor:
             ProcessInfo(
                 name=info["name"], state=info["statename"], pid=int(info["pid"]),
                 uptime_s=max(0, int(info["now"]) - int(info["start"])) if info["pid"] else 0,
-                description=info["description"],
+                description=info["description"], started_at=int(info["start"]),
             )
             for info in infos
         ]
@@ -148,6 +150,22 @@ class Supervisor:
             if info.name == name:
                 return info
         raise ClusterError(f"no supervised process named {name!r}")
+
+    def restart_process(self, name: str) -> str:
+        """Stop one program if it runs, then start it; also out of FATAL.
+
+        Returns the state it was in. Waits for the stop (up to the program's
+        stopwaitsecs) but not for the start.
+        """
+        before = self.process(name).state
+        if before in ("RUNNING", "STARTING", "BACKOFF"):
+            try:
+                self._call("supervisor.stopProcess", name, True)
+            except xmlrpc.client.Fault as exc:
+                if "NOT_RUNNING" not in exc.faultString:
+                    raise
+        self.start_process(name)
+        return before
 
     def stop_process(self, name: str) -> None:
         """Stop one program; supervisord will not restart it until started again."""

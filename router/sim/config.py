@@ -28,6 +28,10 @@ class SimFaults(BaseModel):
     error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     # Accept connections but never answer, with sockets left open.
     hang: bool = False
+    # Exit with status 1 as it starts while this file exists, like vLLM on a
+    # missing model or too little free GPU memory: a crash loop. Removing
+    # the file is the fix. Read at start only.
+    fail_start_while: str | None = Field(default=None, min_length=1)
 
 
 # Latency-model constants fitted to a real GPU replica, by name. Each names

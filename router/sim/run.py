@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
+from pathlib import Path
 
 import uvicorn
 
@@ -14,7 +16,16 @@ log = logging.getLogger(__name__)
 
 
 def serve(settings: SimSettings, host: str, port: int, served_model_name: str) -> None:
-    """Serve until stopped; with startup_delay_s, refuse connections that long first."""
+    """Serve until stopped; with startup_delay_s, refuse connections that long first.
+
+    With fail_start_while naming a file that exists, exit with status 1 at once.
+    """
+    flag = settings.faults.fail_start_while
+    if flag is not None and Path(flag).exists():
+        # The shape of vLLM's own last line when it cannot start.
+        log.error("ValueError: simulated start-up failure: %s exists "
+                  "(faults.fail_start_while); remove it to let this replica start", flag)
+        sys.exit(1)
     if settings.faults.startup_delay_s:
         # vLLM binds only once its weights are loaded: until then clients get
         # "connection refused", which is what the gateway must handle.

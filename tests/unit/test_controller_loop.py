@@ -21,7 +21,7 @@ from router.controller.actuator import ApplyResult
 from router.controller.policy import Decision
 from router.controller.service import Controller, Member
 from router.controller.signals import PrometheusClient
-from router.errors import NginxReloadFailed, NginxTestFailed
+from router.errors import ConfigWriteFailed, NginxReloadFailed, NginxTestFailed
 
 # Straight to the target, no ramp and no outlier rule: each figure below is
 # then the proportional rule alone (a 3x slower replica gets a third).
@@ -202,6 +202,7 @@ def test_admin_drain_and_pin_apply_at_once_and_a_pin_expires() -> None:
 @pytest.mark.parametrize(("error", "result"), [
     (NginxTestFailed("nginx -t rejected the new upstream.conf"), "nginx_test_failed"),
     (NginxReloadFailed("nginx did not run upstream.conf version x"), "reload_failed"),
+    (ConfigWriteFailed("cannot write upstream.conf: No space left on device"), "write_failed"),
 ])
 def test_a_refused_change_is_counted_kept_pending_and_retried(error: NginxReloadFailed,
                                                               result: str) -> None:

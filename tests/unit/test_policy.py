@@ -214,3 +214,14 @@ def test_the_policy_imports_no_template_engine_and_runs_no_process() -> None:
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                             check=True, timeout=60).stdout.strip()
     assert loaded == "[]"
+
+
+def test_a_crash_looping_replica_is_out_with_the_supervisors_word_whatever_its_probes() -> None:
+    looping = {"replica-3": "crash-looping: supervisord gave up (FATAL); fleet restart replica-3"}
+    # A probe that passed just before the last crash: still out.
+    snapshot = Snapshot(now=NOW, replicas=R, signals={r: fast() for r in R},
+                        crash_looping=looping)
+    decision = decide(snapshot, None, SETTINGS)
+    assert decision.down() == frozenset({"replica-3"})
+    assert decision.reasons()["replica-3"] == "out: " + looping["replica-3"]
+    assert decision.weights()["replica-0"] == 50
