@@ -42,6 +42,8 @@ CPU_AUTO_REPLICAS_MAX = 2
 # A simulated fleet under `replicas: auto`: the reference box's four GPUs.
 SIM_AUTO_REPLICAS = 4
 SIM_SERVED_MODEL_NAME = "sim-model"
+# One box: eight GPUs with gpu.replicas_per_gpu at its maximum of 8.
+MAX_REPLICAS = 64
 # What the served name of a dummy-weight model ends with, so no client can
 # take its noise for answers.
 DUMMY_MARK = "dummy"
@@ -95,8 +97,17 @@ ENGINE_DEFAULTS: dict[VllmEngine, EngineDefaults] = {
 }
 
 
+def _expand_home(path: Path) -> Path:
+    try:
+        return path.expanduser()
+    except RuntimeError:
+        raise ValueError(f"{str(path).split('/')[0]!r} names no user on this machine; "
+                         "write the folder out in full") from None
+
+
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # YAML reads `.inf` and `.nan` as floats; no setting means either.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class GatewaySpec(_Model):
@@ -197,7 +208,7 @@ class ModelSpec(_Model):
     @field_validator("cache_dir")
     @classmethod
     def _expand_cache(cls, value: Path) -> Path:
-        return value.expanduser()
+        return _expand_home(value)
 
     @field_validator("served_name")
     @classmethod
@@ -322,8 +333,8 @@ class SimSpec(_Model):
                 SimSettings.model_validate(_merge(base, override))
             except ValidationError as exc:
                 for err in exc.errors():
-                    where = ".".join(str(p) for p in err["loc"])
-                    problems.append(f"replicas[{index}].{where}: {err['msg']}")
+                    where = _format_location(("replicas", index, *err["loc"]))
+                    problems.append(f"{where}: {err['msg']}")
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -417,7 +428,7 @@ class ControllerSpec(_Model):
     min_weight_change: float = Field(default=0.20, ge=0.0, le=10.0)
     # ...and no sooner than this after the last weight reload. Health changes
     # apply at once.
-    min_reload_interval_s: float = Field(default=10.0, ge=0.0)
+    min_reload_interval_s: float = Field(default=10.0, ge=0.0, le=3600.0)
     # How many decisions GET /decisions keeps.
     history: int = Field(default=200, ge=1, le=100_000)
     warmup: WarmupSpec = WarmupSpec()
@@ -566,13 +577,13 @@ class ClusterSpec(_Model):
     @field_validator("runtime_dir")
     @classmethod
     def _expand_runtime(cls, value: Path) -> Path:
-        return value.expanduser().absolute()
+        return _expand_home(value).absolute()
 
     @field_validator("replicas")
     @classmethod
     def _replicas(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and value < 1:
-            raise ValueError("need at least 1 replica, or 'auto'")
+        if isinstance(value, int) and not 1 <= value <= MAX_REPLICAS:
+            raise ValueError(f"need 1 to {MAX_REPLICAS} replicas (one box), or 'auto'")
         return value
 
     @model_validator(mode="after")
@@ -626,13 +637,18 @@ class ClusterSpec(_Model):
         return self
 
 
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
 def _format_location(loc: tuple[int | str, ...]) -> str:
     parts: list[str] = []
     for item in loc:
         if isinstance(item, int):
             parts.append(f"[{item}]")
         else:
-            parts.append(("." if parts else "") + str(item))
+            # A key with spaces, quotes or a line break is shown quoted, on one line.
+            key = str(item) if _PLAIN_KEY.match(str(item)) else repr(item)
+            parts.append(("." if parts else "") + key)
     return "".join(parts) or "(top level)"
 
 

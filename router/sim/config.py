@@ -18,7 +18,7 @@ VLLM_VERSION = "0.32.0"
 class SimFaults(BaseModel):
     """Faults a simulated replica starts with (all can change at run time)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     # Refuse connections for this long after start, like vLLM loading weights.
     startup_delay_s: float = Field(default=0.0, ge=0.0, le=3600.0)
@@ -53,7 +53,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 class SimSettings(BaseModel):
     """One simulated replica: capacity, speed and the latency model's constants."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     speed: float = Field(default=1.0, gt=0.0, le=100.0)
     max_num_seqs: int = Field(default=256, ge=1, le=100_000)
