@@ -111,7 +111,7 @@ def check_plan(plan: DrillPlan, engine: str, replicas: list[str]) -> None:
         raise SpecError("--load must be above 0 requests/s", hint="e.g. --load 10")
 
 
-class _Injector:
+class FaultInjector:
     """Applies and clears a fault on one replica."""
 
     def __init__(self, paths: RuntimePaths, replica: str, url: str, engine: str) -> None:
@@ -217,7 +217,7 @@ async def _watch(gateway: str, replica_url: str, replica: str, key: str | None,
 
 
 async def _drill(plan: DrillPlan, gateway: str, replica_url: str, key: str | None,
-                 injector: _Injector, model: str | None, progress: Progress
+                 injector: FaultInjector, model: str | None, progress: Progress
                  ) -> tuple[load.RunResult, Observation]:
     seen = Observation()
     stop, watching = asyncio.Event(), asyncio.Event()
@@ -310,7 +310,7 @@ def run_drill(spec: ClusterSpec, plan: DrillPlan, key: str | None,
     if state.controller_url is None:
         raise SpecError("a drill watches the controller's view of the fleet; this cluster runs "
                         "without it", hint="set controller.enabled: true")
-    injector = _Injector(paths, plan.replica, replicas[plan.replica], engine)
+    injector = FaultInjector(paths, plan.replica, replicas[plan.replica], engine)
     progress(f"{plan.rate:g} requests/s through {state.gateway_url} for {plan.before_s:g}s, "
              f"then {plan.fault} {plan.replica}")
     with _static_weights(paths, state, plan, progress):

@@ -292,15 +292,15 @@ def _sim_text(sim: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in sim.items())
 
 
-def _calibrate(ctx: Context, fleet: Fleet, workload: load.Workload) -> tuple[float, list[float]]:
-    """The fleet's capacity: every replica driven directly, all at once, at a
-    closed loop of max_num_seqs clients each (a full batch, no queue)."""
+def calibrate(fleet: Fleet, workload: load.Workload, seconds: float) -> tuple[float, list[float]]:
+    """The fleet's capacity in requests/s: every replica driven directly, all at
+    once, at a closed loop of max_num_seqs clients each (a full batch, no queue)."""
     seqs = int(POLICY_SIM["max_num_seqs"])
 
     async def all_at_once() -> list[load.RunResult]:
         return list(await asyncio.gather(*(
             load.run(url, workload, load.Arrivals("closed", concurrency=seqs),
-                     ctx.size.calibrate_s, sample_weights=False)
+                     seconds, sample_weights=False)
             for url in fleet.replica_urls)))
 
     runs = asyncio.run(all_at_once())
@@ -330,7 +330,7 @@ def policies(ctx: Context, heterogeneous: bool) -> ScenarioResult:
         with ctx.fleet(f"{name}/{folder}-{len(rows)}", 4, sim, balance=policy.balance,
                        controller=policy.controller) as fleet:
             if not rate:
-                capacity, per_replica = _calibrate(ctx, fleet, workload)
+                capacity, per_replica = calibrate(fleet, workload, ctx.size.calibrate_s)
                 rate = round(LOAD_SHARE * capacity, 1)
                 ctx.progress(f"{name}: capacity {capacity:.1f} req/s "
                              f"({', '.join(f'{c:.1f}' for c in per_replica)}); "
@@ -515,7 +515,7 @@ async def _sample_running(urls: list[str], into: list[dict[str, Any]], run_start
             await asyncio.sleep(IMBALANCE_SAMPLE_S)
 
 
-async def _reload_every(paths: RuntimePaths, every_s: float, stop: asyncio.Event,
+async def reload_every(paths: RuntimePaths, every_s: float, stop: asyncio.Event,
                         done: list[float], run_start: float) -> None:
     """SIGHUP the nginx master every ``every_s``: a reload of the same file
     still starts a new generation of workers, which is what is measured."""
@@ -536,7 +536,7 @@ async def _streams(fleet: Fleet, workload: load.Workload, clients: int, seconds:
     start = time.perf_counter()
     helpers = [asyncio.create_task(_sample_running(fleet.replica_urls, samples, start, stop))]
     if reload_every_s is not None:
-        helpers.append(asyncio.create_task(_reload_every(
+        helpers.append(asyncio.create_task(reload_every(
             RuntimePaths(fleet.spec.runtime_dir), reload_every_s, stop, reloaded, start)))
     try:
         return await load.run(fleet.gateway_url, workload,

@@ -100,6 +100,32 @@ def cmd_bench_scenario(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_soak(args: argparse.Namespace) -> int:
+    import shutil
+    import tempfile
+    from dataclasses import replace
+
+    from router.bench import load, soak, soak_report
+
+    size = soak.TINY if args.tiny else soak.FULL
+    if args.minutes is not None:
+        if args.minutes <= 0:
+            raise SpecError("--minutes must be more than 0", hint="e.g. --minutes 30")
+        size = replace(size, minutes=args.minutes,
+                       growth_from_s=min(size.growth_from_s, args.minutes * 60 / 6))
+    out = args.out or REPO_ROOT / "docs" / "benchmarks" / "soak"
+    work = Path(tempfile.mkdtemp(prefix="fleet-soak-"))
+    try:
+        result = soak.run_soak(work, size, progress)
+    finally:
+        if args.keep_work:
+            progress(f"the fleet's spec and logs kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    announce(soak_report.write(out, result, command_line(args), load.machine()), result.targets)
+    return 0
+
+
 def cmd_drill(args: argparse.Namespace) -> int:
     from router.bench import drill, drill_report, load
 
@@ -176,6 +202,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     help="keep the fleets' specs and logs (printed at the end)")
     pb.add_argument("--seed", type=int, default=0)
     pb.set_defaults(func=cmd_bench_scenario)
+
+    pb = bench_sub.add_parser(
+        "soak", help="a simulated fleet for 30 minutes at 70 %% of capacity with replicas "
+                     "killed, weights pinned and keys added, then nginx's master killed and a "
+                     "reload storm; memory, descriptors, workers and disk over time "
+                     "(docs/benchmarks/soak)")
+    pb.add_argument("--minutes", type=float, metavar="M", help="length of the soak (default 30)")
+    pb.add_argument("--out", type=Path, metavar="DIR",
+                    help="report folder (default: docs/benchmarks/soak)")
+    pb.add_argument("--tiny", action="store_true",
+                    help="seconds instead of minutes: proves the machinery, measures nothing")
+    pb.add_argument("--keep-work", action="store_true",
+                    help="keep the fleet's spec and logs (printed at the end)")
+    pb.set_defaults(func=cmd_bench_soak)
 
     p = sub.add_parser("drill", help="inject a fault into one replica under load and report "
                                      "what clients saw")

@@ -462,6 +462,14 @@ CONTROLLER = Dashboard(
                    Target(f'fleet_controller_replica_healthy{{job="controller",{REPLICA}}}',
                           "healthy {{replica}}")),
                   "1 or 0 per replica."),
+            Panel("Process starts and crash loops", "short",
+                  (Target(f'increase(fleet_controller_replica_process_starts_total'
+                          f'{{job="controller",{REPLICA}}}[10m])', "starts in 10m {{replica}}"),
+                   Target(f'fleet_controller_replica_process_fatal{{job="controller",{REPLICA}}}',
+                          "gave up (FATAL) {{replica}}")),
+                  "Starts of each replica's process by supervisord over ten minutes; three or "
+                  "more, or FATAL at 1, is a crash loop (FleetReplicaCrashLooping): read `fleet "
+                  "logs REPLICA`, fix, then `fleet restart REPLICA`."),
             Panel("Admin overrides", "none",
                   (Target(f'fleet_controller_override{{job="controller",{REPLICA}}}',
                           "{{kind}} {{replica}}"),),

@@ -128,3 +128,23 @@ def left_by_supervisor(root: str, socket: str) -> list[Unsupervised]:
             continue
         found.append(Unsupervised(proc.pid, program, command))
     return sorted(found, key=lambda p: (p.program, p.pid))
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of one process (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/statm", encoding="ascii") as handle:
+            return int(handle.read().split()[1]) * _PAGE
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def open_fds(pid: int) -> int:
+    """Open file descriptors of one process (0 when it is gone or unreadable)."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0

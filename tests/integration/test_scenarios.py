@@ -107,3 +107,32 @@ def test_unknown_scenario_names_the_known_ones(tmp_path: Path) -> None:
     assert "no scenario named 'fastest'" in done.stderr
     assert "overhead, heterogeneous, homogeneous, scaling" in done.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_soak_tiny_runs_every_part_and_writes_its_series(tmp_path: Path) -> None:
+    done = fleet("bench", "soak", "--tiny", "--out", str(tmp_path), timeout=280)
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "result.json").read_text())
+    soak = result["soak"]
+    assert {e["kind"] for e in soak["events"]} == {"kill", "weight", "key"}
+    assert all(e["ok"] for e in soak["events"]), soak["events"]
+    assert len(soak["samples"]) >= 5
+    sample = soak["samples"][-1]
+    assert {"nginx", "controller", "prometheus", "log-exporter", "supervisord"} <= set(
+        sample["rss_mib"])
+    assert sample["fds"] > 0 and sample["workers"] > 0 and sample["disk_mib"] > 0
+    assert sum(run["requests"] for run in soak["runs"]) > 0
+    kills = result["gateway_kills"]["kills"]
+    assert len(kills) == 1 and kills[0]["probes"] > 0
+    assert result["storm"]["reloads"] > 0 and result["storm"]["run"]["requests"] > 0
+    assert len(result["targets"]) == 6
+    readme = (tmp_path / "README.md").read_text()
+    assert f"fleet bench soak --tiny --out {tmp_path}" in readme
+    for plot in ("memory.png", "fds-workers.png", "disk.png", "storm.png"):
+        assert (tmp_path / plot).stat().st_size > 5_000, plot
+
+
+def test_soak_refuses_a_bad_length(tmp_path: Path) -> None:
+    done = fleet("bench", "soak", "--minutes", "0", "--out", str(tmp_path))
+    assert done.returncode == 2
+    assert "--minutes must be more than 0" in done.stderr
