@@ -66,6 +66,9 @@ class SimSettings(BaseModel):
     decode_s_per_seq: float = Field(default=0.0002, ge=0.0)
     prefill_s_per_token: float = Field(default=0.00002, ge=0.0)
     seed: int = 0
+    # vLLM's automatic prefix caching, on by default as in vLLM
+    # (router.sim.prefix_cache): cached prompt blocks are not prefilled.
+    prefix_caching: bool = True
     faults: SimFaults = SimFaults()
     # A name from PROFILES: its constants fill every field not given here.
     profile: str | None = None

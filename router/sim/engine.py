@@ -5,7 +5,8 @@ The engine runs in steps, like vLLM's scheduler:
    run and their prompts fit in the free KV cache;
 2. run one step whose duration is
    ``(decode_step_s + decode_s_per_seq * running + prefill_s_per_token *
-   prompt tokens admitted this step) / speed``;
+   prompt tokens admitted this step) / speed``, where a prompt's tokens
+   found in the prefix cache (router.sim.prefix_cache) are not prefilled;
 3. every running request gets one token; a request admitted in this step
    gets its first token (its prefill ran in the step).
 
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from prometheus_client import Histogram
 
 from router.sim.metrics import VllmMetrics
+from router.sim.prefix_cache import BLOCK_TOKENS, PrefixCache, block_hashes
 
 WORDS = (
     "the", "fleet", "serves", "tokens", "quickly", "and", "every", "replica", "answers", "with",
@@ -71,6 +73,9 @@ class SimRequest:
     last_token: float | None = None
     tokens: list[str] = field(default_factory=list)
     error: BaseException | None = None
+    # The prompt's KV blocks, and how many of its tokens the prefix cache held.
+    block_hashes: tuple[int, ...] = ()
+    cached_tokens: int = 0
 
     @property
     def finish_reason(self) -> str:
@@ -113,7 +118,8 @@ class Engine:
     def __init__(self, metrics: VllmMetrics, *, max_num_seqs: int, kv_capacity_tokens: int,
                  speed: float, model: LatencyModel, seed: int, mean_output_tokens: int,
                  clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 prefix_caching: bool = True) -> None:
         self.metrics = metrics
         self.max_num_seqs = max_num_seqs
         self.kv_capacity_tokens = kv_capacity_tokens
@@ -132,6 +138,8 @@ class Engine:
         self._resume.set()
         self._task: asyncio.Task[None] | None = None
         self._counter = 0
+        self.prefix_cache = (PrefixCache(kv_capacity_tokens // BLOCK_TOKENS)
+                             if prefix_caching else None)
 
     # --- requests -------------------------------------------------------
     def submit(self, prompt: str, prompt_tokens: int, max_tokens: int, ignore_eos: bool,
@@ -148,6 +156,8 @@ class Engine:
             request_id=f"{self._counter:x}", prompt_tokens=prompt_tokens, max_tokens=max_tokens,
             output_tokens=output, rng=rng, stream=asyncio.Queue() if stream else None,
             done=loop.create_future(), arrival=self.clock(),
+            block_hashes=(block_hashes(prompt, prompt_tokens)
+                          if self.prefix_cache is not None else ()),
         )
         self.waiting.append(request)
         self._publish_queue()
@@ -224,7 +234,18 @@ class Engine:
             self.running.append(head)
             admitted.append(head)
             kv_used += head.prompt_tokens
+            self._use_prefix_cache(head)
         return admitted
+
+    def _use_prefix_cache(self, request: SimRequest) -> None:
+        if self.prefix_cache is None:
+            return
+        hits = self.prefix_cache.hit_blocks(request.block_hashes)
+        # vLLM always computes at least the prompt's last token.
+        request.cached_tokens = min(hits * BLOCK_TOKENS, request.prompt_tokens - 1)
+        self.prefix_cache.store(request.block_hashes)
+        self.metrics.prefix_queries.inc(request.prompt_tokens)
+        self.metrics.prefix_hits.inc(request.cached_tokens)
 
     async def step(self) -> None:
         """One engine iteration: admit, spend the step's time, emit a token each."""
@@ -232,7 +253,8 @@ class Engine:
         self._publish_queue()
         if not self.running:
             return
-        prefill_tokens = sum(r.prompt_tokens for r in admitted)
+        prompt_tokens = sum(r.prompt_tokens for r in admitted)
+        prefill_tokens = prompt_tokens - sum(r.cached_tokens for r in admitted)
         batch = len(self.running)
         duration = self.model.step_time(batch, prefill_tokens, self.speed)
         await self.sleep(duration)
@@ -241,7 +263,7 @@ class Engine:
         now = self.clock()
         metrics = self.metrics
         metrics.iteration_tokens.observe(prefill_tokens + batch)
-        metrics.prompt_tokens.inc(prefill_tokens)
+        metrics.prompt_tokens.inc(prompt_tokens)
         metrics.generation_tokens.inc(batch)
         decoding = 0
         finished = []

@@ -35,7 +35,7 @@ NOT_SIMULATED = {
     "vllm:mm_cache_queries": "text-only model",
     "vllm:mm_cache_hits": "text-only model",
     "vllm:prompt_tokens_by_source": "no prefix-cache tiers",
-    "vllm:prompt_tokens_cached": "no prefix cache",
+    "vllm:prompt_tokens_cached": "the cached share is read from vllm:prefix_cache_hits",
     "vllm:prompt_tokens_cached_by_source": "no prefix-cache tiers",
     "vllm:request_prefill_kv_computed_tokens": "no prefix cache",
     "vllm:engine_sleep_state": "the simulator never sleeps",

@@ -148,6 +148,7 @@ class SimApp:
             self.metrics, max_num_seqs=s.max_num_seqs, kv_capacity_tokens=s.kv_capacity_tokens,
             speed=s.speed * self.slow, seed=s.seed, mean_output_tokens=s.mean_output_tokens,
             model=LatencyModel(s.decode_step_s, s.decode_s_per_seq, s.prefill_s_per_token),
+            prefix_caching=s.prefix_caching,
         )
         self.engine.start()
         self.engine.pause(self.hang)

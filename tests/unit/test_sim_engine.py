@@ -176,3 +176,54 @@ def test_a_profile_fills_the_latency_model_and_explicit_values_win() -> None:
     assert SimSettings.model_validate_json(profiled.model_dump_json()) == profiled
     with pytest.raises(ValidationError, match="profiles are: h200-qwen2.5-7b-awq"):
         SimSettings(profile="a100")
+
+
+SYSTEM_PROMPT = "You answer questions about the fleet's tea shop. " * 160  # 2,000 tokens
+
+
+def _prefill_steps(prefix_caching: bool = True, capacity: int = 100_000,
+                   prompts: tuple[str, ...] = ()) -> tuple[list[float], Engine]:
+    """The first step of each request, one after another: its prefill and one token."""
+    async def scenario() -> tuple[list[float], Engine]:
+        vt = VirtualTime()
+        engine = _engine(vt, kv_capacity_tokens=capacity)
+        if not prefix_caching:
+            engine.prefix_cache = None
+        firsts = []
+        for prompt in prompts:
+            engine.submit(prompt, max(1, len(prompt) // 4), max_tokens=1, ignore_eos=True,
+                          stream=False)
+            await engine.step()
+            firsts.append(vt.steps[-1])
+        return firsts, engine
+
+    return asyncio.run(scenario())
+
+
+def test_a_shared_prefix_is_prefilled_once() -> None:
+    turns = (SYSTEM_PROMPT + "first question", SYSTEM_PROMPT + "another question")
+    cached, engine = _prefill_steps(prompts=turns)
+    assert cached[1] < cached[0] / 4  # only the part after the shared blocks is prefilled
+    queries = _sample(engine, "vllm:prefix_cache_queries_total")
+    hits = _sample(engine, "vllm:prefix_cache_hits_total")
+    assert hits >= 1_900 and queries == sum(len(t) // 4 for t in turns)
+    uncached, plain = _prefill_steps(prefix_caching=False, prompts=turns)
+    assert uncached[1] == pytest.approx(uncached[0], rel=0.01)
+    assert _sample(plain, "vllm:prefix_cache_hits_total") == 0
+
+
+def test_a_prompt_that_differs_early_shares_only_the_blocks_before() -> None:
+    first = SYSTEM_PROMPT
+    changed = "X" + SYSTEM_PROMPT[1:]
+    _steps, engine = _prefill_steps(prompts=(first, changed))
+    assert _sample(engine, "vllm:prefix_cache_hits_total") == 0
+
+
+def test_least_recently_used_blocks_are_evicted_when_the_cache_is_full() -> None:
+    # Room for about two of these prompts' blocks: the third evicts the first.
+    prompts = tuple(f"tenant {i}: " + SYSTEM_PROMPT for i in range(3))
+    _steps, engine = _prefill_steps(capacity=4_200, prompts=(*prompts, prompts[0]))
+    assert engine.prefix_cache is not None and len(engine.prefix_cache) <= 4_200 // 16
+    assert _sample(engine, "vllm:prefix_cache_hits_total") == 0
+    _steps, roomy = _prefill_steps(prompts=(*prompts, prompts[0]))
+    assert _sample(roomy, "vllm:prefix_cache_hits_total") >= 1_900
