@@ -2,7 +2,8 @@
 # Install what llm-fleet needs on a Debian/Ubuntu machine, skipping what is
 # already there:
 #   - system packages (apt-get): nginx, Prometheus (with promtool), the nginx
-#     exporter and mtail (gateway metrics), logrotate (nginx's logs); with --dev also docker-compose,
+#     exporter and mtail (gateway metrics), logrotate (nginx's logs), nginx's njs module
+#     (affinity keys); with --dev also docker-compose,
 #     systemd (systemd-analyze) and keepalived, which the tests validate the
 #     production files with, and chromium, which the console's browser tests
 #     drive
@@ -34,6 +35,8 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v prometheus-nginx-exporter >/dev/null 2>&1 || need+=(prometheus-nginx-exporter)
 command -v mtail >/dev/null 2>&1 || need+=(mtail)
 command -v logrotate >/dev/null 2>&1 || [ -x /usr/sbin/logrotate ] || need+=(logrotate)
+# nginx's JavaScript module: reads affinity keys from request bodies (gateway.affinity).
+[ -f /usr/lib/nginx/modules/ngx_http_js_module.so ] || need+=(libnginx-mod-http-js)
 if [ "$dev" -eq 1 ]; then
   # What the test suite checks the production files with (no Docker engine:
   # docker-compose only parses and validates).

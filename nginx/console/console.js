@@ -7,8 +7,17 @@ const KEY_STORAGE = "llm-fleet-api-key";
 const FLEET_REFRESH_MS = 2000;
 
 const $ = (id) => document.getElementById(id);
+// One id per conversation, sent as X-Session-Id: with gateway.affinity on,
+// every turn goes to the replica that holds the conversation's prefix cache.
+// getRandomValues, unlike randomUUID, works on a plain-http LAN address too.
+function newSessionId() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return "console-" + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
 const state = {
   model: null,
+  session: newSessionId(),
   history: [],          // {role, content} sent with the next request
   controller: null,     // AbortController of the answer being streamed
   fleetTimer: null,
@@ -205,7 +214,7 @@ async function send(prompt) {
   try {
     const response = await fetch("/v1/chat/completions", {
       method: "POST",
-      headers: headers({ "Content-Type": "application/json" }),
+      headers: headers({ "Content-Type": "application/json", "X-Session-Id": state.session }),
       body: JSON.stringify(body),
       signal: state.controller.signal,
     });
@@ -277,6 +286,7 @@ $("stop-generation").addEventListener("click", () => {
 $("clear").addEventListener("click", () => {
   if (state.controller) state.controller.abort();
   state.history = [];
+  state.session = newSessionId();
   $("conversation").replaceChildren();
   hideError("chat-error");
   $("message").focus();

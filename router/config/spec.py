@@ -135,6 +135,15 @@ class GatewaySpec(_Model):
     # weights steer load. round_robin ignores load (a baseline for `fleet
     # bench scenario`, or for replicas that answer in constant time).
     balance: Literal["least_conn", "round_robin"] = "least_conn"
+    # Conversation affinity (nginx's njs module reads the key; no Python on
+    # the request path): a request with a key goes to the replica its key
+    # hashes to on a consistent-hash ring over the same replicas, weights
+    # and down set, so a chat's next turn finds its prefix in that
+    # replica's cache; a request without one is balanced as `balance` says.
+    # session: keys from the X-Session-Id header, then the body's
+    # prompt_cache_key or user. auto: also a hash of a chat's opening
+    # (system prompt and first user message) or a prompt's first block.
+    affinity: Literal["off", "session", "auto"] = "off"
     # Old workers that still hold streams after a reload are closed after this.
     worker_shutdown_timeout_s: int = Field(default=900, ge=1)
     worker_processes: int | Literal["auto"] = "auto"
@@ -424,6 +433,14 @@ class ControllerSpec(_Model):
     # outlier_max_pressure, so a busy fleet keeps the capacity; 0 turns it off.
     outlier_latency_ratio: float = Field(default=1.5, ge=0.0)
     outlier_max_pressure: float = Field(default=0.8, ge=0.0, le=2.0)
+    # The affinity load bound (gateway.affinity on): a replica whose
+    # pressure (KV usage plus waiting/running, 0 to 2) is more than
+    # shed_above over the fleet's median takes no keyed traffic, its keys
+    # moving to their next replica on the ring, until it is back within
+    # resume_below of the median; being above the median, at most half the
+    # fleet sheds at once.
+    shed_above: float = Field(default=0.5, gt=0.0, le=2.0)
+    resume_below: float = Field(default=0.25, ge=0.0, le=2.0)
     # Reload for weights only when one moves by at least this fraction...
     min_weight_change: float = Field(default=0.20, ge=0.0, le=10.0)
     # ...and no sooner than this after the last weight reload. Health changes

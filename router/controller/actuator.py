@@ -45,7 +45,8 @@ class Actuator:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(decision.at))
         return render_upstream(self.gateway, self.members, decision.weights(), decision.down(),
                                decision.reasons(),
-                               provenance=f"written by the controller at {stamp}: {why}")
+                               provenance=f"written by the controller at {stamp}: {why}",
+                               shedding=decision.shedding())
 
     async def live_version(self) -> str | None:
         return await asyncio.to_thread(live_version, self._status_url)

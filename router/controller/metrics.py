@@ -71,6 +71,10 @@ class ControllerMetrics:
                              "1 while supervisord has given up on the replica's process "
                              "(FATAL: it kept dying as it started), else 0.",
                              ["replica"], registry=reg)
+        self.shedding = Gauge("fleet_controller_replica_shedding",
+                              "1 while the replica takes no keyed traffic (gateway.affinity's "
+                              "load bound: its pressure is well above the fleet's median).",
+                              ["replica"], registry=reg)
         for result in RELOAD_RESULTS:
             self.reloads.labels(result=result)
         for applied in ("true", "false"):

@@ -69,7 +69,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from router.config.spec import ControllerSpec
 from router.upstream import BASE_WEIGHT, MAX_WEIGHT, MIN_WEIGHT, clamp_weight
@@ -101,6 +101,8 @@ class ReplicaSignals:
     gpu_util: Sample | None = None
     gpu_memory_used: Sample | None = None  # fraction of the GPU's memory in use
     up: Sample | None = None
+    # Share of prompt tokens found in the prefix cache (vLLM's counters).
+    prefix_hit_rate: Sample | None = None
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,9 @@ class Snapshot:
     # Replicas whose process crash-loops, and the supervisor's account of
     # it (router.controller.processes): out whatever a probe says.
     crash_looping: Mapping[str, str] = field(default_factory=dict)
+    # The gateway routes keyed requests on a hash ring (gateway.affinity),
+    # so the load bound applies.
+    affinity: bool = False
 
 
 @dataclass(frozen=True)
@@ -177,6 +182,8 @@ class ReplicaDecision:
     urgent: bool = False
     # The outlier rule set its weight to the minimum.
     outlier: bool = False
+    # Why it takes no keyed traffic (the affinity load bound), or None.
+    shed: str | None = None
 
 
 @dataclass(frozen=True)
@@ -192,6 +199,9 @@ class Decision:
 
     def reasons(self) -> dict[str, str]:
         return {name: d.reason for name, d in self.replicas.items()}
+
+    def shedding(self) -> dict[str, str]:
+        return {name: d.shed for name, d in self.replicas.items() if d.shed and not d.down}
 
 
 def _median_of(values: list[float]) -> float | None:
@@ -362,6 +372,8 @@ def decide(snapshot: Snapshot, previous: Decision | None, settings: ControllerSp
                                        urgent=(latency.urgent or newly_outlier) and not pinned,
                                        outlier=bool(outlier))
 
+    if snapshot.affinity:
+        decisions = _bound_affinity(decisions, pressures, median_pressure, previous, settings)
     if snapshot.replicas and all(d.down for d in decisions.values()):
         candidates = [r for r in snapshot.replicas if not overrides[r].drained] or list(
             snapshot.replicas)
@@ -373,6 +385,32 @@ def decide(snapshot: Snapshot, previous: Decision | None, settings: ControllerSp
             "fail open: every replica is out, so the least bad one stays in rotation "
             f"({kept.reason})", kept.pinned, outlier=kept.outlier)
     return Decision(at=now, replicas=decisions)
+
+
+def _bound_affinity(decisions: dict[str, ReplicaDecision], pressures: Mapping[str, float | None],
+                    median: float | None, previous: Decision | None,
+                    settings: ControllerSpec) -> dict[str, ReplicaDecision]:
+    """Mark the replicas whose pressure is well above the fleet's median as
+    taking no keyed traffic (shed_above to start, resume_below to stop).
+    Being above the median, at most half of those in rotation ever shed."""
+    serving = [r for r, d in decisions.items() if not d.down]
+    if median is None or len(serving) < 2:
+        return decisions
+    over: dict[str, float] = {}
+    for r in serving:
+        pressure = pressures.get(r)
+        was = previous is not None and r in previous.replicas and previous.replicas[r].shed
+        if pressure is not None and pressure - median > (
+                settings.resume_below if was else settings.shed_above):
+            over[r] = pressure
+    bounded = dict(decisions)
+    for r in over:
+        why = (f"pressure {over[r]:.2f} against the fleet's median {median:.2f} "
+               f"(sheds above +{settings.shed_above:g}, resumes below "
+               f"+{settings.resume_below:g})")
+        d = decisions[r]
+        bounded[r] = replace(d, shed=why, reason=f"{d.reason}; takes no keyed traffic: {why}")
+    return bounded
 
 
 def should_apply(applied: Decision | None, desired: Decision, last_weight_reload_at: float | None,
@@ -394,6 +432,10 @@ def should_apply(applied: Decision | None, desired: Decision, last_weight_reload
         parts = ([f"out: {', '.join(went)}"] if went else []) + (
             [f"back: {', '.join(came)}"] if came else [])
         return True, "rotation change (" + "; ".join(parts) + ")"
+    started = sorted(set(desired.shedding()) - set(applied.shedding()))
+    if started:
+        # Relief for an overloaded replica cannot wait for the interval.
+        return True, f"load bound: {', '.join(started)} takes no keyed traffic"
     pinned_changes = [r for r, d in desired.replicas.items()
                       if d.pinned != applied.replicas.get(r, d).pinned]
     if pinned_changes:
@@ -406,6 +448,9 @@ def should_apply(applied: Decision | None, desired: Decision, last_weight_reload
         change = abs(new.weight - old.weight) / old.weight
         if change >= settings.min_weight_change and new.weight != old.weight:
             moved[name] = f"{name} {old.weight}->{new.weight}"
+    resumed = sorted(set(applied.shedding()) - set(desired.shedding()))
+    if resumed:
+        moved.update({name: f"{name} takes keyed traffic again" for name in resumed})
     if not moved:
         return False, f"no weight moved by {settings.min_weight_change:.0%} or more"
     urgent = [text for name, text in moved.items() if desired.replicas[name].urgent]

@@ -36,6 +36,8 @@ def public_status(status: dict[str, Any], grafana_url: str | None) -> dict[str, 
         "e2e_p99_s": _signal(r, "e2e_p99"),
         "kv_usage": _signal(r, "kv_usage"),
         "gpu_util": _signal(r, "gpu_util"),
+        "prefix_hit_rate": _signal(r, "prefix_hit_rate"),
+        "shedding": r.get("shedding") is not None,
     } for r in status["replicas"]]
     last = status["last_decision"]
     return {

@@ -115,7 +115,7 @@ class Controller:
                  latency_memory_s: float = 0.0, *, clock: Clock = time.time,
                  prober: Prober | None = None, metrics: ControllerMetrics | None = None,
                  pace: PaceProber | None = None,
-                 processes: ProcessWatch | None = None) -> None:
+                 processes: ProcessWatch | None = None, affinity: bool = False) -> None:
         self.members = list(members)
         self.names = tuple(m.name for m in members)
         self.urls = {m.name: m.url for m in members}
@@ -146,6 +146,8 @@ class Controller:
         self.pace_signals: dict[str, PaceSignal] = {}
         # supervisord's process states, when the cluster runs under it.
         self.processes = processes
+        # The gateway hashes keyed requests onto a ring: the load bound applies.
+        self.affinity = affinity
         self.signals_at: float | None = None
         self.prometheus_error: str | None = None
         self.desired: Decision | None = None
@@ -182,7 +184,8 @@ class Controller:
                         latency_blind=frozenset(n for n, at in self.warmed_at.items()
                                                 if now - at < self.latency_memory_s),
                         pace=dict(self.pace_signals),
-                        crash_looping=self.processes.crash_looping() if self.processes else {})
+                        crash_looping=self.processes.crash_looping() if self.processes else {},
+                        affinity=self.affinity)
 
     async def _process_loop(self) -> None:
         assert self.processes is not None
@@ -324,6 +327,8 @@ class Controller:
                 m.pace_ratio.labels(replica=name).set(pace.ratio)
                 m.pace_seconds.labels(replica=name).set(pace.seconds_per_token)
             m.override.labels(replica=name, kind="pin").set(int(override.pin_active(now)))
+            m.shedding.labels(replica=name).set(
+                int(applied is not None and name in applied.shedding()))
 
     # --- admin actions -------------------------------------------------------
     async def set_override(self, name: str, **changes: Any) -> DecisionRecord:
@@ -409,6 +414,7 @@ class Controller:
                 "desired_weight": desired.weight if desired else None,
                 "process": self.processes.states.get(member.name) if self.processes else None,
                 "reason": desired.reason if desired else None,
+                "shedding": applied.shed if applied else None,
                 "health": {"healthy": probe.health.healthy,
                            "consecutive_failures": probe.health.consecutive_failures,
                            "last_success": probe.health.last_success,

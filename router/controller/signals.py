@@ -37,6 +37,10 @@ def queries(window: str) -> dict[str, str]:
         "gpu_memory_used": ("max by (replica) (fleet_gpu_memory_used_bytes"
                             " / fleet_gpu_memory_total_bytes)"),
         "up": f"max by (replica) (up{{{JOB}}})",
+        # NaN while a replica has no prompts in the window: no sample.
+        "prefix_hit_rate": (f"sum by (replica) (rate(vllm:prefix_cache_hits_total{{{JOB}}}"
+                            f"[{window}])) / sum by (replica) (rate("
+                            f"vllm:prefix_cache_queries_total{{{JOB}}}[{window}]))"),
     }
 
 

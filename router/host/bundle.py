@@ -74,8 +74,8 @@ TARGETS: dict[str, BundleTarget] = {
         platforms=_MANYLINUX,
         lock=REPO_ROOT / "deploy" / "bundle" / "gpu-cu130-py312.txt",
         host=REPO_ROOT / "deploy" / "bundle" / "gpu-cu130-py312.host",
-        debs=("nginx", "prometheus", "prometheus-nginx-exporter", "mtail", "logrotate",
-              "libpopt0"),
+        debs=("nginx", "libnginx-mod-http-js", "prometheus", "prometheus-nginx-exporter",
+              "mtail", "logrotate", "libpopt0"),
         dummy_model="Qwen/Qwen2.5-7B-Instruct-AWQ",
     ),
 }

@@ -39,6 +39,27 @@ PACKAGES: Mapping[str, str] = {
 }
 
 
+# Where Debian's dynamic nginx modules live, and each module's package.
+NGINX_MODULES_DIR = Path("/usr/lib/nginx/modules")
+NGINX_MODULES: Mapping[str, str] = {"ngx_http_js_module": "libnginx-mod-http-js"}
+# The njs script that reads affinity keys (gateway.affinity).
+AFFINITY_SCRIPT = REPO_ROOT / "nginx" / "affinity.js"
+
+
+def find_nginx_module(name: str, folders: tuple[Path, ...] | None = None) -> str | None:
+    """A dynamic module beside the nginx in use (an offline bundle's), else Debian's."""
+    if folders is None:
+        nginx = find_binary("nginx")
+        beside = (Path(nginx).resolve().parent.parent / "lib" / "nginx" / "modules",) if nginx \
+            else ()
+        folders = (*beside, NGINX_MODULES_DIR)
+    for folder in folders:
+        candidate = folder / f"{name}.so"
+        if candidate.is_file():
+            return str(candidate)
+    return None
+
+
 def find_binary(name: str) -> str | None:
     """The executable ``name`` on PATH or in the Debian locations, else None."""
     for candidate in (shutil.which(name), f"/usr/sbin/{name}", f"/usr/bin/{name}"):
@@ -97,11 +118,23 @@ class MachineFacts:
     # Program name -> its executable; None where it is not installed. A
     # missing one is an error only when a rendered file needs it.
     binaries: Mapping[str, str | None] = field(default_factory=dict)
+    # Dynamic nginx module name -> its .so; None where it is not installed.
+    nginx_modules: Mapping[str, str | None] = field(default_factory=dict)
+    affinity_script: Path = AFFINITY_SCRIPT
 
     def binary(self, name: str) -> str:
         found = self.binaries.get(name)
         if found is None:
             raise _missing(name)
+        return found
+
+    def nginx_module(self, name: str) -> str:
+        found = self.nginx_modules.get(name)
+        if found is None:
+            raise EnvironmentError_(
+                f"the nginx module {name} is not installed (gateway.affinity needs it)",
+                hint="run `make up` or `sudo deploy/setup.sh` (installs the Debian package "
+                     f"{NGINX_MODULES.get(name, name)}), or set gateway.affinity: off")
         return found
 
 
@@ -114,6 +147,7 @@ def detect() -> MachineFacts:
         mtail_programs=MTAIL_PROGRAMS,
         python=sys.executable,
         binaries={name: find_binary(name) for name in PACKAGES},
+        nginx_modules={name: find_nginx_module(name) for name in NGINX_MODULES},
     )
 
 

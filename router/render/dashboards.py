@@ -351,6 +351,13 @@ REPLICAS = Dashboard(
                   _per_replica(f'sum by (replica) (rate(vllm:num_preemptions_total{{job="vllm",'
                                f'{REPLICA}}}[{RATE}]))'),
                   "Running requests evicted for lack of KV cache."),
+            Panel("Prefix cache hit rate", "percentunit",
+                  _per_replica(f'sum by (replica) (rate(vllm:prefix_cache_hits_total{{job="vllm",'
+                               f'{REPLICA}}}[{RATE}])) / sum by (replica) (rate('
+                               f'vllm:prefix_cache_queries_total{{job="vllm",{REPLICA}}}'
+                               f'[{RATE}]))'),
+                  "Share of prompt tokens whose KV was already cached on the replica; with "
+                  "gateway.affinity a chat's next turn finds its history there."),
         )),
         Row("Routing", (
             Panel("Weight", "none",
@@ -470,6 +477,10 @@ CONTROLLER = Dashboard(
                   "Starts of each replica's process by supervisord over ten minutes; three or "
                   "more, or FATAL at 1, is a crash loop (FleetReplicaCrashLooping): read `fleet "
                   "logs REPLICA`, fix, then `fleet restart REPLICA`."),
+            Panel("Load bound: no keyed traffic", "none",
+                  _per_replica(f'fleet_controller_replica_shedding{{job="controller",{REPLICA}}}'),
+                  "1 while the replica's pressure is well above the fleet's median and keyed "
+                  "requests (gateway.affinity) skip it for their next replica on the ring."),
             Panel("Admin overrides", "none",
                   (Target(f'fleet_controller_override{{job="controller",{REPLICA}}}',
                           "{{kind}} {{replica}}"),),

@@ -52,6 +52,10 @@ class NginxView:
     controller_port: int | None
     upstream_conf: Path
     api_keys_conf: Path
+    # gateway.affinity, and what it loads when not off.
+    affinity: str
+    js_module: str | None
+    affinity_script: Path
 
 
 def limits_view(spec: ClusterSpec) -> LimitsView:
@@ -92,6 +96,10 @@ def nginx_view(plan: ClusterPlan, paths: RuntimePaths, machine: MachineFacts) ->
         controller_port=spec.controller.port if spec.controller.enabled else None,
         upstream_conf=paths.upstream_conf,
         api_keys_conf=paths.api_keys_conf,
+        affinity=spec.gateway.affinity,
+        js_module=(machine.nginx_module("ngx_http_js_module")
+                   if spec.gateway.affinity != "off" else None),
+        affinity_script=machine.affinity_script,
     )
 
 

@@ -22,8 +22,10 @@ def render_upstream(gw: GatewaySpec, members: Sequence[UpstreamMember],
                     weights: Mapping[str, int] | None = None,
                     down: frozenset[str] = frozenset(),
                     reasons: Mapping[str, str] | None = None,
-                    provenance: str = "written by fleet up with equal weights"
-                    ) -> RenderedUpstream:
+                    provenance: str = "written by fleet up with equal weights",
+                    shedding: Mapping[str, str] | None = None) -> RenderedUpstream:
+    """The upstream file; ``shedding`` names replicas that take no keyed traffic
+    (the affinity load bound) and why."""
     # An all-down group is still a valid config: nginx answers "no live
     # upstreams" and the gateway turns that into a JSON 503.
     servers = upstream_servers(members, max_fails=gw.max_fails,
@@ -33,5 +35,5 @@ def render_upstream(gw: GatewaySpec, members: Sequence[UpstreamMember],
     # once nginx runs this file: the proof that a reload took effect.
     text, version = stamp_version(template("nginx/upstream.conf.j2").render(
         servers=servers, keepalive=gw.keepalive, balance=gw.balance, provenance=provenance,
-        version=VERSION_PLACEHOLDER))
+        affinity=gw.affinity, shedding=dict(shedding or {}), version=VERSION_PLACEHOLDER))
     return RenderedUpstream(text=text, version=version)

@@ -145,7 +145,10 @@ def test_chat_streams_token_by_token_and_names_the_replica(
     page.get_by_label("Max tokens").fill("60")
     page.get_by_label("System prompt").fill("You are a terse assistant.")
 
-    _send(page, "Tell me about load balancing.")
+    with page.expect_request("**/v1/chat/completions") as sent:
+        _send(page, "Tell me about load balancing.")
+    session = sent.value.headers.get("x-session-id", "")
+    assert session.startswith("console-") and len(session) == len("console-") + 32
     answer = page.locator(".message.assistant").last
     lengths: list[int] = []
     deadline = time.monotonic() + 30

@@ -25,6 +25,7 @@ class Backend:
         self.stream_gate: threading.Event | None = None  # held after the first chunk
         self.streams_finished = 0
         self.served = 0
+        self.last_body = b""  # the last POST body, as the gateway passed it on
         self.lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self._server.daemon_threads = True
@@ -75,8 +76,11 @@ class Backend:
             def do_POST(self) -> None:  # noqa: N802
                 length = int(self.headers.get("Content-Length", "0"))
                 raw = self.rfile.read(length)
+                backend.last_body = raw
                 try:
                     body = json.loads(raw or b"{}")
+                    if not isinstance(body, dict):
+                        raise json.JSONDecodeError("not an object", "", 0)
                 except json.JSONDecodeError:
                     self._json(400, {"error": {"message": "bad json", "type": "BadRequestError",
                                                "param": None, "code": 400}})

@@ -61,6 +61,7 @@ class Fleet:
     def __init__(self) -> None:
         self.healthy = {m.name: True for m in MEMBERS}
         self.ttft = {m.name: 0.2 for m in MEMBERS}
+        self.kv = {m.name: 0.1 for m in MEMBERS}
         self.prometheus_up = True
 
     def _vector(self, values: dict[str, float]) -> httpx.Response:
@@ -81,7 +82,7 @@ class Fleet:
         if "time_to_first_token" in query or "e2e_request_latency" in query:
             return self._vector(self.ttft)
         if "kv_cache_usage" in query:
-            return self._vector({n: 0.1 for n in names})
+            return self._vector(self.kv)
         if "num_requests" in query:
             return self._vector({n: 2.0 for n in names})
         return self._vector({})
@@ -90,13 +91,13 @@ class Fleet:
 Scenario = Callable[[Controller, Fleet, FakeActuator, VirtualClock], Awaitable[None]]
 
 
-def _run(scenario: Scenario, settings: ControllerSpec = SETTINGS) -> None:
+def _run(scenario: Scenario, settings: ControllerSpec = SETTINGS, affinity: bool = False) -> None:
     async def main() -> None:
         fleet, actuator, clock = Fleet(), FakeActuator(), VirtualClock()
         transport = httpx.MockTransport(fleet)
         prometheus = PrometheusClient("http://prometheus", 1.0, transport=transport)
         controller = Controller(MEMBERS, settings, actuator, prometheus, transport=transport,
-                                clock=clock)
+                                clock=clock, affinity=affinity)
         try:
             await controller.prober.probe_all()
             await scenario(controller, fleet, actuator, clock)
@@ -225,3 +226,24 @@ def test_a_refused_change_is_counted_kept_pending_and_retried(error: NginxReload
         assert controller.metrics.change_pending._value.get() == 0
 
     _run(scenario)
+
+
+def test_with_affinity_a_pressured_replica_sheds_keyed_traffic_at_once_and_resumes_later(
+        ) -> None:
+    async def scenario(controller: Controller, fleet: Fleet, actuator: FakeActuator,
+                       clock: VirtualClock) -> None:
+        await _tick(controller, clock, 0.0, "start")
+        fleet.kv["b"] = 0.9  # pressure 1.9 (KV 0.9, one waiting per running): 0.8 over
+        shed = await _tick(controller, clock, 1.0)
+        assert shed.applied and shed.why == "load bound: b takes no keyed traffic"
+        assert actuator.applied[-1][0].shedding().keys() == {"b"}
+        assert controller.metrics.shedding.labels(replica="b")._value.get() == 1
+        assert controller.status()["replicas"][1]["shedding"].startswith("pressure 1.90")
+        fleet.kv["b"] = 0.1
+        held = await _tick(controller, clock, 1.0)
+        assert not held.applied and "b takes keyed traffic again" in held.why
+        back = await _tick(controller, clock, SETTINGS.min_reload_interval_s)
+        assert back.applied and actuator.applied[-1][0].shedding() == {}
+        assert controller.metrics.shedding.labels(replica="b")._value.get() == 0
+
+    _run(scenario, affinity=True)

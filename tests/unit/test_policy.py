@@ -225,3 +225,54 @@ def test_a_crash_looping_replica_is_out_with_the_supervisors_word_whatever_its_p
     assert decision.down() == frozenset({"replica-3"})
     assert decision.reasons()["replica-3"] == "out: " + looping["replica-3"]
     assert decision.weights()["replica-0"] == 50
+
+
+def _pressured(pressures: dict[str, float]) -> dict[str, ReplicaSignals]:
+    """Signals whose pressure is the given KV usage (nothing waiting)."""
+    return {r: fast(kv=pressures.get(r, 0.2)) for r in R}
+
+
+def _affine(signals: dict[str, ReplicaSignals]) -> Snapshot:
+    return Snapshot(now=NOW, replicas=R, signals=signals, affinity=True)
+
+
+def test_the_load_bound_sheds_keyed_traffic_from_a_replica_well_above_the_median() -> None:
+    decision = decide(_affine(_pressured({"replica-2": 0.95})), None, SETTINGS)
+    assert list(decision.shedding()) == ["replica-2"]
+    assert "pressure 0.95 against the fleet's median 0.20" in decision.shedding()["replica-2"]
+    assert "takes no keyed traffic" in decision.reasons()["replica-2"]
+    assert decision.down() == frozenset()  # unkeyed traffic still reaches it
+    # Without affinity the same pressure sheds nothing.
+    plain = Snapshot(now=NOW, replicas=R, signals=_pressured({"replica-2": 0.95}))
+    assert decide(plain, None, SETTINGS).shedding() == {}
+
+
+def test_the_load_bound_has_hysteresis() -> None:
+    shedding = decide(_affine(_pressured({"replica-2": 0.95})), None, SETTINGS)
+    # 0.35 over the median: not enough to start, enough to keep shedding.
+    between = _pressured({"replica-2": 0.55})
+    assert decide(_affine(between), None, SETTINGS).shedding() == {}
+    assert list(decide(_affine(between), shedding, SETTINGS).shedding()) == ["replica-2"]
+    calm = _pressured({"replica-2": 0.40})
+    assert decide(_affine(calm), shedding, SETTINGS).shedding() == {}
+
+
+def test_only_replicas_above_the_median_shed_so_at_most_half() -> None:
+    signals = _pressured({"replica-0": 2.0, "replica-1": 1.6, "replica-2": 1.3})
+    signals["replica-3"] = fast(kv=0.0)
+    # The median of 2.0, 1.6, 1.3 and 0 is 1.45: only replica-0 is 0.5 above it.
+    assert list(decide(_affine(signals), None, SETTINGS).shedding()) == ["replica-0"]
+    two = _pressured({"replica-0": 1.9, "replica-1": 1.9})
+    assert sorted(decide(_affine(two), None, SETTINGS).shedding()) == ["replica-0", "replica-1"]
+
+
+def test_shedding_applies_at_once_and_resuming_waits_for_the_interval() -> None:
+    calm = decide(_affine(_pressured({})), None, SETTINGS)
+    hot = decide(_affine(_pressured({"replica-2": 0.95})), calm, SETTINGS)
+    apply, why = should_apply(calm, hot, last_weight_reload_at=NOW - 1, settings=SETTINGS)
+    assert apply and why == "load bound: replica-2 takes no keyed traffic"
+    again = decide(_affine(_pressured({})), hot, SETTINGS)
+    apply, why = should_apply(hot, again, last_weight_reload_at=NOW - 1, settings=SETTINGS)
+    assert not apply and "replica-2 takes keyed traffic again" in why
+    apply, why = should_apply(hot, again, last_weight_reload_at=NOW - 60, settings=SETTINGS)
+    assert apply and "replica-2 takes keyed traffic again" in why

@@ -14,7 +14,7 @@ import pytest
 
 from router.config.plan import ClusterPlan, build_plan, choose_engine
 from router.config.spec import parse_spec, resolve_engine_settings
-from router.errors import RenderError
+from router.errors import EnvironmentError_, RenderError
 from router.host.machine import MachineFacts, console_root, stage_console
 from router.render.files import render_all
 from router.render.nginx import render_nginx
@@ -172,3 +172,24 @@ def test_console_is_served_from_the_checkout_or_a_world_readable_copy(tmp_path: 
     # New content, new folder: a running gateway keeps the files it serves.
     (source / "index.html").write_text("<!doctype html><p>v2")
     assert console_root("nobody nogroup", source, staging) != staged
+
+
+def test_affinity_renders_a_hash_ring_beside_least_conn_and_needs_njs() -> None:
+    plan = _plan({"gateway": {"affinity": "auto"}}, gpu_inventory(4))
+    machine = MachineFacts(**{**MACHINE.__dict__, "nginx_modules": {
+        "ngx_http_js_module": "/usr/lib/nginx/modules/ngx_http_js_module.so"}})
+    conf = render_nginx(plan, RuntimePaths(ROOT), machine)
+    assert conf.startswith("# nginx.conf") and "load_module /usr/lib/nginx/modules/" in conf
+    assert "js_content fleet_affinity.auto;" in conf and "location @chat_affinity" in conf
+    upstream = render_upstream(plan.spec.gateway, plan.replicas, down=frozenset({"replica-0"}),
+                               shedding={"replica-1": "pressure 1.2 against 0.3"}).text
+    ring = upstream[upstream.index("upstream replicas_affinity"):]
+    assert "hash $fleet_affinity_key consistent;" in ring
+    servers = [line for line in ring.splitlines() if line.strip().startswith("server ")]
+    assert [line.endswith(" down;") for line in servers] == [True, True, False, False]
+    assert "replica-1: takes no keyed traffic, pressure 1.2 against 0.3" in ring
+    main = upstream[:upstream.index("upstream replicas_affinity")]
+    assert sum(line.endswith(" down;") for line in main.splitlines()) == 1
+    with pytest.raises(EnvironmentError_, match="ngx_http_js_module is not installed") as caught:
+        render_nginx(plan, RuntimePaths(ROOT), MACHINE)
+    assert "libnginx-mod-http-js" in caught.value.hint

@@ -1,0 +1,123 @@
+// Conversation affinity keys for the llm-fleet gateway (nginx's njs module).
+//
+// Loaded when the spec's gateway.affinity is `session` or `auto`. Each API
+// location that takes a body runs `session` or `auto` as its content handler:
+// nginx has read the whole body into memory by then (client_body_buffer_size
+// is the body limit), the handler finds the request's affinity key, and
+// redirects to the location that proxies to the consistent-hash upstream
+// (a key) or to the balanced one (none). nginx keeps the body across the
+// redirect; the replica gets the request exactly as the client sent it.
+//
+// The key, first found wins:
+//   1. the X-Session-Id header;
+//   2. the body's prompt_cache_key, then its user (the OpenAI fields);
+//   3. auto only: a digest of the conversation's opening (the messages up to
+//      and including the first user message), or of a prompt's first block.
+// A body that is not a JSON object, or has none of these, has no key.
+// $fleet_affinity says which one was used (session, prompt_cache_key, user,
+// opening, none); the key itself is never logged.
+
+var crypto = require('crypto');
+
+// Longer client keys are cut: a key is an identity, not a payload.
+var MAX_KEY_CHARS = 256;
+// A completion prompt's "first block": enough to cover a long shared
+// instruction, the way a chat's system prompt is covered.
+var PROMPT_BLOCK_CHARS = 4096;
+
+function clip(value) {
+    return value.length > MAX_KEY_CHARS ? value.slice(0, MAX_KEY_CHARS) : value;
+}
+
+function digest(text) {
+    return crypto.createHash('sha1').update(text).digest('base64url');
+}
+
+// The text of a message's content: a string, or the text of its parts.
+function contentText(content) {
+    if (typeof content === 'string') {
+        return content;
+    }
+    if (!Array.isArray(content)) {
+        return '';
+    }
+    var texts = [];
+    for (var i = 0; i < content.length; i++) {
+        var part = content[i];
+        if (part && typeof part.text === 'string') {
+            texts.push(part.text);
+        }
+    }
+    return texts.join('\n');
+}
+
+// The messages up to and including the first user message: the same for
+// every turn of one conversation.
+function opening(body) {
+    if (Array.isArray(body.messages)) {
+        var parts = [];
+        for (var i = 0; i < body.messages.length; i++) {
+            var message = body.messages[i];
+            if (!message || typeof message !== 'object') {
+                return '';
+            }
+            parts.push(String(message.role) + '\u0000' + contentText(message.content));
+            if (message.role === 'user') {
+                return parts.join('\u0001');
+            }
+        }
+        return '';
+    }
+    if (typeof body.prompt === 'string' && body.prompt) {
+        return body.prompt.slice(0, PROMPT_BLOCK_CHARS);
+    }
+    return '';
+}
+
+function find(r, auto) {
+    var header = r.headersIn['X-Session-Id'];
+    if (header) {
+        return ['session', 's:' + clip(header)];
+    }
+    var text = r.requestText;
+    if (!text) {
+        return ['none', ''];
+    }
+    var body;
+    try {
+        body = JSON.parse(text);
+    } catch (e) {
+        return ['none', ''];
+    }
+    if (!body || typeof body !== 'object' || Array.isArray(body)) {
+        return ['none', ''];
+    }
+    if (typeof body.prompt_cache_key === 'string' && body.prompt_cache_key) {
+        return ['prompt_cache_key', 'k:' + clip(body.prompt_cache_key)];
+    }
+    if (typeof body.user === 'string' && body.user) {
+        return ['user', 'u:' + clip(body.user)];
+    }
+    if (!auto) {
+        return ['none', ''];
+    }
+    var start = opening(body);
+    return start ? ['opening', 'o:' + digest(start)] : ['none', ''];
+}
+
+function route(r, auto) {
+    var found = find(r, auto);
+    r.variables.fleet_affinity = found[0];
+    r.variables.fleet_affinity_key = found[1];
+    r.internalRedirect('@' + r.variables.fleet_api + (found[1] ? '_affinity' : '_balanced'));
+}
+
+function session(r) {
+    route(r, false);
+}
+
+function auto(r) {
+    route(r, true);
+}
+
+export default {session, auto};
