@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from router.bench import fleets, load, stats
+from router.bench.chat import ChatWorkload, run_conversations
 from router.bench.fleets import Endpoint, Fleet, Progress
 from router.errors import ClusterError, SpecError
 from router.runtime.gateway import signal_reload
 from router.runtime.paths import RuntimePaths
 
-SCENARIOS = ("overhead", "heterogeneous", "homogeneous", "scaling", "reloads")
+SCENARIOS = ("overhead", "heterogeneous", "homogeneous", "scaling", "reloads", "chat")
 
 # The replicas of the policy and scaling scenarios: a GPU-like step time
 # (20 ms plus 0.4 ms per sequence in the batch) and 32 sequences at most,
@@ -62,13 +63,16 @@ class Size:
     reload_warmup_s: float = 20.0
     reload_measure_s: float = 120.0
     reload_output_tokens: load.Range = (100, 200)
+    chat: ChatWorkload = ChatWorkload()
 
 
 FULL = Size()
 TINY = Size(warmup_s=1.0, measure_s=2.0, calibrate_s=1.5, overhead_rate=10.0, overhead_s=2.0,
             capacity_rates=(20.0, 40.0), capacity_level_s=1.0, scaling_replicas=(1, 2),
             scaling_s=2.0, output_tokens=(8, 16), reload_clients=16, reload_every_s=0.5,
-            reload_warmup_s=0.5, reload_measure_s=2.0, reload_output_tokens=(8, 16))
+            reload_warmup_s=0.5, reload_measure_s=2.0, reload_output_tokens=(8, 16),
+            chat=ChatWorkload(tenants=3, system_tokens=300, conversations=8, turns=(2, 3),
+                              output_tokens=(4, 8), think_s=0.05, concurrent=4))
 
 
 @dataclass
@@ -276,6 +280,8 @@ class Policy:
     balance: str = "least_conn"
     controller: bool = False
     router_policy: str | None = None  # a vllm-router policy: the row is vllm-router
+    affinity: str = "off"  # gateway.affinity
+    load_bound: bool = True  # False: shed_above at its maximum, so nothing ever sheds
 
 
 POLICIES = (
@@ -427,6 +433,152 @@ def _policy_targets(result: ScenarioResult, heterogeneous: bool) -> None:
                                ratio is not None and ratio >= 0.95))
 
 
+# -------------------------------------------------------------------- chat
+
+# Replicas whose prefill costs what a 24 GB card's does (about 10,000 prompt
+# tokens/s), with a KV cache that holds about 25 of these conversations.
+CHAT_SIM: dict[str, Any] = {**POLICY_SIM, "prefill_s_per_token": 0.0001,
+                            "kv_capacity_tokens": 100_000}
+CHAT_POLICIES = (
+    Policy("least_conn", "least_conn, static weights (nginx)"),
+    Policy("adaptive", "llm-fleet adaptive", controller=True),
+    Policy("affinity", "llm-fleet affinity (auto, load bound)", controller=True, affinity="auto"),
+    Policy("affinity-unbounded", "llm-fleet affinity (auto, no load bound)", controller=True,
+           affinity="auto", load_bound=False),
+    Policy("cache_aware", "vllm-router cache_aware", router_policy="cache_aware"),
+    Policy("consistent_hash", "vllm-router consistent_hash", router_policy="consistent_hash"),
+)
+CHAT_CONTENDERS = tuple(p.key for p in CHAT_POLICIES)
+
+
+def _cache_hit_rates(urls: list[str]) -> list[float | None]:
+    import httpx
+
+    rates: list[float | None] = []
+    for url in urls:
+        text = httpx.get(url + "/metrics", timeout=5).text
+        queries = _counter(text, "vllm:prefix_cache_queries_total")
+        rates.append(_counter(text, "vllm:prefix_cache_hits_total") / queries
+                     if queries else None)
+    return rates
+
+
+async def _sample_waiting(urls: list[str], into: list[list[float]], stop: asyncio.Event
+                          ) -> None:
+    import httpx
+
+    async with httpx.AsyncClient(timeout=2.0) as client:
+        while not stop.is_set():
+            try:
+                texts = await asyncio.gather(*(client.get(u + "/metrics") for u in urls))
+                into.append([_counter(r.text, "vllm:num_requests_waiting") for r in texts])
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(IMBALANCE_SAMPLE_S)
+
+
+async def _converse(endpoint: Endpoint, replica_urls: list[str], workload: ChatWorkload
+                    ) -> tuple[load.RunResult, list[list[float]]]:
+    stop = asyncio.Event()
+    waiting: list[list[float]] = []
+    sampler = asyncio.create_task(_sample_waiting(replica_urls, waiting, stop))
+    try:
+        run = await run_conversations(endpoint.url, workload, endpoint.key)
+    finally:
+        stop.set()
+        await sampler
+    return run.result, waiting
+
+
+def chat(ctx: Context) -> ScenarioResult:
+    workload = replace(ctx.size.chat, seed=ctx.seed)
+    missing = _peer_rows([p.label for p in CHAT_POLICIES])
+    rows: list[Row] = []
+    for policy in (p for p in CHAT_POLICIES if not ctx.contenders or p.key in ctx.contenders):
+        if missing.get(policy.label):
+            rows.append(Row(policy.label, skipped=missing[policy.label]))
+            ctx.progress(f"chat: {policy.label} skipped: {missing[policy.label]}")
+            continue
+        sections: dict[str, dict[str, Any]] = {"gateway": {"affinity": policy.affinity}}
+        if not policy.load_bound:
+            sections["controller"] = {"shed_above": 2.0}
+        with ctx.fleet(f"chat/{policy.key}", 4, {"defaults": CHAT_SIM},
+                       controller=policy.controller, **sections) as fleet:
+            opener: contextlib.AbstractContextManager[Endpoint] = (
+                fleets.vllm_router(fleet.replica_urls, policy.router_policy,
+                                   ctx.work_dir / "chat")
+                if policy.router_policy else contextlib.nullcontext(Endpoint(fleet.gateway_url)))
+            with opener as endpoint:
+                ctx.progress(f"chat: {policy.label}: {workload.conversations} conversations, "
+                             f"{workload.concurrent} at a time")
+                run, waiting = asyncio.run(_converse(endpoint, fleet.replica_urls, workload))
+                hit_rates = _cache_hit_rates(fleet.replica_urls)
+        summary = stats.summarize(run.records, run.duration_s,
+                                  stats.Slo(ttft_s=2.0, itl_s=0.1))
+        row = Row(policy.label, summary=summary, run=run)
+        row.extra.update(
+            prefix_cache_hit_rate=hit_rates,
+            worst_queue=max((max(sample) for sample in waiting if sample), default=0.0),
+            mean_worst_queue=(sum(max(sample) for sample in waiting) / len(waiting)
+                              if waiting else 0.0))
+        rows.append(row)
+        ctx.progress(f"chat: {policy.label}: TTFT p50 {_fmt_s(summary['ttft_s']['p50'])}, "
+                     f"p99 {_fmt_s(summary['ttft_s']['p99'])}, "
+                     f"{summary['request_throughput']:.1f} req/s, cache hits "
+                     + ", ".join("–" if h is None else f"{h:.0%}" for h in hit_rates))
+    w = workload
+    result = ScenarioResult(
+        name="chat", title="Multi-turn conversations with long shared system prompts",
+        setup=[f"4 simulated replicas ({_sim_text(CHAT_SIM)}), each with vLLM's prefix cache "
+               "(blocks of 16 tokens, least recently used evicted): it holds about "
+               f"{CHAT_SIM['kv_capacity_tokens'] // (w.system_tokens + 1000)} of these "
+               "conversations, not all of them.",
+               f"Load: {w.conversations} conversations of {w.turns[0]}-{w.turns[1]} turns, "
+               f"{w.concurrent} at a time (a finished one starts the next), each of one of "
+               f"{w.tenants} tenants whose {w.system_tokens:,}-token system prompt all its "
+               f"conversations share; user turns of {w.user_tokens[0]}-{w.user_tokens[1]} "
+               f"tokens, streamed answers of {w.output_tokens[0]}-{w.output_tokens[1]} tokens, "
+               f"think time exponential with mean {w.think_s:g} s; every turn re-sends the "
+               "history and an X-Session-Id per conversation.",
+               "Each row is a fresh fleet from the same spec; only the routing differs. "
+               "Prefix cache hit rate per replica is vLLM's prefix_cache_hits over "
+               "prefix_cache_queries at the end of the run (the controller's warm-up and pace "
+               "probes included); the worst queue is the largest vllm:num_requests_waiting "
+               f"of any replica, sampled every {IMBALANCE_SAMPLE_S:g} s."],
+        rows=rows)
+    result.timeline_row = next((i for i, r in enumerate(rows) if r.label.startswith(
+        "llm-fleet affinity (auto, load") and r.summary), -1)
+    _chat_targets(result)
+    return result
+
+
+def _chat_targets(result: ScenarioResult) -> None:
+    affinity = _by_label(result.rows, "llm-fleet affinity (auto, load bound)")
+    least = _by_label(result.rows, "least_conn")
+    aware = _by_label(result.rows, "vllm-router cache_aware")
+    if affinity is None or least is None:
+        return
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return a / b if a is not None and b else None
+
+    p50 = ratio(affinity["ttft_s"]["p50"], least["ttft_s"]["p50"])
+    result.targets.append(("affinity TTFT p50 at most 0.5 x least_conn",
+                           "–" if p50 is None else f"{p50:.2f} x", p50 is not None and p50 <= 0.5))
+    p99 = ratio(affinity["ttft_s"]["p99"], least["ttft_s"]["p99"])
+    result.targets.append(("affinity TTFT p99 not worse than least_conn",
+                           "–" if p99 is None else f"{p99:.2f} x", p99 is not None and p99 <= 1.0))
+    thr = ratio(affinity["request_throughput"], least["request_throughput"])
+    result.targets.append(("affinity throughput within 2 % of least_conn",
+                           "–" if thr is None else f"{thr - 1:+.1%}",
+                           thr is not None and thr >= 0.98))
+    if aware is not None:
+        versus = ratio(affinity["ttft_s"]["p50"], aware["ttft_s"]["p50"])
+        result.targets.append(("affinity no worse than vllm-router cache_aware (TTFT p50)",
+                               "–" if versus is None else f"{versus:.2f} x",
+                               versus is not None and versus <= 1.0))
+
+
 # ----------------------------------------------------------------- scaling
 
 def scaling(ctx: Context) -> ScenarioResult:
@@ -495,9 +647,14 @@ RELOAD_SIM: dict[str, Any] = {"decode_step_s": 0.1, "decode_s_per_seq": 0.0004,
 IMBALANCE_SAMPLE_S = 0.5
 
 
-def running_requests(metrics_text: str) -> float:
+def _counter(metrics_text: str, name: str) -> float:
+    """The sum of one metric's samples in a /metrics text (every label set)."""
     return sum(float(line.rsplit(" ", 1)[1]) for line in metrics_text.splitlines()
-               if line.startswith("vllm:num_requests_running"))
+               if line.startswith((name + "{", name + " ")))
+
+
+def running_requests(metrics_text: str) -> float:
+    return _counter(metrics_text, "vllm:num_requests_running")
 
 
 async def _sample_running(urls: list[str], into: list[dict[str, Any]], run_start: float,
@@ -655,6 +812,8 @@ def run_scenario(name: str, work_dir: Path, tiny: bool, progress: Progress,
             return scaling(ctx)
         if name == "reloads":
             return reloads(ctx)
+        if name == "chat":
+            return chat(ctx)
         return policies(ctx, heterogeneous=name == "heterogeneous")
     except ClusterError as exc:
         raise ClusterError(f"scenario {name}: {exc.message}", hint=exc.hint) from exc

@@ -86,6 +86,20 @@ def _reloads_table(rows: list[Row]) -> list[str]:
     return lines
 
 
+def _chat_table(rows: list[Row]) -> list[str]:
+    lines = ["", "### Prefix cache and queues", "",
+             "| contender | prefix cache hit rate per replica | worst queue (max / mean of "
+             "samples) |", "| --- | --- | --- |"]
+    for row in rows:
+        if row.summary is None:
+            continue
+        rates = ", ".join("–" if r is None else f"{r:.0%}"
+                          for r in row.extra["prefix_cache_hit_rate"])
+        lines.append(f"| {row.label} | {rates} | {row.extra['worst_queue']:.0f} / "
+                     f"{row.extra['mean_worst_queue']:.1f} |")
+    return lines
+
+
 def plot_imbalance(out: Path, rows: list[Row], filename: str = "imbalance.png") -> str:
     """Running max/min over time, one line per run."""
     plt = pyplot()
@@ -120,6 +134,8 @@ def markdown(result: ScenarioResult, command: str, machine: dict[str, Any],
         lines += _scaling_table(result.rows)
     if result.name == "reloads":
         lines += _reloads_table(result.rows)
+    if result.name == "chat":
+        lines += _chat_table(result.rows)
     changes = [(r.label, r.extra["weight_changes"]) for r in result.rows
                if "weight_changes" in r.extra]
     if changes:

@@ -77,10 +77,11 @@ def cmd_bench_scenario(args: argparse.Namespace) -> int:
         raise SpecError(f"no scenario named {args.scenario!r}",
                         hint="scenarios are: " + ", ".join(scenario.SCENARIOS))
     contenders = tuple(c for c in (args.contenders or "").split(",") if c)
-    unknown = sorted(set(contenders) - set(scenario.CONTENDERS))
+    known = scenario.CHAT_CONTENDERS if args.scenario == "chat" else scenario.CONTENDERS
+    unknown = sorted(set(contenders) - set(known))
     if unknown:
         raise SpecError(f"--contenders: no contender named {', '.join(unknown)}",
-                        hint="contenders are: " + ", ".join(scenario.CONTENDERS))
+                        hint=f"contenders of {args.scenario} are: " + ", ".join(known))
     for flag, value, least in (("--warmup", args.warmup, 0), ("--measure", args.measure, 1)):
         if value is not None and value < least:
             raise SpecError(f"{flag} must be {least} seconds or more", hint=f"e.g. {flag} 60")
@@ -182,18 +183,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     pb.set_defaults(func=cmd_bench_run)
     pb = bench_sub.add_parser(
         "scenario", help="llm-fleet and its baselines side by side on simulated fleets: "
-                         "overhead, heterogeneous, homogeneous, scaling, reloads "
+                         "overhead, heterogeneous, homogeneous, scaling, reloads, chat "
                          "(docs/benchmarks)")
     pb.add_argument("scenario", metavar="NAME",
-                    help="overhead | heterogeneous | homogeneous | scaling | reloads")
+                    help="overhead | heterogeneous | homogeneous | scaling | reloads | chat")
     pb.add_argument("--warmup", type=float, metavar="S",
                     help="heterogeneous, homogeneous: seconds of load left out of the figures "
                          "(default 45)")
     pb.add_argument("--measure", type=float, metavar="S",
                     help="heterogeneous, homogeneous: seconds of load measured (default 90)")
     pb.add_argument("--contenders", metavar="LIST",
-                    help="heterogeneous, homogeneous: only these, comma-separated, of "
-                         "round-robin, least_conn, adaptive, power_of_two, cache_aware")
+                    help="heterogeneous, homogeneous, chat: only these, comma-separated, of "
+                         "round-robin, least_conn, adaptive, power_of_two, cache_aware (chat: "
+                         "least_conn, adaptive, affinity, affinity-unbounded, cache_aware, "
+                         "consistent_hash)")
     pb.add_argument("--out", type=Path, metavar="DIR",
                     help="report folder (default: docs/benchmarks/NAME)")
     pb.add_argument("--tiny", action="store_true",

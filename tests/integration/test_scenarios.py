@@ -136,3 +136,17 @@ def test_soak_refuses_a_bad_length(tmp_path: Path) -> None:
     done = fleet("bench", "soak", "--minutes", "0", "--out", str(tmp_path))
     assert done.returncode == 2
     assert "--minutes must be more than 0" in done.stderr
+
+
+def test_chat_tiny_runs_every_contender_and_reports_cache_hits(tmp_path: Path) -> None:
+    result = _scenario("chat", tmp_path)
+    labels = [row["label"] for row in result["rows"]]
+    assert labels[:4] == ["least_conn, static weights (nginx)", "llm-fleet adaptive",
+                          "llm-fleet affinity (auto, load bound)",
+                          "llm-fleet affinity (auto, no load bound)"]
+    for row in result["rows"]:
+        _check_row(row)
+        if row["summary"] is not None:
+            rates = row["extra"]["prefix_cache_hit_rate"]
+            assert len(rates) == 4 and any(r for r in rates), row["label"]
+    assert "### Prefix cache and queues" in (tmp_path / "README.md").read_text()
