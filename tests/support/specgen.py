@@ -97,24 +97,16 @@ def _paths(document: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]
 
 
 def _replace(document: Any, path: tuple[Any, ...], change: Any) -> Any:
+    """A copy of ``document`` with the value at ``path`` changed (or _DELETE-d)."""
     if not path:
         return change(document)
-    head, rest = path[0], path[1:]
-    if isinstance(document, dict):
-        copy = dict(document)
-        result = _replace(copy[head], rest, change)
-        if result is _DELETE:
-            del copy[head]
-        else:
-            copy[head] = result
-        return copy
-    copy_list = list(document)
-    result = _replace(copy_list[head], rest, change)
+    copy: Any = dict(document) if isinstance(document, dict) else list(document)
+    result = _replace(copy[path[0]], path[1:], change)
     if result is _DELETE:
-        del copy_list[head]
+        del copy[path[0]]
     else:
-        copy_list[head] = result
-    return copy_list
+        copy[path[0]] = result
+    return copy
 
 
 _DELETE = object()
