@@ -66,15 +66,18 @@ class Fleet:
 
 def sim_fleet_spec(runtime_dir: Path, replicas: int, sim: dict[str, Any],
                    balance: str = "least_conn", controller: bool = True,
+                   controller_settings: dict[str, Any] | None = None,
                    **sections: dict[str, Any]) -> dict[str, Any]:
-    """A simulated fleet's spec on free ports; ``sections`` override spec keys."""
+    """A simulated fleet's spec on free ports; ``sections`` override spec keys,
+    ``controller_settings`` the controller's (``controller`` turns it on or off)."""
     spec: dict[str, Any] = {
         "engine": "sim", "replicas": replicas, "runtime_dir": str(runtime_dir),
         "startup_timeout_s": 60,
         "ports": {"replica_base": free_port_block(replicas)},
         "gateway": {"port": free_port(), "status_port": free_port(), "balance": balance},
         "prometheus": {"port": free_port()},
-        "controller": {"enabled": controller, "port": free_port()},
+        "controller": {"enabled": controller, "port": free_port(),
+                       **(controller_settings or {})},
         "gateway_metrics": {"nginx_exporter_port": free_port(),
                             "log_exporter_port": free_port()},
         "gpu_exporter": {"enabled": False},

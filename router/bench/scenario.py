@@ -499,11 +499,10 @@ def chat(ctx: Context) -> ScenarioResult:
             rows.append(Row(policy.label, skipped=missing[policy.label]))
             ctx.progress(f"chat: {policy.label} skipped: {missing[policy.label]}")
             continue
-        sections: dict[str, dict[str, Any]] = {"gateway": {"affinity": policy.affinity}}
-        if not policy.load_bound:
-            sections["controller"] = {"shed_above": 2.0}
         with ctx.fleet(f"chat/{policy.key}", 4, {"defaults": CHAT_SIM},
-                       controller=policy.controller, **sections) as fleet:
+                       controller=policy.controller, gateway={"affinity": policy.affinity},
+                       controller_settings={} if policy.load_bound else {"shed_above": 2.0}
+                       ) as fleet:
             opener: contextlib.AbstractContextManager[Endpoint] = (
                 fleets.vllm_router(fleet.replica_urls, policy.router_policy,
                                    ctx.work_dir / "chat")

@@ -14,7 +14,7 @@ from router.controller.metrics import ControllerMetrics
 from router.controller.processes import ProcessWatch
 from router.errors import ClusterError
 from router.gateway_launch import orphaned_workers, retire
-from router.runtime.procs import left_by_supervisor, process_alive
+from router.runtime.procs import cmdline, left_by_supervisor, process_alive
 from router.runtime.supervise import ProcessInfo
 
 
@@ -76,11 +76,16 @@ def test_left_by_supervisor_finds_its_programs_and_nginx_and_not_a_shell(tmp_pat
             child.wait()
 
 
-# A stand-in for nginx: a "master" in its own group with two "workers", its pid in a file.
+# A stand-in for nginx: a "master" in its own group with two "workers", its pid in a
+# file. Like nginx's, the workers handle QUIT themselves: a shell that runs a
+# background job may hand its children QUIT ignored.
+WORKER = ("import signal, sys, time; signal.signal(signal.SIGQUIT, lambda *_: sys.exit(0)); "
+          "time.sleep(60)")
 MASTER = (
     "import os, subprocess, sys, time\n"
-    "workers = [subprocess.Popen(['bash', '-c', 'exec -a \"nginx: worker process\" sleep 60'])"
-    " for _ in range(2)]\n"
+    f"worker = ['bash', '-c', 'exec -a \"nginx: worker process\" {sys.executable} -c \"$0\"', "
+    f"{WORKER!r}]\n"
+    "workers = [subprocess.Popen(worker) for _ in range(2)]\n"
     "open(sys.argv[1], 'w').write(str(os.getpid()))\n"
     "print(*[w.pid for w in workers], flush=True)\n"
     "time.sleep(60)\n"
@@ -94,7 +99,12 @@ def test_the_gateway_launcher_retires_the_workers_of_a_killed_master(tmp_path: P
     assert master.stdout is not None
     workers = [int(pid) for pid in master.stdout.readline().split()]
     try:
-        time.sleep(0.3)  # let bash exec into its new title
+        # Let bash exec into the new title and Python install its handler.
+        deadline = time.monotonic() + 10
+        while not all(cmdline(w).startswith("nginx: ") for w in workers) \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
         master.kill()
         master.wait()
         assert orphaned_workers(pid_file) == (master.pid, sorted(workers))
