@@ -12,7 +12,9 @@
 //   1. the X-Session-Id header;
 //   2. the body's prompt_cache_key, then its user (the OpenAI fields);
 //   3. auto only: a digest of the conversation's opening (the messages up to
-//      and including the first user message), or of a prompt's first block.
+//      and including the first user message; for /v1/responses the
+//      instructions and the input up to its first user message), or of a
+//      prompt's first block.
 // A body that is not a JSON object, or has none of these, has no key.
 // $fleet_affinity says which one was used (session, prompt_cache_key, user,
 // opening, none); the key itself is never logged.
@@ -51,22 +53,35 @@ function contentText(content) {
     return texts.join('\n');
 }
 
-// The messages up to and including the first user message: the same for
-// every turn of one conversation.
+// The messages up to and including the first user message, after `parts`
+// already opened: the same for every turn of one conversation.
+function untilFirstUser(messages, parts) {
+    for (var i = 0; i < messages.length; i++) {
+        var message = messages[i];
+        if (!message || typeof message !== 'object') {
+            return '';
+        }
+        parts.push(String(message.role) + '\u0000' + contentText(message.content));
+        if (message.role === 'user') {
+            return parts.join('\u0001');
+        }
+    }
+    return '';
+}
+
 function opening(body) {
     if (Array.isArray(body.messages)) {
-        var parts = [];
-        for (var i = 0; i < body.messages.length; i++) {
-            var message = body.messages[i];
-            if (!message || typeof message !== 'object') {
-                return '';
-            }
-            parts.push(String(message.role) + '\u0000' + contentText(message.content));
-            if (message.role === 'user') {
-                return parts.join('\u0001');
-            }
+        return untilFirstUser(body.messages, []);
+    }
+    if (body.input !== undefined) {
+        // The Responses API: instructions play the system prompt's part.
+        var parts = typeof body.instructions === 'string' && body.instructions
+            ? ['system\u0000' + body.instructions] : [];
+        if (typeof body.input === 'string') {
+            return body.input ? untilFirstUser([{role: 'user', content: body.input}], parts)
+                : '';
         }
-        return '';
+        return Array.isArray(body.input) ? untilFirstUser(body.input, parts) : '';
     }
     if (typeof body.prompt === 'string' && body.prompt) {
         return body.prompt.slice(0, PROMPT_BLOCK_CHARS);

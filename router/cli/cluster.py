@@ -163,6 +163,13 @@ def cmd_chat(args: argparse.Namespace) -> int:
     state = ClusterState.load(RuntimePaths(spec.runtime_dir))
     if state is None:
         raise ClusterError("no cluster state found", hint="start one with `fleet up`")
+    if spec.model.runner != "generate":
+        raise SpecError(f"model.runner is {spec.model.runner}: the model answers "
+                        "/v1/embeddings, not chat",
+                        hint=f"ask it with: curl {state.gateway_url}/v1/embeddings "
+                             "-H 'Content-Type: application/json' "
+                             f"-d '{{\"model\": \"{state.served_model_name}\", "
+                             "\"input\": \"hello\"}'")
     url = state.gateway_url + "/v1/chat/completions"
     body = {"model": state.served_model_name, "max_tokens": args.max_tokens,
             "messages": [{"role": "user", "content": args.message}]}

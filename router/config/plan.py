@@ -36,6 +36,8 @@ class WarmupPlan:
     requests: int
     max_tokens: int
     timeout_s: float
+    # model.runner: a pooling model is warmed with embeddings.
+    runner: str = "generate"
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,8 @@ class ClusterPlan:
             return None
         return WarmupPlan(model=self.engine.served_model_name,
                           requests=wanted.requests or self.engine.max_num_seqs,
-                          max_tokens=wanted.max_tokens, timeout_s=wanted.timeout_s)
+                          max_tokens=wanted.max_tokens, timeout_s=wanted.timeout_s,
+                          runner=self.engine.runner)
 
     @property
     def gateway_url(self) -> str:
@@ -180,6 +183,8 @@ def vllm_argv(python: str, settings: EngineSettings, model_path: str, port: int,
     ]
     if settings.dummy:
         argv += ["--load-format", "dummy"]
+    if settings.runner == "pooling":
+        argv += ["--runner", "pooling"]
     if settings.engine == "cpu":
         # fp32: bf16 is emulated on CPUs without AVX512-BF16. Eager: compile
         # warm-up triples the time to healthy.

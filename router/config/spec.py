@@ -213,6 +213,13 @@ class ModelSpec(_Model):
     # is measured before gigabytes of weights are downloaded; the answers are
     # noise.
     load_format: Literal["auto", "dummy"] = "auto"
+    # generate: a chat model; the gateway serves /v1/chat/completions,
+    # /v1/completions and /v1/responses. pooling: an embedding model (vLLM's
+    # --runner pooling; a generative checkpoint is converted to embeddings);
+    # the gateway serves /v1/embeddings instead, the console and the pace
+    # probes, which time generated tokens, are off. Both serve /tokenize,
+    # /detokenize and /v1/models.
+    runner: Literal["generate", "pooling"] = "generate"
 
     @field_validator("cache_dir")
     @classmethod
@@ -242,7 +249,7 @@ class VllmSpec(_Model):
     def _no_managed_flags(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         managed = {
             "--host", "--port", "--model", "--served-model-name", "--max-num-seqs",
-            "--max-model-len", "--gpu-memory-utilization", "--load-format",
+            "--max-model-len", "--gpu-memory-utilization", "--load-format", "--runner",
         }
         for arg in value:
             flag = arg.split("=", 1)[0]
@@ -618,6 +625,13 @@ class ClusterSpec(_Model):
         return self
 
     @model_validator(mode="after")
+    def _pooling(self) -> ClusterSpec:
+        if self.model.runner == "pooling" and self.engine == "sim":
+            raise ValueError("model.runner: pooling needs vLLM replicas: the simulator "
+                             "serves generative models only; use engine cpu, gpu or auto")
+        return self
+
+    @model_validator(mode="after")
     def _external_replicas(self) -> ClusterSpec:
         if self.engine == "external":
             if not self.external_replicas:
@@ -744,6 +758,7 @@ class EngineSettings:
     max_model_len: int
     gpu_memory_utilization: float | None
     load_format: Literal["auto", "dummy"] = "auto"
+    runner: Literal["generate", "pooling"] = "generate"
 
     @property
     def dummy(self) -> bool:
@@ -763,7 +778,7 @@ def resolve_engine_settings(spec: ClusterSpec, engine: ResolvedEngine) -> Engine
             served_model_name=spec.model.served_name or gpu.served_model_name,
             max_num_seqs=spec.vllm.max_num_seqs or gpu.max_num_seqs,
             max_model_len=spec.vllm.max_model_len or gpu.max_model_len,
-            gpu_memory_utilization=None)
+            gpu_memory_utilization=None, runner=spec.model.runner)
     if engine == "sim":
         return EngineSettings(
             engine="sim", model="simulated",
@@ -778,7 +793,7 @@ def resolve_engine_settings(spec: ClusterSpec, engine: ResolvedEngine) -> Engine
         engine=engine,
         model=spec.model.name or defaults.model,
         served_model_name=spec.model.served_name or default_name,
-        load_format=spec.model.load_format,
+        load_format=spec.model.load_format, runner=spec.model.runner,
         max_num_seqs=spec.vllm.max_num_seqs or defaults.max_num_seqs,
         max_model_len=spec.vllm.max_model_len or defaults.max_model_len,
         gpu_memory_utilization=spec.vllm.gpu_memory_utilization

@@ -34,9 +34,11 @@ class WarmupResult:
 def _body(plan: WarmupPlan, index: int) -> dict[str, object]:
     # Distinct prompts, so the prefix cache does not turn the burst into one request;
     # ignore_eos keeps every request decoding for max_tokens, as a full batch does.
+    text = f"Warm-up request {index}: count from one to twenty."
+    if plan.runner == "pooling":
+        return {"model": plan.model, "input": text}
     return {"model": plan.model, "max_tokens": plan.max_tokens, "ignore_eos": True,
-            "messages": [{"role": "user",
-                          "content": f"Warm-up request {index}: count from one to twenty."}]}
+            "messages": [{"role": "user", "content": text}]}
 
 
 async def _one(client: httpx.AsyncClient, url: str, body: dict[str, object]
@@ -53,7 +55,8 @@ async def _one(client: httpx.AsyncClient, url: str, body: dict[str, object]
 async def warm_up(client: httpx.AsyncClient, replica_url: str, plan: WarmupPlan) -> WarmupResult:
     """Send the burst at once and wait for all of it, at most ``plan.timeout_s``."""
     started = time.monotonic()
-    url = replica_url + "/v1/chat/completions"
+    url = replica_url + ("/v1/embeddings" if plan.runner == "pooling"
+                         else "/v1/chat/completions")
     tasks = [asyncio.create_task(_one(client, url, _body(plan, i))) for i in range(plan.requests)]
     done, pending = await asyncio.wait(tasks, timeout=plan.timeout_s)
     for task in pending:

@@ -34,6 +34,34 @@ class LimitsView:
 
 
 @dataclass(frozen=True)
+class ApiRoute:
+    """One path of vLLM's API the gateway passes to a replica."""
+
+    path: str
+    method: str
+    # The short label of its metrics and access log lines.
+    name: str
+    # Whether conversation affinity keys it (gateway.affinity): only requests
+    # whose prompts a replica's prefix cache can hold.
+    keyed: bool
+
+
+_MODELS = ApiRoute("/v1/models", "GET", "models", keyed=False)
+_TOKENIZER = (ApiRoute("/tokenize", "POST", "tokenize", keyed=False),
+              ApiRoute("/detokenize", "POST", "detokenize", keyed=False))
+# The allowlist: these paths and no other reach a replica, by what the model
+# runs (model.runner); vLLM serves only the one kind's endpoints.
+API_ROUTES: dict[str, tuple[ApiRoute, ...]] = {
+    "generate": (ApiRoute("/v1/chat/completions", "POST", "chat", keyed=True),
+                 ApiRoute("/v1/completions", "POST", "completions", keyed=True),
+                 ApiRoute("/v1/responses", "POST", "responses", keyed=True),
+                 *_TOKENIZER, _MODELS),
+    "pooling": (ApiRoute("/v1/embeddings", "POST", "embeddings", keyed=False),
+                *_TOKENIZER, _MODELS),
+}
+
+
+@dataclass(frozen=True)
 class ConsoleView:
     root: Path
 
@@ -56,6 +84,7 @@ class NginxView:
     affinity: str
     js_module: str | None
     affinity_script: Path
+    routes: tuple[ApiRoute, ...]
 
 
 def limits_view(spec: ClusterSpec) -> LimitsView:
@@ -92,7 +121,9 @@ def nginx_view(plan: ClusterPlan, paths: RuntimePaths, machine: MachineFacts) ->
         listen=listen_address(spec.gateway),
         auth=spec.auth.enabled,
         limits=limits_view(spec),
-        console=ConsoleView(machine.console_root) if spec.console.enabled else None,
+        # The console is a chat page: a pooling model does not chat.
+        console=(ConsoleView(machine.console_root)
+                 if spec.console.enabled and spec.model.runner == "generate" else None),
         controller_port=spec.controller.port if spec.controller.enabled else None,
         upstream_conf=paths.upstream_conf,
         api_keys_conf=paths.api_keys_conf,
@@ -100,6 +131,7 @@ def nginx_view(plan: ClusterPlan, paths: RuntimePaths, machine: MachineFacts) ->
         js_module=(machine.nginx_module("ngx_http_js_module")
                    if spec.gateway.affinity != "off" else None),
         affinity_script=machine.affinity_script,
+        routes=API_ROUTES[spec.model.runner],
     )
 
 

@@ -5,8 +5,9 @@ framework's routing and validation layers would cost more CPU than the
 simulated engine, and the simulator must never be the bottleneck of a
 gateway benchmark.
 
-Endpoints: /v1/chat/completions, /v1/completions (JSON or SSE), /v1/models,
-/health, /metrics, /load, /version, and the simulator's own /sim/faults.
+Endpoints: /v1/chat/completions, /v1/completions, /v1/responses (JSON or
+SSE), /tokenize, /detokenize, /v1/models, /health, /metrics, /load,
+/version, and the simulator's own /sim/faults.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from router.sim import responses, tokens
 from router.sim.config import VLLM_VERSION, SimSettings
 from router.sim.engine import Engine, LatencyModel, SimRequest
 from router.sim.metrics import VllmMetrics
@@ -62,6 +64,11 @@ def error_body(status: int, message: str, err_type: str, param: str | None) -> d
 def count_tokens(text: str) -> int:
     """About four characters a token, as for English with a BPE tokenizer."""
     return max(1, (len(text) + 3) // 4)
+
+
+def _not_an_object(body: Any) -> BadRequest:
+    return _validation_error("model_attributes_type", "body", "Input should be a valid "
+                             "dictionary or object to extract fields from", body)
 
 
 def _validation_error(kind: str, loc: str, msg: str, value: Any) -> BadRequest:
@@ -193,6 +200,12 @@ class SimApp:
         if method == "POST" and path in ("/v1/chat/completions", "/v1/completions"):
             body = await read_json(receive)
             await self._generate(send, body, chat=path == "/v1/chat/completions")
+        elif method == "POST" and path == "/v1/responses":
+            await self._respond(send, await read_json(receive))
+        elif method == "POST" and path == "/tokenize":
+            await send_json(send, 200, self._tokenize(await read_json(receive)))
+        elif method == "POST" and path == "/detokenize":
+            await send_json(send, 200, self._detokenize(await read_json(receive)))
         elif method == "GET" and path == "/health":
             await send_bytes(send, 503 if engine.dead else 200, b"", b"application/json")
         elif method == "GET" and path == "/metrics":
@@ -220,29 +233,39 @@ class SimApp:
             "max_model_len": self.settings.max_model_len, "permission": [],
         }]}
 
-    def _validate(self, body: dict[str, Any], chat: bool) -> tuple[str, int, int, bool, bool]:
+    def _check_model(self, body: dict[str, Any]) -> None:
         model = body.get("model")
         if model is not None and model != self.model_name:
             raise BadRequest(404, f"The model `{model}` does not exist.", "NotFoundError",
                              "model")
+
+    def _validate(self, body: dict[str, Any], chat: bool) -> tuple[str, int, int, bool, bool]:
+        self._check_model(body)
         prompt, prompt_tokens = (_chat_prompt(body.get("messages")) if chat
                                  else _completion_prompt(body.get("prompt")))
-        stream, ignore_eos = _flag(body, "stream"), _flag(body, "ignore_eos")
-        limit = self.settings.max_model_len
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+        return (prompt, prompt_tokens,
+                self._max_tokens(prompt_tokens, max_tokens, "max_tokens", chat),
+                _flag(body, "stream"), _flag(body, "ignore_eos"))
+
+    def _max_tokens(self, prompt_tokens: int, max_tokens: Any, name: str,
+                    up_to_context: bool) -> int:
+        """The tokens a request may generate; vLLM's checks and messages, `name` its field."""
+        limit = self.settings.max_model_len
         if max_tokens is not None and (isinstance(max_tokens, bool)
                                        or not isinstance(max_tokens, int)):
-            raise _validation_error("int_type", "body.max_tokens",
+            raise _validation_error("int_type", f"body.{name}",
                                     "Input should be a valid integer", max_tokens)
         if max_tokens is not None and max_tokens < 1:
+            # vLLM names the sampling parameter here, whatever the API called it.
             raise BadRequest(400, f"max_tokens must be at least 1, got {max_tokens}. "
                              f"(parameter=max_tokens, value={max_tokens})", "BadRequestError",
                              "max_tokens")
         if max_tokens is not None and max_tokens > limit:
-            raise BadRequest(400, f"max_tokens={max_tokens} cannot be greater than "
+            raise BadRequest(400, f"{name}={max_tokens} cannot be greater than "
                              f"max_model_len={limit}. Please request fewer output tokens. "
-                             f"(parameter=max_tokens, value={max_tokens})", "BadRequestError",
-                             "max_tokens")
+                             f"(parameter={name}, value={max_tokens})", "BadRequestError",
+                             name)
         if prompt_tokens >= limit:
             raise BadRequest(400, f"This model's maximum context length is {limit} tokens. "
                              f"However, your prompt contains at least {prompt_tokens} input "
@@ -253,15 +276,11 @@ class SimApp:
         # Like vLLM, a request that would run past the context is cut to fit.
         room = limit - prompt_tokens
         if max_tokens is None:
-            max_tokens = room if chat else min(16, room)
-        return prompt, prompt_tokens, min(max_tokens, room), stream, ignore_eos
+            max_tokens = room if up_to_context else min(16, room)
+        return min(int(max_tokens), room)
 
-    async def _generate(self, send: Send, body: Any, chat: bool) -> None:
-        if not isinstance(body, dict):
-            raise _validation_error("model_attributes_type", "body",
-                                    "Input should be a valid dictionary or object to extract "
-                                    "fields from", body)
-        prompt, prompt_tokens, max_tokens, stream, ignore_eos = self._validate(body, chat)
+    def _submit(self, prompt: str, prompt_tokens: int, max_tokens: int, ignore_eos: bool,
+                stream: bool) -> SimRequest:
         engine = self.engine
         assert engine is not None
         if engine.dead:
@@ -270,7 +289,15 @@ class SimApp:
         if self.error_rate and self._rng.random() < self.error_rate:
             raise BadRequest(500, "simulated failure (error_rate fault)",
                              "InternalServerError", None)
-        request = engine.submit(prompt, prompt_tokens, max_tokens, ignore_eos, stream)
+        return engine.submit(prompt, prompt_tokens, max_tokens, ignore_eos, stream)
+
+    async def _generate(self, send: Send, body: Any, chat: bool) -> None:
+        if not isinstance(body, dict):
+            raise _not_an_object(body)
+        prompt, prompt_tokens, max_tokens, stream, ignore_eos = self._validate(body, chat)
+        request = self._submit(prompt, prompt_tokens, max_tokens, ignore_eos, stream)
+        engine = self.engine
+        assert engine is not None
         prefix = "chatcmpl" if chat else "cmpl"
         ids = (f"{prefix}-{uuid.uuid4().hex[:16]}", int(time.time()))
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -366,6 +393,95 @@ class SimApp:
             await send_chunk(send, sse_event(usage))
         await send_chunk(send, b"data: [DONE]\n\n")
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    # --- the Responses API and the tokenizer ------------------------------
+    async def _respond(self, send: Send, body: Any) -> None:
+        if not isinstance(body, dict):
+            raise _not_an_object(body)
+        self._check_model(body)
+        if "input" not in body:
+            raise _validation_error("missing", "body.input", "Field required", body)
+        try:
+            messages = responses.input_messages(body)
+        except responses.InputError as exc:
+            raise BadRequest(400, str(exc), "Bad Request", "body.input") from exc
+        stream = _flag(body, "stream")
+        previous = body.get("previous_response_id")
+        if previous is not None:
+            raise BadRequest(404, f"Response with id '{previous}' not found.",
+                             "invalid_request_error", "response_id")
+        prompt, prompt_tokens = _chat_prompt(messages)
+        max_tokens = self._max_tokens(prompt_tokens, body.get("max_output_tokens"),
+                                      "max_output_tokens", True)
+        request = self._submit(prompt, prompt_tokens, max_tokens, False, stream)
+        ids, created = responses.ResponseIds(), int(time.time())
+        try:
+            if stream:
+                await self._stream_response(send, request, body, ids, created)
+                return
+            await request.done
+            if request.error is not None:
+                raise BadRequest(500, str(request.error), "InternalServerError", None)
+            await send_json(send, 200, responses.response_object(
+                body, ids, created, self.model_name, request.text(), request.finish_reason,
+                self._response_usage(request)))
+        except (OSError, asyncio.CancelledError):
+            assert self.engine is not None
+            self.engine.abort(request)
+            raise
+
+    @staticmethod
+    def _response_usage(request: SimRequest) -> dict[str, Any]:
+        return responses.usage(request.prompt_tokens, request.cached_tokens, len(request.tokens))
+
+    async def _stream_response(self, send: Send, request: SimRequest, body: dict[str, Any],
+                               ids: responses.ResponseIds, created: int) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"text/event-stream; charset=utf-8")]})
+        events = responses.EventStream(body, ids, created, self.model_name)
+        for event in events.opening():
+            await send_chunk(send, event)
+        queue = request.stream
+        assert queue is not None
+        while (token := await queue.get()) is not None:
+            await send_chunk(send, events.delta(token))
+        if request.error is not None:
+            await send_chunk(send, sse_event(error_body(500, str(request.error),
+                                                        "InternalServerError", None)))
+        else:
+            for event in events.closing(request.text(), request.finish_reason,
+                                        self._response_usage(request)):
+                await send_chunk(send, event)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def _tokenize(self, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise _not_an_object(body)
+        self._check_model(body)
+        if "messages" in body:
+            text, _ = _chat_prompt(body["messages"])
+        elif isinstance(body.get("prompt"), str):
+            text = body["prompt"]
+        elif "prompt" in body:
+            raise _validation_error("string_type", "body.prompt",
+                                    "Input should be a valid string", body["prompt"])
+        else:
+            raise _validation_error("missing", "body.prompt", "Field required", body)
+        return tokens.tokenize_answer(text, self.settings.max_model_len,
+                                      _flag(body, "return_token_strs"))
+
+    def _detokenize(self, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise _not_an_object(body)
+        self._check_model(body)
+        ids = body.get("tokens")
+        if ids is None:
+            raise _validation_error("missing", "body.tokens", "Field required", body)
+        if not isinstance(ids, list) or not all(
+                isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise _validation_error("list_type", "body.tokens",
+                                    "Input should be a valid list of integers", ids)
+        return {"prompt": tokens.decode(ids)}
 
     # --- faults ----------------------------------------------------------
     def faults(self) -> dict[str, Any]:

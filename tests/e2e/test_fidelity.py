@@ -84,6 +84,55 @@ def test_openai_client_parses_both_identically(cluster: Cluster, sim: SimProcess
     assert "usage" in real["chat_stream.usage"]
 
 
+def _responses(url: str, model: str) -> dict[str, Any]:
+    """The Responses API as the official client sees it: the answer, and each
+    kind of streamed event in order (deltas once), with their shapes."""
+    with openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0,
+                       timeout=120) as client:
+        answer = client.responses.create(model=model, input="Say hi.", max_output_tokens=4)
+        items = client.responses.create(
+            model=model, instructions="Be brief.", max_output_tokens=4,
+            input=[{"role": "user", "content": [{"type": "input_text", "text": "Say hi."}]}])
+        events = list(client.responses.create(model=model, input="Say hi.",
+                                              max_output_tokens=4, stream=True))
+    kinds: dict[str, Any] = {}
+    for event in events:
+        kinds.setdefault(event.type, _present(event))
+    return {"answer": _present(answer), "items": _present(items),
+            "incomplete": answer.status == "incomplete" and answer.incomplete_details is not None,
+            "event order": list(dict.fromkeys(e.type for e in events)), **kinds}
+
+
+def test_responses_api_parses_the_same(cluster: Cluster, sim: SimProcess) -> None:
+    real = _responses(cluster.replica_urls[0], cluster.model)
+    simulated = _responses(sim.url, cluster.model)
+    assert set(simulated) == set(real)
+    for key in real:
+        assert simulated[key] == real[key], key
+
+
+def _tokenizer(url: str, model: str) -> dict[str, Any]:
+    def post(path: str, body: dict[str, Any]) -> Any:
+        response = requests.post(url + path, json=body, timeout=30)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    text = "Hello, wörld: tokens and back."
+    plain = post("/tokenize", {"model": model, "prompt": text})
+    with_strs = post("/tokenize", {"prompt": text, "return_token_strs": True})
+    chat = post("/tokenize", {"messages": [{"role": "user", "content": "hi"}]})
+    back = post("/detokenize", {"model": model, "tokens": plain["tokens"]})
+    return {"tokenize": shape(plain), "token_strs": shape(with_strs), "chat": shape(chat),
+            "detokenize": shape(back), "round trip": back["prompt"] == text,
+            "count": plain["count"] == len(plain["tokens"]),
+            "strs": len(with_strs["token_strs"]) == with_strs["count"]}
+
+
+def test_tokenize_and_detokenize_answer_the_same(cluster: Cluster, sim: SimProcess) -> None:
+    assert _tokenizer(sim.url, cluster.model) == _tokenizer(cluster.replica_urls[0],
+                                                            cluster.model)
+
+
 MALFORMED: list[tuple[str, str, bytes]] = [
     ("invalid JSON", "/v1/chat/completions", b"{bad"),
     ("empty body", "/v1/chat/completions", b""),
@@ -104,6 +153,27 @@ MALFORMED: list[tuple[str, str, bytes]] = [
      b'{"model": "MODEL", "prompt": "' + b"hello " * 3000 + b'", "max_tokens": 4}'),
     ("stream not a boolean", "/v1/completions",
      b'{"model": "MODEL", "prompt": "hi", "stream": "maybe"}'),
+    ("responses: no input", "/v1/responses", b'{"model": "MODEL"}'),
+    ("responses: input not text or items", "/v1/responses", b'{"model": "MODEL", "input": 5}'),
+    ("responses: an item not an object", "/v1/responses",
+     b'{"model": "MODEL", "input": [5]}'),
+    ("responses: body is a list", "/v1/responses", b"[1]"),
+    ("responses: unknown model", "/v1/responses", b'{"model": "nope", "input": "hi"}'),
+    ("responses: max_output_tokens 0", "/v1/responses",
+     b'{"model": "MODEL", "input": "hi", "max_output_tokens": 0}'),
+    ("responses: max_output_tokens over context", "/v1/responses",
+     b'{"model": "MODEL", "input": "hi", "max_output_tokens": 100000}'),
+    ("responses: input longer than context", "/v1/responses",
+     b'{"model": "MODEL", "input": "' + b"hello " * 3000 + b'", "max_output_tokens": 2}'),
+    ("responses: unknown previous_response_id", "/v1/responses",
+     b'{"model": "MODEL", "input": "hi", "previous_response_id": "resp_0"}'),
+    ("responses: stream not a boolean", "/v1/responses",
+     b'{"model": "MODEL", "input": "hi", "stream": "maybe"}'),
+    ("tokenize: no prompt or messages", "/tokenize", b"{}"),
+    ("tokenize: prompt not text", "/tokenize", b'{"prompt": 5}'),
+    ("tokenize: unknown model", "/tokenize", b'{"model": "nope", "prompt": "hi"}'),
+    ("detokenize: no tokens", "/detokenize", b"{}"),
+    ("detokenize: tokens not a list", "/detokenize", b'{"tokens": "x"}'),
 ]
 
 

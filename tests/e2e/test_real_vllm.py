@@ -58,6 +58,25 @@ def test_streaming_chat_arrives_in_pieces(cluster: Cluster, client: openai.OpenA
     assert usage is not None and usage.completion_tokens >= len(pieces) - 1
 
 
+def test_responses_api_through_the_gateway(cluster: Cluster, client: openai.OpenAI) -> None:
+    answer = client.responses.create(model=cluster.model, input="Name a colour.",
+                                     max_output_tokens=8)
+    assert answer.output_text and answer.usage is not None
+    assert answer.usage.output_tokens <= 8
+    events = list(client.responses.create(model=cluster.model, input="Count to five.",
+                                          max_output_tokens=12, stream=True))
+    deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
+    assert len(deltas) >= 3 and events[-1].type == "response.completed"
+    assert "".join(deltas) == events[-1].response.output_text
+
+
+def test_tokenizer_through_the_gateway(cluster: Cluster) -> None:
+    tokens = requests.post(f"{cluster.url}/tokenize", json={"prompt": "The sky is blue."},
+                           timeout=30).json()["tokens"]
+    back = requests.post(f"{cluster.url}/detokenize", json={"tokens": tokens}, timeout=30)
+    assert back.json() == {"prompt": "The sky is blue."}
+
+
 def _bad_requests(model: str, max_model_len: int) -> list[tuple[str, bytes, int, str]]:
     """(name, JSON body, status, a fragment of vLLM's message) for /v1/chat/completions."""
     def chat(**fields: object) -> bytes:

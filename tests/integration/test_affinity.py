@@ -137,6 +137,52 @@ def test_every_turn_of_a_conversation_lands_where_it_began_and_streams(gw: Runni
     assert len(Counter(next(iter(r)) for r in placed.values())) == 4
 
 
+RESPONSES_KEYS = [
+    ("string input", {"model": "m", "input": "Do you sell oolong?"}, {}, "opening"),
+    ("instructions and items",
+     {"model": "m", "instructions": SYSTEM["content"],
+      "input": [{"role": "user", "content": [{"type": "input_text", "text": "oolong?"}]}]},
+     {}, "opening"),
+    ("X-Session-Id header", {"model": "m", "input": "hi"}, {"X-Session-Id": "s-9"}, "session"),
+    ("prompt_cache_key", {"model": "m", "input": "hi", "prompt_cache_key": "t"}, {},
+     "prompt_cache_key"),
+    ("empty input", {"model": "m", "input": ""}, {}, "none"),
+    ("input not text or items", {"model": "m", "input": 5}, {}, "none"),
+]
+
+
+@pytest.mark.parametrize(("case", "body", "headers", "kind"), RESPONSES_KEYS,
+                         ids=[k[0] for k in RESPONSES_KEYS])
+def test_the_key_a_responses_request_has(gw: Running, case: str, body: Any,
+                                         headers: dict[str, str], kind: str) -> None:
+    response = _post(gw, body, path="/v1/responses", **headers)
+    assert response.headers["X-Fleet-Affinity"] == kind, case
+
+
+def test_a_responses_conversation_stays_on_its_replica(gw: Running) -> None:
+    placed: dict[int, set[str]] = {}
+    for number in range(12):
+        history: list[dict[str, Any]] = [{"role": "user", "content": f"Question {number}"}]
+        for turn in range(3):
+            body = {"model": "m", "instructions": SYSTEM["content"], "input": history}
+            response = _post(gw, body, path="/v1/responses")
+            placed.setdefault(number, set()).add(response.headers["X-Fleet-Replica"])
+            history = [*history, {"role": "assistant", "content": f"answer {turn}"},
+                       {"role": "user", "content": f"follow-up {turn}"}]
+    assert all(len(replicas) == 1 for replicas in placed.values()), placed
+
+
+def test_the_tokenizer_is_balanced_not_keyed(gw: Running) -> None:
+    # No prefix cache to reuse: the least_conn upstream spreads it.
+    seen: Counter[str] = Counter()
+    for _ in range(16):
+        response = _post(gw, {"model": "m", "prompt": "hi"}, path="/tokenize",
+                         **{"X-Session-Id": "one-session"})
+        assert response.status_code == 200 and "X-Fleet-Affinity" not in response.headers
+        seen[response.headers["X-Fleet-Replica"]] += 1
+    assert len(seen) > 1
+
+
 def _where(gw: Running, sessions: list[str]) -> dict[str, str]:
     body = _chat({"role": "user", "content": "hi"})
     return {s: _post(gw, body, **{"X-Session-Id": s}).headers["X-Fleet-Replica"]

@@ -134,10 +134,53 @@ def test_client_errors_pass_through_and_bench_no_replica(
 
 def test_unknown_path_gets_json_404(gw: Running) -> None:
     # "/" is the web console (test_console.py).
-    for path in ("/metrics", "/admin", "/v2/models", "/v1/embeddings", "/sim/faults"):
+    for path in ("/metrics", "/admin", "/v2/models", "/v1/embeddings", "/sim/faults",
+                 "/v1/responses/resp_1", "/pooling"):
         response = requests.get(gw.url + path, timeout=5)
         assert response.status_code == 404, path
         assert response.json()["error"]["code"] == 404
+        assert "/v1/responses, /tokenize, /detokenize" in response.json()["error"]["message"]
+
+
+API_POSTS = ["/v1/chat/completions", "/v1/completions", "/v1/responses", "/tokenize",
+             "/detokenize"]
+
+
+@pytest.mark.parametrize("path", API_POSTS)
+def test_every_api_path_reaches_a_replica_with_the_same_checks(
+        gw: Running, two_backends: tuple[int, list[Backend]], path: str) -> None:
+    _, backends = two_backends
+    response = requests.post(gw.url + path, json={"model": "m", "input": "hi"}, timeout=10)
+    assert response.status_code == 200, path
+    served = {b.name: b for b in backends}[response.headers["X-Fleet-Replica"]]
+    assert served.last_path == path
+    wrong_method = requests.get(gw.url + path, timeout=5)
+    assert wrong_method.status_code == 405 and wrong_method.headers["Allow"] == "POST"
+    not_json = requests.post(gw.url + path, data=b"input=hi", timeout=5,
+                             headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert not_json.status_code == 415
+    streamed = requests.post(gw.url + path, json={"model": "m", "input": "hi", "stream": True},
+                             timeout=10)
+    assert streamed.headers["Content-Type"].startswith("text/event-stream")
+
+
+def test_a_pooling_model_serves_embeddings_and_not_generation(
+        tmp_path: Path, two_backends: tuple[int, list[Backend]]) -> None:
+    base, backends = two_backends
+    with gateway(plan_for(tmp_path / "rt", 2, base, model={"runner": "pooling"})) as running:
+        embedded = requests.post(f"{running.url}/v1/embeddings",
+                                 json={"model": "m", "input": "hi"}, timeout=10)
+        assert embedded.status_code == 200
+        assert {b.name: b for b in backends}[
+            embedded.headers["X-Fleet-Replica"]].last_path == "/v1/embeddings"
+        assert requests.post(f"{running.url}/tokenize", json={"model": "m", "prompt": "hi"},
+                             timeout=10).status_code == 200
+        for path in ("/v1/chat/completions", "/v1/completions", "/v1/responses"):
+            refused = requests.post(running.url + path, json=CHAT, timeout=5)
+            assert refused.status_code == 404, path
+            assert "/v1/embeddings" in refused.json()["error"]["message"]
+        # The console is a chat page.
+        assert requests.get(running.url + "/", timeout=5).status_code == 404
 
 
 def test_models_and_health_through_gateway(gw: Running) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import openai
 import pytest
 import requests
 import yaml
@@ -68,6 +69,21 @@ def test_fleet_serves_through_the_gateway(cluster: SimCluster) -> None:
     replicas = yaml.safe_load(status.stdout)["replicas"]
     assert [r["device"] for r in replicas] == ["sim:speed=1", "sim:speed=1", "sim:speed=0.33"]
     assert all(r["health"] == 200 and r["state"] in {"RUNNING", "STARTING"} for r in replicas)
+    # The Responses API with the official client (its default in newer SDKs),
+    # and the tokenizer, through the gateway.
+    with openai.OpenAI(base_url=cluster.url + "/v1", api_key="unused", max_retries=0,
+                       timeout=30) as client:
+        answer = client.responses.create(model="sim-model", input="hi", max_output_tokens=3)
+        assert answer.status in {"completed", "incomplete"} and answer.output_text
+        events = list(client.responses.create(model="sim-model", input="hi",
+                                              max_output_tokens=3, stream=True))
+    assert events[0].type == "response.created" and events[-1].type == "response.completed"
+    streamed = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert streamed == events[-1].response.output_text
+    tokens = requests.post(f"{cluster.url}/tokenize", json={"prompt": "Hello, wörld"},
+                           timeout=10).json()["tokens"]
+    assert requests.post(f"{cluster.url}/detokenize", json={"tokens": tokens},
+                         timeout=10).json() == {"prompt": "Hello, wörld"}
 
 
 def test_killed_replica_is_restarted_without_client_errors(cluster: SimCluster) -> None:

@@ -26,6 +26,7 @@ class Backend:
         self.streams_finished = 0
         self.served = 0
         self.last_body = b""  # the last POST body, as the gateway passed it on
+        self.last_path = ""  # and the path it was sent to
         self.lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self._server.daemon_threads = True
@@ -77,6 +78,7 @@ class Backend:
                 length = int(self.headers.get("Content-Length", "0"))
                 raw = self.rfile.read(length)
                 backend.last_body = raw
+                backend.last_path = self.path
                 try:
                     body = json.loads(raw or b"{}")
                     if not isinstance(body, dict):

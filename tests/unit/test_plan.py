@@ -76,6 +76,15 @@ def test_argv_carries_settings_and_extra_args() -> None:
     assert argv[-2:] == ("--seed", "3")
 
 
+def test_a_pooling_model_runs_vllms_pooling_runner_and_warms_with_embeddings() -> None:
+    plan = _plan({"model": {"runner": "pooling"}, "controller": {"warmup": {"enabled": True}}},
+                 cpu_inventory())
+    argv = plan.replicas[0].argv
+    assert argv[argv.index("--runner") + 1] == "pooling"
+    assert plan.warmup is not None and plan.warmup.runner == "pooling"
+    assert "--runner" not in _plan({}, cpu_inventory()).replicas[0].argv
+
+
 def test_replica_ports_clashing_with_gateway_are_rejected() -> None:
     with pytest.raises(SpecError, match="clashes with gateway.port"):
         _plan({"ports": {"replica_base": 8079}}, cpu_inventory())

@@ -24,6 +24,25 @@ SETTINGS = ControllerSpec()
 PLAN = WarmupPlan(model="m", requests=8, max_tokens=4, timeout_s=5.0)
 
 
+def test_a_pooling_model_is_warmed_with_embeddings() -> None:
+    seen: list[tuple[str, dict[str, Any]]] = []
+
+    def replica(request: httpx.Request) -> httpx.Response:
+        seen.append((request.url.path, json.loads(request.content)))
+        return httpx.Response(200, json={"data": []})
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(replica)) as client:
+            plan = WarmupPlan(model="m", requests=2, max_tokens=4, timeout_s=5.0,
+                              runner="pooling")
+            result = await warm_up(client, "http://a", plan)
+            assert result.failed == 0 and result.ok == 2
+
+    asyncio.run(scenario())
+    assert {path for path, _ in seen} == {"/v1/embeddings"}
+    assert all(set(body) == {"model", "input"} for _, body in seen)
+
+
 def test_a_warming_replica_is_out_with_its_reason() -> None:
     snapshot = Snapshot(now=0.0, replicas=("a", "b"), warming=frozenset({"b"}))
     decision = decide(snapshot, None, SETTINGS)
