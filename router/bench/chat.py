@@ -4,8 +4,11 @@ Each conversation belongs to a tenant, whose long system prompt every one of
 its conversations shares; each turn re-sends the whole history plus a new user
 message, streamed, then the client "reads" for an exponential think time. A
 conversation sends ``X-Session-Id`` (the console does too, and vLLM's router
-keys its consistent hash on it). Texts are pseudo-words from a seeded random
-generator, so two runs with the same seed send the same bytes.
+keys its consistent hash on it): its own id, or its tenant's, as a client
+does that keys on the prompt it shares (OpenAI's prompt_cache_key advice).
+One tenant can be hot: ``hot_share`` of the conversations are its. Texts are
+pseudo-words from a seeded random generator, so two runs with the same seed
+send the same bytes.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import json
 import random
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from router.bench.client import Connection, Target, run_request
 from router.bench.load import Range, RunResult
@@ -37,6 +40,10 @@ class ChatWorkload:
     # Conversations in flight at once; a finished one starts the next.
     concurrent: int = 96
     seed: int = 0
+    # The share of conversations that are tenant 0's; 0: tenants equally likely.
+    hot_share: float = 0.0
+    # What X-Session-Id names: the conversation, or its tenant.
+    key_by: Literal["conversation", "tenant"] = "conversation"
 
 
 def _text(rng: random.Random, tokens: int) -> str:
@@ -60,13 +67,18 @@ async def _conversation(url: str, workload: ChatWorkload, number: int, systems: 
                         key: str | None, run_start: float,
                         into: list[tuple[RequestRecord, int, int]]) -> None:
     rng = random.Random(f"{workload.seed}:{number}")
-    headers = [("X-Session-Id", f"conversation-{workload.seed}-{number}")]
+    tenant = rng.randrange(len(systems))
+    if workload.hot_share and random.Random(f"{workload.seed}:hot:{number}").random() \
+            < workload.hot_share:
+        tenant = 0
+    session = (f"tenant-{tenant}" if workload.key_by == "tenant"
+               else f"conversation-{workload.seed}-{number}")
+    headers = [("X-Session-Id", session)]
     if key:
         headers.append(("Authorization", f"Bearer {key}"))
     base = Target.from_url(url, "/v1/chat/completions")
     conn = Connection(Target(base.host, base.port, base.path, tuple(headers)))
-    messages: list[dict[str, Any]] = [
-        {"role": "system", "content": systems[rng.randrange(len(systems))]}]
+    messages: list[dict[str, Any]] = [{"role": "system", "content": systems[tenant]}]
     try:
         for turn in range(rng.randint(*workload.turns)):
             if turn:

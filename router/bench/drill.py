@@ -319,7 +319,7 @@ def run_drill(spec: ClusterSpec, plan: DrillPlan, key: str | None,
     summary = stats.summarize(run.records, run.duration_s, stats.Slo())
     windows = _windows(run.records, seen)
     not_started = sum(windows[w][p] for w in windows
-                      for p in (stats.CONNECT, stats.BEFORE_FIRST_BYTE, stats.HTTP_STATUS))
+                      for p in stats.NOT_STARTED)
     measures = {
         "out_of_rotation_after_fault_s": _delta(seen.out_at, seen.fault_at),
         "unhealthy_after_fault_s": _delta(seen.unhealthy_at, seen.fault_at),

@@ -27,7 +27,8 @@ from router.errors import ClusterError, SpecError
 from router.runtime.gateway import signal_reload
 from router.runtime.paths import RuntimePaths
 
-SCENARIOS = ("overhead", "heterogeneous", "homogeneous", "scaling", "reloads", "chat")
+SCENARIOS = ("overhead", "heterogeneous", "homogeneous", "scaling", "reloads", "chat",
+             "chat-hot")
 
 # The replicas of the policy and scaling scenarios: a GPU-like step time
 # (20 ms plus 0.4 ms per sequence in the batch) and 32 sequences at most,
@@ -64,6 +65,9 @@ class Size:
     reload_measure_s: float = 120.0
     reload_output_tokens: load.Range = (100, 200)
     chat: ChatWorkload = ChatWorkload()
+    # Half of the conversations are one tenant's, keyed by tenant: the ring
+    # alone would send them all to one replica, twice its fair share.
+    chat_hot: ChatWorkload = ChatWorkload(conversations=240, hot_share=0.5, key_by="tenant")
 
 
 FULL = Size()
@@ -72,7 +76,10 @@ TINY = Size(warmup_s=1.0, measure_s=2.0, calibrate_s=1.5, overhead_rate=10.0, ov
             scaling_s=2.0, output_tokens=(8, 16), reload_clients=16, reload_every_s=0.5,
             reload_warmup_s=0.5, reload_measure_s=2.0, reload_output_tokens=(8, 16),
             chat=ChatWorkload(tenants=3, system_tokens=300, conversations=8, turns=(2, 3),
-                              output_tokens=(4, 8), think_s=0.05, concurrent=4))
+                              output_tokens=(4, 8), think_s=0.05, concurrent=4),
+            chat_hot=ChatWorkload(tenants=3, system_tokens=300, conversations=8, turns=(2, 3),
+                                  output_tokens=(4, 8), think_s=0.05, concurrent=4,
+                                  hot_share=0.5, key_by="tenant"))
 
 
 @dataclass
@@ -449,6 +456,9 @@ CHAT_POLICIES = (
     Policy("consistent_hash", "vllm-router consistent_hash", router_policy="consistent_hash"),
 )
 CHAT_CONTENDERS = tuple(p.key for p in CHAT_POLICIES)
+# The hot tenant is about where keyed traffic piles up: the adaptive row
+# routes no key and would repeat least_conn.
+CHAT_HOT_POLICIES = tuple(p for p in CHAT_POLICIES if p.key != "adaptive")
 
 
 def _cache_hit_rates(urls: list[str]) -> list[float | None]:
@@ -457,58 +467,48 @@ def _cache_hit_rates(urls: list[str]) -> list[float | None]:
     rates: list[float | None] = []
     for url in urls:
         text = httpx.get(url + "/metrics", timeout=5).text
-        queries = _counter(text, "vllm:prefix_cache_queries_total")
-        rates.append(_counter(text, "vllm:prefix_cache_hits_total") / queries
+        queries = metric_sum(text, "vllm:prefix_cache_queries_total")
+        rates.append(metric_sum(text, "vllm:prefix_cache_hits_total") / queries
                      if queries else None)
     return rates
-
-
-async def _sample_waiting(urls: list[str], into: list[list[float]], stop: asyncio.Event
-                          ) -> None:
-    import httpx
-
-    async with httpx.AsyncClient(timeout=2.0) as client:
-        while not stop.is_set():
-            try:
-                texts = await asyncio.gather(*(client.get(u + "/metrics") for u in urls))
-                into.append([_counter(r.text, "vllm:num_requests_waiting") for r in texts])
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(IMBALANCE_SAMPLE_S)
 
 
 async def _converse(endpoint: Endpoint, replica_urls: list[str], workload: ChatWorkload
                     ) -> tuple[load.RunResult, list[list[float]]]:
     stop = asyncio.Event()
-    waiting: list[list[float]] = []
-    sampler = asyncio.create_task(_sample_waiting(replica_urls, waiting, stop))
+    samples: list[dict[str, Any]] = []
+    sampler = asyncio.create_task(_sample_replicas(replica_urls, "vllm:num_requests_waiting",
+                                                   "waiting", samples, time.perf_counter(),
+                                                   stop))
     try:
         run = await run_conversations(endpoint.url, workload, endpoint.key)
     finally:
         stop.set()
         await sampler
-    return run.result, waiting
+    return run.result, [sample["waiting"] for sample in samples]
 
 
-def chat(ctx: Context) -> ScenarioResult:
-    workload = replace(ctx.size.chat, seed=ctx.seed)
-    missing = _peer_rows([p.label for p in CHAT_POLICIES])
+def chat(ctx: Context, hot: bool = False) -> ScenarioResult:
+    name = "chat-hot" if hot else "chat"
+    workload = replace(ctx.size.chat_hot if hot else ctx.size.chat, seed=ctx.seed)
+    policies = CHAT_HOT_POLICIES if hot else CHAT_POLICIES
+    missing = _peer_rows([p.label for p in policies])
     rows: list[Row] = []
-    for policy in (p for p in CHAT_POLICIES if not ctx.contenders or p.key in ctx.contenders):
+    for policy in (p for p in policies if not ctx.contenders or p.key in ctx.contenders):
         if missing.get(policy.label):
             rows.append(Row(policy.label, skipped=missing[policy.label]))
-            ctx.progress(f"chat: {policy.label} skipped: {missing[policy.label]}")
+            ctx.progress(f"{name}: {policy.label} skipped: {missing[policy.label]}")
             continue
-        with ctx.fleet(f"chat/{policy.key}", 4, {"defaults": CHAT_SIM},
+        with ctx.fleet(f"{name}/{policy.key}", 4, {"defaults": CHAT_SIM},
                        controller=policy.controller, gateway={"affinity": policy.affinity},
                        controller_settings={} if policy.load_bound else {"shed_above": 2.0}
                        ) as fleet:
             opener: contextlib.AbstractContextManager[Endpoint] = (
                 fleets.vllm_router(fleet.replica_urls, policy.router_policy,
-                                   ctx.work_dir / "chat")
+                                   ctx.work_dir / name)
                 if policy.router_policy else contextlib.nullcontext(Endpoint(fleet.gateway_url)))
             with opener as endpoint:
-                ctx.progress(f"chat: {policy.label}: {workload.conversations} conversations, "
+                ctx.progress(f"{name}: {policy.label}: {workload.conversations} conversations, "
                              f"{workload.concurrent} at a time")
                 run, waiting = asyncio.run(_converse(endpoint, fleet.replica_urls, workload))
                 hit_rates = _cache_hit_rates(fleet.replica_urls)
@@ -521,13 +521,19 @@ def chat(ctx: Context) -> ScenarioResult:
             mean_worst_queue=(sum(max(sample) for sample in waiting) / len(waiting)
                               if waiting else 0.0))
         rows.append(row)
-        ctx.progress(f"chat: {policy.label}: TTFT p50 {_fmt_s(summary['ttft_s']['p50'])}, "
+        ctx.progress(f"{name}: {policy.label}: TTFT p50 {_fmt_s(summary['ttft_s']['p50'])}, "
                      f"p99 {_fmt_s(summary['ttft_s']['p99'])}, "
                      f"{summary['request_throughput']:.1f} req/s, cache hits "
                      + ", ".join("–" if h is None else f"{h:.0%}" for h in hit_rates))
     w = workload
+    keyed = ("an X-Session-Id naming the conversation's tenant (a client keying on the "
+             "prompt it shares, as OpenAI's prompt_cache_key advice has it); half of the "
+             f"conversations ({w.hot_share:.0%}) are tenant 0's" if hot
+             else "an X-Session-Id per conversation")
     result = ScenarioResult(
-        name="chat", title="Multi-turn conversations with long shared system prompts",
+        name=name,
+        title=("A hot tenant: half of all conversations share one key" if hot
+               else "Multi-turn conversations with long shared system prompts"),
         setup=[f"4 simulated replicas ({_sim_text(CHAT_SIM)}), each with vLLM's prefix cache "
                "(blocks of 16 tokens, least recently used evicted): it holds about "
                f"{CHAT_SIM['kv_capacity_tokens'] // (w.system_tokens + 1000)} of these "
@@ -538,7 +544,7 @@ def chat(ctx: Context) -> ScenarioResult:
                f"conversations share; user turns of {w.user_tokens[0]}-{w.user_tokens[1]} "
                f"tokens, streamed answers of {w.output_tokens[0]}-{w.output_tokens[1]} tokens, "
                f"think time exponential with mean {w.think_s:g} s; every turn re-sends the "
-               "history and an X-Session-Id per conversation.",
+               f"history and {keyed}.",
                "Each row is a fresh fleet from the same spec; only the routing differs. "
                "Prefix cache hit rate per replica is vLLM's prefix_cache_hits over "
                "prefix_cache_queries at the end of the run (the controller's warm-up and pace "
@@ -547,8 +553,30 @@ def chat(ctx: Context) -> ScenarioResult:
         rows=rows)
     result.timeline_row = next((i for i, r in enumerate(rows) if r.label.startswith(
         "llm-fleet affinity (auto, load") and r.summary), -1)
-    _chat_targets(result)
+    if hot:
+        _chat_hot_targets(result)
+    else:
+        _chat_targets(result)
     return result
+
+
+def _chat_hot_targets(result: ScenarioResult) -> None:
+    def row(label: str) -> Row | None:
+        return next((r for r in result.rows if r.label == label and r.summary), None)
+
+    bound = row("llm-fleet affinity (auto, load bound)")
+    unbound = row("llm-fleet affinity (auto, no load bound)")
+    if bound is None or unbound is None or not bound.summary or not unbound.summary:
+        return
+    p99, p99_without = bound.summary["ttft_s"]["p99"], unbound.summary["ttft_s"]["p99"]
+    if p99 is not None and p99_without:
+        result.targets.append(("load bound: TTFT p99 below affinity without it",
+                               f"{p99 / p99_without:.2f} x", p99 < p99_without))
+    queue, queue_without = bound.extra["worst_queue"], unbound.extra["worst_queue"]
+    result.targets.append(("load bound: the worst replica queue below affinity without it",
+                           f"{queue:g} against {queue_without:g}", queue < queue_without))
+    failed = bound.summary["failed"]
+    result.targets.append(("load bound: no request fails", f"{failed} failed", failed == 0))
 
 
 def _chat_targets(result: ScenarioResult) -> None:
@@ -646,18 +674,16 @@ RELOAD_SIM: dict[str, Any] = {"decode_step_s": 0.1, "decode_s_per_seq": 0.0004,
 IMBALANCE_SAMPLE_S = 0.5
 
 
-def _counter(metrics_text: str, name: str) -> float:
+def metric_sum(metrics_text: str, name: str) -> float:
     """The sum of one metric's samples in a /metrics text (every label set)."""
     return sum(float(line.rsplit(" ", 1)[1]) for line in metrics_text.splitlines()
                if line.startswith((name + "{", name + " ")))
 
 
-def running_requests(metrics_text: str) -> float:
-    return _counter(metrics_text, "vllm:num_requests_running")
-
-
-async def _sample_running(urls: list[str], into: list[dict[str, Any]], run_start: float,
-                          stop: asyncio.Event) -> None:
+async def _sample_replicas(urls: list[str], metric: str, label: str,
+                           into: list[dict[str, Any]], run_start: float,
+                           stop: asyncio.Event) -> None:
+    """Every IMBALANCE_SAMPLE_S, each replica's ``metric``: {"t": s, label: [per replica]}."""
     import httpx
 
     async with httpx.AsyncClient(timeout=2.0) as client:
@@ -665,7 +691,7 @@ async def _sample_running(urls: list[str], into: list[dict[str, Any]], run_start
             try:
                 texts = await asyncio.gather(*(client.get(u + "/metrics") for u in urls))
                 into.append({"t": time.perf_counter() - run_start,
-                             "running": [running_requests(r.text) for r in texts]})
+                             label: [metric_sum(r.text, metric) for r in texts]})
             except httpx.HTTPError:
                 pass
             await asyncio.sleep(IMBALANCE_SAMPLE_S)
@@ -690,7 +716,8 @@ async def _streams(fleet: Fleet, workload: load.Workload, clients: int, seconds:
     asked, nginx reloaded every ``reload_every_s``."""
     stop = asyncio.Event()
     start = time.perf_counter()
-    helpers = [asyncio.create_task(_sample_running(fleet.replica_urls, samples, start, stop))]
+    helpers = [asyncio.create_task(_sample_replicas(fleet.replica_urls, "vllm:num_requests_running",
+                                                    "running", samples, start, stop))]
     if reload_every_s is not None:
         helpers.append(asyncio.create_task(reload_every(
             RuntimePaths(fleet.spec.runtime_dir), reload_every_s, stop, reloaded, start)))
@@ -811,8 +838,8 @@ def run_scenario(name: str, work_dir: Path, tiny: bool, progress: Progress,
             return scaling(ctx)
         if name == "reloads":
             return reloads(ctx)
-        if name == "chat":
-            return chat(ctx)
+        if name in ("chat", "chat-hot"):
+            return chat(ctx, hot=name == "chat-hot")
         return policies(ctx, heterogeneous=name == "heterogeneous")
     except ClusterError as exc:
         raise ClusterError(f"scenario {name}: {exc.message}", hint=exc.hint) from exc

@@ -134,7 +134,7 @@ def markdown(result: ScenarioResult, command: str, machine: dict[str, Any],
         lines += _scaling_table(result.rows)
     if result.name == "reloads":
         lines += _reloads_table(result.rows)
-    if result.name == "chat":
+    if result.name in ("chat", "chat-hot"):
         lines += _chat_table(result.rows)
     changes = [(r.label, r.extra["weight_changes"]) for r in result.rows
                if "weight_changes" in r.extra]

@@ -48,7 +48,6 @@ from router.runtime.supervise import Supervisor
 WATCHED = ("gateway", "controller", "prometheus", "log-exporter")
 SHUTTING_DOWN = "nginx: worker process is shutting down"
 # Failures a client sees before any byte of an answer.
-BEFORE_FIRST_BYTE = (stats.CONNECT, stats.BEFORE_FIRST_BYTE, stats.HTTP_STATUS)
 GAP_PROBE_S = 0.01
 
 
@@ -351,7 +350,7 @@ async def storm_part(fleet: Fleet, size: SoakSize, key: str, result: SoakResult)
 # ------------------------------------------------------------- targets
 
 def _before_first_byte(runs: list[load.RunResult]) -> int:
-    return sum(1 for run in runs for r in run.records if r.error_phase in BEFORE_FIRST_BYTE)
+    return sum(stats.failed_before_first_byte(run.records) for run in runs)
 
 
 def _mid_stream(runs: list[load.RunResult]) -> int:

@@ -143,8 +143,7 @@ def markdown(result: SoakResult, command: str, machine: dict[str, Any]) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for label, summary, run in zip(("streamed", "not streamed"), soak, result.runs, strict=False):
-        bfb = sum(1 for r in run.records if r.error_phase in
-                  (stats.CONNECT, stats.BEFORE_FIRST_BYTE, stats.HTTP_STATUS))
+        bfb = stats.failed_before_first_byte(run.records)
         mid = sum(1 for r in run.records if r.error_phase == stats.MID_STREAM)
         lines.append(f"| {label} | {summary['requests']:,} | {bfb} | {mid} | "
                      f"{_fmt_s(summary['ttft_s']['p50'])} | {_fmt_s(summary['ttft_s']['p99'])} | "

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,13 @@ BEFORE_FIRST_BYTE = "before_first_byte"  # connected, no answer started
 HTTP_STATUS = "http_status"           # answered with a non-200 status
 MID_STREAM = "mid_stream"             # 200 started, then broke off
 PHASES = (CONNECT, BEFORE_FIRST_BYTE, HTTP_STATUS, MID_STREAM)
+# The failures a client sees before any answer starts: what a drill, a soak or
+# an outage must keep at zero (a stream broken mid-way is counted apart).
+NOT_STARTED = (CONNECT, BEFORE_FIRST_BYTE, HTTP_STATUS)
+
+
+def failed_before_first_byte(records: Iterable[RequestRecord]) -> int:
+    return sum(1 for r in records if r.error_phase in NOT_STARTED)
 
 
 @dataclass(frozen=True)

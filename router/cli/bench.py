@@ -77,7 +77,9 @@ def cmd_bench_scenario(args: argparse.Namespace) -> int:
         raise SpecError(f"no scenario named {args.scenario!r}",
                         hint="scenarios are: " + ", ".join(scenario.SCENARIOS))
     contenders = tuple(c for c in (args.contenders or "").split(",") if c)
-    known = scenario.CHAT_CONTENDERS if args.scenario == "chat" else scenario.CONTENDERS
+    known = {"chat": scenario.CHAT_CONTENDERS,
+             "chat-hot": tuple(p.key for p in scenario.CHAT_HOT_POLICIES)}.get(
+        args.scenario, scenario.CONTENDERS)
     unknown = sorted(set(contenders) - set(known))
     if unknown:
         raise SpecError(f"--contenders: no contender named {', '.join(unknown)}",
@@ -183,10 +185,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     pb.set_defaults(func=cmd_bench_run)
     pb = bench_sub.add_parser(
         "scenario", help="llm-fleet and its baselines side by side on simulated fleets: "
-                         "overhead, heterogeneous, homogeneous, scaling, reloads, chat "
-                         "(docs/benchmarks)")
+                         "overhead, heterogeneous, homogeneous, scaling, reloads, chat, "
+                         "chat-hot (docs/benchmarks)")
     pb.add_argument("scenario", metavar="NAME",
-                    help="overhead | heterogeneous | homogeneous | scaling | reloads | chat")
+                    help="overhead | heterogeneous | homogeneous | scaling | reloads | chat | "
+                         "chat-hot")
     pb.add_argument("--warmup", type=float, metavar="S",
                     help="heterogeneous, homogeneous: seconds of load left out of the figures "
                          "(default 45)")
@@ -196,7 +199,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     help="heterogeneous, homogeneous, chat: only these, comma-separated, of "
                          "round-robin, least_conn, adaptive, power_of_two, cache_aware (chat: "
                          "least_conn, adaptive, affinity, affinity-unbounded, cache_aware, "
-                         "consistent_hash)")
+                         "consistent_hash; chat-hot: the same but adaptive)")
     pb.add_argument("--out", type=Path, metavar="DIR",
                     help="report folder (default: docs/benchmarks/NAME)")
     pb.add_argument("--tiny", action="store_true",

@@ -150,3 +150,20 @@ def test_chat_tiny_runs_every_contender_and_reports_cache_hits(tmp_path: Path) -
             rates = row["extra"]["prefix_cache_hit_rate"]
             assert len(rates) == 4 and any(r for r in rates), row["label"]
     assert "### Prefix cache and queues" in (tmp_path / "README.md").read_text()
+
+
+def test_chat_hot_tiny_keys_by_tenant_and_judges_the_bound(tmp_path: Path) -> None:
+    done = fleet("bench", "scenario", "chat-hot", "--tiny", "--out", str(tmp_path),
+                 "--contenders", "affinity,affinity-unbounded", timeout=600)
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert [row["label"] for row in result["rows"]] == [
+        "llm-fleet affinity (auto, load bound)", "llm-fleet affinity (auto, no load bound)"]
+    for row in result["rows"]:
+        _check_row(row)
+    assert [t["target"] for t in result["targets"]] == [
+        "load bound: TTFT p99 below affinity without it",
+        "load bound: the worst replica queue below affinity without it",
+        "load bound: no request fails"]
+    # Three tenants keyed by tenant: at most three replicas see a conversation.
+    assert sum(1 for r in result["rows"][1]["extra"]["prefix_cache_hit_rate"] if r) <= 3

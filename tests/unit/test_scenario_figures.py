@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from router.bench.scenario import imbalance, running_requests, weight_changes
+from router.bench.scenario import imbalance, metric_sum, weight_changes
 
 
 def test_weight_changes_count_reloads_after_the_warmup_only() -> None:
@@ -28,9 +28,9 @@ def test_imbalance_is_max_over_min_and_counts_idle_replicas_apart() -> None:
     assert figures["mean"] == pytest.approx(1.25) and figures["max"] == pytest.approx(1.5)
 
 
-def test_running_requests_sums_every_series_of_the_gauge() -> None:
+def test_a_metric_sums_every_series_of_the_gauge() -> None:
     text = ('# HELP vllm:num_requests_running Number of requests in model execution batches.\n'
             'vllm:num_requests_running{engine="0",model_name="m"} 3.0\n'
             'vllm:num_requests_running{engine="1",model_name="m"} 2.0\n'
             'vllm:num_requests_waiting{engine="0",model_name="m"} 7.0\n')
-    assert running_requests(text) == 5.0
+    assert metric_sum(text, "vllm:num_requests_running") == 5.0

@@ -109,8 +109,7 @@ def main() -> int:
     back_after = _first(samples, resumed, lambda s: s["in_rotation"]["replica-0"])
     reading_again = _first(samples, started, lambda s: s["prometheus_ok"])
     summary = stats.summarize(run.records, run.duration_s, stats.Slo())
-    before_first_byte = sum(1 for r in run.records if r.error_phase in (
-        stats.CONNECT, stats.BEFORE_FIRST_BYTE, stats.HTTP_STATUS))
+    before_first_byte = stats.failed_before_first_byte(run.records)
     result = {
         "command": " ".join(["python", *sys.argv]), "moments_s": moments,
         "weights_before_the_hang": live[0]["weights"] if live else None,
