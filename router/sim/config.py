@@ -78,7 +78,8 @@ class SimSettings(BaseModel):
     def _apply_profile(cls, data: Any) -> Any:
         if not isinstance(data, dict) or data.get("profile") is None:
             return data
-        constants = PROFILES.get(data["profile"])
+        profile = data["profile"]
+        constants = PROFILES.get(profile) if isinstance(profile, str) else None
         if constants is None:
             raise ValueError(f"profile {data['profile']!r} is unknown; profiles are: "
                              + ", ".join(sorted(PROFILES)))

@@ -95,6 +95,7 @@ def test_all_commented_section_means_defaults() -> None:
         ({"limits": {"burst": -1}}, "limits.burst", "0"),
         ({"limits": {"concurrent": 0}}, "limits.concurrent", "1"),
         ({"console": {"grafana_url": "grafana:3000"}}, "console.grafana_url", "http(s) URL"),
+        ({"sim": {"defaults": {"profile": ["h200"]}}}, "sim.defaults", "profiles are"),
     ],
 )
 def test_bad_spec_names_the_key_and_why(data: dict, where: str, words: str) -> None:
