@@ -1,12 +1,22 @@
-// Conversation affinity keys for the llm-fleet gateway (nginx's njs module).
+// Conversation affinity for the llm-fleet gateway (nginx's njs module).
 //
 // Loaded when the spec's gateway.affinity is `session` or `auto`. Each API
 // location that takes a body runs `session` or `auto` as its content handler:
 // nginx has read the whole body into memory by then (client_body_buffer_size
-// is the body limit), the handler finds the request's affinity key, and
-// redirects to the location that proxies to the consistent-hash upstream
-// (a key) or to the balanced one (none). nginx keeps the body across the
-// redirect; the replica gets the request exactly as the client sent it.
+// is the body limit), the handler finds the request's affinity key, ranks the
+// replicas for it, and redirects to the location that proxies to the upstream
+// of the replica ranked first (a key) or to the balanced one (no key, or the
+// key's replica is shedding). nginx keeps the body across the redirect; the
+// replica gets the request exactly as the client sent it.
+//
+// The ranking is weighted rendezvous hashing over $fleet_affinity_ring,
+// which the controller renders with the upstream file ("name weight state"
+// per replica, state up, shed or down): the replica with the highest
+// weight / -ln(hash(key, name)) wins. A replica that goes down moves only its
+// own keys (each to its next in rank), and they come back when it does. A
+// shedding replica (the load bound) keeps its keys, but their requests go to
+// the balanced upstream one by one until it recovers: a hot key spills over
+// the fleet instead of moving whole onto one neighbour.
 //
 // The key, first found wins:
 //   1. the X-Session-Id header;
@@ -17,7 +27,8 @@
 //      prompt's first block.
 // A body that is not a JSON object, or has none of these, has no key.
 // $fleet_affinity says which one was used (session, prompt_cache_key, user,
-// opening, none); the key itself is never logged.
+// opening, none), with " spilled" when its replica was shedding; the key
+// itself is never logged.
 
 var crypto = require('crypto');
 
@@ -120,11 +131,51 @@ function find(r, auto) {
     return start ? ['opening', 'o:' + digest(start)] : ['none', ''];
 }
 
+// FNV-1a over the key and the replica's name, then murmur3's finaliser: an
+// even spread for keys that differ in one character.
+function hash(key, name) {
+    var h = 2166136261;
+    var text = key + '\u0000' + name;
+    for (var i = 0; i < text.length; i++) {
+        h = Math.imul(h ^ text.charCodeAt(i), 16777619);
+    }
+    h = Math.imul(h ^ (h >>> 16), 2246822507);
+    h = Math.imul(h ^ (h >>> 13), 3266489909);
+    return ((h ^ (h >>> 16)) >>> 0);
+}
+
+// The replica ranked first for `key` among those not down: [name, state].
+function rank(ring, key) {
+    var best = null;
+    var bestScore = -1;
+    var entries = ring ? ring.split(';') : [];
+    for (var i = 0; i < entries.length; i++) {
+        var fields = entries[i].split(' ');
+        var weight = Number(fields[1]);
+        if (fields[2] === 'down' || !(weight > 0)) {
+            continue;
+        }
+        var unit = (hash(key, fields[0]) + 0.5) / 4294967296;
+        var score = weight / -Math.log(unit);
+        if (score > bestScore) {
+            bestScore = score;
+            best = [fields[0], fields[2]];
+        }
+    }
+    return best;
+}
+
 function route(r, auto) {
     var found = find(r, auto);
-    r.variables.fleet_affinity = found[0];
-    r.variables.fleet_affinity_key = found[1];
-    r.internalRedirect('@' + r.variables.fleet_api + (found[1] ? '_affinity' : '_balanced'));
+    var first = found[1] ? rank(r.variables.fleet_affinity_ring, found[1]) : null;
+    var spilled = first !== null && first[1] === 'shed';
+    r.variables.fleet_affinity = found[0] + (spilled ? ' spilled' : '');
+    if (first === null || spilled) {
+        r.internalRedirect('@' + r.variables.fleet_api + '_balanced');
+        return;
+    }
+    r.variables.fleet_affinity_upstream = 'fleet_' + first[0];
+    r.internalRedirect('@' + r.variables.fleet_api + '_affinity');
 }
 
 function session(r) {

@@ -137,8 +137,8 @@ class GatewaySpec(_Model):
     balance: Literal["least_conn", "round_robin"] = "least_conn"
     # Conversation affinity (nginx's njs module reads the key; no Python on
     # the request path): a request with a key goes to the replica its key
-    # hashes to on a consistent-hash ring over the same replicas, weights
-    # and down set, so a chat's next turn finds its prefix in that
+    # ranks first (weighted rendezvous hashing over the same replicas,
+    # weights and down set), so a chat's next turn finds its prefix in that
     # replica's cache; a request without one is balanced as `balance` says.
     # session: keys from the X-Session-Id header, then the body's
     # prompt_cache_key or user. auto: also a hash of a chat's opening
@@ -442,8 +442,8 @@ class ControllerSpec(_Model):
     outlier_max_pressure: float = Field(default=0.8, ge=0.0, le=2.0)
     # The affinity load bound (gateway.affinity on): a replica whose
     # pressure (KV usage plus waiting/running, 0 to 2) is more than
-    # shed_above over the fleet's median takes no keyed traffic, its keys
-    # moving to their next replica on the ring, until it is back within
+    # shed_above over the fleet's median keeps its keys, but their requests
+    # spill to the balanced upstream one by one until it is back within
     # resume_below of the median; being above the median, at most half the
     # fleet sheds at once.
     shed_above: float = Field(default=0.5, gt=0.0, le=2.0)

@@ -72,8 +72,9 @@ class ControllerMetrics:
                              "(FATAL: it kept dying as it started), else 0.",
                              ["replica"], registry=reg)
         self.shedding = Gauge("fleet_controller_replica_shedding",
-                              "1 while the replica takes no keyed traffic (gateway.affinity's "
-                              "load bound: its pressure is well above the fleet's median).",
+                              "1 while the replica's keyed requests spill to least_conn "
+                              "(gateway.affinity's load bound: its pressure is well above the "
+                              "fleet's median).",
                               ["replica"], registry=reg)
         for result in RELOAD_RESULTS:
             self.reloads.labels(result=result)

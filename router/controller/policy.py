@@ -165,8 +165,8 @@ class Snapshot:
     # Replicas whose process crash-loops, and the supervisor's account of
     # it (router.controller.processes): out whatever a probe says.
     crash_looping: Mapping[str, str] = field(default_factory=dict)
-    # The gateway routes keyed requests on a hash ring (gateway.affinity),
-    # so the load bound applies.
+    # The gateway routes keyed requests by their key (gateway.affinity), so
+    # the load bound applies.
     affinity: bool = False
 
 
@@ -182,7 +182,7 @@ class ReplicaDecision:
     urgent: bool = False
     # The outlier rule set its weight to the minimum.
     outlier: bool = False
-    # Why it takes no keyed traffic (the affinity load bound), or None.
+    # Why its keyed requests spill to least_conn (the affinity load bound), or None.
     shed: str | None = None
 
 
@@ -391,7 +391,7 @@ def _bound_affinity(decisions: dict[str, ReplicaDecision], pressures: Mapping[st
                     median: float | None, previous: Decision | None,
                     settings: ControllerSpec) -> dict[str, ReplicaDecision]:
     """Mark the replicas whose pressure is well above the fleet's median as
-    taking no keyed traffic (shed_above to start, resume_below to stop).
+    spilling its keyed traffic (shed_above to start, resume_below to stop).
     Being above the median, at most half of those in rotation ever shed."""
     serving = [r for r, d in decisions.items() if not d.down]
     if median is None or len(serving) < 2:
@@ -409,7 +409,8 @@ def _bound_affinity(decisions: dict[str, ReplicaDecision], pressures: Mapping[st
                f"(sheds above +{settings.shed_above:g}, resumes below "
                f"+{settings.resume_below:g})")
         d = decisions[r]
-        bounded[r] = replace(d, shed=why, reason=f"{d.reason}; takes no keyed traffic: {why}")
+        bounded[r] = replace(d, shed=why,
+                             reason=f"{d.reason}; its keyed requests spill to least_conn: {why}")
     return bounded
 
 
@@ -435,7 +436,7 @@ def should_apply(applied: Decision | None, desired: Decision, last_weight_reload
     started = sorted(set(desired.shedding()) - set(applied.shedding()))
     if started:
         # Relief for an overloaded replica cannot wait for the interval.
-        return True, f"load bound: {', '.join(started)} takes no keyed traffic"
+        return True, f"load bound: {', '.join(started)} spills its keyed requests"
     pinned_changes = [r for r, d in desired.replicas.items()
                       if d.pinned != applied.replicas.get(r, d).pinned]
     if pinned_changes:
@@ -450,7 +451,7 @@ def should_apply(applied: Decision | None, desired: Decision, last_weight_reload
             moved[name] = f"{name} {old.weight}->{new.weight}"
     resumed = sorted(set(applied.shedding()) - set(desired.shedding()))
     if resumed:
-        moved.update({name: f"{name} takes keyed traffic again" for name in resumed})
+        moved.update({name: f"{name} keeps its keyed requests again" for name in resumed})
     if not moved:
         return False, f"no weight moved by {settings.min_weight_change:.0%} or more"
     urgent = [text for name, text in moved.items() if desired.replicas[name].urgent]

@@ -477,10 +477,11 @@ CONTROLLER = Dashboard(
                   "Starts of each replica's process by supervisord over ten minutes; three or "
                   "more, or FATAL at 1, is a crash loop (FleetReplicaCrashLooping): read `fleet "
                   "logs REPLICA`, fix, then `fleet restart REPLICA`."),
-            Panel("Load bound: no keyed traffic", "none",
+            Panel("Load bound: keyed requests spilling", "none",
                   _per_replica(f'fleet_controller_replica_shedding{{job="controller",{REPLICA}}}'),
-                  "1 while the replica's pressure is well above the fleet's median and keyed "
-                  "requests (gateway.affinity) skip it for their next replica on the ring."),
+                  "1 while the replica's pressure is well above the fleet's median and the "
+                  "requests of its keys (gateway.affinity) go to the balanced upstream "
+                  "instead, one by one, until it recovers."),
             Panel("Admin overrides", "none",
                   (Target(f'fleet_controller_override{{job="controller",{REPLICA}}}',
                           "{{kind}} {{replica}}"),),

@@ -24,8 +24,8 @@ def render_upstream(gw: GatewaySpec, members: Sequence[UpstreamMember],
                     reasons: Mapping[str, str] | None = None,
                     provenance: str = "written by fleet up with equal weights",
                     shedding: Mapping[str, str] | None = None) -> RenderedUpstream:
-    """The upstream file; ``shedding`` names replicas that take no keyed traffic
-    (the affinity load bound) and why."""
+    """The upstream file; ``shedding`` names replicas whose keyed requests spill to
+    the balanced upstream (the affinity load bound), and why."""
     # An all-down group is still a valid config: nginx answers "no live
     # upstreams" and the gateway turns that into a JSON 503.
     servers = upstream_servers(members, max_fails=gw.max_fails,

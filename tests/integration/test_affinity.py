@@ -203,20 +203,31 @@ def test_a_drained_replicas_sessions_move_and_only_they_move(gw: Running) -> Non
     assert _where(gw, sessions) == before
 
 
-def test_a_shedding_replica_takes_no_keyed_traffic_but_still_balanced_traffic(
+def test_a_shedding_replicas_keys_spill_to_the_balanced_upstream_and_stay_its(
         gw: Running) -> None:
     sessions = [f"load-{i}" for i in range(40)]
     before = _where(gw, sessions)
+    shed = [s for s in sessions if before[s] == "replica-2"]
+    assert shed
     try:
         _replace_upstream(gw, shedding={"replica-2": "queue 9.0 against a median of 1.0"})
-        assert "replica-2" not in _where(gw, sessions).values()
-        assert all(_where(gw, [s])[s] == before[s] for s in sessions
-                   if before[s] != "replica-2")
-        unkeyed = Counter(_post(gw, [1]).headers["X-Fleet-Replica"] for _ in range(16))
-        assert unkeyed["replica-2"] > 0
-        assert "takes no keyed traffic, queue 9.0" in gw.paths.upstream_conf.read_text()
+        for session in sessions:
+            answer = _post(gw, _chat({"role": "user", "content": "hi"}),
+                           **{"X-Session-Id": session})
+            if session in shed:
+                assert answer.headers["X-Fleet-Affinity"] == "session spilled"
+            else:
+                assert answer.headers["X-Fleet-Affinity"] == "session"
+                assert answer.headers["X-Fleet-Replica"] == before[session]
+        # One hot key spills over the fleet, not onto one neighbour.
+        spilled = Counter(_post(gw, _chat({"role": "user", "content": "hi"}),
+                                **{"X-Session-Id": shed[0]}).headers["X-Fleet-Replica"]
+                          for _ in range(16))
+        assert len(spilled) > 1
+        assert "shedding: queue 9.0" in gw.paths.upstream_conf.read_text()
     finally:
         _replace_upstream(gw)
+    assert _where(gw, shed) == {s: "replica-2" for s in shed}
 
 
 def test_with_affinity_off_nothing_is_keyed(tmp_path: Path,

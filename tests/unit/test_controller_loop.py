@@ -235,13 +235,13 @@ def test_with_affinity_a_pressured_replica_sheds_keyed_traffic_at_once_and_resum
         await _tick(controller, clock, 0.0, "start")
         fleet.kv["b"] = 0.9  # pressure 1.9 (KV 0.9, one waiting per running): 0.8 over
         shed = await _tick(controller, clock, 1.0)
-        assert shed.applied and shed.why == "load bound: b takes no keyed traffic"
+        assert shed.applied and shed.why == "load bound: b spills its keyed requests"
         assert actuator.applied[-1][0].shedding().keys() == {"b"}
         assert controller.metrics.shedding.labels(replica="b")._value.get() == 1
         assert controller.status()["replicas"][1]["shedding"].startswith("pressure 1.90")
         fleet.kv["b"] = 0.1
         held = await _tick(controller, clock, 1.0)
-        assert not held.applied and "b takes keyed traffic again" in held.why
+        assert not held.applied and "b keeps its keyed requests again" in held.why
         back = await _tick(controller, clock, SETTINGS.min_reload_interval_s)
         assert back.applied and actuator.applied[-1][0].shedding() == {}
         assert controller.metrics.shedding.labels(replica="b")._value.get() == 0

@@ -240,7 +240,7 @@ def test_the_load_bound_sheds_keyed_traffic_from_a_replica_well_above_the_median
     decision = decide(_affine(_pressured({"replica-2": 0.95})), None, SETTINGS)
     assert list(decision.shedding()) == ["replica-2"]
     assert "pressure 0.95 against the fleet's median 0.20" in decision.shedding()["replica-2"]
-    assert "takes no keyed traffic" in decision.reasons()["replica-2"]
+    assert "its keyed requests spill to least_conn" in decision.reasons()["replica-2"]
     assert decision.down() == frozenset()  # unkeyed traffic still reaches it
     # Without affinity the same pressure sheds nothing.
     plain = Snapshot(now=NOW, replicas=R, signals=_pressured({"replica-2": 0.95}))
@@ -270,9 +270,9 @@ def test_shedding_applies_at_once_and_resuming_waits_for_the_interval() -> None:
     calm = decide(_affine(_pressured({})), None, SETTINGS)
     hot = decide(_affine(_pressured({"replica-2": 0.95})), calm, SETTINGS)
     apply, why = should_apply(calm, hot, last_weight_reload_at=NOW - 1, settings=SETTINGS)
-    assert apply and why == "load bound: replica-2 takes no keyed traffic"
+    assert apply and why == "load bound: replica-2 spills its keyed requests"
     again = decide(_affine(_pressured({})), hot, SETTINGS)
     apply, why = should_apply(hot, again, last_weight_reload_at=NOW - 1, settings=SETTINGS)
-    assert not apply and "replica-2 takes keyed traffic again" in why
+    assert not apply and "replica-2 keeps its keyed requests again" in why
     apply, why = should_apply(hot, again, last_weight_reload_at=NOW - 60, settings=SETTINGS)
-    assert apply and "replica-2 takes keyed traffic again" in why
+    assert apply and "replica-2 keeps its keyed requests again" in why

@@ -174,7 +174,7 @@ def test_console_is_served_from_the_checkout_or_a_world_readable_copy(tmp_path: 
     assert console_root("nobody nogroup", source, staging) != staged
 
 
-def test_affinity_renders_a_hash_ring_beside_least_conn_and_needs_njs() -> None:
+def test_affinity_renders_the_ring_and_an_upstream_per_replica_and_needs_njs() -> None:
     plan = _plan({"gateway": {"affinity": "auto"}}, gpu_inventory(4))
     machine = MachineFacts(**{**MACHINE.__dict__, "nginx_modules": {
         "ngx_http_js_module": "/usr/lib/nginx/modules/ngx_http_js_module.so"}})
@@ -183,12 +183,16 @@ def test_affinity_renders_a_hash_ring_beside_least_conn_and_needs_njs() -> None:
     assert "js_content fleet_affinity.auto;" in conf and "location @chat_affinity" in conf
     upstream = render_upstream(plan.spec.gateway, plan.replicas, down=frozenset({"replica-0"}),
                                shedding={"replica-1": "pressure 1.2 against 0.3"}).text
-    ring = upstream[upstream.index("upstream replicas_affinity"):]
-    assert "hash $fleet_affinity_key consistent;" in ring
-    servers = [line for line in ring.splitlines() if line.strip().startswith("server ")]
-    assert [line.endswith(" down;") for line in servers] == [True, True, False, False]
-    assert "replica-1: takes no keyed traffic, pressure 1.2 against 0.3" in ring
-    main = upstream[:upstream.index("upstream replicas_affinity")]
+    assert ('default "replica-0 50 down;replica-1 50 shed;replica-2 50 up;replica-3 50 up";'
+            in upstream)
+    own = upstream[upstream.index("upstream fleet_replica-2 {"):]
+    own = own[:own.index("}")]
+    servers = [line.split()[1] for line in own.splitlines() if line.strip().startswith("server")]
+    # Its own address first; the others not down as backups.
+    assert servers == [plan.replicas[2].address, plan.replicas[1].address,
+                       plan.replicas[3].address]
+    assert "Keyed requests of replica-1; shedding: pressure 1.2 against 0.3." in upstream
+    main = upstream[:upstream.index("map $host $fleet_affinity_ring")]
     assert sum(line.endswith(" down;") for line in main.splitlines()) == 1
     with pytest.raises(EnvironmentError_, match="ngx_http_js_module is not installed") as caught:
         render_nginx(plan, RuntimePaths(ROOT), MACHINE)
