@@ -65,21 +65,19 @@ class Size:
     reload_measure_s: float = 120.0
     reload_output_tokens: load.Range = (100, 200)
     chat: ChatWorkload = ChatWorkload()
-    # Half of the conversations are one tenant's, keyed by tenant: the ring
-    # alone would send them all to one replica, twice its fair share.
+    # Half of the conversations are one tenant's, keyed by tenant: keyed
+    # routing alone would send them all to one replica, twice its fair share.
     chat_hot: ChatWorkload = ChatWorkload(conversations=240, hot_share=0.5, key_by="tenant")
 
 
 FULL = Size()
+_TINY_CHAT = ChatWorkload(tenants=3, system_tokens=300, conversations=8, turns=(2, 3),
+                          output_tokens=(4, 8), think_s=0.05, concurrent=4)
 TINY = Size(warmup_s=1.0, measure_s=2.0, calibrate_s=1.5, overhead_rate=10.0, overhead_s=2.0,
             capacity_rates=(20.0, 40.0), capacity_level_s=1.0, scaling_replicas=(1, 2),
             scaling_s=2.0, output_tokens=(8, 16), reload_clients=16, reload_every_s=0.5,
             reload_warmup_s=0.5, reload_measure_s=2.0, reload_output_tokens=(8, 16),
-            chat=ChatWorkload(tenants=3, system_tokens=300, conversations=8, turns=(2, 3),
-                              output_tokens=(4, 8), think_s=0.05, concurrent=4),
-            chat_hot=ChatWorkload(tenants=3, system_tokens=300, conversations=8, turns=(2, 3),
-                                  output_tokens=(4, 8), think_s=0.05, concurrent=4,
-                                  hot_share=0.5, key_by="tenant"))
+            chat=_TINY_CHAT, chat_hot=replace(_TINY_CHAT, hot_share=0.5, key_by="tenant"))
 
 
 @dataclass
@@ -459,6 +457,7 @@ CHAT_CONTENDERS = tuple(p.key for p in CHAT_POLICIES)
 # The hot tenant is about where keyed traffic piles up: the adaptive row
 # routes no key and would repeat least_conn.
 CHAT_HOT_POLICIES = tuple(p for p in CHAT_POLICIES if p.key != "adaptive")
+CHAT_HOT_CONTENDERS = tuple(p.key for p in CHAT_HOT_POLICIES)
 
 
 def _cache_hit_rates(urls: list[str]) -> list[float | None]:
@@ -566,7 +565,7 @@ def _chat_hot_targets(result: ScenarioResult) -> None:
 
     bound = row("llm-fleet affinity (auto, load bound)")
     unbound = row("llm-fleet affinity (auto, no load bound)")
-    if bound is None or unbound is None or not bound.summary or not unbound.summary:
+    if bound is None or unbound is None or bound.summary is None or unbound.summary is None:
         return
     p99, p99_without = bound.summary["ttft_s"]["p99"], unbound.summary["ttft_s"]["p99"]
     if p99 is not None and p99_without:

@@ -78,8 +78,7 @@ def cmd_bench_scenario(args: argparse.Namespace) -> int:
                         hint="scenarios are: " + ", ".join(scenario.SCENARIOS))
     contenders = tuple(c for c in (args.contenders or "").split(",") if c)
     known = {"chat": scenario.CHAT_CONTENDERS,
-             "chat-hot": tuple(p.key for p in scenario.CHAT_HOT_POLICIES)}.get(
-        args.scenario, scenario.CONTENDERS)
+             "chat-hot": scenario.CHAT_HOT_CONTENDERS}.get(args.scenario, scenario.CONTENDERS)
     unknown = sorted(set(contenders) - set(known))
     if unknown:
         raise SpecError(f"--contenders: no contender named {', '.join(unknown)}",

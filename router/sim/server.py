@@ -13,13 +13,14 @@ SSE), /tokenize, /detokenize, /v1/models, /health, /metrics, /load,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -64,11 +65,6 @@ def error_body(status: int, message: str, err_type: str, param: str | None) -> d
 def count_tokens(text: str) -> int:
     """About four characters a token, as for English with a BPE tokenizer."""
     return max(1, (len(text) + 3) // 4)
-
-
-def _not_an_object(body: Any) -> BadRequest:
-    return _validation_error("model_attributes_type", "body", "Input should be a valid "
-                             "dictionary or object to extract fields from", body)
 
 
 def _validation_error(kind: str, loc: str, msg: str, value: Any) -> BadRequest:
@@ -233,14 +229,18 @@ class SimApp:
             "max_model_len": self.settings.max_model_len, "permission": [],
         }]}
 
-    def _check_model(self, body: dict[str, Any]) -> None:
+    def _request_object(self, body: Any) -> dict[str, Any]:
+        """The body as vLLM first checks it: a JSON object, asking for this model."""
+        if not isinstance(body, dict):
+            raise _validation_error("model_attributes_type", "body", "Input should be a valid "
+                                    "dictionary or object to extract fields from", body)
         model = body.get("model")
         if model is not None and model != self.model_name:
             raise BadRequest(404, f"The model `{model}` does not exist.", "NotFoundError",
                              "model")
+        return body
 
     def _validate(self, body: dict[str, Any], chat: bool) -> tuple[str, int, int, bool, bool]:
-        self._check_model(body)
         prompt, prompt_tokens = (_chat_prompt(body.get("messages")) if chat
                                  else _completion_prompt(body.get("prompt")))
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
@@ -291,17 +291,24 @@ class SimApp:
                              "InternalServerError", None)
         return engine.submit(prompt, prompt_tokens, max_tokens, ignore_eos, stream)
 
+    @contextlib.contextmanager
+    def _aborted_if_gone(self, request: SimRequest) -> Iterator[None]:
+        """Free the request's slot, counted as aborted, when its client goes away."""
+        try:
+            yield
+        except (OSError, asyncio.CancelledError):
+            assert self.engine is not None
+            self.engine.abort(request)
+            raise
+
     async def _generate(self, send: Send, body: Any, chat: bool) -> None:
-        if not isinstance(body, dict):
-            raise _not_an_object(body)
+        body = self._request_object(body)
         prompt, prompt_tokens, max_tokens, stream, ignore_eos = self._validate(body, chat)
         request = self._submit(prompt, prompt_tokens, max_tokens, ignore_eos, stream)
-        engine = self.engine
-        assert engine is not None
         prefix = "chatcmpl" if chat else "cmpl"
         ids = (f"{prefix}-{uuid.uuid4().hex[:16]}", int(time.time()))
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        try:
+        with self._aborted_if_gone(request):
             if stream:
                 await self._stream(send, request, chat, ids, include_usage)
             else:
@@ -309,9 +316,6 @@ class SimApp:
                 if request.error is not None:
                     raise BadRequest(500, str(request.error), "InternalServerError", None)
                 await send_json(send, 200, self._response(request, chat, ids))
-        except (OSError, asyncio.CancelledError):
-            engine.abort(request)  # the client went away
-            raise
 
     def _usage(self, request: SimRequest, stream: bool = False) -> dict[str, Any]:
         generated = len(request.tokens)
@@ -368,8 +372,7 @@ class SimApp:
 
     async def _stream(self, send: Send, request: SimRequest, chat: bool, ids: tuple[str, int],
                       include_usage: bool) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": [
-            (b"content-type", b"text/event-stream; charset=utf-8")]})
+        await start_stream(send)
         if chat:
             await send_chunk(send, self._chunk(chat, ids, None, None, role=True))
         queue = request.stream
@@ -382,9 +385,7 @@ class SimApp:
             await send_chunk(send, self._chunk(chat, ids, pending, finish))
             pending = following
         if request.error is not None:
-            # After a 200 only an in-band error is possible, as vLLM sends it.
-            error = error_body(500, str(request.error), "InternalServerError", None)
-            await send_chunk(send, sse_event(error))
+            await send_stream_error(send, request.error)
         elif include_usage:
             usage: dict[str, Any] = {"id": ids[0], "object": "chat.completion.chunk" if chat
                      else "text_completion", "created": ids[1], "model": self.model_name,
@@ -392,13 +393,11 @@ class SimApp:
                      "system_fingerprint": FINGERPRINT}
             await send_chunk(send, sse_event(usage))
         await send_chunk(send, b"data: [DONE]\n\n")
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await end_stream(send)
 
     # --- the Responses API and the tokenizer ------------------------------
     async def _respond(self, send: Send, body: Any) -> None:
-        if not isinstance(body, dict):
-            raise _not_an_object(body)
-        self._check_model(body)
+        body = self._request_object(body)
         if "input" not in body:
             raise _validation_error("missing", "body.input", "Field required", body)
         try:
@@ -415,7 +414,7 @@ class SimApp:
                                       "max_output_tokens", True)
         request = self._submit(prompt, prompt_tokens, max_tokens, False, stream)
         ids, created = responses.ResponseIds(), int(time.time())
-        try:
+        with self._aborted_if_gone(request):
             if stream:
                 await self._stream_response(send, request, body, ids, created)
                 return
@@ -425,10 +424,6 @@ class SimApp:
             await send_json(send, 200, responses.response_object(
                 body, ids, created, self.model_name, request.text(), request.finish_reason,
                 self._response_usage(request)))
-        except (OSError, asyncio.CancelledError):
-            assert self.engine is not None
-            self.engine.abort(request)
-            raise
 
     @staticmethod
     def _response_usage(request: SimRequest) -> dict[str, Any]:
@@ -436,8 +431,7 @@ class SimApp:
 
     async def _stream_response(self, send: Send, request: SimRequest, body: dict[str, Any],
                                ids: responses.ResponseIds, created: int) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": [
-            (b"content-type", b"text/event-stream; charset=utf-8")]})
+        await start_stream(send)
         events = responses.EventStream(body, ids, created, self.model_name)
         for event in events.opening():
             await send_chunk(send, event)
@@ -446,18 +440,15 @@ class SimApp:
         while (token := await queue.get()) is not None:
             await send_chunk(send, events.delta(token))
         if request.error is not None:
-            await send_chunk(send, sse_event(error_body(500, str(request.error),
-                                                        "InternalServerError", None)))
+            await send_stream_error(send, request.error)
         else:
             for event in events.closing(request.text(), request.finish_reason,
                                         self._response_usage(request)):
                 await send_chunk(send, event)
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await end_stream(send)
 
     def _tokenize(self, body: Any) -> dict[str, Any]:
-        if not isinstance(body, dict):
-            raise _not_an_object(body)
-        self._check_model(body)
+        body = self._request_object(body)
         if "messages" in body:
             text, _ = _chat_prompt(body["messages"])
         elif isinstance(body.get("prompt"), str):
@@ -471,9 +462,7 @@ class SimApp:
                                       _flag(body, "return_token_strs"))
 
     def _detokenize(self, body: Any) -> dict[str, Any]:
-        if not isinstance(body, dict):
-            raise _not_an_object(body)
-        self._check_model(body)
+        body = self._request_object(body)
         ids = body.get("tokens")
         if ids is None:
             raise _validation_error("missing", "body.tokens", "Field required", body)
@@ -575,3 +564,17 @@ def sse_event(obj: Any) -> bytes:
 
 async def send_chunk(send: Send, data: bytes) -> None:
     await send({"type": "http.response.body", "body": data, "more_body": True})
+
+
+async def start_stream(send: Send) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": [
+        (b"content-type", b"text/event-stream; charset=utf-8")]})
+
+
+async def send_stream_error(send: Send, error: BaseException) -> None:
+    # After a 200 only an in-band error is possible, as vLLM sends it.
+    await send_chunk(send, sse_event(error_body(500, str(error), "InternalServerError", None)))
+
+
+async def end_stream(send: Send) -> None:
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
