@@ -33,6 +33,11 @@ def _rows_table(rows: list[Row]) -> list[str]:
             f"{_ms(s['ttft_s']['p50'])} / {_ms(s['ttft_s']['p99'])} | "
             f"{_ms(s['e2e_s']['p50'])} / {_ms(s['e2e_s']['p90'])} / {_ms(s['e2e_s']['p99'])} | "
             f"{share or '–'} |")
+    failures = [f"- {row.label}: " + "; ".join(f"{count} x {kind}" for kind, count in
+                                             row.summary.get("failure_examples", {}).items())
+                for row in rows if row.summary is not None and row.summary["failed"]]
+    if failures:
+        lines += ["", "Failed requests, by how they failed:", ""] + failures
     return lines
 
 

@@ -129,6 +129,17 @@ def _spread(values: Sequence[float]) -> dict[str, float | None]:
             "mean": (sum(values) / len(values)) if values else None}
 
 
+def _failure_examples(failed: Iterable[RequestRecord], kinds: int = 5) -> dict[str, int]:
+    """The commonest ways requests failed, each with its count: what a report
+    shows beside a failure count, so a failure says why without the logs."""
+    kinds_seen = Counter(
+        f"{r.error_phase or HTTP_STATUS}"
+        + (f" {r.status}" if r.error_phase == HTTP_STATUS and r.status is not None else "")
+        + (f": {' '.join(r.error.split())[:160]}" if r.error else "")
+        for r in failed)
+    return dict(kinds_seen.most_common(kinds))
+
+
 def summarize(records: Sequence[RequestRecord], duration_s: float, slo: Slo) -> dict[str, Any]:
     """Latency percentiles, throughput, goodput and errors of one run."""
     if duration_s <= 0:
@@ -144,6 +155,7 @@ def summarize(records: Sequence[RequestRecord], duration_s: float, slo: Slo) -> 
         "failed": len(records) - len(ok),
         "errors_by_phase": {phase: errors.get(phase, 0) for phase in PHASES},
         "failed_statuses": dict(sorted(statuses.items())),
+        "failure_examples": _failure_examples(r for r in records if not r.ok),
         "duration_s": duration_s,
         "request_throughput": len(ok) / duration_s,
         "output_token_throughput": tokens / duration_s,

@@ -162,6 +162,11 @@ class Load:
         return Counter(window)[replica] / max(1, len(window))
 
 
+def _slow_one_singled_out(status: dict[str, dict[str, Any]]) -> bool:
+    weights = {name: replica["weight"] for name, replica in status.items()}
+    return weights["replica-3"] <= 25 and all(weights[f"replica-{i}"] >= 40 for i in range(3))
+
+
 @pytest.mark.parametrize(("pace", "signal"), [(True, "pace"), (False, "p99")],
                          ids=["pace-probes", "prometheus-p99"])
 def test_slow_replica_loses_weight_and_traffic(make_cluster: Callable[..., Controlled],
@@ -177,10 +182,12 @@ def test_slow_replica_loses_weight_and_traffic(make_cluster: Callable[..., Contr
         settled = time.monotonic()
         time.sleep(6)
         late = time.monotonic()
-    status = cluster.status()
-    assert status["replica-3"]["weight"] <= 25
-    assert all(status[f"replica-{i}"]["weight"] >= 40 for i in range(3))
-    assert signal in status["replica-3"]["reason"]
+        # The weights nginx has lag the controller's targets by up to the
+        # minimum reload interval, so a healthy replica that a noisy round
+        # nudged down is back at its weight a reload later, not at once.
+        wait_for(lambda: _slow_one_singled_out(cluster.status()), 10,
+                 "the healthy replicas to hold their weight while the slow one stays low")
+    assert signal in cluster.status()["replica-3"]["reason"]
     assert load.share("replica-3", settled, late) < load.share("replica-3", start, early)
     assert load.failures == []
 

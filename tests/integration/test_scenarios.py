@@ -29,13 +29,19 @@ def _scenario(name: str, out: Path) -> dict:
 
 
 def _check_row(row: dict) -> None:
-    """A row ran and every request succeeded, or it says why it was skipped."""
+    """llm-fleet's rows ran and lost nothing; a peer's row ran, or says why it
+    was skipped. A peer's failures are its own figure, reported with how they
+    failed: a third-party proxy on a busy 2-core machine is not ours to assert."""
     peer = next((cmd for prefix, cmd in PEERS.items() if row["label"].startswith(prefix)), None)
     if peer is not None and fleets.peer_executable(peer) is None:
         assert row["summary"] is None and "make peers" in row["skipped"]
         return
     assert row["skipped"] is None, row["skipped"]
-    assert row["summary"]["requests"] > 0 and row["summary"]["failed"] == 0, row["label"]
+    summary = row["summary"]
+    assert summary["succeeded"] > 0, (row["label"], summary["failure_examples"])
+    assert bool(summary["failure_examples"]) == bool(summary["failed"]), row["label"]
+    if peer is None:
+        assert summary["failed"] == 0, (row["label"], summary["failure_examples"])
 
 
 def test_overhead(tmp_path: Path) -> None:
