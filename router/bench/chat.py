@@ -28,6 +28,11 @@ from router.bench.stats import RequestRecord
 CHARS_PER_TOKEN = 4
 
 
+# What a conversation's X-Session-Id names: itself, its tenant, or nothing
+# (no header: a gateway with `affinity: session` balances its turns freely).
+KeyBy = Literal["conversation", "tenant", "none"]
+
+
 @dataclass(frozen=True)
 class ChatWorkload:
     tenants: int = 20
@@ -42,8 +47,8 @@ class ChatWorkload:
     seed: int = 0
     # The share of conversations that are tenant 0's; 0: tenants equally likely.
     hot_share: float = 0.0
-    # What X-Session-Id names: the conversation, or its tenant.
-    key_by: Literal["conversation", "tenant"] = "conversation"
+    key_by: KeyBy = "conversation"
+    model: str = "sim-model"
 
 
 def _text(rng: random.Random, tokens: int) -> str:
@@ -63,6 +68,15 @@ class ChatRun:
     turns: list[tuple[int, int]]
 
 
+def session_headers(workload: ChatWorkload, number: int, tenant: int) -> list[tuple[str, str]]:
+    """The affinity key a conversation sends, as ``workload.key_by`` says."""
+    if workload.key_by == "tenant":
+        return [("X-Session-Id", f"tenant-{tenant}")]
+    if workload.key_by == "conversation":
+        return [("X-Session-Id", f"conversation-{workload.seed}-{number}")]
+    return []
+
+
 async def _conversation(url: str, workload: ChatWorkload, number: int, systems: list[str],
                         key: str | None, run_start: float,
                         into: list[tuple[RequestRecord, int, int]]) -> None:
@@ -71,9 +85,7 @@ async def _conversation(url: str, workload: ChatWorkload, number: int, systems: 
     if workload.hot_share and random.Random(f"{workload.seed}:hot:{number}").random() \
             < workload.hot_share:
         tenant = 0
-    session = (f"tenant-{tenant}" if workload.key_by == "tenant"
-               else f"conversation-{workload.seed}-{number}")
-    headers = [("X-Session-Id", session)]
+    headers = session_headers(workload, number, tenant)
     if key:
         headers.append(("Authorization", f"Bearer {key}"))
     base = Target.from_url(url, "/v1/chat/completions")
@@ -86,7 +98,7 @@ async def _conversation(url: str, workload: ChatWorkload, number: int, systems: 
             messages.append({"role": "user",
                              "content": _text(rng, rng.randint(*workload.user_tokens))})
             answer_tokens = rng.randint(*workload.output_tokens)
-            body = json.dumps({"model": "sim-model", "messages": messages, "stream": True,
+            body = json.dumps({"model": workload.model, "messages": messages, "stream": True,
                                "stream_options": {"include_usage": True},
                                "max_tokens": answer_tokens, "ignore_eos": True,
                                "temperature": 0}).encode()

@@ -472,8 +472,10 @@ def _cache_hit_rates(urls: list[str]) -> list[float | None]:
     return rates
 
 
-async def _converse(endpoint: Endpoint, replica_urls: list[str], workload: ChatWorkload
-                    ) -> tuple[load.RunResult, list[list[float]]]:
+async def converse(endpoint: Endpoint, replica_urls: list[str], workload: ChatWorkload
+                   ) -> tuple[load.RunResult, list[list[float]]]:
+    """Every conversation of ``workload`` through ``endpoint``, and each
+    replica's waiting queue sampled while they ran."""
     stop = asyncio.Event()
     samples: list[dict[str, Any]] = []
     sampler = asyncio.create_task(_sample_replicas(replica_urls, "vllm:num_requests_waiting",
@@ -509,7 +511,7 @@ def chat(ctx: Context, hot: bool = False) -> ScenarioResult:
             with opener as endpoint:
                 ctx.progress(f"{name}: {policy.label}: {workload.conversations} conversations, "
                              f"{workload.concurrent} at a time")
-                run, waiting = asyncio.run(_converse(endpoint, fleet.replica_urls, workload))
+                run, waiting = asyncio.run(converse(endpoint, fleet.replica_urls, workload))
                 hit_rates = _cache_hit_rates(fleet.replica_urls)
         summary = stats.summarize(run.records, run.duration_s,
                                   stats.Slo(ttft_s=2.0, itl_s=0.1))
