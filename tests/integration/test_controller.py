@@ -187,7 +187,8 @@ def test_slow_replica_loses_weight_and_traffic(make_cluster: Callable[..., Contr
         # nudged down is back at its weight a reload later, not at once.
         wait_for(lambda: _slow_one_singled_out(cluster.status()), 10,
                  "the healthy replicas to hold their weight while the slow one stays low")
-    assert signal in cluster.status()["replica-3"]["reason"]
+        reason = cluster.status()["replica-3"]["reason"]
+    assert signal in reason
     assert load.share("replica-3", settled, late) < load.share("replica-3", start, early)
     assert load.failures == []
 
