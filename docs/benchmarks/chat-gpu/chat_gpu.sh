@@ -12,7 +12,8 @@
 #
 # ROWS, CONVERSATIONS and CONCURRENT pass to chat_gpu.py; KV_BLOCKS caps each
 # replica's KV cache (16 tokens a block) so that, as in the simulated
-# scenario, one replica's cache cannot hold every conversation.
+# scenario, one replica's cache cannot hold every conversation; PACE, a YAML
+# mapping, sets controller.pace (for example '{deadband: 1.5}').
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 work=${WORK:-/root/chat-gpu}
@@ -51,6 +52,8 @@ vllm:
   extra_args: ["--num-gpu-blocks-override", "${KV_BLOCKS:-25000}"]
 gateway:
   affinity: session
+controller:
+  pace: ${PACE:-{\}}
 prometheus:
   scrape_interval_s: 2
 runtime_dir: $work/rt
