@@ -132,12 +132,13 @@ def _spread(values: Sequence[float]) -> dict[str, float | None]:
 def _failure_examples(failed: Iterable[RequestRecord], kinds: int = 5) -> dict[str, int]:
     """The commonest ways requests failed, each with its count: what a report
     shows beside a failure count, so a failure says why without the logs."""
-    kinds_seen = Counter(
-        f"{r.error_phase or HTTP_STATUS}"
-        + (f" {r.status}" if r.error_phase == HTTP_STATUS and r.status is not None else "")
-        + (f": {' '.join(r.error.split())[:160]}" if r.error else "")
-        for r in failed)
-    return dict(kinds_seen.most_common(kinds))
+    def kind(record: RequestRecord) -> str:
+        phase = record.error_phase or HTTP_STATUS
+        status = f" {record.status}" if phase == HTTP_STATUS and record.status is not None else ""
+        error = f": {' '.join(record.error.split())[:160]}" if record.error else ""
+        return phase + status + error
+
+    return dict(Counter(kind(r) for r in failed).most_common(kinds))
 
 
 def summarize(records: Sequence[RequestRecord], duration_s: float, slo: Slo) -> dict[str, Any]:

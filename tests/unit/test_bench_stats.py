@@ -75,15 +75,16 @@ def test_summary_counts_throughput_goodput_and_errors() -> None:
         RequestRecord(2.5, 503, "replica-0", error_phase=HTTP_STATUS),
         RequestRecord(3.0, 200, "replica-0", error_phase=MID_STREAM, error="broke"),
         RequestRecord(3.5, 200, "replica-1", error_phase=MID_STREAM, error="  broke\n"),
+        RequestRecord(3.8, 500, "replica-1"),  # a status alone is an HTTP failure too
     ]
     summary = summarize(records, duration_s=4.0, slo=Slo(ttft_s=1.0))
-    assert summary["requests"] == 8 and summary["succeeded"] == 3 and summary["failed"] == 5
-    assert summary["errors_by_phase"] == {CONNECT: 1, BEFORE_FIRST_BYTE: 1, HTTP_STATUS: 1,
+    assert summary["requests"] == 9 and summary["succeeded"] == 3 and summary["failed"] == 6
+    assert summary["errors_by_phase"] == {CONNECT: 1, BEFORE_FIRST_BYTE: 1, HTTP_STATUS: 2,
                                           MID_STREAM: 2}
-    assert summary["failed_statuses"] == {"200": 2, "503": 1}
+    assert summary["failed_statuses"] == {"200": 2, "500": 1, "503": 1}
     assert summary["failure_examples"] == {
         "mid_stream: broke": 2, "connect: refused": 1, "before_first_byte: reset": 1,
-        "http_status 503": 1}
+        "http_status 503": 1, "http_status 500": 1}
     assert summary["request_throughput"] == pytest.approx(3 / 4)
     assert summary["output_token_throughput"] == pytest.approx(40 / 4)
     assert summary["goodput"] == pytest.approx(2 / 4)
