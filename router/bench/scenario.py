@@ -397,8 +397,13 @@ def weight_changes(samples: list[dict[str, Any]], after_s: float) -> int:
     return sum(1 for a, b in zip(seen, seen[1:], strict=False) if a != b)
 
 
+def _row_by_label(rows: list[Row], prefix: str) -> Row | None:
+    return next((r for r in rows if r.label.startswith(prefix) and r.summary), None)
+
+
 def _by_label(rows: list[Row], prefix: str) -> dict[str, Any] | None:
-    return next((r.summary for r in rows if r.label.startswith(prefix) and r.summary), None)
+    row = _row_by_label(rows, prefix)
+    return None if row is None else row.summary
 
 
 def _policy_targets(result: ScenarioResult, heterogeneous: bool) -> None:
@@ -460,16 +465,21 @@ CHAT_HOT_POLICIES = tuple(p for p in CHAT_POLICIES if p.key != "adaptive")
 CHAT_HOT_CONTENDERS = tuple(p.key for p in CHAT_HOT_POLICIES)
 
 
-def _cache_hit_rates(urls: list[str]) -> list[float | None]:
+def prefix_cache_counts(urls: list[str]) -> list[tuple[float, float]]:
+    """Each replica's prefix cache (queries, hits), in tokens, since it started."""
     import httpx
 
-    rates: list[float | None] = []
+    counts = []
     for url in urls:
         text = httpx.get(url + "/metrics", timeout=5).text
-        queries = metric_sum(text, "vllm:prefix_cache_queries_total")
-        rates.append(metric_sum(text, "vllm:prefix_cache_hits_total") / queries
-                     if queries else None)
-    return rates
+        counts.append((metric_sum(text, "vllm:prefix_cache_queries_total"),
+                       metric_sum(text, "vllm:prefix_cache_hits_total")))
+    return counts
+
+
+def _cache_hit_rates(urls: list[str]) -> list[float | None]:
+    return [hits / queries if queries else None
+            for queries, hits in prefix_cache_counts(urls)]
 
 
 async def converse(endpoint: Endpoint, replica_urls: list[str], workload: ChatWorkload
@@ -562,11 +572,8 @@ def chat(ctx: Context, hot: bool = False) -> ScenarioResult:
 
 
 def _chat_hot_targets(result: ScenarioResult) -> None:
-    def row(label: str) -> Row | None:
-        return next((r for r in result.rows if r.label == label and r.summary), None)
-
-    bound = row("llm-fleet affinity (auto, load bound)")
-    unbound = row("llm-fleet affinity (auto, no load bound)")
+    bound = _row_by_label(result.rows, "llm-fleet affinity (auto, load bound)")
+    unbound = _row_by_label(result.rows, "llm-fleet affinity (auto, no load bound)")
     if bound is None or unbound is None or bound.summary is None or unbound.summary is None:
         return
     p99, p99_without = bound.summary["ttft_s"]["p99"], unbound.summary["ttft_s"]["p99"]

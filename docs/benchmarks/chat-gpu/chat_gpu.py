@@ -22,12 +22,10 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from router.bench import stats
 from router.bench.chat import ChatWorkload, KeyBy
 from router.bench.fleets import Endpoint
-from router.bench.scenario import converse, metric_sum
+from router.bench.scenario import converse, prefix_cache_counts
 
 ROWS: dict[str, tuple[str, KeyBy]] = {
     "least_conn": ("least_conn, no session key", "none"),
@@ -35,23 +33,13 @@ ROWS: dict[str, tuple[str, KeyBy]] = {
 }
 
 
-def _counters(replica_urls: list[str]) -> list[tuple[float, float]]:
-    """(prefix cache queries, hits) of each replica, in tokens."""
-    counts = []
-    for url in replica_urls:
-        text = httpx.get(url + "/metrics", timeout=5).text
-        counts.append((metric_sum(text, "vllm:prefix_cache_queries_total"),
-                       metric_sum(text, "vllm:prefix_cache_hits_total")))
-    return counts
-
-
 def _row(name: str, seed: int, base: ChatWorkload, gateway: str,
          replica_urls: list[str]) -> dict[str, Any]:
     label, key_by = ROWS[name]
     workload = replace(base, key_by=key_by, seed=seed)
-    before = _counters(replica_urls)
+    before = prefix_cache_counts(replica_urls)
     run, waiting = asyncio.run(converse(Endpoint(gateway), replica_urls, workload))
-    after = _counters(replica_urls)
+    after = prefix_cache_counts(replica_urls)
     hit_rates = [(h1 - h0) / (q1 - q0) if q1 > q0 else None
                  for (q0, h0), (q1, h1) in zip(before, after, strict=True)]
     prompt_tokens = [q1 - q0 for (q0, _), (q1, _) in zip(before, after, strict=True)]
