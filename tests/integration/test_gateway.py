@@ -201,7 +201,7 @@ def test_access_log_is_json_with_the_replica(gw: Running) -> None:
                 return entry
         return None
 
-    entry = wait_for(last_entry, 5, "the access log line")
+    entry = wait_for(last_entry, 30, "the access log line")
     assert entry["replica"] == response.headers["X-Fleet-Replica"]
     assert entry["status"] == 200 and entry["upstream_status"] == "200"
     assert entry["upstream_addr"].startswith("127.0.0.1:")

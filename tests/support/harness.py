@@ -94,7 +94,7 @@ def gateway(plan: ClusterPlan) -> Iterator[Running]:
     program = gateway_program(paths, detect())
     process = subprocess.Popen(program.argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for(lambda: _port_open(plan.spec.gateway.port), 10, "nginx to listen")
+        wait_for(lambda: _port_open(plan.spec.gateway.port), 30, "nginx to listen")
         yield Running(plan, paths, process)
     finally:
         _stop(process, signal.SIGQUIT)

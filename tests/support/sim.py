@@ -5,12 +5,22 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import IO
 
 import requests
 
-from tests.support.harness import free_port, wait_for
+from router.runtime.ports import free_port
+
+# A bound, not a timing: the simulator answers in about a second, but a CI
+# machine busy with CPU vLLM replicas has starved it for far longer.
+START_TIMEOUT_S = 60.0
+# A port picked free can be taken (an outgoing connection's local port)
+# before the simulator binds it; a fresh port is then the fix.
+PORT_ATTEMPTS = 3
 
 
 @dataclass
@@ -26,6 +36,10 @@ class SimProcess:
         return requests.post(f"{self.url}/sim/faults", json=faults, timeout=5)
 
 
+class _PortTaken(Exception):
+    pass
+
+
 def _healthy(url: str) -> bool:
     try:
         return requests.get(f"{url}/health", timeout=1).status_code == 200
@@ -33,22 +47,63 @@ def _healthy(url: str) -> bool:
         return False
 
 
+def _tail(log: IO[bytes], lines: int = 15) -> str:
+    log.seek(0)
+    text = log.read().decode(errors="replace").strip()
+    return "\n".join(text.splitlines()[-lines:]) or "(nothing on stderr)"
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait_healthy(sim: SimProcess, log: IO[bytes]) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if _healthy(sim.url):
+            return
+        code = sim.process.poll()
+        if code is not None:
+            tail = _tail(log)
+            if "address already in use" in tail.lower():
+                raise _PortTaken(tail)
+            raise AssertionError(f"the simulator on port {sim.port} exited with status {code} "
+                                 f"before answering /health; its stderr ends:\n{tail}")
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {START_TIMEOUT_S:.0f}s waiting for the simulator on "
+                         f"port {sim.port} to answer /health; its stderr ends:\n{_tail(log)}")
+
+
 @contextlib.contextmanager
 def sim_replica(*flags: str, wait: bool = True, port: int | None = None) -> Iterator[SimProcess]:
-    port = port or free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "router.cli", "sim", "serve", "--port", str(port), *flags],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    sim = SimProcess(process, port)
-    try:
-        if wait:
-            wait_for(lambda: _healthy(sim.url), 20, "the simulator to answer /health")
-        yield sim
-    finally:
-        if process.poll() is None:
-            process.terminate()
+    with tempfile.TemporaryFile() as log:
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            chosen = port or free_port()
+            log.seek(0)
+            log.truncate()
+            process = subprocess.Popen(
+                [sys.executable, "-m", "router.cli", "sim", "serve", "--port", str(chosen),
+                 *flags], stdout=subprocess.DEVNULL, stderr=log)
+            sim = SimProcess(process, chosen)
             try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+                if wait:
+                    _wait_healthy(sim, log)
+                break
+            except _PortTaken as exc:
+                _stop(process)
+                if port is not None or attempt == PORT_ATTEMPTS:
+                    raise AssertionError(
+                        f"the simulator could not bind port {chosen}:\n{exc}") from exc
+            except BaseException:
+                _stop(process)
+                raise
+        try:
+            yield sim
+        finally:
+            _stop(process)

@@ -67,7 +67,9 @@ def test_left_by_supervisor_finds_its_programs_and_nginx_and_not_a_shell(tmp_pat
     nginx = _child(tmp_path, {"PATH": path}, title="nginx: worker process")
     shell = _child(tmp_path, {"PATH": path})
     try:
-        time.sleep(0.3)  # let bash exec into its new title
+        deadline = time.monotonic() + 10  # let bash exec into its new title
+        while not cmdline(nginx.pid).startswith("nginx: ") and time.monotonic() < deadline:
+            time.sleep(0.05)
         found = {(p.pid, p.program) for p in left_by_supervisor(str(tmp_path), socket)}
         assert found == {(program.pid, "replica-0"), (nginx.pid, "gateway")}
     finally:
