@@ -76,7 +76,8 @@ class Running:
         return self.plan.gateway_url
 
 
-def _stop(process: subprocess.Popen[bytes], sig: int) -> None:
+def stop_process(process: subprocess.Popen[bytes], sig: int) -> None:
+    """Stop with sig, killed if it outlasts 15 s."""
     if process.poll() is None:
         process.send_signal(sig)
         try:
@@ -97,7 +98,7 @@ def gateway(plan: ClusterPlan) -> Iterator[Running]:
         wait_for(lambda: _port_open(plan.spec.gateway.port), 30, "nginx to listen")
         yield Running(plan, paths, process)
     finally:
-        _stop(process, signal.SIGQUIT)
+        stop_process(process, signal.SIGQUIT)
 
 
 @contextlib.contextmanager
@@ -114,7 +115,7 @@ def prometheus(plan: ClusterPlan) -> Iterator[Running]:
         wait_for(lambda: prometheus_ready(url), 30, "Prometheus to be ready", interval=0.3)
         yield Running(plan, paths, process)
     finally:
-        _stop(process, signal.SIGTERM)
+        stop_process(process, signal.SIGTERM)
         log.close()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import subprocess
 import sys
 import tempfile
@@ -14,6 +15,7 @@ from typing import IO
 import requests
 
 from router.runtime.ports import free_port
+from tests.support.harness import stop_process
 
 # A bound, not a timing: the simulator answers in about a second, but a CI
 # machine busy with CPU vLLM replicas has starved it for far longer.
@@ -53,16 +55,6 @@ def _tail(log: IO[bytes], lines: int = 15) -> str:
     return "\n".join(text.splitlines()[-lines:]) or "(nothing on stderr)"
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def _wait_healthy(sim: SimProcess, log: IO[bytes]) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -96,14 +88,14 @@ def sim_replica(*flags: str, wait: bool = True, port: int | None = None) -> Iter
                     _wait_healthy(sim, log)
                 break
             except _PortTaken as exc:
-                _stop(process)
+                stop_process(process, signal.SIGTERM)
                 if port is not None or attempt == PORT_ATTEMPTS:
                     raise AssertionError(
                         f"the simulator could not bind port {chosen}:\n{exc}") from exc
             except BaseException:
-                _stop(process)
+                stop_process(process, signal.SIGTERM)
                 raise
         try:
             yield sim
         finally:
-            _stop(process)
+            stop_process(process, signal.SIGTERM)

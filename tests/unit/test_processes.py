@@ -16,6 +16,7 @@ from router.errors import ClusterError
 from router.gateway_launch import orphaned_workers, retire
 from router.runtime.procs import cmdline, left_by_supervisor, process_alive
 from router.runtime.supervise import ProcessInfo
+from tests.support.harness import wait_for
 
 
 def _info(name: str, state: str, started_at: int) -> ProcessInfo:
@@ -67,9 +68,8 @@ def test_left_by_supervisor_finds_its_programs_and_nginx_and_not_a_shell(tmp_pat
     nginx = _child(tmp_path, {"PATH": path}, title="nginx: worker process")
     shell = _child(tmp_path, {"PATH": path})
     try:
-        deadline = time.monotonic() + 10  # let bash exec into its new title
-        while not cmdline(nginx.pid).startswith("nginx: ") and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: cmdline(nginx.pid).startswith("nginx: "), 10,
+                 "bash to exec into its new title", interval=0.05)
         found = {(p.pid, p.program) for p in left_by_supervisor(str(tmp_path), socket)}
         assert found == {(program.pid, "replica-0"), (nginx.pid, "gateway")}
     finally:
