@@ -381,8 +381,8 @@ class WarmupSpec(_Model):
 
 class PaceSpec(_Model):
     """Pace probes (router.controller.pace): the controller's own measure of
-    each replica's seconds per output token, fresh every round, which moves
-    weights within seconds of a slowdown instead of Prometheus' minute."""
+    each replica's seconds per output token at equal load, fresh every
+    round; weights move only when a sequential test finds a real difference."""
 
     # Off: weights follow Prometheus' P99 latency alone, as before.
     enabled: bool = True
@@ -391,15 +391,17 @@ class PaceSpec(_Model):
     # Tokens per probe; the gaps between them are what is timed.
     tokens: int = Field(default=8, ge=3, le=256)
     timeout_s: float = Field(default=5.0, gt=0.0, le=60.0)
-    # A replica's ratio is its median over this many rounds: one odd round
-    # (a long prompt joining its batch) moves nothing.
-    window_rounds: int = Field(default=3, ge=1, le=60)
-    # Ratios within [1/deadband, deadband] of the fleet's median count as
-    # even: batch-to-batch noise on equal replicas stays inside it.
+    # Rounds remembered for the batch-to-pace slope and the noise estimate.
+    history_rounds: int = Field(default=300, ge=30, le=3600)
+    # The smallest speed difference worth a weight move (1.25: a replica 25 %
+    # slower or faster than the fleet at equal load); a smaller one reads even.
     deadband: float = Field(default=1.25, gt=1.0, le=4.0)
-    # This many rounds in a row in one zone is strong evidence: the weight
-    # moves to its target in one step, at once, past the reload interval.
-    strong_rounds: int = Field(default=3, ge=1, le=60)
+    # The false-alarm budget of the test: on an equal fleet, at most this many
+    # weight moves per hour, all replicas together. A smaller budget raises
+    # the threshold and so the detection delay (docs/controller.md's table).
+    false_moves_per_hour: float = Field(default=1.0, gt=0.0, le=3600.0)
+    # No move rests on fewer rounds than this, however slow one round reads.
+    min_rounds: int = Field(default=3, ge=1, le=60)
     # A reading older than this is no data (the replica's probes fail).
     max_age_s: float = Field(default=5.0, gt=0.0, le=600.0)
 
@@ -427,8 +429,10 @@ class ControllerSpec(_Model):
     # A Prometheus sample older than this is "no data".
     max_signal_age_s: float = Field(default=30.0, gt=0.0)
     query_timeout_s: float = Field(default=2.0, gt=0.0, le=60.0)
-    # Share of the step from the current weight to the target taken per
-    # evaluation (1 = jump straight to the target).
+    # With the pace probes off (or a pooling model), weights follow the P99
+    # ratios, which are noisier: this share of the step from the current
+    # weight to the target is taken per evaluation (1 = jump to the target).
+    # Pace levels move only on the test's evidence and are not smoothed.
     smoothing: float = Field(default=0.5, gt=0.0, le=1.0)
     # A replica this many times slower than the fleet median gets 1/ratio of
     # the weight; the ratio is capped so one bad sample cannot zero a replica.
@@ -448,11 +452,16 @@ class ControllerSpec(_Model):
     # fleet sheds at once.
     shed_above: float = Field(default=0.5, gt=0.0, le=2.0)
     resume_below: float = Field(default=0.25, ge=0.0, le=2.0)
-    # Reload for weights only when one moves by at least this fraction...
+    # Reload for weights only when one moves by at least this fraction, either
+    # way (a move and its reverse pass or fail alike: the ratio's log is
+    # compared)...
     min_weight_change: float = Field(default=0.20, ge=0.0, le=10.0)
     # ...and no sooner than this after the last weight reload. Health changes
     # apply at once.
     min_reload_interval_s: float = Field(default=10.0, ge=0.0, le=3600.0)
+    # A weight nginx runs that differs from the controller's target for this
+    # long is brought to it, however small the difference: nothing strands.
+    max_weight_lag_s: float = Field(default=60.0, gt=0.0, le=86400.0)
     # How many decisions GET /decisions keeps.
     history: int = Field(default=200, ge=1, le=100_000)
     warmup: WarmupSpec = WarmupSpec()

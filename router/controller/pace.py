@@ -4,25 +4,33 @@ Prometheus' P99 over a one-minute window needs most of a minute to forget a
 slowdown, and the gateway's own timings arrive only as requests finish (and
 hardly at all for a replica cut to a trickle). So every ``interval_s`` the
 controller sends each replica in rotation the same small streamed completion
-(``tokens`` tokens, ``ignore_eos``) straight to its port, and times the gaps
-between tokens: seconds per output token, the replica's decode step for the
-batch it is running. The same request everywhere makes the reading robust to
-the clients' prompt and output mix, and a replica at weight 1 is measured as
-often as a busy one, so its recovery is seen at once.
+(``tokens`` tokens, ``ignore_eos``) straight to its port, times the gaps
+between tokens (seconds per output token: the replica's decode step) and
+reads, while the probe runs, how many sequences the replica is running
+(vLLM's ``num_requests_running``, the probe included).
 
-Each round is turned into ratios against the round's median (a load change
-that slows every replica alike moves no ratio). :class:`PaceTracker` keeps
-each replica's median over the last ``window_rounds`` rounds, which one odd
-round cannot move, and counts how many rounds in a row that median stayed in
-the same zone (slow, even, fast; the zones split at ``deadband``). The
-policy reads both: ``strong_rounds`` in a row is strong evidence and moves
-the weight in one step; fewer moves it only through the smoothing.
+**Compared at equal load.** A decode step grows with the batch, so a replica
+that least_conn happens to hand more work reads slower without being slower;
+weighting on that reading is a feedback loop (cut, runs fewer, reads faster,
+raised). :class:`PaceTracker` takes the batch out first: over the last
+``history_rounds`` rounds it fits how log(seconds per token) grows per
+sequence *within* each replica (a pooled within-replica slope, which a
+replica's own speed factor cannot bias), and compares replicas at the same
+batch: ``x_r = log(pace_r) - slope * batch_r`` minus the round's median.
+
+**Moved on evidence.** ``x_r`` minus the level the replica's weight already
+reflects feeds a two-sided CUSUM (router.controller.changepoint) whose
+threshold is set from ``false_moves_per_hour`` and the noise measured on the
+fleet itself. Only an alarm moves the level, to the median of the rounds the
+alarm rests on (at least ``min_rounds``); a level within ``deadband`` of even
+is even. Between alarms the level, and so the weight, holds still.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import statistics
 import time
 from collections import deque
@@ -30,30 +38,110 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from router.config.spec import PaceSpec
+from router.controller.changepoint import Cusum, detection_rounds, threshold
 from router.controller.policy import PaceSignal
 
 SLOW, EVEN, FAST = "slow", "even", "fast"
+# vLLM's gauge of the sequences in the running batch.
+RUNNING_METRIC = "vllm:num_requests_running"
+# The noise scale (log seconds per token) is never taken below this: a
+# simulator's exact step times would otherwise make any difference "evidence".
+NOISE_FLOOR = 0.03
+# Until there are NOISE_BLOCKS_MIN blocks, the noise is assumed at least this
+# large: the first rounds after a start must not alarm on a thin estimate.
+NOISE_PRIOR = 0.15
+# The per-sequence slope of log(seconds per token) is kept in [0, this]: a
+# decode step does not get faster with more sequences, nor double per one.
+SLOPE_MAX = 0.5
+# The long-run noise is read from means of blocks of this many rounds, once
+# there are enough blocks to read a spread from.
+NOISE_BLOCK_ROUNDS = 10
+NOISE_BLOCKS_MIN = 8
+# Block means read the long-run spread low (blocks hide correlation longer
+# than themselves, and a window's estimate wanders), and Siegmund's run
+# length assumes independent rounds: the estimate is widened by half again.
+# With it, correlated noise (AR(1), rho 0.5 to 0.8, 14 % to 30 % a round)
+# made at most 2 moves an hour on an equal fleet (tests/unit/test_pace.py).
+NOISE_WIDENING = 1.5
+# Median absolute deviation to a normal standard deviation.
+_MAD_TO_SIGMA = 1.4826
 
 
-def zone_of(ratio: float, deadband: float) -> str:
-    if ratio > deadband:
-        return SLOW
-    if ratio < 1 / deadband:
-        return FAST
-    return EVEN
+def _robust_scale(values: Sequence[float]) -> float:
+    center = statistics.median(values)
+    return _MAD_TO_SIGMA * statistics.median(abs(v - center) for v in values)
 
 
-def round_ratios(paces: Mapping[str, float]) -> dict[str, float]:
-    """Each replica's seconds per token over the round's median; {} for fewer
-    than two readings (one replica has nothing to be compared with)."""
-    if len(paces) < 2:
+@dataclass(frozen=True)
+class PaceReading:
+    """One probe: seconds per output token, and the batch it was timed in."""
+
+    seconds_per_token: float
+    # Sequences the replica ran while the probe ran; None when it exports no
+    # vLLM metrics (another engine): it is then compared at the fleet's batch.
+    batch: float | None = None
+
+
+def zone_of(level: float) -> str:
+    return SLOW if level > 0 else FAST if level < 0 else EVEN
+
+
+def within_slope(history: Mapping[str, Sequence[tuple[float, float]]]) -> float:
+    """How log(seconds per token) grows per sequence, from each replica's
+    (batch, log pace) pairs around its own means, pooled; 0 without spread."""
+    sxy = sxx = 0.0
+    for points in history.values():
+        if len(points) < 3:
+            continue
+        mean_b = statistics.fmean(b for b, _ in points)
+        mean_y = statistics.fmean(y for _, y in points)
+        sxy += sum((b - mean_b) * (y - mean_y) for b, y in points)
+        sxx += sum((b - mean_b) ** 2 for b, _ in points)
+    return min(SLOPE_MAX, max(0.0, sxy / sxx)) if sxx > 0 else 0.0
+
+
+def equal_load_deviations(readings: Mapping[str, PaceReading], slope: float) -> dict[str, float]:
+    """Each replica's log pace at equal batch, against the round's median; {}
+    for fewer than two readings (one replica has nothing to be compared with)."""
+    if len(readings) < 2:
         return {}
-    median = statistics.median(paces.values())
-    if median <= 0:
+    batches = [r.batch for r in readings.values() if r.batch is not None]
+    fleet_batch = statistics.median(batches) if batches else 0.0
+    adjusted = {name: math.log(r.seconds_per_token)
+                - slope * (r.batch if r.batch is not None else fleet_batch)
+                for name, r in readings.items() if r.seconds_per_token > 0}
+    if len(adjusted) < 2:
         return {}
-    return {name: pace / median for name, pace in paces.items()}
+    median = statistics.median(adjusted.values())
+    return {name: value - median for name, value in adjusted.items()}
+
+
+@dataclass(frozen=True)
+class CusumPlan:
+    """The CUSUM's parameters for one round, in log seconds per token."""
+
+    k: float
+    h: float
+    cap: float
+    noise: float
+
+    def delay_rounds(self, ratio: float, min_rounds: int) -> float:
+        """Mean rounds to detect a replica ``ratio`` times slower than the rest."""
+        return detection_rounds(math.log(ratio) / self.noise, self.k / self.noise,
+                                self.h / self.noise, min_rounds)
+
+
+def plan_test(settings: PaceSpec, noise: float, replicas: int) -> CusumPlan:
+    """k from the smallest difference worth a move, h from the false-move budget."""
+    k = math.log(settings.deadband) / 2
+    rounds_per_hour = 3600.0 / settings.interval_s
+    # Any replica's false alarm is a false move: they share the budget.
+    between_false_alarms = rounds_per_hour * max(1, replicas) / settings.false_moves_per_hour
+    h = threshold(k / noise, between_false_alarms) * noise
+    return CusumPlan(k=k, h=h, cap=h / settings.min_rounds, noise=noise)
 
 
 class PaceTracker:
@@ -62,25 +150,80 @@ class PaceTracker:
     def __init__(self, settings: PaceSpec) -> None:
         self.settings = settings
         self.signals: dict[str, PaceSignal] = {}
+        self.plan: CusumPlan | None = None
+        self.slope = 0.0
+        rounds = settings.history_rounds
+        self._points: dict[str, deque[tuple[float, float]]] = {}
+        self._deviations: dict[str, deque[float]] = {}
         self._recent: dict[str, deque[float]] = {}
+        self._levels: dict[str, float] = {}
+        self._cusums: dict[str, Cusum] = {}
+        self._moved: dict[str, tuple[float, int]] = {}
+        self._maxlen = rounds
 
-    def fold(self, paces: Mapping[str, float], now: float) -> dict[str, PaceSignal]:
-        """Take one round (replica -> seconds per token); return the new signals."""
-        for name, ratio in round_ratios(paces).items():
-            recent = self._recent.setdefault(name, deque(maxlen=self.settings.window_rounds))
-            recent.append(ratio)
-            median = statistics.median(recent)
-            zone = zone_of(median, self.settings.deadband)
-            before = self.signals.get(name)
-            streak = before.streak + 1 if before is not None and before.zone == zone else 1
-            self.signals[name] = PaceSignal(ratio=median, streak=streak, zone=zone,
-                                            seconds_per_token=paces[name], at=now)
+    def _deque(self, store: dict[str, deque[float]], name: str) -> deque[float]:
+        return store.setdefault(name, deque(maxlen=self._maxlen))
+
+    def noise(self) -> float:
+        """The scale of one round's deviation from a replica's level, for sums
+        of rounds: the larger of the rounds' robust spread and the spread of
+        block means scaled to one round (the batch-means estimate of the
+        long-run variance). A replica's readings come in runs (a long prompt
+        in its batch for seconds), and a CUSUM that took them for independent
+        rounds would alarm on every run."""
+        pooled = [d for values in self._deviations.values() for d in values]
+        blocks = [statistics.fmean(list(values)[start:start + NOISE_BLOCK_ROUNDS])
+                  for values in self._deviations.values()
+                  for start in range(len(values) % NOISE_BLOCK_ROUNDS, len(values),
+                                     NOISE_BLOCK_ROUNDS)]
+        if len(blocks) < NOISE_BLOCKS_MIN:
+            # Too few rounds to read a long-run spread: assume a wide one.
+            return max(NOISE_PRIOR, _robust_scale(pooled) if pooled else 0.0) * NOISE_WIDENING
+        scale = max(_robust_scale(pooled), _robust_scale(blocks) * math.sqrt(NOISE_BLOCK_ROUNDS))
+        return max(NOISE_FLOOR, scale * NOISE_WIDENING)
+
+    def fold(self, readings: Mapping[str, PaceReading], now: float) -> dict[str, PaceSignal]:
+        """Take one round (replica -> reading); return the new signals."""
+        for name, reading in readings.items():
+            if reading.batch is not None and reading.seconds_per_token > 0:
+                self._points.setdefault(name, deque(maxlen=self._maxlen)).append(
+                    (reading.batch, math.log(reading.seconds_per_token)))
+        self.slope = within_slope(self._points)
+        deviations = equal_load_deviations(readings, self.slope)
+        if not deviations:
+            return dict(self.signals)
+        for name, x in deviations.items():
+            self._deque(self._deviations, name).append(x - self._levels.get(name, 0.0))
+            self._deque(self._recent, name).append(x)
+        plan = self.plan = plan_test(self.settings, self.noise(), len(readings))
+        deadband = math.log(self.settings.deadband)
+        for name, x in deviations.items():
+            level = self._levels.get(name, 0.0)
+            cusum = self._cusums.setdefault(name, Cusum())
+            cusum.add(x - level, plan.k, plan.cap)
+            statistic, rounds = cusum.statistic, cusum.rounds
+            if statistic >= plan.h:
+                behind = max(self.settings.min_rounds, rounds)
+                estimate = statistics.median(list(self._recent[name])[-behind:])
+                new_level = 0.0 if abs(estimate) < deadband else estimate
+                cusum.reset()
+                if new_level != level:
+                    self._levels[name] = level = new_level
+                    self._moved[name] = (now, behind)
+            moved_at, moved_on = self._moved.get(name, (None, 0))
+            reading = readings[name]
+            self.signals[name] = PaceSignal(
+                ratio=math.exp(level), zone=zone_of(level), deviation=math.exp(x),
+                statistic=statistic, threshold=plan.h, rounds=rounds,
+                moved_at=moved_at, moved_on_rounds=moved_on,
+                seconds_per_token=reading.seconds_per_token, batch=reading.batch, at=now)
         return dict(self.signals)
 
     def forget(self, name: str) -> None:
         """A replica that left rotation starts afresh when it returns."""
-        self.signals.pop(name, None)
-        self._recent.pop(name, None)
+        for store in (self.signals, self._points, self._deviations, self._recent,
+                      self._levels, self._cusums, self._moved):
+            store.pop(name, None)
 
 
 def probe_body(model: str, tokens: int) -> dict[str, object]:
@@ -88,33 +231,64 @@ def probe_body(model: str, tokens: int) -> dict[str, object]:
             "max_tokens": tokens, "ignore_eos": True, "stream": True, "temperature": 0.0}
 
 
+def running_sequences(metrics_text: str) -> float | None:
+    """The replica's running batch from its /metrics text (summed over its
+    engines), or None when it exports no such gauge."""
+    try:
+        families = list(text_string_to_metric_families(metrics_text))
+    except ValueError:
+        return None
+    values = [sample.value for family in families for sample in family.samples
+              if sample.name == RUNNING_METRIC]
+    return sum(values) if values else None
+
+
+async def _batch(client: httpx.AsyncClient, replica_url: str) -> float | None:
+    try:
+        response = await client.get(replica_url + "/metrics")
+    except httpx.HTTPError:
+        return None
+    return running_sequences(response.text) if response.status_code == 200 else None
+
+
 async def measure(client: httpx.AsyncClient, replica_url: str, model: str, tokens: int,
-                  clock: Callable[[], float] = time.monotonic) -> float | None:
-    """Seconds per output token of one streamed probe (the median gap between
-    chunks with text), or None when it failed or streamed fewer than two."""
+                  clock: Callable[[], float] = time.monotonic) -> PaceReading | None:
+    """One streamed probe: seconds per output token (the median gap between
+    chunks with text) and the batch read once its first token is out, so the
+    probe itself is in it. None when it failed or streamed fewer than two."""
     stamps: list[float] = []
+    batch: asyncio.Task[float | None] | None = None
+    ok = False
     try:
         async with client.stream("POST", replica_url + "/v1/completions",
                                  json=probe_body(model, tokens)) as response:
-            if response.status_code != 200:
-                return None
-            async for line in response.aiter_lines():
+            ok = response.status_code == 200
+            lines = response.aiter_lines()
+            while ok and (line := await anext(lines, None)) is not None:
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
                 try:
                     chunk = json.loads(line[6:])
                 except ValueError:
-                    return None
+                    ok = False
+                    continue
                 if any(choice.get("text") for choice in chunk.get("choices", [])):
                     stamps.append(clock())
+                    if batch is None:
+                        batch = asyncio.create_task(_batch(client, replica_url))
     except httpx.HTTPError:
-        return None
-    if len(stamps) < 2:
+        ok = False
+    except BaseException:
+        if batch is not None:
+            batch.cancel()
+        raise
+    running = await batch if batch is not None else None
+    if not ok or len(stamps) < 2:
         return None
     # The median gap: one chunk held up (a scheduler hiccup on a busy host,
     # a prefill joining the batch) moves the mean, not the median.
-    return statistics.median([later - earlier
-                              for earlier, later in zip(stamps, stamps[1:], strict=False)])
+    gaps = [later - earlier for earlier, later in zip(stamps, stamps[1:], strict=False)]
+    return PaceReading(statistics.median(gaps), running)
 
 
 @dataclass(frozen=True)
@@ -144,10 +318,10 @@ class PaceProber:
         """One round over ``names``; replicas not in it are forgotten."""
         for name in set(self.tracker.signals) - set(names):
             self.tracker.forget(name)
-        readings = await asyncio.gather(*(
+        results = await asyncio.gather(*(
             measure(self._client, self.urls[name], self.model, self.settings.tokens)
             for name in names))
-        paces = {name: pace for name, pace in zip(names, readings, strict=True)
-                 if pace is not None}
-        return PaceRound(signals=self.tracker.fold(paces, self.clock()),
-                         failed=tuple(name for name in names if name not in paces))
+        readings = {name: reading for name, reading in zip(names, results, strict=True)
+                    if reading is not None}
+        return PaceRound(signals=self.tracker.fold(readings, self.clock()),
+                         failed=tuple(name for name in names if name not in readings))

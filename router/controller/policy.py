@@ -12,47 +12,40 @@ For each replica r, in order (the first rule that applies wins for `down`):
    too slow to detect a dead replica; the probes are not. A healthy replica
    still **warming up** (its first burst after a start) stays ``down`` too,
    and its latency is not read while the burst is inside the latency window.
-3. **Weight** from two ratios against the fleet median, computed over the
-   replicas in rotation that have fresh data:
+3. **Weight** from the replica's speed against the fleet's, never from its
+   load: balancing load (in-flight requests) is least_conn's job, and a
+   weight that follows a queue or KV gauge fights it.
 
-       latency_ratio_r  = pace_r, from the controller's pace probes when fresh
-                          (router.controller.pace: the replica's seconds per
-                          output token over the round's median, median of the
-                          last rounds, 1 inside the deadband), else
-                          max(p99_ttft_r / median(p99_ttft), p99_e2e_r / median(p99_e2e))
-                          clamped to [1/max_latency_ratio, max_latency_ratio]
-       pressure_r       = kv_cache_usage_r + min(1, waiting_r / max(1, running_r))
-       raw_r            = BASE_WEIGHT / latency_ratio_r * (1 + median(pressure)) / (1 + pressure_r)
-       target_r         = previous_target_r + smoothing * (raw_r - previous_target_r)
+       ratio_r  = the pace probes' verdict while they run and are fresh
+                  (router.controller.pace: seconds per token at equal
+                  batch over the fleet's, moved only when a CUSUM with a
+                  stated false-alarm rate finds a real difference; 1 when
+                  even); with the probes off, the P99 ratio
+                  max(p99_ttft_r / median(p99_ttft), p99_e2e_r / median(p99_e2e))
+                  clamped to [1/max_latency_ratio, max_latency_ratio]
+       raw_r    = BASE_WEIGHT / ratio_r
+       target_r = raw_r (pace); previous_target_r + smoothing * (raw_r -
+                  previous_target_r) (P99s, which are noisy)
 
-   - Latency relative to the median, not absolute: a long prompt mix slows
-     every replica alike and must not move weights; one replica at three
-     times the median (thermal throttling, a noisy neighbour) gets a third.
-     Both TTFT and E2E count, since the histograms' coarse buckets can hide
-     a difference in one of them.
-   - Pressure is how full the replica's GPU is for vLLM: its KV cache and the
-     queue in front of it. GPU utilisation is not used: NVML reports any
-     kernel activity in the sample period as busy, so every replica with a
-     batch reads near 100 %.
-   - Smoothing keeps one noisy evaluation from swinging traffic, and the
-     clamp keeps a single bad sample from zeroing a replica. Pace that sat
-     in one zone for ``pace.strong_rounds`` rounds in a row is strong
-     evidence: the target jumps to the raw weight, and the first such
-     decision is urgent (applied past the reload interval, see
-     ``should_apply``), as is the first decision that finds a replica with
-     strong evidence an outlier (below). Prometheus' P99 needs a minute to forget a slowdown;
-     the pace probes need ``strong_rounds`` seconds.
+   - Relative to the fleet, not absolute: a long prompt mix slows every
+     replica alike and must not move weights; one replica at three times
+     the fleet (thermal throttling, a noisy neighbour) gets a third.
+   - The pace verdict holds still between alarms of its test, so an equal
+     fleet keeps equal weights; its first decision after an alarm is
+     urgent (applied past the reload interval, see ``should_apply``), as
+     is the first that finds a replica an outlier (below).
    - **Outliers**: a replica at ``outlier_latency_ratio`` times the median
      or more on its pace, or on *both* P99 TTFT and P99 E2E, gets raw weight 1 instead, while
-     the fleet's median pressure is below ``outlier_max_pressure``. Weighted
-     least_conn gives a replica a share of about weight / latency ratio, and
-     any share above 1 % puts its latency into the fleet's P99; a trickle
-     still keeps it measured, so it returns once it is fast again. A busy
-     fleet keeps the proportional weight instead: it needs the capacity.
+     the fleet's median pressure (KV usage plus waiting/running) is below
+     ``outlier_max_pressure``. Weighted least_conn gives a replica a share
+     of about weight / latency ratio, and any share above 1 % puts its
+     latency into the fleet's P99; a trickle still keeps it measured, so it
+     returns once it is fast again. A busy fleet keeps the proportional
+     weight instead: it needs the capacity.
    - **No data is not zero.** A NaN, missing or stale sample (older than
-     ``max_signal_age_s``) drops that term; with no usable term the replica
-     keeps its previous target ("hold"). Stale data never reads as fast,
-     nor as saturated.
+     ``max_signal_age_s``, or ``pace.max_age_s`` for a pace reading) gives
+     no ratio: the replica keeps its previous target ("hold"). Stale data
+     never reads as fast, nor as saturated.
 4. **Slow start**: a replica back in rotation ramps linearly from weight 1
    to its target over ``slow_start_s`` (open-source nginx has no
    slow_start), so it is not flooded while its caches are cold.
@@ -60,8 +53,13 @@ For each replica r, in order (the first rule that applies wins for `down`):
 6. Weights are integers in [1, 100]: nginx rejects weight=0; draining is
    `down`.
 7. **Never all down**: if every replica would be out, the least bad one (the
-   most recent successful probe) stays in rotation. Failing open serves
-   some clients; failing closed serves none.
+   most recent successful probe) stays in rotation, and the same one for as
+   long as it stays a candidate. Failing open serves some clients; failing
+   closed serves none.
+8. **Crash loops** (the supervisor's account) -> ``down``, whatever the
+   probes say; **affinity load bound**: with gateway.affinity on, a replica
+   whose pressure is well above the fleet's median spills its keyed
+   requests to least_conn (it keeps its keys).
 """
 
 from __future__ import annotations
@@ -131,19 +129,47 @@ class Override:
 
 @dataclass(frozen=True)
 class PaceSignal:
-    """A replica's speed against the fleet's, from the controller's pace probes."""
+    """A replica's speed against the fleet's at equal load, from the pace
+    probes and their sequential test (router.controller.pace)."""
 
-    # Median over the last rounds of its seconds per token / the round's median.
+    # The speed ratio its weight follows (its seconds per token over the
+    # fleet's at equal batch, as last set by an alarm of the test; 1 = even).
     ratio: float
-    # Rounds in a row that ratio stayed in this zone ("slow", "even", "fast").
-    streak: int
-    zone: str
-    # Seconds per output token in the latest round, and when it was taken.
+    zone: str  # "slow", "even" or "fast": the ratio's side of 1
+    # The latest round's reading at equal batch over the fleet's median.
+    deviation: float
+    # The CUSUM's larger sum, the threshold it alarms at (both in log seconds
+    # per token) and the rounds that sum has been building.
+    statistic: float
+    threshold: float
+    rounds: int
+    # When the ratio last moved and how many rounds that move rested on.
+    moved_at: float | None
+    moved_on_rounds: int
+    # The latest probe: seconds per output token, the batch it ran in, when.
     seconds_per_token: float
+    batch: float | None
     at: float
 
     def fresh(self, now: float, max_age_s: float) -> bool:
         return 0 <= now - self.at <= max_age_s
+
+    @property
+    def just_moved(self) -> bool:
+        """This round's alarm moved the ratio: news, like a health flip."""
+        return self.moved_at is not None and self.moved_at == self.at
+
+    def evidence(self) -> str:
+        """The statistic, the samples behind it and the threshold, in words."""
+        batch = "" if self.batch is None else f", batch {self.batch:g}"
+        if self.just_moved:
+            test = (f"moved now: CUSUM reached h {self.threshold:.3f} "
+                    f"on {self.moved_on_rounds} rounds")
+        else:
+            test = (f"CUSUM {self.statistic:.3f} of h {self.threshold:.3f} "
+                    f"over {self.rounds} round{'s' if self.rounds != 1 else ''}")
+        return (f"pace {self.ratio:.2f}x fleet at equal batch ({self.zone}; "
+                f"this round {self.deviation:.2f}x{batch}; {test})")
 
 
 @dataclass(frozen=True)
@@ -162,6 +188,9 @@ class Snapshot:
     latency_blind: frozenset[str] = frozenset()
     # Pace probe signals, per replica (router.controller.pace).
     pace: Mapping[str, PaceSignal] = field(default_factory=dict)
+    # The pace probes run: they alone move weights, and the P99s only feed
+    # alerts and dashboards (they read load as slowness).
+    pacing: bool = False
     # Replicas whose process crash-loops, and the supervisor's account of
     # it (router.controller.processes): out whatever a probe says.
     crash_looping: Mapping[str, str] = field(default_factory=dict)
@@ -184,6 +213,8 @@ class ReplicaDecision:
     outlier: bool = False
     # Why its keyed requests spill to least_conn (the affinity load bound), or None.
     shed: str | None = None
+    # Kept in rotation by the fail-open rule although it is out.
+    fail_open: bool = False
 
 
 @dataclass(frozen=True)
@@ -237,12 +268,6 @@ def _outlier(ratios: list[float], needed: int, median_pressure: float | None,
             "minimum weight")
 
 
-def _pace_ratio(signal: PaceSignal, settings: ControllerSpec) -> float:
-    """The pace ratio the weight follows: even inside the deadband."""
-    band = settings.pace.deadband
-    return 1.0 if 1 / band <= signal.ratio <= band else signal.ratio
-
-
 @dataclass(frozen=True)
 class _Latency:
     """A replica's latency against the fleet's, and how sure we are of it."""
@@ -251,6 +276,8 @@ class _Latency:
     terms: list[str]
     # Ratios at the outlier limit it takes to make an outlier.
     outlier_needs: int = 2
+    # The ratio is the sequential test's verdict, not a noisy reading: the
+    # target follows it in one step.
     strong: bool = False
     urgent: bool = False
 
@@ -258,23 +285,21 @@ class _Latency:
 def _latency(replica: str, snapshot: Snapshot, signals: ReplicaSignals,
              medians: Mapping[str, float | None], in_rotation: int,
              settings: ControllerSpec) -> _Latency:
-    pace = snapshot.pace.get(replica)
-    if pace is not None and pace.fresh(snapshot.now, settings.pace.max_age_s) \
-            and in_rotation > 1:
-        # Probes are the same request everywhere and seconds old: they stand
-        # in for the P99s, which stay for alerts and dashboards.
-        rounds = f"{pace.streak} round{'s' if pace.streak != 1 else ''}"
-        return _Latency([_pace_ratio(pace, settings)],
-                        [f"pace {pace.ratio:.2f}x median ({pace.zone}, {rounds})"],
-                        outlier_needs=1, strong=pace.streak >= settings.pace.strong_rounds,
-                        urgent=pace.streak == settings.pace.strong_rounds)
+    if in_rotation < 2:
+        return _Latency([], [])
+    if snapshot.pacing:
+        pace = snapshot.pace.get(replica)
+        if pace is None or not pace.fresh(snapshot.now, settings.pace.max_age_s):
+            return _Latency([], [])
+        return _Latency([pace.ratio], [pace.evidence()], outlier_needs=1, strong=True,
+                        urgent=pace.just_moved)
     if replica in snapshot.latency_blind:
         return _Latency([], ["latency not read: its warm-up is inside the latency window"])
     ratios, terms = [], []
     for metric, label in (("ttft_p99", "p99 TTFT"), ("e2e_p99", "p99 E2E")):
         value = _fresh(getattr(signals, metric), settings.max_signal_age_s)
         median = medians[metric]
-        if value is not None and median is not None and median > 0 and in_rotation > 1:
+        if value is not None and median is not None and median > 0:
             ratios.append(value / median)
             terms.append(f"{label} {value / median:.2f}x median")
     return _Latency(ratios, terms)
@@ -295,6 +320,9 @@ def decide(snapshot: Snapshot, previous: Decision | None, settings: ControllerSp
                             and (v := _fresh(getattr(signals[r], metric), max_age)) is not None])
         for metric in ("ttft_p99", "e2e_p99")
     }
+    # Pressure (KV cache and queue) is load, and balancing load is least_conn's
+    # job: it never sets a weight. The fleet's median gates the outlier rule
+    # (a busy fleet needs every replica) and drives the affinity load bound.
     pressures = {r: _pressure(signals[r], max_age) for r in snapshot.replicas}
     median_pressure = _median_of([p for r in in_rotation if (p := pressures[r]) is not None])
 
@@ -323,24 +351,13 @@ def decide(snapshot: Snapshot, previous: Decision | None, settings: ControllerSp
 
         latency = _latency(r, snapshot, signals[r], medians, len(in_rotation), settings)
         ratios, terms = latency.ratios, list(latency.terms)
-        factor = 1.0
-        have_data = False
-        if ratios:
-            have_data = True
-            ratio = min(max(max(ratios), 1 / settings.max_latency_ratio),
-                        settings.max_latency_ratio)
-            factor /= ratio
-        pressure = pressures[r]
-        if pressure is not None and median_pressure is not None and len(in_rotation) > 1:
-            have_data = True
-            factor *= (1 + median_pressure) / (1 + pressure)
-            terms.append(f"pressure {pressure:.2f} vs median {median_pressure:.2f}")
         outlier = _outlier(ratios, latency.outlier_needs, median_pressure, settings)
         if outlier:
             terms.append(outlier)
-
-        if have_data:
-            raw = MIN_WEIGHT if outlier else BASE_WEIGHT * factor
+        if ratios:
+            ratio = min(max(max(ratios), 1 / settings.max_latency_ratio),
+                        settings.max_latency_ratio)
+            raw = MIN_WEIGHT if outlier else BASE_WEIGHT / ratio
             # Bounded like the weight, so a target cannot wind up past what
             # nginx can be given and then lag on its way back.
             step = 1.0 if latency.strong else settings.smoothing
@@ -349,7 +366,9 @@ def decide(snapshot: Snapshot, previous: Decision | None, settings: ControllerSp
             reason = ", ".join(terms) + f"; target {target:.1f}"
         else:
             target = prev_target
-            reason = "holding: no fresh signals"
+            hold = ("holding: no fresh pace reading" if snapshot.pacing
+                    else "holding: no fresh signals")
+            reason = "; ".join([*terms, hold])
 
         effective = target
         recovered = health[r].recovered_at
@@ -377,13 +396,19 @@ def decide(snapshot: Snapshot, previous: Decision | None, settings: ControllerSp
     if snapshot.replicas and all(d.down for d in decisions.values()):
         candidates = [r for r in snapshot.replicas if not overrides[r].drained] or list(
             snapshot.replicas)
-        least_bad = max(candidates, key=lambda r: (health[r].last_success or float("-inf"),
-                                                   -health[r].consecutive_failures))
+        kept_before = [r for r in candidates if previous is not None and r in previous.replicas
+                       and previous.replicas[r].fail_open]
+        # The one kept stays the same one while it is still a candidate: a
+        # new pick each evaluation is a reload each, and a status that
+        # disagrees with nginx about who serves.
+        least_bad = kept_before[0] if kept_before else max(
+            candidates, key=lambda r: (health[r].last_success or float("-inf"),
+                                       -health[r].consecutive_failures))
         kept = decisions[least_bad]
         decisions[least_bad] = ReplicaDecision(
             kept.weight, False, kept.target,
             "fail open: every replica is out, so the least bad one stays in rotation "
-            f"({kept.reason})", kept.pinned, outlier=kept.outlier)
+            f"({kept.reason})", kept.pinned, outlier=kept.outlier, fail_open=True)
     return Decision(at=now, replicas=decisions)
 
 
@@ -414,16 +439,28 @@ def _bound_affinity(decisions: dict[str, ReplicaDecision], pressures: Mapping[st
     return bounded
 
 
+def weights_differ(applied: Decision | None, desired: Decision) -> bool:
+    """Whether any replica in rotation runs another weight than its target."""
+    if applied is None:
+        return True
+    return any(not new.down and (old := applied.replicas.get(name)) is not None
+               and old.weight != new.weight for name, new in desired.replicas.items())
+
+
 def should_apply(applied: Decision | None, desired: Decision, last_weight_reload_at: float | None,
-                 settings: ControllerSpec) -> tuple[bool, str]:
+                 settings: ControllerSpec, differing_since: float | None = None
+                 ) -> tuple[bool, str]:
     """Whether ``desired`` is worth a reload now, and why (hysteresis).
 
     Health and admin changes apply at once, and so does the first weight
     move on strong pace evidence; weight drift only when some weight moves
     by at least ``min_weight_change`` and the last weight reload is at
-    least ``min_reload_interval_s`` old. Each reload resets
-    nginx's least_conn counts and fail counters and forks a worker
-    generation, so it is not free.
+    least ``min_reload_interval_s`` old. The change is measured as the log
+    of the ratio, so 50 -> 61 and 61 -> 50 pass or fail alike; and weights
+    that have differed from their targets since ``differing_since`` for
+    ``max_weight_lag_s`` apply whatever their size, so none strands. Each
+    reload resets nginx's least_conn counts and fail counters and forks a
+    worker generation, so it is not free.
     """
     if applied is None:
         return True, "first configuration"
@@ -441,25 +478,33 @@ def should_apply(applied: Decision | None, desired: Decision, last_weight_reload
                       if d.pinned != applied.replicas.get(r, d).pinned]
     if pinned_changes:
         return True, f"admin pin changed for {', '.join(sorted(pinned_changes))}"
+    threshold = math.log1p(settings.min_weight_change)
     moved: dict[str, str] = {}
+    lagging: list[str] = []
     for name, new in desired.replicas.items():
         old = applied.replicas.get(name)
-        if old is None or new.down:
+        if old is None or new.down or new.weight == old.weight:
             continue
-        change = abs(new.weight - old.weight) / old.weight
-        if change >= settings.min_weight_change and new.weight != old.weight:
-            moved[name] = f"{name} {old.weight}->{new.weight}"
+        text = f"{name} {old.weight}->{new.weight}"
+        if abs(math.log(new.weight / old.weight)) >= threshold:
+            moved[name] = text
+        else:
+            lagging.append(text)
     resumed = sorted(set(applied.shedding()) - set(desired.shedding()))
     if resumed:
         moved.update({name: f"{name} keeps its keyed requests again" for name in resumed})
+    since = None if last_weight_reload_at is None else desired.at - last_weight_reload_at
     if not moved:
+        lag = None if differing_since is None else desired.at - differing_since
+        if lagging and lag is not None and lag >= settings.max_weight_lag_s:
+            return True, (f"weights brought to their targets after {lag:.0f}s apart: "
+                          + ", ".join(lagging))
         return False, f"no weight moved by {settings.min_weight_change:.0%} or more"
     urgent = [text for name, text in moved.items() if desired.replicas[name].urgent]
     if urgent:
         # The first decision on strong evidence is an event, like a health
         # flip; the interval is for drift, and drift does not form streaks.
         return True, "strong pace evidence: " + ", ".join(urgent)
-    since = None if last_weight_reload_at is None else desired.at - last_weight_reload_at
     if since is not None and since < settings.min_reload_interval_s:
         return False, (f"held: {', '.join(moved.values())} waits for the minimum reload "
                        f"interval ({since:.1f}s of {settings.min_reload_interval_s:g}s)")

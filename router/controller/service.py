@@ -38,6 +38,7 @@ from router.controller.policy import (
     Snapshot,
     decide,
     should_apply,
+    weights_differ,
 )
 from router.controller.probes import Prober
 from router.controller.processes import ProcessWatch
@@ -153,6 +154,8 @@ class Controller:
         self.desired: Decision | None = None
         self.applied: Decision | None = None
         self.last_weight_reload_at: float | None = None
+        # Since when nginx's weights have differed from the targets.
+        self.differing_since: float | None = None
         self.history: deque[DecisionRecord] = deque(maxlen=settings.history)
         self._failures_in_a_row = 0
         self._last_failure: str | None = None
@@ -183,7 +186,7 @@ class Controller:
                         overrides=dict(self.overrides), warming=frozenset(self.warming),
                         latency_blind=frozenset(n for n, at in self.warmed_at.items()
                                                 if now - at < self.latency_memory_s),
-                        pace=dict(self.pace_signals),
+                        pace=dict(self.pace_signals), pacing=self.pace is not None,
                         crash_looping=self.processes.crash_looping() if self.processes else {},
                         affinity=self.affinity)
 
@@ -260,8 +263,12 @@ class Controller:
             now = self.clock()
             desired = decide(self.snapshot(now), self.desired, self.settings)
             self.desired = desired
+            if not weights_differ(self.applied, desired):
+                self.differing_since = None
+            elif self.differing_since is None:
+                self.differing_since = now
             apply, why = should_apply(self.applied, desired, self.last_weight_reload_at,
-                                      self.settings)
+                                      self.settings, self.differing_since)
             self.metrics.decision_seconds.observe(time.monotonic() - started)
             error = None
             if apply:
@@ -298,6 +305,7 @@ class Controller:
         # Any reload resets nginx's counters; the minimum interval spaces them all.
         self.last_weight_reload_at = desired.at
         self.applied = desired
+        self.differing_since = None
         self.metrics.reloads.labels(result="success").inc()
         self.metrics.last_reload.set(self.clock())
         log.info("reload applied version=%s in %.3fs why=%s weights=%s down=%s",
@@ -425,8 +433,11 @@ class Controller:
                             for name in ReplicaSignals.__dataclass_fields__
                             for s in [getattr(signals, name)]},
                 "pace": None if (pace := self.pace_signals.get(member.name)) is None else {
-                    "ratio": pace.ratio, "zone": pace.zone, "streak": pace.streak,
-                    "seconds_per_token": pace.seconds_per_token,
+                    "ratio": pace.ratio, "zone": pace.zone, "deviation": pace.deviation,
+                    "statistic": pace.statistic, "threshold": pace.threshold,
+                    "rounds": pace.rounds, "moved_at": pace.moved_at,
+                    "moved_on_rounds": pace.moved_on_rounds,
+                    "seconds_per_token": pace.seconds_per_token, "batch": pace.batch,
                     "age_s": max(0.0, now - pace.at)},
                 "override": {"drained": override.drained,
                              "pinned_weight": override.pinned_weight
@@ -439,4 +450,17 @@ class Controller:
                 "prometheus": {"ok": self.prometheus_error is None and self.signals_at is not None,
                                "error": self.prometheus_error,
                                "last_success": self.signals_at},
+                "pace_test": self._pace_test(),
                 "last_decision": last.__dict__ if last else None}
+
+    def _pace_test(self) -> dict[str, Any] | None:
+        """The pace test's parameters as of the latest round: what a move needs."""
+        if self.pace is None or self.pace.tracker.plan is None:
+            return None
+        plan, settings = self.pace.tracker.plan, self.pace.settings
+        return {"noise": plan.noise, "k": plan.k, "threshold": plan.h, "cap": plan.cap,
+                "slope_per_sequence": self.pace.tracker.slope,
+                "false_moves_per_hour": settings.false_moves_per_hour,
+                "deadband": settings.deadband,
+                "detection_rounds": {f"{ratio:g}x": round(plan.delay_rounds(
+                    ratio, settings.min_rounds), 1) for ratio in (1.5, 2.0, 3.0)}}

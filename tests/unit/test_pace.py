@@ -1,15 +1,17 @@
-"""Pace probes and the fast path of the policy, on virtual time.
+"""Pace probes, their sequential test and the fast path of the policy, on virtual time.
 
-A replica's seconds per token is fed round by round (one round a second, as
-the controller probes), folded by the tracker, decided on by the policy and
-filtered by its hysteresis, exactly as the controller chains them. No
-timing is asserted against a wall clock: the clock is the loop counter.
+A replica's seconds per token (and the batch it ran in) is fed round by
+round (one round a second, as the controller probes), folded by the
+tracker, decided on by the policy and filtered by its hysteresis, exactly
+as the controller chains them. No timing is asserted against a wall clock:
+the clock is the loop counter.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,8 +19,17 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
-from router.config.spec import ControllerSpec
-from router.controller.pace import PaceTracker, measure, round_ratios, zone_of
+from router.config.spec import ControllerSpec, PaceSpec
+from router.controller.changepoint import detection_rounds, run_length, threshold
+from router.controller.pace import (
+    PaceReading,
+    PaceTracker,
+    equal_load_deviations,
+    measure,
+    plan_test,
+    running_sequences,
+    within_slope,
+)
 from router.controller.policy import (
     Decision,
     ReplicaSignals,
@@ -30,9 +41,15 @@ from router.controller.policy import (
 
 SETTINGS = ControllerSpec()
 NAMES = ("replica-0", "replica-1", "replica-2", "replica-3")
-BASE_PACE = 0.03  # seconds per token of an unloaded-ish simulated replica
+# A GPU-like decode step: 20 ms plus 0.4 ms per sequence in the batch (the
+# policy scenarios' simulated replicas).
+STEP_S, PER_SEQ_S = 0.020, 0.0004
 
-Pace = Callable[[str, float], float]
+Pace = Callable[[str, float], PaceReading]
+
+
+def step(batch: float, slower: float = 1.0, noise: float = 1.0) -> PaceReading:
+    return PaceReading((STEP_S + PER_SEQ_S * batch) * slower * noise, batch)
 
 
 @dataclass
@@ -40,13 +57,6 @@ class Run:
     """What the gateway ran over time: (t, weights) after every reload."""
 
     reloads: list[tuple[float, dict[str, int]]] = field(default_factory=list)
-
-    def weight_at(self, name: str, t: float) -> int:
-        weight = 50
-        for at, weights in self.reloads:
-            if at <= t:
-                weight = weights[name]
-        return weight
 
     def first_time(self, name: str, test: Callable[[int], bool], after: float) -> float | None:
         return next((at for at, weights in self.reloads
@@ -62,7 +72,8 @@ def simulate(pace: Pace, seconds: int, settings: ControllerSpec = SETTINGS) -> R
     for t in range(seconds):
         now = float(t)
         signals = tracker.fold({n: pace(n, now) for n in NAMES}, now)
-        desired = decide(Snapshot(now=now, replicas=NAMES, pace=signals), desired, settings)
+        desired = decide(Snapshot(now=now, replicas=NAMES, pace=signals, pacing=True),
+                         desired, settings)
         apply, _why = should_apply(applied, desired, last_reload, settings)
         if apply:
             applied, last_reload = desired, now
@@ -70,78 +81,143 @@ def simulate(pace: Pace, seconds: int, settings: ControllerSpec = SETTINGS) -> R
     return run
 
 
+def equal_fleet(seed: int, jitter: float = 0.10, correlation: float = 0.0) -> Pace:
+    """Batches that wander with the load (each replica its own) and a probe
+    whose reading is off by AR(1) noise: ``jitter`` a round, ``correlation``
+    from one round to the next (a long prompt stays in a batch for seconds)."""
+    rng = random.Random(seed)
+    batches = dict.fromkeys(NAMES, 16.0)
+    offsets = dict.fromkeys(NAMES, 0.0)
+
+    def pace(name: str, t: float) -> PaceReading:
+        batches[name] = min(32.0, max(1.0, batches[name] + rng.gauss(0, 3)))
+        offsets[name] = correlation * offsets[name] + rng.gauss(0, jitter)
+        return step(round(batches[name]), noise=math.exp(offsets[name]))
+    return pace
+
+
 def slowed(factor: float, start: float, end: float = float("inf")) -> Pace:
-    def pace(name: str, t: float) -> float:
-        return BASE_PACE * (factor if name == "replica-3" and start <= t < end else 1.0)
+    def pace(name: str, t: float) -> PaceReading:
+        slow = name == "replica-3" and start <= t < end
+        return step(12, slower=factor if slow else 1.0)
     return pace
 
 
 def test_a_step_to_three_times_slower_halves_the_weight_within_5s_and_returns_within_20s() -> None:
-    run = simulate(slowed(3.0, start=30, end=90), 150)
-    halved = run.first_time("replica-3", lambda w: w <= 25, after=30)
-    assert halved is not None and halved - 30 <= 5
-    back = run.first_time("replica-3", lambda w: w >= 40, after=90)
-    assert back is not None and back - 90 <= 20
+    run = simulate(slowed(3.0, start=90, end=150), 240)
+    halved = run.first_time("replica-3", lambda w: w <= 25, after=90)
+    assert halved is not None and halved - 90 <= 5
+    back = run.first_time("replica-3", lambda w: w >= 40, after=150)
+    assert back is not None and back - 150 <= 20
     # The others never moved: the median is theirs.
     assert all(w["replica-0"] == 50 for _, w in run.reloads)
 
 
-def test_a_single_slow_round_moves_nothing() -> None:
-    def pace(name: str, t: float) -> float:
-        return BASE_PACE * (5.0 if name == "replica-3" and t == 40 else 1.0)
+def test_one_or_two_slow_rounds_move_nothing() -> None:
+    def pace(name: str, t: float) -> PaceReading:
+        return step(12, slower=5.0 if name == "replica-3" and t in (40, 41) else 1.0)
 
     run = simulate(pace, 120)
     assert len(run.reloads) == 1  # the first configuration only
 
 
-def test_a_slow_ramp_lowers_the_weight_without_going_back_and_forth() -> None:
-    def pace(name: str, t: float) -> float:
-        ramp = 1.0 + min(1.0, max(0.0, (t - 20) / 60))  # 1x to 2x over a minute
-        return BASE_PACE * (ramp if name == "replica-3" else 1.0)
+def test_a_busier_replica_reads_equal_at_equal_batch() -> None:
+    """least_conn handing one replica more work makes its steps longer; it is
+    not slower, and must not lose weight for it (the old feedback loop)."""
+    rng = random.Random(7)
 
-    run = simulate(pace, 160)
+    def pace(name: str, t: float) -> PaceReading:
+        busy = name == "replica-0"
+        return step(rng.randint(24, 32) if busy else rng.randint(2, 10))
+
+    run = simulate(pace, 900)
+    assert len(run.reloads) == 1, run.reloads
+    # Without the batch taken out it would read about 1.4x slower.
+    assert math.exp(equal_load_deviations({"a": step(28), "b": step(6), "c": step(6)},
+                                          0.0)["a"]) > 1.3
+
+
+def test_the_slope_is_the_fleets_within_replica_growth() -> None:
+    history = {n: [(b, math.log(step(b, slower=3.0 if n == "slow" else 1.0).seconds_per_token))
+                   for b in (4, 8, 16, 24)] for n in ("a", "b", "slow")}
+    # log((20 + 0.4 b) ms) grows about 0.015 per sequence over this range,
+    # whatever the replica's own speed factor.
+    assert within_slope(history) == pytest.approx(0.0157, abs=0.001)
+    assert within_slope({"a": [(8, -3.0), (8, -3.1), (8, -2.9)]}) == 0.0
+
+
+def test_a_slow_ramp_lowers_the_weight_without_going_back_and_forth() -> None:
+    def pace(name: str, t: float) -> PaceReading:
+        ramp = 1.0 + min(1.0, max(0.0, (t - 80) / 60))  # 1x to 2x over a minute
+        return step(12, slower=ramp if name == "replica-3" else 1.0)
+
+    run = simulate(pace, 240)
     weights = [w["replica-3"] for _, w in run.reloads]
     assert weights[-1] <= 30
     assert weights == sorted(weights, reverse=True), weights
-    # The reload budget holds: never two weight reloads within the interval.
-    times = [at for at, _ in run.reloads]
-    assert all(b - a >= SETTINGS.min_reload_interval_s
-               for a, b in zip(times, times[1:], strict=False))
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_noise_on_equal_replicas_makes_no_reload(seed: int) -> None:
-    rng = random.Random(seed)
-
-    def pace(name: str, t: float) -> float:
-        # Batches of 20 to 32 sequences: the step time varies by about 15 %.
-        return BASE_PACE * rng.uniform(0.87, 1.13)
-
-    run = simulate(pace, 300)
-    assert len(run.reloads) == 1, run.reloads
-
-
-@pytest.mark.parametrize(("ratio", "zone"), [(1.0, "even"), (1.24, "even"), (1.3, "slow"),
-                                             (0.79, "fast"), (0.81, "even")])
-def test_zones_split_at_the_deadband(ratio: float, zone: str) -> None:
-    assert zone_of(ratio, 1.25) == zone
+@pytest.mark.parametrize(("seed", "jitter", "correlation"),
+                         [(1, 0.1, 0.0), (2, 0.1, 0.0), (1, 0.1, 0.7), (2, 0.2, 0.8)],
+                         ids=["iid-1", "iid-2", "ar-0.7", "ar-0.8"])
+def test_noise_on_an_equal_fleet_makes_at_most_the_budgeted_moves_in_an_hour(
+        seed: int, jitter: float, correlation: float) -> None:
+    """The budget is one false move an hour; a move and its return are two
+    reloads, so at most three reloads past the first configuration."""
+    run = simulate(equal_fleet(seed, jitter, correlation), 3600)
+    assert len(run.reloads) - 1 <= 2 * SETTINGS.pace.false_moves_per_hour, run.reloads
 
 
-def test_ratios_need_two_readings_and_use_the_median() -> None:
-    assert round_ratios({"a": 0.03}) == {}
-    assert round_ratios({"a": 0.03, "b": 0.03, "c": 0.09}) == {"a": 1.0, "b": 1.0, "c": 3.0}
+def test_the_threshold_meets_the_false_alarm_budget_and_buys_a_delay() -> None:
+    for k in (0.5, 1.0, 3.0):
+        h = threshold(k, 14_400)
+        assert run_length(0.0, k, h) >= 2 * 14_400
+        assert run_length(0.0, k, h * 0.95) < 2 * 14_400
+    k, h = 1.0, threshold(1.0, 14_400)
+    assert detection_rounds(4.0, k, h, 3) < detection_rounds(2.0, k, h, 3)
+    assert detection_rounds(20.0, k, h, 3) == 3  # never fewer than min_rounds
+    # A tighter budget costs delay.
+    plan_loose = plan_test(PaceSpec(false_moves_per_hour=10), 0.05, 4)
+    plan_tight = plan_test(PaceSpec(false_moves_per_hour=0.1), 0.05, 4)
+    assert plan_tight.h > plan_loose.h
+    assert plan_tight.delay_rounds(1.5, 3) >= plan_loose.delay_rounds(1.5, 3)
+
+
+def test_a_move_names_its_statistic_samples_and_threshold() -> None:
+    tracker = PaceTracker(SETTINGS.pace)
+    for t in range(40):
+        signals = tracker.fold({n: step(12, slower=3.0 if n == "c" and t >= 30 else 1.0)
+                                for n in ("a", "b", "c")}, float(t))
+        if signals["c"].just_moved:
+            break
+    moved = signals["c"]
+    assert moved.ratio == pytest.approx(3.0, rel=0.05) and moved.zone == "slow"
+    assert moved.moved_on_rounds >= SETTINGS.pace.min_rounds
+    assert "moved now: CUSUM reached h" in moved.evidence()
+    assert f"on {moved.moved_on_rounds} rounds" in moved.evidence()
 
 
 def test_stale_pace_is_no_data_and_the_weight_holds() -> None:
     tracker = PaceTracker(SETTINGS.pace)
-    for t in range(5):
-        signals = tracker.fold({"a": 0.03, "b": 0.09}, float(t))
-    fresh = decide(Snapshot(now=4.0, replicas=("a", "b"), pace=signals), None, SETTINGS)
+    for t in range(40):
+        signals = tracker.fold({"a": step(12), "b": step(12, slower=3.0 if t >= 30 else 1.0)},
+                               float(t))
+    fresh = decide(Snapshot(now=39.0, replicas=("a", "b"), pace=signals, pacing=True), None,
+                   SETTINGS)
     assert fresh.replicas["b"].weight < 50
-    stale = decide(Snapshot(now=4.0 + SETTINGS.pace.max_age_s + 1, replicas=("a", "b"),
-                            pace=signals), fresh, SETTINGS)
-    assert stale.replicas["b"].reason == "holding: no fresh signals"
+    stale = decide(Snapshot(now=39.0 + SETTINGS.pace.max_age_s + 1, replicas=("a", "b"),
+                            pace=signals, pacing=True), fresh, SETTINGS)
+    assert stale.replicas["b"].reason == "holding: no fresh pace reading"
     assert stale.replicas["b"].weight == fresh.replicas["b"].weight
+
+
+def test_with_pace_on_the_p99s_move_no_weight() -> None:
+    signals = {n: ReplicaSignals(ttft_p99=Sample(0.1, 1.0), e2e_p99=Sample(1.0, 1.0))
+               for n in NAMES} | {"replica-3": ReplicaSignals(ttft_p99=Sample(0.5, 1.0),
+                                                              e2e_p99=Sample(5.0, 1.0))}
+    decision = decide(Snapshot(now=1.0, replicas=NAMES, signals=signals, pacing=True), None,
+                      SETTINGS)
+    assert set(decision.weights().values()) == {50}
 
 
 def _sse(texts: list[str]) -> bytes:
@@ -149,25 +225,61 @@ def _sse(texts: list[str]) -> bytes:
     return ("".join(chunks) + "data: [DONE]\n\n").encode()
 
 
-def test_measure_times_the_gaps_between_tokens() -> None:
+def test_measure_times_the_gaps_between_tokens_and_reads_the_batch() -> None:
     ticks = iter([1.0, 1.1, 1.2, 1.3])
 
     def replica(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/metrics":
+            return httpx.Response(200, text=METRICS)
         body = json.loads(request.content)
         assert body["stream"] and body["ignore_eos"] and body["max_tokens"] == 4
         return httpx.Response(200, content=_sse(["a", "b", "", "c", "d"]))
 
-    async def main() -> float | None:
+    async def main() -> PaceReading | None:
         async with httpx.AsyncClient(transport=httpx.MockTransport(replica)) as client:
             return await measure(client, "http://r", "m", 4, clock=lambda: next(ticks))
 
-    assert asyncio.run(main()) == pytest.approx(0.1)
+    reading = asyncio.run(main())
+    assert reading is not None
+    assert reading.seconds_per_token == pytest.approx(0.1)
+    assert reading.batch == 7.0
+
+
+METRICS = """# HELP vllm:num_requests_running Number of requests in model execution batches.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="m"} 5.0
+vllm:num_requests_running{engine="1",model_name="m"} 2.0
+"""
+
+
+@pytest.mark.parametrize(("text", "batch"), [(METRICS, 7.0), ("", None),
+                                             ("# TYPE other gauge\nother 3\n", None),
+                                             ("not { metrics", None)])
+def test_the_batch_is_vllms_running_gauge_or_nothing(text: str, batch: float | None) -> None:
+    assert running_sequences(text) == batch
+
+
+def test_a_replica_without_vllm_metrics_is_timed_at_the_fleets_batch() -> None:
+    def replica(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/metrics":
+            return httpx.Response(404)
+        return httpx.Response(200, content=_sse(["a", "b", "c"]))
+
+    async def main() -> PaceReading | None:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(replica)) as client:
+            return await measure(client, "http://r", "m", 3)
+
+    reading = asyncio.run(main())
+    assert reading is not None and reading.batch is None
+    deviations = equal_load_deviations({"a": step(8), "b": step(8),
+                                        "other": PaceReading(step(8).seconds_per_token)}, 0.015)
+    assert deviations["other"] == pytest.approx(0.0)
 
 
 @pytest.mark.parametrize("answer", [httpx.Response(503), httpx.Response(200, content=_sse(["a"])),
                                     httpx.Response(200, content=b"data: {not json\n\n")])
 def test_measure_gives_no_reading_for_a_failed_or_short_probe(answer: httpx.Response) -> None:
-    async def main() -> float | None:
+    async def main() -> PaceReading | None:
         async with httpx.AsyncClient(transport=httpx.MockTransport(lambda _r: answer)) as client:
             return await measure(client, "http://r", "m", 4)
 
@@ -175,27 +287,29 @@ def test_measure_gives_no_reading_for_a_failed_or_short_probe(answer: httpx.Resp
 
 
 def test_an_outlier_held_back_by_pressure_is_urgent_once_the_pressure_drops() -> None:
-    """Strong pace evidence of a 3x slower replica while the fleet is busy
-    keeps its proportional weight; when the pressure falls the outlier rule
-    applies at once, past the reload interval, not ten seconds later."""
-    settings = ControllerSpec(smoothing=1.0, slow_start_s=0.0)
+    """A 3x slower replica found while the fleet is busy keeps its
+    proportional weight; when the pressure falls the outlier rule applies at
+    once, past the reload interval, not ten seconds later."""
+    settings = ControllerSpec(slow_start_s=0.0)
     tracker = PaceTracker(settings.pace)
     names = ("a", "b", "c")
-    for t in range(5):
-        pace = tracker.fold({"a": 0.03, "b": 0.03, "c": 0.09}, float(t))
+    for t in range(40):
+        pace = tracker.fold({n: step(12, slower=3.0 if n == "c" and t >= 30 else 1.0)
+                             for n in names}, float(t))
+    now = 39.0
 
     def snapshot(now: float, waiting: float) -> Snapshot:
         signals = {n: ReplicaSignals(waiting=Sample(waiting, 0.0), running=Sample(10.0, 0.0),
                                      kv_usage=Sample(0.1, 0.0)) for n in names}
-        return Snapshot(now=now, replicas=names, pace=pace, signals=signals)
+        return Snapshot(now=now, replicas=names, pace=pace, signals=signals, pacing=True)
 
-    busy = decide(snapshot(4.0, waiting=10.0), None, settings)
+    busy = decide(snapshot(now, waiting=10.0), None, settings)
     assert not busy.replicas["c"].outlier and busy.replicas["c"].weight == 17
-    calm = decide(snapshot(5.0, waiting=0.0), busy, settings)
+    calm = decide(snapshot(now + 0.5, waiting=0.0), busy, settings)
     assert calm.replicas["c"].outlier and calm.replicas["c"].urgent
     assert calm.replicas["c"].weight == 1
-    apply, why = should_apply(busy, calm, last_weight_reload_at=4.5, settings=settings)
+    apply, why = should_apply(busy, calm, last_weight_reload_at=now, settings=settings)
     assert apply and why.startswith("strong pace evidence: c 17->1")
     # The next decision, still an outlier, is not news.
-    later = decide(snapshot(6.0, waiting=0.0), calm, settings)
+    later = decide(snapshot(now + 1, waiting=0.0), calm, settings)
     assert later.replicas["c"].outlier and not later.replicas["c"].urgent

@@ -83,10 +83,13 @@ def test_all_replicas_slow_together_changes_nothing() -> None:
     assert set(decide(snap(signals), None, SETTINGS).weights().values()) == {50}
 
 
-def test_pressure_moves_weight_towards_emptier_replicas() -> None:
+def test_pressure_never_moves_a_weight() -> None:
+    # A full KV cache and a queue are load: least_conn balances it, and a
+    # weight that followed it would fight least_conn.
     signals = {r: fast() for r in R} | {"replica-1": fast(kv=0.9, waiting=8, running=4)}
-    weights = decide(snap(signals), None, SETTINGS).weights()
-    assert weights["replica-1"] < weights["replica-0"] == 50
+    decision = decide(snap(signals), None, SETTINGS)
+    assert set(decision.weights().values()) == {50}
+    assert "pressure" not in decision.reasons()["replica-1"]
 
 
 @pytest.mark.parametrize("bad", [
@@ -158,6 +161,22 @@ def test_draining_everything_still_fails_open() -> None:
     assert len(decide(snap(overrides=overrides), None, SETTINGS).down()) == 3
 
 
+def test_fail_open_keeps_the_same_replica_while_it_stays_a_candidate() -> None:
+    """Each evaluation picking a new one was a reload a second (30 in 35 s)."""
+    overrides = {r: Override(drained=True) for r in R}
+    first = decide(snap(overrides=overrides), None, SETTINGS)
+    (kept,) = set(R) - first.down()
+    health = {r: Health(last_success=NOW + 5 if r != kept else NOW - 5) for r in R}
+    for step in range(1, 30):
+        later = decide(snap(overrides=overrides, health=health, now=NOW + step), first,
+                       SETTINGS)
+        assert set(R) - later.down() == {kept}
+        assert should_apply(first, later, NOW, SETTINGS)[0] is False
+    # Undrained, the kept one is an ordinary replica again; the next fail-open picks anew.
+    back = decide(snap(now=NOW + 40), first, SETTINGS)
+    assert back.down() == frozenset() and not any(d.fail_open for d in back.replicas.values())
+
+
 def _decision(at: float, weights: dict[str, int], down: frozenset[str] = frozenset()) -> Decision:
     return Decision(at, {r: ReplicaDecision(w, r in down, float(w), "") for r, w in
                          weights.items()})
@@ -172,12 +191,30 @@ def _decision(at: float, weights: dict[str, int], down: frozenset[str] = frozens
     (_decision(0, {"a": 50, "b": 50}), _decision(5, {"a": 30, "b": 50}), 0, False, "held"),
     (_decision(0, {"a": 50, "b": 50}), _decision(11, {"a": 30, "b": 50}), 0, True,
      "weights moved: a 50->30"),
+    # Symmetric: a move and its reverse pass alike (61 -> 50 once stranded a weight).
+    (_decision(0, {"a": 50, "b": 50}), _decision(11, {"a": 61, "b": 50}), 0, True,
+     "weights moved: a 50->61"),
+    (_decision(0, {"a": 61, "b": 50}), _decision(11, {"a": 50, "b": 50}), 0, True,
+     "weights moved: a 61->50"),
+    (_decision(0, {"a": 50, "b": 50}), _decision(11, {"a": 59, "b": 50}), 0, False,
+     "no weight moved"),
+    (_decision(0, {"a": 59, "b": 50}), _decision(11, {"a": 50, "b": 50}), 0, False,
+     "no weight moved"),
 ])
 def test_hysteresis(applied: Decision | None, desired: Decision, last: float | None,
                     apply: bool, why: str) -> None:
     decision, reason = should_apply(applied, desired, last, ControllerSpec())
     assert decision is apply
     assert why in reason
+
+
+def test_a_small_difference_from_the_target_is_applied_once_it_lasts() -> None:
+    applied = _decision(0, {"a": 61, "b": 50})
+    desired = _decision(100, {"a": 55, "b": 50})
+    settings = ControllerSpec()
+    assert not should_apply(applied, desired, 0, settings, differing_since=50)[0]
+    apply, why = should_apply(applied, desired, 0, settings, differing_since=40)
+    assert apply and why.startswith("weights brought to their targets after 60s apart: a 61->55")
 
 
 def test_weights_and_targets_stay_in_nginx_range_on_every_path() -> None:
