@@ -23,12 +23,8 @@ from typing import Any
 from router.bench import fleets, load, stats
 from router.bench.chat import ChatWorkload, run_conversations
 from router.bench.fleets import Endpoint, Fleet, Progress
-from router.errors import ClusterError, SpecError
 from router.runtime.gateway import signal_reload
 from router.runtime.paths import RuntimePaths
-
-SCENARIOS = ("overhead", "heterogeneous", "homogeneous", "scaling", "reloads", "chat",
-             "chat-hot")
 
 # The replicas of the policy and scaling scenarios: a GPU-like step time
 # (20 ms plus 0.4 ms per sequence in the batch) and 32 sequences at most,
@@ -68,6 +64,8 @@ class Size:
     # Half of the conversations are one tenant's, keyed by tenant: keyed
     # routing alone would send them all to one replica, twice its fair share.
     chat_hot: ChatWorkload = ChatWorkload(conversations=240, hot_share=0.5, key_by="tenant")
+    # Every stability cell (router.bench.stability), or two that prove the machinery.
+    stability_every_cell: bool = True
 
 
 FULL = Size()
@@ -77,7 +75,8 @@ TINY = Size(warmup_s=1.0, measure_s=2.0, calibrate_s=1.5, overhead_rate=10.0, ov
             capacity_rates=(20.0, 40.0), capacity_level_s=1.0, scaling_replicas=(1, 2),
             scaling_s=2.0, output_tokens=(8, 16), reload_clients=16, reload_every_s=0.5,
             reload_warmup_s=0.5, reload_measure_s=2.0, reload_output_tokens=(8, 16),
-            chat=_TINY_CHAT, chat_hot=replace(_TINY_CHAT, hot_share=0.5, key_by="tenant"))
+            chat=_TINY_CHAT, chat_hot=replace(_TINY_CHAT, hot_share=0.5, key_by="tenant"),
+            stability_every_cell=False)
 
 
 @dataclass
@@ -136,7 +135,7 @@ def _run(endpoint: Endpoint, workload: load.Workload, arrivals: load.Arrivals,
                                 sample_weights=sample_weights))
 
 
-def _window(run: load.RunResult, start_s: float, length_s: float) -> dict[str, Any]:
+def window_summary(run: load.RunResult, start_s: float, length_s: float) -> dict[str, Any]:
     """Summary of the requests that started inside [start_s, start_s + length_s)."""
     inside = [r for r in run.records if start_s <= r.start < start_s + length_s]
     return stats.summarize(inside, length_s, stats.Slo(ttft_s=2.0, itl_s=0.1))
@@ -216,7 +215,7 @@ def overhead(ctx: Context) -> ScenarioResult:
                             added["p99"] is not None and added["p99"] < 0.005))
     return ScenarioResult(
         name="overhead", title="What a gateway adds to every request",
-        setup=[f"One simulated replica ({_sim_text(OVERHEAD_SIM)}), reached directly and "
+        setup=[f"One simulated replica ({sim_text(OVERHEAD_SIM)}), reached directly and "
                "through each gateway.",
                f"Latency: streamed chat requests, 16 prompt words, 16 output tokens, Poisson "
                f"arrivals at {size.overhead_rate:g} requests/s, {size.overhead_s:g} s per "
@@ -299,7 +298,7 @@ POLICIES = (
 CONTENDERS = tuple(p.key for p in POLICIES)
 
 
-def _sim_text(sim: dict[str, Any]) -> str:
+def sim_text(sim: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in sim.items())
 
 
@@ -356,7 +355,7 @@ def policies(ctx: Context, heterogeneous: bool) -> ScenarioResult:
                              f"(first {size.warmup_s:g}s warm-up)")
                 run = _run(endpoint, workload, load.Arrivals("poisson", rate=rate), total,
                            sample_weights=policy.router_policy is None)
-            summary = _window(run, size.warmup_s, size.measure_s)
+            summary = window_summary(run, size.warmup_s, size.measure_s)
             row = Row(policy.label, summary=summary, run=run, measured_from_s=size.warmup_s)
             if policy.controller:
                 row.extra["weight_changes"] = weight_changes(run.weights, size.warmup_s)
@@ -368,7 +367,7 @@ def policies(ctx: Context, heterogeneous: bool) -> ScenarioResult:
         name=name,
         title=("One replica at a third of the speed" if heterogeneous
                else "Four equal replicas"),
-        setup=[f"4 simulated replicas ({_sim_text(POLICY_SIM)})"
+        setup=[f"4 simulated replicas ({sim_text(POLICY_SIM)})"
                + (f"; replica-3 runs at speed {SLOW_SPEED:g}" if heterogeneous else "") + ".",
                f"Capacity measured first: each replica driven directly with "
                f"{POLICY_SIM['max_num_seqs']} concurrent clients for {size.calibrate_s:g} s, "
@@ -545,7 +544,7 @@ def chat(ctx: Context, hot: bool = False) -> ScenarioResult:
         name=name,
         title=("A hot tenant: half of all conversations share one key" if hot
                else "Multi-turn conversations with long shared system prompts"),
-        setup=[f"4 simulated replicas ({_sim_text(CHAT_SIM)}), each with vLLM's prefix cache "
+        setup=[f"4 simulated replicas ({sim_text(CHAT_SIM)}), each with vLLM's prefix cache "
                "(blocks of 16 tokens, least recently used evicted): it holds about "
                f"{CHAT_SIM['kv_capacity_tokens'] // (w.system_tokens + 1000)} of these "
                "conversations, not all of them.",
@@ -657,7 +656,7 @@ def scaling(ctx: Context) -> ScenarioResult:
     worst = min((r for r in rows[1:]), key=lambda r: r.extra["ratio"])
     return ScenarioResult(
         name="scaling", title="Throughput against N x one replica",
-        setup=[f"Simulated replicas ({_sim_text(POLICY_SIM)}), llm-fleet's default spec "
+        setup=[f"Simulated replicas ({sim_text(POLICY_SIM)}), llm-fleet's default spec "
                "(adaptive controller on).",
                f"Closed loop of {per_replica_clients} clients per replica (the batch of "
                f"{seqs} plus half again, so every replica stays full), non-streamed chat, "
@@ -767,7 +766,7 @@ def reloads(ctx: Context) -> ScenarioResult:
             reloaded: list[float] = []
             run = asyncio.run(_streams(fleet, workload, size.reload_clients, total, every,
                                        samples, reloaded))
-        summary = _window(run, size.reload_warmup_s, size.reload_measure_s)
+        summary = window_summary(run, size.reload_warmup_s, size.reload_measure_s)
         row = Row(label, summary=summary, run=run, measured_from_s=size.reload_warmup_s)
         row.extra.update(imbalance=imbalance(samples, size.reload_warmup_s),
                          reloads=len(reloaded), running_samples=samples)
@@ -783,7 +782,7 @@ def reloads(ctx: Context) -> ScenarioResult:
            for m in ("ttft_s", "e2e_s")}
     result = ScenarioResult(
         name="reloads", title="What a reload every few seconds does to least_conn",
-        setup=[f"4 simulated replicas ({_sim_text(RELOAD_SIM)}): a batch large enough that "
+        setup=[f"4 simulated replicas ({sim_text(RELOAD_SIM)}): a batch large enough that "
                "nothing queues, so each replica's running count is where the gateway sent "
                "streams. Static least_conn; the controller is off in both runs, so the only "
                "difference is the reloads.",
@@ -824,30 +823,3 @@ def _fmt_ms(value: float | None) -> str:
 
 def _fmt_s(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f} s"
-
-
-def run_scenario(name: str, work_dir: Path, tiny: bool, progress: Progress,
-                 seed: int = 0, warmup_s: float | None = None, measure_s: float | None = None,
-                 contenders: tuple[str, ...] = ()) -> ScenarioResult:
-    if name not in SCENARIOS:
-        raise SpecError(f"no scenario named {name!r}",
-                        hint="scenarios are: " + ", ".join(SCENARIOS))
-    size = TINY if tiny else FULL
-    if warmup_s is not None:
-        size = replace(size, warmup_s=warmup_s)
-    if measure_s is not None:
-        size = replace(size, measure_s=measure_s)
-    ctx = Context(work_dir=work_dir, size=size, progress=progress, seed=seed,
-                  contenders=contenders)
-    try:
-        if name == "overhead":
-            return overhead(ctx)
-        if name == "scaling":
-            return scaling(ctx)
-        if name == "reloads":
-            return reloads(ctx)
-        if name in ("chat", "chat-hot"):
-            return chat(ctx, hot=name == "chat-hot")
-        return policies(ctx, heterogeneous=name == "heterogeneous")
-    except ClusterError as exc:
-        raise ClusterError(f"scenario {name}: {exc.message}", hint=exc.hint) from exc

@@ -71,11 +71,11 @@ def cmd_bench_scenario(args: argparse.Namespace) -> int:
     import shutil
     import tempfile
 
-    from router.bench import load, scenario, scenario_report
+    from router.bench import load, scenario, scenario_report, scenarios
 
-    if args.scenario not in scenario.SCENARIOS:
+    if args.scenario not in scenarios.SCENARIOS:
         raise SpecError(f"no scenario named {args.scenario!r}",
-                        hint="scenarios are: " + ", ".join(scenario.SCENARIOS))
+                        hint="scenarios are: " + ", ".join(scenarios.SCENARIOS))
     contenders = tuple(c for c in (args.contenders or "").split(",") if c)
     known = {"chat": scenario.CHAT_CONTENDERS,
              "chat-hot": scenario.CHAT_HOT_CONTENDERS}.get(args.scenario, scenario.CONTENDERS)
@@ -89,7 +89,7 @@ def cmd_bench_scenario(args: argparse.Namespace) -> int:
     out = args.out or REPO_ROOT / "docs" / "benchmarks" / args.scenario
     work = Path(tempfile.mkdtemp(prefix=f"fleet-{args.scenario}-"))
     try:
-        result = scenario.run_scenario(args.scenario, work, args.tiny, progress, args.seed,
+        result = scenarios.run_scenario(args.scenario, work, args.tiny, progress, args.seed,
                                        warmup_s=args.warmup, measure_s=args.measure,
                                        contenders=contenders)
     finally:

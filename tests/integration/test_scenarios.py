@@ -82,6 +82,19 @@ def test_policy_scenarios(tmp_path: Path, name: str) -> None:
         assert "replica-3 runs at speed 0.33" in (tmp_path / "README.md").read_text()
 
 
+def test_stability(tmp_path: Path) -> None:
+    result = _scenario("stability", tmp_path)
+    labels = [r["label"] for r in result["rows"]]
+    assert labels == ["30% load, closed, uniform prompts", "120% load, poisson, mixed prompts",
+                      "replica-3 slowed to a third"]
+    for row in result["rows"]:
+        _check_row(row)
+        assert isinstance(row["extra"]["weight_changes"], int)
+    assert set(result["rows"][-1]["extra"]) >= {"halved_after_s", "back_after_s"}
+    assert len(result["targets"]) == 4
+    assert (tmp_path / "timeline.png").exists()
+
+
 def test_reloads(tmp_path: Path) -> None:
     result = _scenario("reloads", tmp_path)
     quiet, reloading = result["rows"]

@@ -1,0 +1,189 @@
+"""`fleet bench scenario stability`: does the controller hold still on an equal fleet?
+
+Four equal simulated replicas, the adaptive controller on, and load at a
+share of their measured capacity: closed loop and Poisson arrivals, uniform
+and mixed prompts. On an equal fleet every applied weight change is a false
+move, so each cell counts them, with the weights' range. Then the same
+fleet with one replica slowed to a third for a while, under steady load:
+how long until its weight is halved, and until it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from router.bench import load
+from router.bench.fleets import Fleet
+from router.bench.scenario import (
+    POLICY_SIM,
+    Context,
+    Row,
+    ScenarioResult,
+    calibrate,
+    sim_text,
+    weight_changes,
+    window_summary,
+)
+
+# Shares of the fleet's measured capacity.
+LOADS = (0.3, 0.8, 1.2)
+ARRIVALS = ("closed", "poisson")
+MIXES: dict[str, tuple[load.Range, load.Range]] = {
+    # (prompt words, output tokens)
+    "uniform": ((32, 64), (64, 128)),
+    "mixed": ((10, 1500), (8, 256)),
+}
+SLOWED = "replica-3"
+SLOW_FACTOR = 0.33
+# The drill's load: steady, and the controller's own targets.
+DRILL_LOAD = 0.8
+HALVED_WEIGHT, BACK_WEIGHT = 25, 40
+CHANGES_PER_10_MIN = 1
+
+
+@dataclass(frozen=True)
+class Cell:
+    load_share: float
+    arrivals: str
+    mix: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.load_share:.0%} load, {self.arrivals}, {self.mix} prompts"
+
+
+def cells(every: bool) -> list[Cell]:
+    if not every:
+        return [Cell(0.3, "closed", "uniform"), Cell(1.2, "poisson", "mixed")]
+    return [Cell(share, arrivals, mix) for share in LOADS for arrivals in ARRIVALS
+            for mix in MIXES]
+
+
+def _arrivals(cell: Cell, capacity: float) -> load.Arrivals:
+    if cell.arrivals == "poisson":
+        return load.Arrivals("poisson", rate=round(cell.load_share * capacity, 2))
+    # A closed loop holds its clients in flight: a share of the fleet's batch slots.
+    slots = int(POLICY_SIM["max_num_seqs"]) * 4
+    return load.Arrivals("closed", concurrency=max(1, round(cell.load_share * slots)))
+
+
+def weights_range(samples: list[dict[str, Any]]) -> tuple[int, int] | None:
+    seen = [w for s in samples for w in s["weights"].values() if w is not None]
+    return (min(seen), max(seen)) if seen else None
+
+
+def first_sample(samples: list[dict[str, Any]], after_s: float, test: Any) -> float | None:
+    """Seconds from ``after_s`` to the first sample whose slowed replica's weight passes."""
+    for sample in samples:
+        weight = sample["weights"].get(SLOWED)
+        if sample["t"] >= after_s and weight is not None and test(weight):
+            return float(sample["t"]) - after_s
+    return None
+
+
+async def _slow_drill(fleet: Fleet, workload: load.Workload, rate: float,
+                      slow_at: float, clear_at: float, total: float) -> load.RunResult:
+    url = fleet.replica_urls[int(SLOWED.rsplit("-", 1)[1])]
+
+    async def faults() -> None:
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            await asyncio.sleep(slow_at)
+            (await client.post(f"{url}/sim/faults", json={"slow": SLOW_FACTOR})
+             ).raise_for_status()
+            await asyncio.sleep(clear_at - slow_at)
+            (await client.post(f"{url}/sim/faults", json={"clear": True})).raise_for_status()
+
+    fault_task = asyncio.create_task(faults())
+    try:
+        return await load.run(fleet.gateway_url, workload, load.Arrivals("poisson", rate=rate),
+                              total, sample_weights=True)
+    finally:
+        await fault_task
+
+
+def stability(ctx: Context) -> ScenarioResult:
+    size = ctx.size
+    every = size.stability_every_cell
+    cell_s = size.measure_s
+    rows: list[Row] = []
+    result = ScenarioResult(name="stability", title="Weights that hold still on an equal fleet",
+                            setup=[], rows=rows)
+    sim: dict[str, Any] = {"defaults": POLICY_SIM}
+    with ctx.fleet("stability/adaptive", 4, sim) as fleet:
+        uniform = load.Workload(model="sim-model", prompt_words=MIXES["uniform"][0],
+                                output_tokens=MIXES["uniform"][1], seed=ctx.seed)
+        capacity, per_replica = calibrate(fleet, uniform, size.calibrate_s)
+        ctx.progress(f"stability: capacity {capacity:.1f} req/s")
+        total_changes = 0
+        for cell in cells(every):
+            prompts, outputs = MIXES[cell.mix]
+            workload = load.Workload(model="sim-model", prompt_words=prompts,
+                                     output_tokens=outputs, seed=ctx.seed)
+            arrivals = _arrivals(cell, capacity)
+            ctx.progress(f"stability: {cell.label} for {cell_s:g}s")
+            run = asyncio.run(load.run(fleet.gateway_url, workload, arrivals, cell_s,
+                                       sample_weights=True))
+            changes = weight_changes(run.weights, 0.0)
+            total_changes += changes
+            low_high = weights_range(run.weights)
+            row = Row(cell.label, summary=window_summary(run, 0.0, cell_s), run=run,
+                      extra={"weight_changes": changes, "weights_range": low_high,
+                             "arrivals": arrivals.describe()})
+            rows.append(row)
+            span = "–" if low_high is None else f"{low_high[0]}-{low_high[1]}"
+            result.targets.append((
+                f"{cell.label}: at most {CHANGES_PER_10_MIN} applied weight change per 10 min",
+                f"{changes} in {cell_s:g} s (weights {span})",
+                changes * 600 / cell_s <= CHANGES_PER_10_MIN if changes else True))
+        slow_at, clear_at = (size.warmup_s, size.warmup_s + cell_s)
+        total = clear_at + max(cell_s / 2, 30.0 if every else 2.0)
+        rate = round(DRILL_LOAD * capacity, 2)
+        ctx.progress(f"stability: {SLOWED} at speed {SLOW_FACTOR:g} from {slow_at:g}s to "
+                     f"{clear_at:g}s of {total:g}s, Poisson {rate:g} req/s")
+        drill = asyncio.run(_slow_drill(fleet, uniform, rate, slow_at, clear_at, total))
+    halved = first_sample(drill.weights, slow_at, lambda w: w <= HALVED_WEIGHT)
+    # Back only counts for a weight that went down.
+    back = (first_sample(drill.weights, clear_at, lambda w: w >= BACK_WEIGHT)
+            if halved is not None else None)
+    rows.append(Row(f"{SLOWED} slowed to a third", summary=window_summary(drill, 0.0, total),
+                    run=drill, extra={"weight_changes": weight_changes(drill.weights, 0.0),
+                                      "halved_after_s": halved, "back_after_s": back}))
+    result.timeline_row = len(rows) - 1
+    result.targets += [
+        ("a replica slowed to a third is halved within 5 s", _seconds(halved),
+         halved is not None and halved <= 5.0),
+        ("...and back within 20 s of the fault clearing", _seconds(back),
+         back is not None and back <= 20.0),
+    ]
+    result.setup = [
+        f"4 simulated replicas ({sim_text(POLICY_SIM)}), one fleet for every cell, the "
+        "adaptive controller on with its defaults (pace probes every second, the sequential "
+        "test's budget of one false move an hour), gateway.affinity off.",
+        f"Capacity measured first: each replica driven directly with "
+        f"{POLICY_SIM['max_num_seqs']} concurrent clients for {size.calibrate_s:g} s, all four "
+        f"at once: {', '.join(f'{c:.1f}' for c in per_replica)} requests/s, "
+        f"{capacity:.1f} in all.",
+        "Cells, one after another on the same fleet, "
+        f"{cell_s:g} s each: load at {', '.join(f'{s:.0%}' for s in LOADS)} of capacity "
+        "(Poisson at that share of the request rate; a closed loop of that share of the "
+        f"{int(POLICY_SIM['max_num_seqs']) * 4} batch slots), uniform prompts (32-64 words, "
+        "64-128 tokens out) and mixed ones (10-1,500 words, 8-256 tokens out).",
+        f"Weights sampled from /fleet/status every {load.WEIGHT_SAMPLE_S:g} s; an applied "
+        "change is a sample whose weights differ from the one before.",
+        f"The drill: Poisson at {DRILL_LOAD:.0%} of capacity, uniform prompts; {SLOWED} set "
+        f"to speed {SLOW_FACTOR:g} through the simulator's /sim/faults at {slow_at:g} s and "
+        f"cleared at {clear_at:g} s. Halved: its weight at {HALVED_WEIGHT} or less; back: "
+        f"{BACK_WEIGHT} or more.",
+    ]
+    result.notes.append(
+        f"{total_changes} applied weight change(s) over {len(cells(every))} cells of "
+        f"{cell_s:g} s on the equal fleet.")
+    return result
+
+
+def _seconds(value: float | None) -> str:
+    return "never" if value is None else f"{value:.1f} s"
