@@ -41,12 +41,14 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from router.config.spec import PaceSpec
+from router.controller.capacity import CapacitySignal, CapacityTracker
 from router.controller.changepoint import Cusum, detection_rounds, threshold
 from router.controller.policy import PaceSignal
 
 SLOW, EVEN, FAST = "slow", "even", "fast"
-# vLLM's gauge of the sequences in the running batch.
+# vLLM's gauges of the sequences in the running batch and of those waiting.
 RUNNING_METRIC = "vllm:num_requests_running"
+WAITING_METRIC = "vllm:num_requests_waiting"
 # The noise scale (log seconds per token) is never taken below this: a
 # simulator's exact step times would otherwise make any difference "evidence".
 NOISE_FLOOR = 0.03
@@ -83,6 +85,8 @@ class PaceReading:
     # Sequences the replica ran while the probe ran; None when it exports no
     # vLLM metrics (another engine): it is then compared at the fleet's batch.
     batch: float | None = None
+    # Requests waiting for a batch slot at that moment (None: not exported).
+    waiting: float | None = None
 
 
 def zone_of(level: float) -> str:
@@ -160,6 +164,8 @@ class PaceTracker:
         self._cusums: dict[str, Cusum] = {}
         self._moved: dict[str, tuple[float, int]] = {}
         self._maxlen = rounds
+        # The same rounds' batch readings say how much room each replica has.
+        self.capacity = CapacityTracker(settings.deadband, settings.min_rounds, rounds)
 
     def _deque(self, store: dict[str, deque[float]], name: str) -> deque[float]:
         return store.setdefault(name, deque(maxlen=self._maxlen))
@@ -184,6 +190,7 @@ class PaceTracker:
 
     def fold(self, readings: Mapping[str, PaceReading], now: float) -> dict[str, PaceSignal]:
         """Take one round (replica -> reading); return the new signals."""
+        self.capacity.fold(readings)
         for name, reading in readings.items():
             if reading.batch is not None and reading.seconds_per_token > 0:
                 self._points.setdefault(name, deque(maxlen=self._maxlen)).append(
@@ -224,6 +231,7 @@ class PaceTracker:
         for store in (self.signals, self._points, self._deviations, self._recent,
                       self._levels, self._cusums, self._moved):
             store.pop(name, None)
+        self.capacity.forget(name)
 
 
 def probe_body(model: str, tokens: int) -> dict[str, object]:
@@ -231,24 +239,35 @@ def probe_body(model: str, tokens: int) -> dict[str, object]:
             "max_tokens": tokens, "ignore_eos": True, "stream": True, "temperature": 0.0}
 
 
-def running_sequences(metrics_text: str) -> float | None:
-    """The replica's running batch from its /metrics text (summed over its
-    engines), or None when it exports no such gauge."""
+@dataclass(frozen=True)
+class BatchState:
+    """A replica's running and waiting requests, from its /metrics (summed over engines)."""
+
+    running: float | None
+    waiting: float | None
+
+
+def batch_state(metrics_text: str) -> BatchState:
+    """vLLM's running and waiting gauges; None for each it does not export."""
     try:
         families = list(text_string_to_metric_families(metrics_text))
     except ValueError:
-        return None
-    values = [sample.value for family in families for sample in family.samples
-              if sample.name == RUNNING_METRIC]
-    return sum(values) if values else None
+        return BatchState(None, None)
+
+    def total(name: str) -> float | None:
+        values = [sample.value for family in families for sample in family.samples
+                  if sample.name == name]
+        return sum(values) if values else None
+
+    return BatchState(total(RUNNING_METRIC), total(WAITING_METRIC))
 
 
-async def _batch(client: httpx.AsyncClient, replica_url: str) -> float | None:
+async def _batch(client: httpx.AsyncClient, replica_url: str) -> BatchState:
     try:
         response = await client.get(replica_url + "/metrics")
     except httpx.HTTPError:
-        return None
-    return running_sequences(response.text) if response.status_code == 200 else None
+        return BatchState(None, None)
+    return batch_state(response.text) if response.status_code == 200 else BatchState(None, None)
 
 
 async def measure(client: httpx.AsyncClient, replica_url: str, model: str, tokens: int,
@@ -257,7 +276,7 @@ async def measure(client: httpx.AsyncClient, replica_url: str, model: str, token
     chunks with text) and the batch read once its first token is out, so the
     probe itself is in it. None when it failed or streamed fewer than two."""
     stamps: list[float] = []
-    batch: asyncio.Task[float | None] | None = None
+    batch: asyncio.Task[BatchState] | None = None
     ok = False
     try:
         async with client.stream("POST", replica_url + "/v1/completions",
@@ -282,18 +301,19 @@ async def measure(client: httpx.AsyncClient, replica_url: str, model: str, token
         if batch is not None:
             batch.cancel()
         raise
-    running = await batch if batch is not None else None
+    state = await batch if batch is not None else BatchState(None, None)
     if not ok or len(stamps) < 2:
         return None
     # The median gap: one chunk held up (a scheduler hiccup on a busy host,
     # a prefill joining the batch) moves the mean, not the median.
     gaps = [later - earlier for earlier, later in zip(stamps, stamps[1:], strict=False)]
-    return PaceReading(statistics.median(gaps), running)
+    return PaceReading(statistics.median(gaps), state.running, state.waiting)
 
 
 @dataclass(frozen=True)
 class PaceRound:
     signals: dict[str, PaceSignal]
+    capacity: dict[str, CapacitySignal]
     # Replicas whose probe failed or streamed too little to time.
     failed: tuple[str, ...]
 
@@ -324,4 +344,5 @@ class PaceProber:
         readings = {name: reading for name, reading in zip(names, results, strict=True)
                     if reading is not None}
         return PaceRound(signals=self.tracker.fold(readings, self.clock()),
+                         capacity=dict(self.tracker.capacity.signals),
                          failed=tuple(name for name in names if name not in readings))

@@ -23,7 +23,10 @@ For each replica r, in order (the first rule that applies wins for `down`):
                   even); with the probes off, the P99 ratio
                   max(p99_ttft_r / median(p99_ttft), p99_e2e_r / median(p99_e2e))
                   clamped to [1/max_latency_ratio, max_latency_ratio]
-       raw_r    = BASE_WEIGHT / ratio_r
+       room_r   = its admission limit seen while requests waited over the
+                  others' (router.controller.capacity), at most 1; 1 within
+                  the deadband or before it ever ran out of room
+       raw_r    = BASE_WEIGHT * room_r / ratio_r
        target_r = raw_r (pace); previous_target_r + smoothing * (raw_r -
                   previous_target_r) (P99s, which are noisy)
 
@@ -70,6 +73,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from router.config.spec import ControllerSpec
+from router.controller.capacity import CapacitySignal
 from router.upstream import BASE_WEIGHT, MAX_WEIGHT, MIN_WEIGHT, clamp_weight
 
 # How long an admin's pin lasts when no duration is given.
@@ -191,6 +195,9 @@ class Snapshot:
     # The pace probes run: they alone move weights, and the P99s only feed
     # alerts and dashboards (they read load as slowness).
     pacing: bool = False
+    # Each replica's room against the fleet's, from the same rounds
+    # (router.controller.capacity).
+    capacity: Mapping[str, CapacitySignal] = field(default_factory=dict)
     # Replicas whose process crash-loops, and the supervisor's account of
     # it (router.controller.processes): out whatever a probe says.
     crash_looping: Mapping[str, str] = field(default_factory=dict)
@@ -354,10 +361,14 @@ def decide(snapshot: Snapshot, previous: Decision | None, settings: ControllerSp
         outlier = _outlier(ratios, latency.outlier_needs, median_pressure, settings)
         if outlier:
             terms.append(outlier)
+        room = snapshot.capacity.get(r)
+        room_share = room.ratio if room is not None and snapshot.pacing else 1.0
+        if room_share < 1 and room is not None:
+            terms.append(room.evidence())
         if ratios:
             ratio = min(max(max(ratios), 1 / settings.max_latency_ratio),
                         settings.max_latency_ratio)
-            raw = MIN_WEIGHT if outlier else BASE_WEIGHT / ratio
+            raw = MIN_WEIGHT if outlier else BASE_WEIGHT * room_share / ratio
             # Bounded like the weight, so a target cannot wind up past what
             # nginx can be given and then lag on its way back.
             step = 1.0 if latency.strong else settings.smoothing

@@ -27,6 +27,7 @@ import httpx
 from router.config.plan import WarmupPlan
 from router.config.spec import ControllerSpec
 from router.controller.actuator import ApplyResult
+from router.controller.capacity import CapacitySignal
 from router.controller.metrics import ControllerMetrics
 from router.controller.pace import PaceProber
 from router.controller.policy import (
@@ -145,6 +146,7 @@ class Controller:
         # The pace probes, when on (router.controller.pace), and their signals.
         self.pace = pace
         self.pace_signals: dict[str, PaceSignal] = {}
+        self.capacity_signals: dict[str, CapacitySignal] = {}
         # supervisord's process states, when the cluster runs under it.
         self.processes = processes
         # The gateway hashes keyed requests onto a ring: the load bound applies.
@@ -187,6 +189,7 @@ class Controller:
                         latency_blind=frozenset(n for n, at in self.warmed_at.items()
                                                 if now - at < self.latency_memory_s),
                         pace=dict(self.pace_signals), pacing=self.pace is not None,
+                        capacity=dict(self.capacity_signals),
                         crash_looping=self.processes.crash_looping() if self.processes else {},
                         affinity=self.affinity)
 
@@ -212,6 +215,7 @@ class Controller:
             return None
         round_ = await self.pace.probe(self.pace_targets())
         self.pace_signals = round_.signals
+        self.capacity_signals = round_.capacity
         for name in round_.failed:
             self.metrics.pace_failures.labels(replica=name).inc()
         return await self.evaluate("pace")
@@ -439,6 +443,9 @@ class Controller:
                     "moved_on_rounds": pace.moved_on_rounds,
                     "seconds_per_token": pace.seconds_per_token, "batch": pace.batch,
                     "age_s": max(0.0, now - pace.at)},
+                "capacity": None if (room := self.capacity_signals.get(member.name)) is None
+                else {"limit": room.limit, "peak": room.peak, "fleet": room.fleet,
+                      "ratio": room.ratio},
                 "override": {"drained": override.drained,
                              "pinned_weight": override.pinned_weight
                              if override.pin_active(now) else None,

@@ -24,10 +24,10 @@ from router.controller.changepoint import detection_rounds, run_length, threshol
 from router.controller.pace import (
     PaceReading,
     PaceTracker,
+    batch_state,
     equal_load_deviations,
     measure,
     plan_test,
-    running_sequences,
     within_slope,
 )
 from router.controller.policy import (
@@ -250,13 +250,19 @@ METRICS = """# HELP vllm:num_requests_running Number of requests in model execut
 vllm:num_requests_running{engine="0",model_name="m"} 5.0
 vllm:num_requests_running{engine="1",model_name="m"} 2.0
 """
+WAITING = """# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{engine="0",model_name="m"} 3.0
+"""
 
 
-@pytest.mark.parametrize(("text", "batch"), [(METRICS, 7.0), ("", None),
-                                             ("# TYPE other gauge\nother 3\n", None),
-                                             ("not { metrics", None)])
-def test_the_batch_is_vllms_running_gauge_or_nothing(text: str, batch: float | None) -> None:
-    assert running_sequences(text) == batch
+@pytest.mark.parametrize(("text", "running", "waiting"), [
+    (METRICS, 7.0, None), (METRICS + WAITING, 7.0, 3.0), ("", None, None),
+    ("# TYPE other gauge\nother 3\n", None, None), ("not { metrics", None, None)])
+def test_the_batch_is_vllms_running_and_waiting_gauges_or_nothing(
+        text: str, running: float | None, waiting: float | None) -> None:
+    state = batch_state(text)
+    assert (state.running, state.waiting) == (running, waiting)
+
 
 
 def test_a_replica_without_vllm_metrics_is_timed_at_the_fleets_batch() -> None:
