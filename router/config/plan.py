@@ -9,7 +9,7 @@ unit-tested without a GPU.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from router.config.spec import (
     CPU_AUTO_REPLICAS_MAX,
@@ -227,6 +227,15 @@ def build_plan(spec: ClusterSpec, settings: EngineSettings, inventory: Inventory
                 hint="move ports.replica_base or that port so the ranges do not overlap",
             )
 
+    if spec.vllm.replicas and settings.engine not in ("cpu", "gpu"):
+        raise SpecError(f"vllm.replicas sets vLLM replicas, but this fleet's engine is "
+                        f"{settings.engine}",
+                        hint="a simulated fleet's replicas differ through sim.replicas; "
+                             "remove vllm.replicas")
+    if len(spec.vllm.replicas) > count:
+        raise SpecError(f"vllm.replicas lists {len(spec.vllm.replicas)} replicas, but the "
+                        f"fleet has {count}",
+                        hint=f"list at most {count} (replica-0 first), or raise replicas")
     common_env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                   "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
     replicas = []
@@ -242,11 +251,16 @@ def build_plan(spec: ClusterSpec, settings: EngineSettings, inventory: Inventory
                                         device=f"sim:speed={sim.speed * sim.faults.slow:g}",
                                         argv=argv, env=env))
             continue
+        own = spec.vllm.for_replica(i)
+        mine = replace(settings, max_num_seqs=own.max_num_seqs or settings.max_num_seqs,
+                       max_model_len=own.max_model_len or settings.max_model_len)
+        extra_args = spec.vllm.extra_args + own.extra_args
         if settings.engine == "gpu":
             per_gpu = spec.gpu.replicas_per_gpu
             gpu = inventory.gpus[i // per_gpu]
-            argv = vllm_argv(python, settings, model_path, port, spec.vllm.extra_args,
-                             memory_utilization=memory_share(settings, per_gpu))
+            argv = vllm_argv(python, mine, model_path, port, extra_args,
+                             memory_utilization=own.gpu_memory_utilization
+                             or memory_share(settings, per_gpu))
             env.update(CUDA_VISIBLE_DEVICES=gpu.uuid, CUDA_DEVICE_ORDER="PCI_BUS_ID")
             replicas.append(ReplicaPlan(
                 name=f"replica-{i}", index=i, port=port, device=gpu.uuid, argv=argv, env=env,
@@ -254,13 +268,15 @@ def build_plan(spec: ClusterSpec, settings: EngineSettings, inventory: Inventory
                 shares_gpu=sum(1 for j in range(count) if j // per_gpu == i // per_gpu) > 1,
             ))
             continue
-        argv = vllm_argv(python, settings, model_path, port, spec.vllm.extra_args)
+        argv = vllm_argv(python, mine, model_path, port, extra_args,
+                         memory_utilization=own.gpu_memory_utilization)
         # One core per replica, the CPU twin of one GPU per replica:
         # unpinned replicas fight over every core and serve less together.
         core = inventory.cpu_cores[i % len(inventory.cpu_cores)]
         env.update(
             VLLM_CPU_OMP_THREADS_BIND=str(core),
-            VLLM_CPU_KVCACHE_SPACE=str(spec.vllm.cpu_kvcache_space_gib),
+            VLLM_CPU_KVCACHE_SPACE=str(own.cpu_kvcache_space_gib
+                                       or spec.vllm.cpu_kvcache_space_gib),
             CUDA_VISIBLE_DEVICES="",
         )
         replicas.append(ReplicaPlan(

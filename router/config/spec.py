@@ -234,6 +234,46 @@ class ModelSpec(_Model):
         return value
 
 
+_MANAGED_VLLM_FLAGS = frozenset({
+    "--host", "--port", "--model", "--served-model-name", "--max-num-seqs",
+    "--max-model-len", "--gpu-memory-utilization", "--load-format", "--runner",
+})
+
+
+def _check_extra_args(value: tuple[str, ...]) -> tuple[str, ...]:
+    for arg in value:
+        flag = arg.split("=", 1)[0]
+        if flag in _MANAGED_VLLM_FLAGS:
+            raise ValueError(
+                f"{flag} is set by llm-fleet; use the matching key of the spec instead"
+            )
+    if "--quantization" in {a.split("=", 1)[0] for a in value}:
+        raise ValueError(
+            "--quantization forces a kernel; leave it out so vLLM picks awq_marlin "
+            "from the checkpoint"
+        )
+    return value
+
+
+class VllmReplicaSpec(_Model):
+    """One replica's own vLLM settings over the fleet's (``vllm.replicas[i]``):
+    a heterogeneous fleet on purpose, on one GPU too."""
+
+    max_num_seqs: int | None = Field(default=None, ge=1)
+    max_model_len: int | None = Field(default=None, ge=16)
+    # This replica's own share of its GPU's memory, as given (not split by
+    # gpu.replicas_per_gpu as the fleet's value is).
+    gpu_memory_utilization: float | None = Field(default=None, gt=0.0, le=1.0)
+    # Appended to vllm.extra_args for this replica, e.g. [--enforce-eager].
+    extra_args: tuple[str, ...] = ()
+    cpu_kvcache_space_gib: int | None = Field(default=None, ge=1)
+
+    @field_validator("extra_args")
+    @classmethod
+    def _no_managed_flags(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return _check_extra_args(value)
+
+
 class VllmSpec(_Model):
     """Arguments every replica's vLLM gets; unset means the engine's default."""
 
@@ -243,26 +283,17 @@ class VllmSpec(_Model):
     extra_args: tuple[str, ...] = ()
     # KV cache per CPU replica, GiB (VLLM_CPU_KVCACHE_SPACE).
     cpu_kvcache_space_gib: int = Field(default=1, ge=1)
+    # replicas[i] overrides the settings above for replica i, e.g.
+    # [{}, {max_num_seqs: 16, extra_args: [--enforce-eager]}].
+    replicas: tuple[VllmReplicaSpec, ...] = ()
 
     @field_validator("extra_args")
     @classmethod
     def _no_managed_flags(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        managed = {
-            "--host", "--port", "--model", "--served-model-name", "--max-num-seqs",
-            "--max-model-len", "--gpu-memory-utilization", "--load-format", "--runner",
-        }
-        for arg in value:
-            flag = arg.split("=", 1)[0]
-            if flag in managed:
-                raise ValueError(
-                    f"{flag} is set by llm-fleet; use the matching key of the spec instead"
-                )
-        if "--quantization" in {a.split("=", 1)[0] for a in value}:
-            raise ValueError(
-                "--quantization forces a kernel; leave it out so vLLM picks awq_marlin "
-                "from the checkpoint"
-            )
-        return value
+        return _check_extra_args(value)
+
+    def for_replica(self, index: int) -> VllmReplicaSpec:
+        return self.replicas[index] if index < len(self.replicas) else VllmReplicaSpec()
 
 
 class GpuSpec(_Model):

@@ -54,8 +54,9 @@ class ControllerMetrics:
                                     "How long the replica's last warm-up burst took, in "
                                     "seconds.", ["replica"], registry=reg)
         self.pace_ratio = Gauge("fleet_controller_pace_ratio",
-                                "The replica's seconds per output token over the fleet's "
-                                "median, median of the last pace rounds (1 = even).",
+                                "The pace test's verdict: the replica's seconds per output "
+                                "token at equal batch over the fleet's, as last moved by an "
+                                "alarm of the test (1 = even).",
                                 ["replica"], registry=reg)
         self.pace_seconds = Gauge("fleet_controller_pace_seconds_per_token",
                                   "Seconds per output token of the replica's latest pace "

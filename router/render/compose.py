@@ -95,6 +95,10 @@ def render_compose(spec: ClusterSpec, gpus: int, out_dir: Path) -> RenderedCompo
                         "deployment runs one replica container per GPU",
                         hint="set gpu.replicas_per_gpu: 1 for compose, or run the box with "
                              "`fleet up`")
+    if spec.vllm.replicas:
+        raise SpecError("vllm.replicas: the compose deployment gives every replica container "
+                        "the same vLLM arguments",
+                        hint="remove vllm.replicas for compose, or run the box with `fleet up`")
     gateway_ip, replicas = addresses(spec, gpus)
     settings = resolve_engine_settings(spec, "gpu")
     # The model id, not a local path: vLLM finds it in the mounted HF cache.

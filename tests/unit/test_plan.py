@@ -76,6 +76,35 @@ def test_argv_carries_settings_and_extra_args() -> None:
     assert argv[-2:] == ("--seed", "3")
 
 
+def test_a_replica_may_have_its_own_vllm_settings() -> None:
+    plan = _plan({"replicas": 2, "gpu": {"replicas_per_gpu": 2},
+                  "vllm": {"extra_args": ["--seed", "3"], "replicas": [
+                      {}, {"max_num_seqs": 16, "gpu_memory_utilization": 0.3,
+                           "extra_args": ["--enforce-eager"]}]}}, gpu_inventory(1))
+    first, second = (r.argv for r in plan.replicas)
+    assert first[first.index("--max-num-seqs") + 1] == "64"
+    assert first[first.index("--gpu-memory-utilization") + 1] == "0.45"
+    assert "--enforce-eager" not in first and first[-2:] == ("--seed", "3")
+    assert second[second.index("--max-num-seqs") + 1] == "16"
+    assert second[second.index("--gpu-memory-utilization") + 1] == "0.3"
+    assert second[-3:] == ("--seed", "3", "--enforce-eager")
+    cpu = _plan({"replicas": 2, "vllm": {"replicas": [{"cpu_kvcache_space_gib": 2}]}},
+                cpu_inventory())
+    assert [r.env["VLLM_CPU_KVCACHE_SPACE"] for r in cpu.replicas] == ["2", "1"]
+
+
+@pytest.mark.parametrize(("data", "words"), [
+    ({"replicas": 1, "vllm": {"replicas": [{}, {"max_num_seqs": 8}]}},
+     "vllm.replicas lists 2 replicas, but the fleet has 1"),
+    ({"engine": "sim", "vllm": {"replicas": [{"max_num_seqs": 8}]}},
+     "this fleet's engine is sim"),
+])
+def test_per_replica_vllm_settings_that_cannot_apply_are_refused(data: dict, words: str) -> None:
+    with pytest.raises(SpecError, match=words) as caught:
+        _plan(data, cpu_inventory())
+    assert caught.value.hint
+
+
 def test_a_pooling_model_runs_vllms_pooling_runner_and_warms_with_embeddings() -> None:
     plan = _plan({"model": {"runner": "pooling"}, "controller": {"warmup": {"enabled": True}}},
                  cpu_inventory())

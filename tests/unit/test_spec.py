@@ -96,6 +96,13 @@ def test_all_commented_section_means_defaults() -> None:
         ({"limits": {"concurrent": 0}}, "limits.concurrent", "1"),
         ({"console": {"grafana_url": "grafana:3000"}}, "console.grafana_url", "http(s) URL"),
         ({"sim": {"defaults": {"profile": ["h200"]}}}, "sim.defaults", "profiles are"),
+        ({"vllm": {"replicas": [{}, {"max_num_sequences": 8}]}},
+         "vllm.replicas[1].max_num_sequences", "unknown key"),
+        ({"vllm": {"replicas": [{"max_num_seqs": 0}]}}, "vllm.replicas[0].max_num_seqs", "1"),
+        ({"vllm": {"replicas": [{"extra_args": ["--port", "9"]}]}},
+         "vllm.replicas[0].extra_args", "set by llm-fleet"),
+        ({"controller": {"pace": {"false_moves_per_hour": 0}}},
+         "controller.pace.false_moves_per_hour", "0"),
     ],
 )
 def test_bad_spec_names_the_key_and_why(data: dict, where: str, words: str) -> None:
