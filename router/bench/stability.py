@@ -43,6 +43,12 @@ SLOW_FACTOR = 0.33
 DRILL_LOAD = 0.8
 HALVED_WEIGHT, BACK_WEIGHT = 25, 40
 CHANGES_PER_10_MIN = 1
+# The capacity cells: replica-3 with half the batch slots of the others.
+SMALL = "replica-3"
+SMALL_SEQS = int(POLICY_SIM["max_num_seqs"]) // 2
+CAPACITY_LOAD = 0.8
+CAPACITY_CONTENDERS = (("least_conn, static weights (nginx)", False),
+                       ("llm-fleet adaptive", True))
 
 
 @dataclass(frozen=True)
@@ -145,21 +151,23 @@ def stability(ctx: Context) -> ScenarioResult:
         ctx.progress(f"stability: {SLOWED} at speed {SLOW_FACTOR:g} from {slow_at:g}s to "
                      f"{clear_at:g}s of {total:g}s, Poisson {rate:g} req/s")
         drill = asyncio.run(_slow_drill(fleet, uniform, rate, slow_at, clear_at, total))
+    rows += _capacity_rows(ctx, result)
     halved = first_sample(drill.weights, slow_at, lambda w: w <= HALVED_WEIGHT)
     # Back only counts for a weight that went down.
     back = (first_sample(drill.weights, clear_at, lambda w: w >= BACK_WEIGHT)
             if halved is not None else None)
-    rows.append(Row(f"{SLOWED} slowed to a third", summary=window_summary(drill, 0.0, total),
-                    run=drill, extra={"weight_changes": weight_changes(drill.weights, 0.0),
-                                      "halved_after_s": halved, "back_after_s": back}))
-    result.timeline_row = len(rows) - 1
+    rows.insert(len(rows) - len(CAPACITY_CONTENDERS), Row(
+        f"{SLOWED} slowed to a third", summary=window_summary(drill, 0.0, total), run=drill,
+        extra={"weight_changes": weight_changes(drill.weights, 0.0),
+               "halved_after_s": halved, "back_after_s": back}))
+    result.timeline_row = len(rows) - len(CAPACITY_CONTENDERS) - 1
     result.targets += [
         ("a replica slowed to a third is halved within 5 s", _seconds(halved),
          halved is not None and halved <= 5.0),
         ("...and back within 20 s of the fault clearing", _seconds(back),
          back is not None and back <= 20.0),
     ]
-    result.setup = [
+    result.setup[:0] = [
         f"4 simulated replicas ({sim_text(POLICY_SIM)}), one fleet for every cell, the "
         "adaptive controller on with its defaults (pace probes every second, the sequential "
         "test's budget of one false move an hour), gateway.affinity off.",
@@ -183,6 +191,58 @@ def stability(ctx: Context) -> ScenarioResult:
         f"{total_changes} applied weight change(s) over {len(cells(every))} cells of "
         f"{cell_s:g} s on the equal fleet.")
     return result
+
+
+def _capacity_rows(ctx: Context, result: ScenarioResult) -> list[Row]:
+    """The same load on a fleet whose replica-3 has half the batch slots,
+    with static weights and with the controller: P99 E2E and throughput."""
+    size = ctx.size
+    sim: dict[str, Any] = {"defaults": POLICY_SIM,
+                           "replicas": [{}, {}, {}, {"max_num_seqs": SMALL_SEQS}]}
+    workload = load.Workload(model="sim-model", prompt_words=MIXES["uniform"][0],
+                             output_tokens=MIXES["uniform"][1], seed=ctx.seed)
+    rows: list[Row] = []
+    rate = 0.0
+    for label, controller in CAPACITY_CONTENDERS:
+        folder = "adaptive" if controller else "least_conn"
+        with ctx.fleet(f"stability/half-seqs-{folder}", 4, sim, controller=controller) as fleet:
+            if not rate:
+                capacity, _ = calibrate(fleet, workload, size.calibrate_s)
+                rate = round(CAPACITY_LOAD * capacity, 2)
+            total = size.warmup_s + size.measure_s
+            ctx.progress(f"stability: {SMALL} with {SMALL_SEQS} slots, {label}: Poisson "
+                         f"{rate:g} req/s for {total:g}s (first {size.warmup_s:g}s warm-up)")
+            run = asyncio.run(load.run(fleet.gateway_url, workload,
+                                       load.Arrivals("poisson", rate=rate), total,
+                                       sample_weights=controller))
+        row = Row(f"{SMALL} at {SMALL_SEQS} slots: {label}",
+                  summary=window_summary(run, size.warmup_s, size.measure_s), run=run,
+                  measured_from_s=size.warmup_s)
+        if controller:
+            row.extra["weight_changes"] = weight_changes(run.weights, size.warmup_s)
+            row.extra["weights_range"] = weights_range(
+                [w for w in run.weights if w["t"] >= size.warmup_s])
+        rows.append(row)
+    static, adaptive = (r.summary for r in rows)
+    assert static is not None and adaptive is not None
+    e2e = (adaptive["e2e_s"]["p99"] / static["e2e_s"]["p99"]
+           if adaptive["e2e_s"]["p99"] and static["e2e_s"]["p99"] else None)
+    throughput = (adaptive["request_throughput"] / static["request_throughput"]
+                  if static["request_throughput"] else None)
+    result.targets += [
+        (f"{SMALL} at half the max_num_seqs, {CAPACITY_LOAD:.0%} load: adaptive P99 E2E "
+         "<= 0.7 x least_conn's", "–" if e2e is None else f"{e2e:.2f} x",
+         e2e is not None and e2e <= 0.7),
+        ("...with throughput not lower (within 2 %)",
+         "–" if throughput is None else f"{throughput - 1:+.1%}",
+         throughput is not None and throughput >= 0.98),
+    ]
+    result.setup.append(
+        f"Capacity cells: a fresh fleet each, {SMALL} with max_num_seqs {SMALL_SEQS} (the others "
+        f"{POLICY_SIM['max_num_seqs']}), Poisson at {CAPACITY_LOAD:.0%} of that fleet's measured "
+        f"capacity ({rate:g} requests/s), uniform prompts, {size.warmup_s:g} s warm-up then "
+        f"{size.measure_s:g} s measured; static least_conn against the controller.")
+    return rows
 
 
 def _seconds(value: float | None) -> str:

@@ -86,12 +86,15 @@ def test_stability(tmp_path: Path) -> None:
     result = _scenario("stability", tmp_path)
     labels = [r["label"] for r in result["rows"]]
     assert labels == ["30% load, closed, uniform prompts", "120% load, poisson, mixed prompts",
-                      "replica-3 slowed to a third"]
+                      "replica-3 slowed to a third",
+                      "replica-3 at 16 slots: least_conn, static weights (nginx)",
+                      "replica-3 at 16 slots: llm-fleet adaptive"]
     for row in result["rows"]:
         _check_row(row)
-        assert isinstance(row["extra"]["weight_changes"], int)
-    assert set(result["rows"][-1]["extra"]) >= {"halved_after_s", "back_after_s"}
-    assert len(result["targets"]) == 4
+    assert all(isinstance(row["extra"]["weight_changes"], int)
+               for row in result["rows"] if "static" not in row["label"])
+    assert set(result["rows"][2]["extra"]) >= {"halved_after_s", "back_after_s"}
+    assert len(result["targets"]) == 6
     assert (tmp_path / "timeline.png").exists()
 
 
