@@ -13,7 +13,11 @@
 # ROWS, CONVERSATIONS and CONCURRENT pass to chat_gpu.py; KV_BLOCKS caps each
 # replica's KV cache (16 tokens a block) so that, as in the simulated
 # scenario, one replica's cache cannot hold every conversation; PACE, a YAML
-# mapping, sets controller.pace (for example '{deadband: 1.5}').
+# mapping, sets controller.pace (for example '{deadband: 1.5}'); VLLM_REPLICAS,
+# a YAML list, sets vllm.replicas (for example '[{}, {max_num_seqs: 64}]').
+# In the chat phase STATIC=1 pins every replica at weight 50 for the rows
+# (static least_conn, the controller's weights out of play) and TAG names the
+# rows' folder; the phase ends by listing the controller's reloads so far.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 work=${WORK:-/root/chat-gpu}
@@ -50,6 +54,7 @@ vllm:
   max_model_len: 8192
   gpu_memory_utilization: 0.85
   extra_args: ["--num-gpu-blocks-override", "${KV_BLOCKS:-25000}"]
+  replicas: ${VLLM_REPLICAS:-[]}
 gateway:
   affinity: session
 controller:
@@ -66,12 +71,27 @@ SPEC
   fleet status --spec "$spec" > "$work/status-up.txt" 2>&1
 }
 
+replica_names() {
+  python3 -c "import json; print(' '.join(r['name'] for r in json.load(open('$work/rt/state.json'))['replicas']))"
+}
+
 chat() {
   env_up
-  python3 "$here/chat_gpu.py" --state "$work/rt/state.json" --out "$out/rows" \
+  local rows_out="$out/rows${TAG:+-$TAG}"
+  if [ -n "${STATIC:-}" ]; then
+    for name in $(replica_names); do fleet pin --spec "$spec" --for 3600 "$name" 50 >/dev/null; done
+    log "static: every replica pinned at 50"
+  fi
+  python3 "$here/chat_gpu.py" --state "$work/rt/state.json" --out "$rows_out" \
     --rows "${ROWS:-least_conn,affinity}" --conversations "${CONVERSATIONS:-400}" \
-    --concurrent "${CONCURRENT:-96}" 2>&1 | tee "$work/chat.txt"
+    --concurrent "${CONCURRENT:-96}" 2>&1 | tee "$work/chat${TAG:+-$TAG}.txt"
   log "chat rows done"
+  if [ -n "${STATIC:-}" ]; then
+    for name in $(replica_names); do fleet pin --spec "$spec" --clear "$name" >/dev/null; done
+  fi
+  fleet status --spec "$spec" > "$rows_out/status.txt" 2>&1
+  grep -h "reload applied" "$work"/rt/logs/controller*.log > "$rows_out/reloads.txt" 2>/dev/null
+  log "controller reloads so far: $(wc -l < "$rows_out/reloads.txt")"
   curl -s "$(python3 -c "import json; print(json.load(open('$work/rt/state.json'))['replicas'][0]['url'])")/metrics" \
     > "$work/vllm-replica-0.metrics"
 }

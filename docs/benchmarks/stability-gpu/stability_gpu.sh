@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# How the figures in this folder were measured: does the controller hold its
+# weights still on two equal GPU vLLM replicas under steady load, and what
+# does it do for a pair whose second replica has a quarter of the batch slots?
+# Run from a checkout, as root, on the GPU host, after chat_gpu.sh's install:
+#
+#   bash docs/benchmarks/stability-gpu/stability_gpu.sh equal      # fleet up, then
+#        128 streams for STEADY_S (300) s without a session key, then the chat
+#        conversations with a session key each (gateway.affinity: session)
+#   bash docs/benchmarks/stability-gpu/stability_gpu.sh unequal    # replica-1 at
+#        max_num_seqs 64 against 256: 256 streams for ROW_S (120) s with every
+#        weight pinned at 50 (static least_conn), then with the controller
+#
+# Each phase leaves one archive in $OUT (the reports, the controller's log,
+# fleet status, the start and end of each window in unix seconds).
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+chat_sh="$here/../chat-gpu/chat_gpu.sh"
+prefix=${PREFIX:-/opt/llm-fleet}
+out=${OUT:?OUT names the folder the archive goes to}
+# shellcheck disable=SC1091
+. "$prefix/env.sh"
+export PYTHONUNBUFFERED=1
+
+stamp() { echo "$1 $(date +%s.%N)" >> "$work/windows.txt"; }
+
+bench() {  # NAME CONCURRENCY SECONDS
+  stamp "$1-start"
+  fleet bench run --spec "$work/spec.yaml" --concurrency "$2" --duration "$3" \
+    --prompt-words 100 --output-tokens 256 --out "$work/results/$1" 2>&1 | tail -n 4
+  stamp "$1-end"
+}
+
+finish() {
+  fleet status --spec "$work/spec.yaml" > "$work/results/status-end.txt" 2>&1
+  cp "$work"/rt/logs/controller*.log "$work/windows.txt" "$work/spec.yaml" "$work/results/" 2>/dev/null
+  tar -czf "$out/$1.tgz" -C "$work/results" .
+}
+
+equal() {
+  work=/root/stability-equal
+  mkdir -p "$work/results"
+  WORK=$work bash "$chat_sh" up
+  bench steady-128 128 "${STEADY_S:-300}"
+  stamp "session-start"
+  WORK=$work OUT=$work/results ROWS=affinity CONCURRENT=128 TAG=session bash "$chat_sh" chat \
+    | tail -n 6
+  stamp "session-end"
+  finish equal
+}
+
+unequal() {
+  WORK=/root/stability-equal bash "$chat_sh" down >/dev/null 2>&1
+  work=/root/stability-unequal
+  mkdir -p "$work/results"
+  WORK=$work VLLM_REPLICAS='[{}, {max_num_seqs: 64}]' bash "$chat_sh" up
+  local names
+  names=$(python3 -c "import json; print(' '.join(r['name'] for r in json.load(open('$work/rt/state.json'))['replicas']))")
+  for name in $names; do fleet pin --spec "$work/spec.yaml" --for 3600 "$name" 50 >/dev/null; done
+  bench static-256 256 "${ROW_S:-120}"
+  for name in $names; do fleet pin --spec "$work/spec.yaml" --clear "$name" >/dev/null; done
+  bench adaptive-256 256 "${ROW_S:-120}"
+  finish unequal
+}
+
+phase=${1:?give a phase: equal | unequal}
+"$phase"
