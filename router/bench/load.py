@@ -79,6 +79,9 @@ class Workload:
     output_tokens: Range = (64, 64)
     prompts: tuple[str, ...] = ()
     seed: int = 0
+    # Requests carry one of this many session keys (the body's `user`), for a
+    # gateway with affinity; 0: none.
+    sessions: int = 0
 
     @property
     def path(self) -> str:
@@ -96,6 +99,9 @@ class Workload:
                                 "ignore_eos": True, "temperature": 0}
         if self.model:
             data["model"] = self.model
+        if self.sessions:
+            # The OpenAI field the gateway's session affinity keys on.
+            data["user"] = f"session-{rng.randrange(self.sessions)}"
         if self.chat:
             data["messages"] = [{"role": "user", "content": prompt}]
         else:

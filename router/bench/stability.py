@@ -43,6 +43,8 @@ SLOW_FACTOR = 0.33
 DRILL_LOAD = 0.8
 HALVED_WEIGHT, BACK_WEIGHT = 25, 40
 CHANGES_PER_10_MIN = 1
+# Session keys the affinity cells' requests carry (the body's `user`).
+SESSIONS = 200
 # The capacity cells: replica-3 with half the batch slots of the others.
 SMALL = "replica-3"
 SMALL_SEQS = int(POLICY_SIM["max_num_seqs"]) // 2
@@ -111,6 +113,35 @@ async def _slow_drill(fleet: Fleet, workload: load.Workload, rate: float,
         await fault_task
 
 
+def _equal_cells(ctx: Context, fleet: Fleet, capacity: float, affinity: str,
+                 result: ScenarioResult) -> int:
+    """Every cell on one equal fleet; the applied weight changes, all cells together."""
+    cell_s = ctx.size.measure_s
+    total_changes = 0
+    for cell in cells(ctx.size.stability_every_cell):
+        prompts, outputs = MIXES[cell.mix]
+        workload = load.Workload(model="sim-model", prompt_words=prompts, output_tokens=outputs,
+                                 seed=ctx.seed,
+                                 sessions=SESSIONS if affinity != "off" else 0)
+        arrivals = _arrivals(cell, capacity)
+        label = f"{cell.label}, affinity {affinity}"
+        ctx.progress(f"stability: {label} for {cell_s:g}s")
+        run = asyncio.run(load.run(fleet.gateway_url, workload, arrivals, cell_s,
+                                   sample_weights=True))
+        changes = weight_changes(run.weights, 0.0)
+        total_changes += changes
+        low_high = weights_range(run.weights)
+        result.rows.append(Row(label, summary=window_summary(run, 0.0, cell_s), run=run,
+                               extra={"weight_changes": changes, "weights_range": low_high,
+                                      "arrivals": arrivals.describe()}))
+        span = "–" if low_high is None else f"{low_high[0]}-{low_high[1]}"
+        result.targets.append((
+            f"{label}: at most {CHANGES_PER_10_MIN} applied weight change per 10 min",
+            f"{changes} in {cell_s:g} s (weights {span})",
+            changes * 600 / cell_s <= CHANGES_PER_10_MIN))
+    return total_changes
+
+
 def stability(ctx: Context) -> ScenarioResult:
     size = ctx.size
     every = size.stability_every_cell
@@ -119,38 +150,22 @@ def stability(ctx: Context) -> ScenarioResult:
     result = ScenarioResult(name="stability", title="Weights that hold still on an equal fleet",
                             setup=[], rows=rows)
     sim: dict[str, Any] = {"defaults": POLICY_SIM}
-    with ctx.fleet("stability/adaptive", 4, sim) as fleet:
-        uniform = load.Workload(model="sim-model", prompt_words=MIXES["uniform"][0],
-                                output_tokens=MIXES["uniform"][1], seed=ctx.seed)
+    uniform = load.Workload(model="sim-model", prompt_words=MIXES["uniform"][0],
+                            output_tokens=MIXES["uniform"][1], seed=ctx.seed)
+    total_changes = 0
+    with ctx.fleet("stability/affinity-off", 4, sim) as fleet:
         capacity, per_replica = calibrate(fleet, uniform, size.calibrate_s)
         ctx.progress(f"stability: capacity {capacity:.1f} req/s")
-        total_changes = 0
-        for cell in cells(every):
-            prompts, outputs = MIXES[cell.mix]
-            workload = load.Workload(model="sim-model", prompt_words=prompts,
-                                     output_tokens=outputs, seed=ctx.seed)
-            arrivals = _arrivals(cell, capacity)
-            ctx.progress(f"stability: {cell.label} for {cell_s:g}s")
-            run = asyncio.run(load.run(fleet.gateway_url, workload, arrivals, cell_s,
-                                       sample_weights=True))
-            changes = weight_changes(run.weights, 0.0)
-            total_changes += changes
-            low_high = weights_range(run.weights)
-            row = Row(cell.label, summary=window_summary(run, 0.0, cell_s), run=run,
-                      extra={"weight_changes": changes, "weights_range": low_high,
-                             "arrivals": arrivals.describe()})
-            rows.append(row)
-            span = "–" if low_high is None else f"{low_high[0]}-{low_high[1]}"
-            result.targets.append((
-                f"{cell.label}: at most {CHANGES_PER_10_MIN} applied weight change per 10 min",
-                f"{changes} in {cell_s:g} s (weights {span})",
-                changes * 600 / cell_s <= CHANGES_PER_10_MIN if changes else True))
+        total_changes += _equal_cells(ctx, fleet, capacity, "off", result)
         slow_at, clear_at = (size.warmup_s, size.warmup_s + cell_s)
         total = clear_at + max(cell_s / 2, 30.0 if every else 2.0)
         rate = round(DRILL_LOAD * capacity, 2)
         ctx.progress(f"stability: {SLOWED} at speed {SLOW_FACTOR:g} from {slow_at:g}s to "
                      f"{clear_at:g}s of {total:g}s, Poisson {rate:g} req/s")
         drill = asyncio.run(_slow_drill(fleet, uniform, rate, slow_at, clear_at, total))
+    with ctx.fleet("stability/affinity-session", 4, sim,
+                   gateway={"affinity": "session"}) as fleet:
+        total_changes += _equal_cells(ctx, fleet, capacity, "session", result)
     rows += _capacity_rows(ctx, result)
     halved = first_sample(drill.weights, slow_at, lambda w: w <= HALVED_WEIGHT)
     # Back only counts for a weight that went down.
@@ -170,7 +185,9 @@ def stability(ctx: Context) -> ScenarioResult:
     result.setup[:0] = [
         f"4 simulated replicas ({sim_text(POLICY_SIM)}), one fleet for every cell, the "
         "adaptive controller on with its defaults (pace probes every second, the sequential "
-        "test's budget of one false move an hour), gateway.affinity off.",
+        "test's budget of one false move an hour); every cell on a fleet with gateway.affinity "
+        f"off, then again on one with affinity session, whose requests carry one of {SESSIONS} "
+        "session keys (the body's `user`).",
         f"Capacity measured first: each replica driven directly with "
         f"{POLICY_SIM['max_num_seqs']} concurrent clients for {size.calibrate_s:g} s, all four "
         f"at once: {', '.join(f'{c:.1f}' for c in per_replica)} requests/s, "
@@ -187,9 +204,10 @@ def stability(ctx: Context) -> ScenarioResult:
         f"cleared at {clear_at:g} s. Halved: its weight at {HALVED_WEIGHT} or less; back: "
         f"{BACK_WEIGHT} or more.",
     ]
+    equal_s = 2 * len(cells(every)) * cell_s
     result.notes.append(
-        f"{total_changes} applied weight change(s) over {len(cells(every))} cells of "
-        f"{cell_s:g} s on the equal fleet.")
+        f"{total_changes} applied weight change(s) in {equal_s / 60:g} minutes of equal "
+        f"fleets ({2 * len(cells(every))} cells of {cell_s:g} s).")
     return result
 
 

@@ -128,6 +128,30 @@ def cmd_bench_soak(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_trace(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from router.bench import pace_trace
+
+    if args.duration <= 0:
+        raise SpecError("--duration must be more than 0 seconds", hint="e.g. --duration 600")
+    spec = load_spec(args.spec)
+    state = ClusterState.load(RuntimePaths(spec.runtime_dir))
+    if state is None:
+        raise ClusterError(f"no cluster is running from {spec.runtime_dir}",
+                           hint="start it with `fleet up`, or pass the --spec it runs from")
+    urls = {r.name: r.url for r in state.replicas}
+    progress(f"probing {len(urls)} replicas every {spec.controller.pace.interval_s:g}s for "
+             f"{args.duration:g}s into {args.out}")
+    rounds = asyncio.run(pace_trace.record(urls, state.served_model_name, spec.controller.pace,
+                                           args.duration, args.out))
+    replayed = pace_trace.replay(pace_trace.load_trace(args.out), spec.controller)
+    progress(f"{rounds} rounds; replayed through the controller: "
+             f"{replayed.weight_changes} weight change(s), {len(replayed.moves)} move(s) "
+             "of the pace test")
+    return 0
+
+
 def cmd_drill(args: argparse.Namespace) -> int:
     from router.bench import drill, drill_report, load
 
@@ -221,6 +245,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     pb.add_argument("--keep-work", action="store_true",
                     help="keep the fleet's spec and logs (printed at the end)")
     pb.set_defaults(func=cmd_bench_soak)
+
+    pb = bench_sub.add_parser(
+        "trace", help="record the controller's pace probe inputs from the running fleet, one "
+                      "JSON line a round, and say what the controller would do with them")
+    spec_arg(pb)
+    pb.add_argument("--duration", type=float, default=300.0, metavar="SECONDS",
+                    help="how long to record (default 300)")
+    pb.add_argument("--out", type=Path, required=True, metavar="FILE", help="the trace (JSONL)")
+    pb.set_defaults(func=cmd_bench_trace)
 
     p = sub.add_parser("drill", help="inject a fault into one replica under load and report "
                                      "what clients saw")

@@ -85,16 +85,17 @@ def test_policy_scenarios(tmp_path: Path, name: str) -> None:
 def test_stability(tmp_path: Path) -> None:
     result = _scenario("stability", tmp_path)
     labels = [r["label"] for r in result["rows"]]
-    assert labels == ["30% load, closed, uniform prompts", "120% load, poisson, mixed prompts",
-                      "replica-3 slowed to a third",
-                      "replica-3 at 16 slots: least_conn, static weights (nginx)",
-                      "replica-3 at 16 slots: llm-fleet adaptive"]
+    cells = ["30% load, closed, uniform prompts", "120% load, poisson, mixed prompts"]
+    assert labels == [f"{c}, affinity {a}" for a in ("off", "session") for c in cells] + [
+        "replica-3 slowed to a third",
+        "replica-3 at 16 slots: least_conn, static weights (nginx)",
+        "replica-3 at 16 slots: llm-fleet adaptive"]
     for row in result["rows"]:
         _check_row(row)
     assert all(isinstance(row["extra"]["weight_changes"], int)
                for row in result["rows"] if "static" not in row["label"])
-    assert set(result["rows"][2]["extra"]) >= {"halved_after_s", "back_after_s"}
-    assert len(result["targets"]) == 6
+    assert set(result["rows"][4]["extra"]) >= {"halved_after_s", "back_after_s"}
+    assert len(result["targets"]) == 8
     assert (tmp_path / "timeline.png").exists()
 
 

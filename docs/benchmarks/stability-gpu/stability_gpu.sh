@@ -12,7 +12,8 @@
 #        weight pinned at 50 (static least_conn), then with the controller
 #
 # Each phase leaves one archive in $OUT (the reports, the controller's log,
-# fleet status, the start and end of each window in unix seconds).
+# fleet status, the start and end of each window in unix seconds, and a pace
+# trace of each load: `fleet bench trace`, replayable in tests).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 chat_sh="$here/../chat-gpu/chat_gpu.sh"
@@ -24,10 +25,13 @@ export PYTHONUNBUFFERED=1
 
 stamp() { echo "$1 $(date +%s.%N)" >> "$work/windows.txt"; }
 
-bench() {  # NAME CONCURRENCY SECONDS
+bench() {  # NAME CONCURRENCY SECONDS: the load, and the pace inputs recorded beside it
   stamp "$1-start"
+  fleet bench trace --spec "$work/spec.yaml" --duration "$3" \
+    --out "$work/results/trace-$1.jsonl" > "$work/results/trace-$1.txt" 2>&1 &
   fleet bench run --spec "$work/spec.yaml" --concurrency "$2" --duration "$3" \
     --prompt-words 100 --output-tokens 256 --out "$work/results/$1" 2>&1 | tail -n 4
+  wait
   stamp "$1-end"
 }
 
