@@ -36,13 +36,13 @@ def round_line(t: float, readings: Mapping[str, PaceReading | None]) -> str:
 
 
 async def record(urls: Mapping[str, str], model: str, settings: PaceSpec, seconds: float,
-                 out: Path) -> int:
+                 out: Path, transport: httpx.AsyncBaseTransport | None = None) -> int:
     """Probe every replica each ``settings.interval_s`` for ``seconds``; return the rounds."""
     out.parent.mkdir(parents=True, exist_ok=True)
     names = list(urls)
     rounds = 0
     start = time.monotonic()
-    async with httpx.AsyncClient(timeout=settings.timeout_s) as client:
+    async with httpx.AsyncClient(timeout=settings.timeout_s, transport=transport) as client:
         with out.open("w", encoding="utf-8") as trace:
             while (elapsed := time.monotonic() - start) < seconds:
                 results = await asyncio.gather(*(
