@@ -124,6 +124,53 @@ def plot_imbalance(out: Path, rows: list[Row], filename: str = "imbalance.png") 
     return filename
 
 
+def plot_weights(out: Path, rows: list[Row], filename: str = "weights.png") -> str:
+    """The controller's weights over time: every equal-fleet cell back to back,
+    then the drill with its slowed replica."""
+    plt = pyplot()
+    equal = [r for r in rows if r.run is not None and "weights_range" in r.extra
+             and "affinity" in r.label]
+    drill = next((r for r in rows if "slowed_at_s" in r.extra and r.run is not None), None)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6))
+    offset = 0.0
+    for row in equal:
+        assert row.run is not None
+        names = sorted({n for s in row.run.weights for n in s["weights"]})
+        for index, name in enumerate(names):
+            top.step([offset + s["t"] for s in row.run.weights],
+                     [s["weights"].get(name, math.nan) for s in row.run.weights],
+                     where="post", color=f"C{index}", linewidth=1,
+                     label=name if row is equal[0] else None)
+        offset += row.run.duration_s
+        top.axvline(offset, color="grey", linewidth=0.5, linestyle=":")
+    top.set_title("Equal fleets, every cell back to back (dotted: a new cell)")
+    top.set_ylabel("weight")
+    top.set_ylim(0, 105)
+    top.grid(alpha=0.3)
+    if equal:
+        top.legend(fontsize=7, loc="lower right")
+    if drill is not None and drill.run is not None:
+        names = sorted({n for s in drill.run.weights for n in s["weights"]})
+        for index, name in enumerate(names):
+            bottom.step([s["t"] for s in drill.run.weights],
+                        [s["weights"].get(name, math.nan) for s in drill.run.weights],
+                        where="post", color=f"C{index}", label=name)
+        for key, text in (("slowed_at_s", "slowed to a third"), ("cleared_at_s", "cleared")):
+            bottom.axvline(drill.extra[key], color="red", linestyle=":")
+            bottom.annotate(text, (drill.extra[key], 100), rotation=90, fontsize=7, va="top",
+                            ha="right", color="red")
+        bottom.set_title(drill.label)
+        bottom.legend(fontsize=7, loc="lower left")
+    bottom.set_ylabel("weight")
+    bottom.set_xlabel("seconds")
+    bottom.set_ylim(0, 105)
+    bottom.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / filename, dpi=110)
+    plt.close(fig)
+    return filename
+
+
 def markdown(result: ScenarioResult, command: str, machine: dict[str, Any],
              plots: list[str]) -> str:
     lines = [f"# Scenario `{result.name}`: {result.title}", "",
@@ -175,6 +222,8 @@ def write(out: Path, result: ScenarioResult, command: str, machine: dict[str, An
         plots.append(plot_timeline(out, timeline.label, timeline.run))
     if result.name == "reloads" and result.rows:
         plots.append(plot_imbalance(out, result.rows))
+    if result.name == "stability" and result.rows:
+        plots.append(plot_weights(out, result.rows))
     (out / "result.json").write_text(json.dumps(
         {"scenario": result.name, "command": command, "machine": machine,
          "setup": result.setup, "rows": [_row_json(r) for r in result.rows],

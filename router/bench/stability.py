@@ -174,7 +174,8 @@ def stability(ctx: Context) -> ScenarioResult:
     rows.insert(len(rows) - len(CAPACITY_CONTENDERS), Row(
         f"{SLOWED} slowed to a third", summary=window_summary(drill, 0.0, total), run=drill,
         extra={"weight_changes": weight_changes(drill.weights, 0.0),
-               "halved_after_s": halved, "back_after_s": back}))
+               "halved_after_s": halved, "back_after_s": back,
+               "slowed_at_s": slow_at, "cleared_at_s": clear_at}))
     result.timeline_row = len(rows) - len(CAPACITY_CONTENDERS) - 1
     result.targets += [
         ("a replica slowed to a third is halved within 5 s", _seconds(halved),
