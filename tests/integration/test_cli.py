@@ -69,6 +69,20 @@ def test_status_and_down_without_a_cluster(tmp_path: Path) -> None:
     assert down.returncode == 0 and "no cluster is running" in down.stderr
 
 
+@pytest.mark.parametrize(("args", "words"), [
+    (["--duration", "0"], "--duration must be more than 0 seconds"),
+    ([], "no cluster is running"),
+])
+def test_bench_trace_says_what_is_wrong(tmp_path: Path, args: list[str], words: str) -> None:
+    result = fleet("bench", "trace", "--spec", str(_spec(tmp_path)), "--out",
+                   str(tmp_path / "t.jsonl"), *args)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith("error: ") and words in lines[0], result.stderr
+    assert lines[1].startswith("hint: ")
+    assert not (tmp_path / "t.jsonl").exists()
+
+
 @pytest.mark.parametrize("args", [["up", "--spec"], ["logs"], ["bogus"]])
 def test_bad_arguments_exit_2_with_usage(args: list[str]) -> None:
     result = fleet(*args)
