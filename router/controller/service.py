@@ -216,6 +216,11 @@ class Controller:
         round_ = await self.pace.probe(self.pace_targets())
         self.pace_signals = round_.signals
         self.capacity_signals = round_.capacity
+        for name, signal in round_.signals.items():
+            if signal.just_moved:
+                log.info("pace move replica=%s decision=ratio %.2f (%s) reason=CUSUM reached "
+                         "h %.3f on %d rounds", name, signal.ratio, signal.zone,
+                         signal.threshold, signal.moved_on_rounds)
         for name in round_.failed:
             self.metrics.pace_failures.labels(replica=name).inc()
         return await self.evaluate("pace")
