@@ -156,16 +156,16 @@ class PaceTracker:
         self.signals: dict[str, PaceSignal] = {}
         self.plan: CusumPlan | None = None
         self.slope = 0.0
-        rounds = settings.history_rounds
+        self._maxlen = settings.history_rounds
         self._points: dict[str, deque[tuple[float, float]]] = {}
         self._deviations: dict[str, deque[float]] = {}
         self._recent: dict[str, deque[float]] = {}
         self._levels: dict[str, float] = {}
         self._cusums: dict[str, Cusum] = {}
         self._moved: dict[str, tuple[float, int]] = {}
-        self._maxlen = rounds
         # The same rounds' batch readings say how much room each replica has.
-        self.capacity = CapacityTracker(settings.deadband, settings.min_rounds, rounds)
+        self.capacity = CapacityTracker(settings.deadband, settings.min_rounds,
+                                        settings.history_rounds)
 
     def _deque(self, store: dict[str, deque[float]], name: str) -> deque[float]:
         return store.setdefault(name, deque(maxlen=self._maxlen))
@@ -208,9 +208,10 @@ class PaceTracker:
             level = self._levels.get(name, 0.0)
             cusum = self._cusums.setdefault(name, Cusum())
             cusum.add(x - level, plan.k, plan.cap)
-            statistic, rounds = cusum.statistic, cusum.rounds
-            if statistic >= plan.h:
-                behind = max(self.settings.min_rounds, rounds)
+            if cusum.statistic >= plan.h:
+                # The alarm is spent whether or not it moves the level: an
+                # estimate inside the deadband of the current level is no news.
+                behind = max(self.settings.min_rounds, cusum.rounds)
                 estimate = statistics.median(list(self._recent[name])[-behind:])
                 new_level = 0.0 if abs(estimate) < deadband else estimate
                 cusum.reset()
@@ -221,7 +222,7 @@ class PaceTracker:
             reading = readings[name]
             self.signals[name] = PaceSignal(
                 ratio=math.exp(level), zone=zone_of(level), deviation=math.exp(x),
-                statistic=statistic, threshold=plan.h, rounds=rounds,
+                statistic=cusum.statistic, threshold=plan.h, rounds=cusum.rounds,
                 moved_at=moved_at, moved_on_rounds=moved_on,
                 seconds_per_token=reading.seconds_per_token, batch=reading.batch, at=now)
         return dict(self.signals)
