@@ -31,7 +31,8 @@ Round = tuple[float, dict[str, PaceReading]]
 def round_line(t: float, readings: Mapping[str, PaceReading | None]) -> str:
     return json.dumps({"t": round(t, 3), "readings": {
         name: None if r is None else {"seconds_per_token": r.seconds_per_token,
-                                      "batch": r.batch, "waiting": r.waiting}
+                                      "batch": r.batch, "waiting": r.waiting,
+                                      "kv_usage": r.kv_usage, "kv_tokens": r.kv_tokens}
         for name, r in readings.items()}}) + "\n"
 
 
@@ -67,7 +68,8 @@ def load_trace(path: Path) -> list[Round]:
         try:
             data = json.loads(line)
             readings = {name: PaceReading(float(r["seconds_per_token"]), r["batch"],
-                                          r.get("waiting"))
+                                          r.get("waiting"), r.get("kv_usage"),
+                                          r.get("kv_tokens"))
                         for name, r in data["readings"].items() if r is not None}
             rounds.append((float(data["t"]), readings))
         except (ValueError, KeyError, TypeError) as exc:

@@ -57,6 +57,9 @@ class ReplicaPlan:
     # Other replicas share its GPU: it starts only while none of them is
     # starting (router.launch --start-lock).
     shares_gpu: bool = False
+    # The batch slots it is started with (None: run by something else); the
+    # controller weighs replicas of unequal slots by them.
+    max_num_seqs: int | None = None
 
     @property
     def external(self) -> bool:
@@ -249,7 +252,7 @@ def build_plan(spec: ClusterSpec, settings: EngineSettings, inventory: Inventory
                 "--settings", sim.model_dump_json())
             replicas.append(ReplicaPlan(name=f"replica-{i}", index=i, port=port,
                                         device=f"sim:speed={sim.speed * sim.faults.slow:g}",
-                                        argv=argv, env=env))
+                                        argv=argv, env=env, max_num_seqs=sim.max_num_seqs))
             continue
         own = spec.vllm.for_replica(i)
         mine = replace(settings, max_num_seqs=own.max_num_seqs or settings.max_num_seqs,
@@ -266,6 +269,7 @@ def build_plan(spec: ClusterSpec, settings: EngineSettings, inventory: Inventory
                 name=f"replica-{i}", index=i, port=port, device=gpu.uuid, argv=argv, env=env,
                 gpu_uuid=gpu.uuid, gpu_index=gpu.index,
                 shares_gpu=sum(1 for j in range(count) if j // per_gpu == i // per_gpu) > 1,
+                max_num_seqs=mine.max_num_seqs,
             ))
             continue
         argv = vllm_argv(python, mine, model_path, port, extra_args,
@@ -281,7 +285,7 @@ def build_plan(spec: ClusterSpec, settings: EngineSettings, inventory: Inventory
         )
         replicas.append(ReplicaPlan(
             name=f"replica-{i}", index=i, port=port, device=f"cpu:{core}", argv=argv,
-            env=env, cpu_core=core,
+            env=env, cpu_core=core, max_num_seqs=mine.max_num_seqs,
         ))
     return ClusterPlan(spec=spec, engine=settings, model_path=model_path,
                        replicas=tuple(replicas))

@@ -38,8 +38,9 @@ def run(spec: ClusterSpec) -> None:
     members = [Member(r.name, r.device, r.url) for r in state.replicas]
     # A pooling model generates no tokens for the pace probes to time.
     pacing = spec.controller.pace.enabled and spec.model.runner == "generate"
+    slots = {r.name: r.max_num_seqs for r in state.replicas if r.max_num_seqs is not None}
     pace = (PaceProber({m.name: m.url for m in members}, state.served_model_name,
-                       spec.controller.pace) if pacing else None)
+                       spec.controller.pace, slots=slots) if pacing else None)
     prometheus = (PrometheusClient(f"http://127.0.0.1:{spec.prometheus.port}",
                                    spec.controller.query_timeout_s)
                   if spec.prometheus.enabled else None)

@@ -49,6 +49,10 @@ SLOW, EVEN, FAST = "slow", "even", "fast"
 # vLLM's gauges of the sequences in the running batch and of those waiting.
 RUNNING_METRIC = "vllm:num_requests_running"
 WAITING_METRIC = "vllm:num_requests_waiting"
+KV_USAGE_METRIC = "vllm:kv_cache_usage_perc"
+# An info gauge whose labels are vLLM's cache settings, num_gpu_blocks and
+# block_size among them.
+CACHE_CONFIG_METRIC = "vllm:cache_config_info"
 # The noise scale (log seconds per token) is never taken below this: a
 # simulator's exact step times would otherwise make any difference "evidence".
 NOISE_FLOOR = 0.03
@@ -87,6 +91,10 @@ class PaceReading:
     batch: float | None = None
     # Requests waiting for a batch slot at that moment (None: not exported).
     waiting: float | None = None
+    # The share of its KV cache in use then, and the cache's size in tokens
+    # (vLLM's kv_cache_usage_perc and cache_config_info; None: not exported).
+    kv_usage: float | None = None
+    kv_tokens: float | None = None
 
 
 def zone_of(level: float) -> str:
@@ -151,7 +159,7 @@ def plan_test(settings: PaceSpec, noise: float, replicas: int) -> CusumPlan:
 class PaceTracker:
     """Folds rounds of pace readings into a :class:`PaceSignal` per replica. Pure."""
 
-    def __init__(self, settings: PaceSpec) -> None:
+    def __init__(self, settings: PaceSpec, slots: Mapping[str, int] | None = None) -> None:
         self.settings = settings
         self.signals: dict[str, PaceSignal] = {}
         self.plan: CusumPlan | None = None
@@ -165,7 +173,7 @@ class PaceTracker:
         self._moved: dict[str, tuple[float, int]] = {}
         # The same rounds' batch readings say how much room each replica has.
         self.capacity = CapacityTracker(settings.deadband, settings.min_rounds,
-                                        settings.history_rounds)
+                                        settings.history_rounds, slots)
 
     def _deque(self, store: dict[str, deque[float]], name: str) -> deque[float]:
         return store.setdefault(name, deque(maxlen=self._maxlen))
@@ -242,33 +250,49 @@ def probe_body(model: str, tokens: int) -> dict[str, object]:
 
 @dataclass(frozen=True)
 class BatchState:
-    """A replica's running and waiting requests, from its /metrics (summed over engines)."""
+    """A replica's batch, queue and KV cache, from its /metrics (summed over engines)."""
 
-    running: float | None
-    waiting: float | None
+    running: float | None = None
+    waiting: float | None = None
+    kv_usage: float | None = None
+    kv_tokens: float | None = None
 
 
 def batch_state(metrics_text: str) -> BatchState:
-    """vLLM's running and waiting gauges; None for each it does not export."""
+    """vLLM's gauges; None for each it does not export."""
     try:
         families = list(text_string_to_metric_families(metrics_text))
     except ValueError:
-        return BatchState(None, None)
+        return BatchState()
+    samples = [sample for family in families for sample in family.samples]
+
+    def values(name: str) -> list[float]:
+        return [sample.value for sample in samples if sample.name == name]
 
     def total(name: str) -> float | None:
-        values = [sample.value for family in families for sample in family.samples
-                  if sample.name == name]
-        return sum(values) if values else None
+        found = values(name)
+        return sum(found) if found else None
 
-    return BatchState(total(RUNNING_METRIC), total(WAITING_METRIC))
+    # Engines of one server each hold a cache: its usage is the fullest one's.
+    usage = values(KV_USAGE_METRIC)
+    cache_tokens = 0.0
+    for sample in samples:
+        if sample.name == CACHE_CONFIG_METRIC:
+            try:
+                cache_tokens += (float(sample.labels["num_gpu_blocks"])
+                                 * float(sample.labels["block_size"]))
+            except (KeyError, ValueError):
+                continue  # not yet profiled ("None"), or an older vLLM
+    return BatchState(total(RUNNING_METRIC), total(WAITING_METRIC),
+                      max(usage) if usage else None, cache_tokens or None)
 
 
 async def _batch(client: httpx.AsyncClient, replica_url: str) -> BatchState:
     try:
         response = await client.get(replica_url + "/metrics")
     except httpx.HTTPError:
-        return BatchState(None, None)
-    return batch_state(response.text) if response.status_code == 200 else BatchState(None, None)
+        return BatchState()
+    return batch_state(response.text) if response.status_code == 200 else BatchState()
 
 
 async def measure(client: httpx.AsyncClient, replica_url: str, model: str, tokens: int,
@@ -302,13 +326,14 @@ async def measure(client: httpx.AsyncClient, replica_url: str, model: str, token
         if batch is not None:
             batch.cancel()
         raise
-    state = await batch if batch is not None else BatchState(None, None)
+    state = await batch if batch is not None else BatchState()
     if not ok or len(stamps) < 2:
         return None
     # The median gap: one chunk held up (a scheduler hiccup on a busy host,
     # a prefill joining the batch) moves the mean, not the median.
     gaps = [later - earlier for earlier, later in zip(stamps, stamps[1:], strict=False)]
-    return PaceReading(statistics.median(gaps), state.running, state.waiting)
+    return PaceReading(statistics.median(gaps), state.running, state.waiting, state.kv_usage,
+                       state.kv_tokens)
 
 
 @dataclass(frozen=True)
@@ -324,11 +349,12 @@ class PaceProber:
 
     def __init__(self, urls: Mapping[str, str], model: str, settings: PaceSpec,
                  transport: httpx.AsyncBaseTransport | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 slots: Mapping[str, int] | None = None) -> None:
         self.urls = dict(urls)
         self.model = model
         self.settings = settings
-        self.tracker = PaceTracker(settings)
+        self.tracker = PaceTracker(settings, slots)
         self.clock = clock
         self._client = httpx.AsyncClient(timeout=settings.timeout_s, transport=transport)
 

@@ -449,8 +449,10 @@ class Controller:
                     "seconds_per_token": pace.seconds_per_token, "batch": pace.batch,
                     "age_s": max(0.0, now - pace.at)},
                 "capacity": None if (room := self.capacity_signals.get(member.name)) is None
-                else {"limit": room.limit, "peak": room.peak, "fleet": room.fleet,
-                      "ratio": room.ratio},
+                else {"ratio": room.ratio, "evidence": room.evidence() or None,
+                      "room": None if room.room is None else {
+                          "what": room.room.what, "own": room.room.own,
+                          "fleet": room.room.fleet, "source": room.room.source}},
                 "override": {"drained": override.drained,
                              "pinned_weight": override.pinned_weight
                              if override.pin_active(now) else None,

@@ -28,6 +28,8 @@ class ReplicaRecord:
     gpu_uuid: str | None = None
     gpu_index: int | None = None
     cpu_core: int | None = None
+    # Batch slots it was started with; None for a replica run by something else.
+    max_num_seqs: int | None = None
 
     @property
     def address(self) -> str:
@@ -71,7 +73,8 @@ class ClusterState:
             warmup=plan.warmup,
             replicas=tuple(ReplicaRecord(name=r.name, url=r.url, device=r.device,
                                          gpu_uuid=r.gpu_uuid, gpu_index=r.gpu_index,
-                                         cpu_core=r.cpu_core) for r in plan.replicas),
+                                         cpu_core=r.cpu_core, max_num_seqs=r.max_num_seqs)
+                           for r in plan.replicas),
         )
 
     def to_json(self) -> dict[str, Any]:

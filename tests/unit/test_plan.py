@@ -5,6 +5,7 @@ import pytest
 from router.config.plan import build_plan, choose_engine
 from router.config.spec import parse_spec, resolve_engine_settings
 from router.errors import DeviceError, SpecError
+from router.runtime.state import ClusterState
 from tests.support.fakes import cpu_inventory, gpu_inventory
 
 
@@ -88,6 +89,9 @@ def test_a_replica_may_have_its_own_vllm_settings() -> None:
     assert second[second.index("--max-num-seqs") + 1] == "16"
     assert second[second.index("--gpu-memory-utilization") + 1] == "0.3"
     assert second[-3:] == ("--seed", "3", "--enforce-eager")
+    # The controller weighs replicas by the slots they run with.
+    assert [r.max_num_seqs for r in plan.replicas] == [64, 16]
+    assert [r.max_num_seqs for r in ClusterState.from_plan(plan, None).replicas] == [64, 16]
     cpu = _plan({"replicas": 2, "vllm": {"replicas": [{"cpu_kvcache_space_gib": 2}]}},
                 cpu_inventory())
     assert [r.env["VLLM_CPU_KVCACHE_SPACE"] for r in cpu.replicas] == ["2", "1"]
