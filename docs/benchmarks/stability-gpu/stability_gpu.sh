@@ -5,13 +5,14 @@
 # Run from a checkout, as root, on the GPU host, after chat_gpu.sh's install:
 #
 #   bash docs/benchmarks/stability-gpu/stability_gpu.sh equal      # fleet up, then
-#        128 streams for STEADY_S (300) s without a session key, then the chat
-#        conversations with a session key each (gateway.affinity: session)
+#        128 streams for STEADY_S (300) s without a session key
+#   bash docs/benchmarks/stability-gpu/stability_gpu.sh session    # on that fleet, the
+#        chat conversations with a session key each (gateway.affinity: session)
 #   bash docs/benchmarks/stability-gpu/stability_gpu.sh unequal    # replica-1 at
 #        max_num_seqs 64 against 256: 256 streams for ROW_S (120) s with every
 #        weight pinned at 50 (static least_conn), then with the controller
 #
-# Each phase leaves one archive in $OUT (the reports, the controller's log,
+# Each phase fits one device command (at most 600 s) and leaves one archive in $OUT (the reports, the controller's log,
 # fleet status, the start and end of each window in unix seconds, and a pace
 # trace of each load: `fleet bench trace`, replayable in tests).
 set -uo pipefail
@@ -46,11 +47,16 @@ equal() {
   mkdir -p "$work/results"
   WORK=$work bash "$chat_sh" up
   bench steady-128 128 "${STEADY_S:-300}"
+  finish equal
+}
+
+session() {
+  work=/root/stability-equal
   stamp "session-start"
   WORK=$work OUT=$work/results ROWS=affinity CONCURRENT=128 TAG=session bash "$chat_sh" chat \
     | tail -n 6
   stamp "session-end"
-  finish equal
+  finish session
 }
 
 unequal() {
@@ -67,5 +73,5 @@ unequal() {
   finish unequal
 }
 
-phase=${1:?give a phase: equal | unequal}
+phase=${1:?give a phase: equal | session | unequal}
 "$phase"
