@@ -13,13 +13,16 @@ Room has two measures, each a fact about the replica rather than its load:
 - **Batch slots** (``max_num_seqs``). For a replica llm-fleet starts, the
   plan knows them (``slots``). For one it does not (engine ``external``)
   they are measured: while requests wait (vLLM's ``num_requests_waiting``
-  above 0) with at least half the KV cache free, the batch is the slot
-  limit, and its median over the last rounds with a queue is the replica's
-  limit once ``min_rounds`` exist. A queue with the cache fuller than that
-  says the cache ran out first: those rounds measure the prompts in it, not
-  the slots, and are left out (on an equal fleet with long prompts they
-  were the whole of the difference). A replica never seen full has a lower
-  bound only: the largest batch it ran.
+  above 0) with at least half the KV cache free and the batch as large as
+  any it ran, the batch is the slot limit, and its median over the last
+  rounds with a queue is the replica's limit once ``min_rounds`` exist. A
+  queue with the cache fuller than that says the cache ran out first: those
+  rounds measure the prompts in it, not the slots, and are left out (on an
+  equal fleet with long prompts they were the whole of the difference); so
+  is a queue at a smaller batch than the replica has run, which is arrivals
+  the scheduler has not yet taken (an equal GPU pair showed 9 waiting at a
+  batch of 40 for one round). A replica never seen full has a lower bound
+  only: the largest batch it ran.
 - **KV cache tokens**: what vLLM allotted at start, ``num_gpu_blocks`` x
   ``block_size`` from its ``vllm:cache_config_info``, read every round.
 
@@ -115,8 +118,10 @@ class CapacityTracker:
                 self._kv_tokens[name] = reading.kv_tokens
             if reading.batch is None:
                 continue
-            self._batches.setdefault(name, deque(maxlen=self._memory)).append(reading.batch)
+            batches = self._batches.setdefault(name, deque(maxlen=self._memory))
+            batches.append(reading.batch)
             if (reading.waiting is not None and reading.waiting >= 1
+                    and reading.batch >= max(batches)
                     and reading.kv_usage is not None
                     and reading.kv_usage < SLOT_BOUND_KV_USAGE):
                 self._limits.setdefault(name, deque(maxlen=LIMIT_ROUNDS)).append(reading.batch)

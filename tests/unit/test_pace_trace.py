@@ -78,3 +78,22 @@ def test_record_probes_every_replica_each_round(tmp_path: Path) -> None:
     assert lines[0]["readings"]["b"] is None
     assert lines[0]["readings"]["a"]["batch"] == 3
     assert load_trace(out)[0][1].keys() == {"a"}
+
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+def test_an_equal_gpu_pair_under_128_streams_moves_no_weight() -> None:
+    """Recorded on one H200: two equal vLLM replicas, 128 steady streams
+    (docs/benchmarks/stability-gpu), whose waiting gauge blips with arrivals."""
+    result = replay(load_trace(FIXTURES / "pace-gpu-h200-equal-128.jsonl"))
+    assert result.weight_changes == 0 and result.moves == []
+
+
+def test_a_gpu_replica_with_a_quarter_of_the_slots_is_found_by_its_queue() -> None:
+    """The same card, replica-1 at max_num_seqs 64 against 256, weights pinned
+    equal: with no slots declared, its queue at a full batch is its limit."""
+    result = replay(load_trace(FIXTURES / "pace-gpu-h200-quarter-slots-256.jsonl"))
+    final = result.reloads[-1][1]
+    assert final["replica-0"] == 50 and final["replica-1"] < 30
+    assert result.moves == []
