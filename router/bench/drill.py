@@ -31,9 +31,9 @@ import httpx
 
 from router.bench import load, stats
 from router.config.spec import ClusterSpec
+from router.disk.paths import RuntimePaths
 from router.errors import ClusterError, SpecError
 from router.runtime.cluster import controller_call
-from router.runtime.paths import RuntimePaths
 from router.runtime.procs import descendants
 from router.runtime.state import ClusterState
 from router.runtime.supervise import Supervisor

@@ -23,8 +23,8 @@ from typing import Any
 from router.bench import fleets, load, stats
 from router.bench.chat import ChatWorkload, run_conversations
 from router.bench.fleets import Endpoint, Fleet, Progress
+from router.disk.paths import RuntimePaths
 from router.runtime.gateway import signal_reload
-from router.runtime.paths import RuntimePaths
 
 # The replicas of the policy and scaling scenarios: a GPU-like step time
 # (20 ms plus 0.4 ms per sequence in the batch) and 32 sequences at most,

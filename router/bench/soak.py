@@ -37,9 +37,9 @@ from router.bench import fleets, load, stats
 from router.bench.drill import FaultInjector
 from router.bench.fleets import Fleet, Progress
 from router.bench.scenario import POLICY_SIM, calibrate, reload_every
+from router.disk.paths import RuntimePaths, folder_bytes
 from router.errors import ClusterError
 from router.runtime.cluster import controller_call
-from router.runtime.paths import RuntimePaths, folder_bytes
 from router.runtime.procs import cmdline, descendants, open_fds, process_alive, rss_bytes
 from router.runtime.state import ClusterState
 from router.runtime.supervise import Supervisor

@@ -7,9 +7,9 @@ import argparse
 from router.cli.common import spec_arg
 from router.config.spec import load_spec
 from router.controller.policy import DEFAULT_PIN_TTL_S
+from router.disk.paths import RuntimePaths
 from router.errors import ClusterError, SpecError
 from router.runtime import cluster
-from router.runtime.paths import RuntimePaths
 from router.runtime.state import ClusterState
 from router.upstream import MAX_WEIGHT, MIN_WEIGHT
 

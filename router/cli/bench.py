@@ -9,10 +9,11 @@ from pathlib import Path
 
 import requests
 
+from router import REPO_ROOT
 from router.cli.common import announce, command_line, progress, spec_arg
-from router.config.spec import REPO_ROOT, load_spec
+from router.config.spec import load_spec
+from router.disk.paths import RuntimePaths
 from router.errors import ClusterError, SpecError
-from router.runtime.paths import RuntimePaths
 from router.runtime.state import ClusterState
 
 

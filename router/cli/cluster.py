@@ -13,11 +13,11 @@ import requests
 
 from router.cli.common import progress, spec_arg, table
 from router.config.spec import load_spec
+from router.disk.paths import RuntimePaths
 from router.errors import ClusterError, SpecError
 from router.host.machine import detect
 from router.render.programs import replica_program
 from router.runtime import cluster
-from router.runtime.paths import RuntimePaths
 from router.runtime.state import ClusterState
 
 

@@ -34,7 +34,7 @@ def cmd_model_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from router.host import doctor
+    from router.ops import doctor
 
     spec = load_spec(args.spec)
     inventory = discover()
@@ -50,7 +50,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_bundle(args: argparse.Namespace) -> int:
-    from router.host import bundle
+    from router.ops import bundle
 
     target = bundle.TARGETS[args.target]
     if args.part_size_mib <= 0:

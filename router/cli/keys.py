@@ -8,10 +8,10 @@ import time
 
 from router.cli.common import progress, spec_arg, table
 from router.config.spec import ClusterSpec, load_spec
+from router.disk import keys
+from router.disk.paths import RuntimePaths, write_atomic
 from router.render.keys import render_keys_conf
 from router.runtime import gateway as gateway_reload
-from router.runtime import keys
-from router.runtime.paths import RuntimePaths, write_atomic
 
 
 def _apply_keys(spec: ClusterSpec, store: keys.KeyStore) -> str:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from router import REPO_ROOT
 from router.cli.common import spec_arg
-from router.config.spec import REPO_ROOT, ClusterSpec, load_spec
+from router.config.spec import ClusterSpec, load_spec
+from router.disk.paths import RuntimePaths, write_atomic
 from router.errors import SpecError
 from router.render import compose
 from router.runtime import cluster, units
 from router.runtime.configs import write_checked
-from router.runtime.paths import RuntimePaths, write_atomic
 
 
 def cmd_render(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ from router.errors import SpecError
 def cmd_sim_serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from router.sim.config import SimSettings
+    from router.config.sim import SimSettings
     from router.sim.run import serve
 
     def given(**values: object) -> dict[str, object]:

@@ -22,10 +22,10 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from router import REPO_ROOT
+from router.config.sim import VLLM_VERSION, SimSettings
 from router.errors import SpecError
-from router.sim.config import VLLM_VERSION, SimSettings
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_SPEC = REPO_ROOT / "deploy" / "cluster.example.yaml"
 
 Engine = Literal["auto", "gpu", "cpu", "sim", "external"]

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 from router.config.spec import GatewaySpec
 from router.controller.policy import Decision
+from router.disk.paths import RuntimePaths
 from router.render.upstream import RenderedUpstream, render_upstream
 from router.runtime.gateway import apply_gateway_file, live_version, status_url
-from router.runtime.paths import RuntimePaths
 from router.upstream import UpstreamMember
 
 Renderer = Callable[[Decision, str], RenderedUpstream]

@@ -14,8 +14,8 @@ from router.controller.pace import PaceProber
 from router.controller.processes import ProcessWatch
 from router.controller.service import Controller, Member
 from router.controller.signals import PrometheusClient
+from router.disk.paths import RuntimePaths, read_admin_token
 from router.errors import ClusterError
-from router.runtime.paths import RuntimePaths, read_admin_token
 from router.runtime.state import ClusterState
 from router.runtime.supervise import Supervisor
 

@@ -44,13 +44,13 @@ from router.controller.policy import (
 from router.controller.probes import Prober
 from router.controller.processes import ProcessWatch
 from router.controller.warmup import warm_up
+from router.disk.paths import write_atomic
 from router.errors import (
     ConfigWriteFailed,
     MetricsUnavailable,
     NginxReloadFailed,
     NginxTestFailed,
 )
-from router.runtime.paths import write_atomic
 
 log = logging.getLogger(__name__)
 

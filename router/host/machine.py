@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from router.config.spec import REPO_ROOT
+from router import REPO_ROOT
 from router.errors import EnvironmentError_
 
 CONSOLE_SOURCE = REPO_ROOT / "nginx" / "console"

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from router.config.spec import REPO_ROOT
+from router import REPO_ROOT
 from router.errors import ModelError
 
 # Files a config-only folder takes from the hub: everything but weights.

@@ -26,9 +26,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from router.disk.paths import write_atomic
 from router.errors import ModelError
 from router.models import dummy as dummy_model
-from router.runtime.paths import write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,9 @@ from typing import Any
 
 import yaml
 
+from router import REPO_ROOT
 from router.config.plan import vllm_argv
-from router.config.spec import REPO_ROOT, ClusterSpec, parse_spec, resolve_engine_settings
+from router.config.spec import ClusterSpec, parse_spec, resolve_engine_settings
 from router.errors import SpecError
 from router.render.templates import template
 

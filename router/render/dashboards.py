@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from router.config.spec import REPO_ROOT
+from router import REPO_ROOT
 
 # The uid of the datasource that grafana/provisioning/datasources declares.
 DATASOURCE_UID = "llm-fleet-prometheus"

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from router.config.plan import ClusterPlan
+from router.disk.keys import KeyStore
+from router.disk.paths import RuntimePaths
 from router.host.machine import MachineFacts
 from router.render.keys import render_keys_conf
 from router.render.logrotate import render_logrotate
@@ -12,8 +14,6 @@ from router.render.nginx import render_nginx
 from router.render.programs import render_supervisord
 from router.render.prometheus import recording_rules, render_alert_rules, render_prometheus
 from router.render.upstream import render_upstream
-from router.runtime.keys import KeyStore
-from router.runtime.paths import RuntimePaths
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from router.disk.keys import KeyStore
 from router.render.templates import template
-from router.runtime.keys import KeyStore
 
 
 @dataclass(frozen=True)

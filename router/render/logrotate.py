@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from router.config.plan import ClusterPlan
+from router.disk.paths import RuntimePaths
 from router.host.machine import MachineFacts
 from router.render.templates import template
-from router.runtime.paths import RuntimePaths
 
 
 def render_logrotate(plan: ClusterPlan, paths: RuntimePaths, machine: MachineFacts) -> str:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from router.config.plan import ClusterPlan
 from router.config.spec import ClusterSpec, GatewaySpec
+from router.disk.paths import RuntimePaths
 from router.host.machine import MachineFacts
 from router.render.templates import template
-from router.runtime.paths import RuntimePaths
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from router.config.plan import ClusterPlan, ReplicaPlan
+from router.disk.paths import RuntimePaths
 from router.host.machine import MachineFacts
 from router.render.templates import template
-from router.runtime.paths import RuntimePaths
 
 
 @dataclass(frozen=True)

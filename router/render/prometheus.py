@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from router import REPO_ROOT
 from router.config.plan import ClusterPlan
-from router.config.spec import REPO_ROOT, ClusterSpec
+from router.config.spec import ClusterSpec
+from router.disk.paths import ALERT_RULES, RECORDING_RULES
 from router.render.templates import template
-from router.runtime.paths import ALERT_RULES, RECORDING_RULES
 
 
 def render_prometheus(plan: ClusterPlan) -> str:

@@ -12,10 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from router.config.plan import ClusterPlan
+from router.disk.paths import RuntimePaths
 from router.host.machine import MachineFacts
 from router.render.programs import Program, programs
 from router.render.templates import template
-from router.runtime.paths import RuntimePaths
 
 TARGET = "llm-fleet.target"
 PREPARE = "llm-fleet-prepare.service"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import jinja2
 
-from router.config.spec import REPO_ROOT
+from router import REPO_ROOT
 from router.errors import EnvironmentError_
 
 

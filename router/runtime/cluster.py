@@ -22,18 +22,18 @@ import requests
 
 from router.config.plan import ClusterPlan, build_plan, choose_engine
 from router.config.spec import ClusterSpec, load_spec, resolve_engine_settings
-from router.errors import ClusterError, ModelError
-from router.host.devices import Inventory, discover
-from router.models import store as model_store
-from router.runtime.configs import write_checked
-from router.runtime.health import Probe, port_in_use, probe
-from router.runtime.paths import (
+from router.disk.paths import (
     DiskUse,
     RuntimePaths,
     disk_use,
     ensure_admin_token,
     read_admin_token,
 )
+from router.errors import ClusterError, ModelError
+from router.host.devices import Inventory, discover
+from router.models import store as model_store
+from router.runtime.configs import write_checked
+from router.runtime.health import Probe, port_in_use, probe
 from router.runtime.procs import Unsupervised, descendants, left_by_supervisor, process_alive
 from router.runtime.state import ClusterState
 from router.runtime.supervise import ProcessInfo, Supervisor

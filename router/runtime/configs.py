@@ -14,12 +14,12 @@ import subprocess
 from pathlib import Path
 
 from router.config.plan import ClusterPlan
+from router.disk.keys import load_store
+from router.disk.paths import RuntimePaths, write_atomic
 from router.errors import RenderError
 from router.host.machine import MachineFacts, detect, find_binary, stage_console
 from router.render.files import RenderedConfig, render_all
 from router.runtime.gateway import nginx_test
-from router.runtime.keys import load_store
-from router.runtime.paths import RuntimePaths, write_atomic
 
 
 def check_prometheus(config: Path) -> None:

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import httpx
 
+from router.disk.paths import RuntimePaths, write_atomic
 from router.errors import ConfigWriteFailed, NginxReloadFailed, NginxTestFailed
 from router.host.machine import require_binary
-from router.runtime.paths import RuntimePaths, write_atomic
 
 VERIFY_TIMEOUT_S = 5.0
 

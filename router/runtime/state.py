@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from router.config.plan import ClusterPlan, WarmupPlan
+from router.disk.paths import RuntimePaths, write_atomic
 from router.errors import ClusterError
-from router.runtime.paths import RuntimePaths, write_atomic
 
 
 @dataclass(frozen=True)

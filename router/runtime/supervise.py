@@ -19,8 +19,8 @@ import xmlrpc.client
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from router.disk.paths import RuntimePaths
 from router.errors import ClusterError
-from router.runtime.paths import RuntimePaths
 from router.runtime.procs import process_alive
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from router.config.spec import EXAMPLE_SPEC, ClusterSpec
+from router.disk.paths import write_atomic
 from router.host.machine import detect
 from router.render.systemd import render_units
 from router.runtime import cluster
-from router.runtime.paths import write_atomic
 
 
 def write_units(spec: ClusterSpec, spec_path: Path | None, out_dir: Path) -> list[Path]:

@@ -5,6 +5,6 @@ and response shapes, vLLM's metric names, types, labels and buckets, and a
 continuous-batching latency model with faults on demand.
 """
 
-from router.sim.config import SimFaults, SimSettings
+from router.config.sim import SimFaults, SimSettings
 
 __all__ = ["SimFaults", "SimSettings"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import uvicorn
 
-from router.sim.config import SimSettings
+from router.config.sim import SimSettings
 from router.sim.server import SimApp
 
 log = logging.getLogger(__name__)

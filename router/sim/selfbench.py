@@ -37,7 +37,7 @@ from typing import Any
 
 import requests
 
-from router.sim.config import SimSettings
+from router.config.sim import SimSettings
 
 BODY_SHORT = json.dumps({"model": "sim-model", "prompt": "hi", "max_tokens": 1}).encode()
 

@@ -25,8 +25,8 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from router.config.sim import VLLM_VERSION, SimSettings
 from router.sim import responses, tokens
-from router.sim.config import VLLM_VERSION, SimSettings
 from router.sim.engine import Engine, LatencyModel, SimRequest
 from router.sim.metrics import VllmMetrics
 

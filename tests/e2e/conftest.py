@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from router.config.spec import load_spec, resolve_engine_settings
+from router.disk.paths import RuntimePaths
 from router.models import store as model_store
-from router.runtime.paths import RuntimePaths
 from tests.support.cli import fleet
 from tests.support.harness import free_port, free_port_block, gateway_metrics_ports
 

@@ -15,7 +15,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 
-from router.runtime.paths import RuntimePaths
+from router.disk.paths import RuntimePaths
 from tests.support.cli import fleet
 from tests.support.harness import free_port, free_port_block, gateway_metrics_ports
 

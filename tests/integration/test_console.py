@@ -19,8 +19,8 @@ import requests
 import yaml
 from playwright.sync_api import expect
 
-from router.config.spec import REPO_ROOT
-from router.runtime.paths import RuntimePaths
+from router import REPO_ROOT
+from router.disk.paths import RuntimePaths
 from tests.support.cli import fleet
 from tests.support.harness import free_port, free_port_block, gateway_metrics_ports
 

@@ -23,9 +23,9 @@ import yaml
 from router.controller.actuator import Actuator
 from router.controller.policy import Decision, ReplicaDecision
 from router.controller.service import Controller, Member
+from router.disk.paths import RuntimePaths
 from router.errors import NginxReloadFailed
 from router.render.upstream import RenderedUpstream
-from router.runtime.paths import RuntimePaths
 from router.runtime.supervise import Supervisor
 from tests.support.backend import Backend
 from tests.support.cli import fleet

@@ -31,9 +31,10 @@ import pytest
 import requests
 import yaml
 
-from router.config.spec import REPO_ROOT, load_spec
+from router import REPO_ROOT
+from router.config.spec import load_spec
+from router.disk.paths import RuntimePaths
 from router.host.machine import require_binary
-from router.runtime.paths import RuntimePaths
 from router.runtime.supervise import Supervisor
 from tests.support.cli import fleet
 from tests.support.client import resend_on_reset

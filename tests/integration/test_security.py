@@ -22,7 +22,7 @@ import pytest
 import requests
 import yaml
 
-from router.runtime.paths import RuntimePaths
+from router.disk.paths import RuntimePaths
 from router.runtime.state import ClusterState
 from router.runtime.supervise import Supervisor
 from tests.support import rawhttp

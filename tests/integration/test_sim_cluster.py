@@ -15,8 +15,8 @@ import pytest
 import requests
 import yaml
 
+from router.disk.paths import RuntimePaths
 from router.runtime.health import port_in_use
-from router.runtime.paths import RuntimePaths
 from router.runtime.procs import descendants, process_alive
 from router.runtime.supervise import Supervisor
 from tests.support.cli import fleet

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from router.config.spec import REPO_ROOT
+from router import REPO_ROOT
 
 DASHBOARDS = REPO_ROOT / "grafana" / "dashboards"
 

@@ -17,10 +17,10 @@ import requests
 
 from router.config.plan import ClusterPlan, build_plan
 from router.config.spec import parse_spec, resolve_engine_settings
+from router.disk.paths import RuntimePaths
 from router.host.machine import detect
 from router.render.programs import gateway_program, prometheus_program
 from router.runtime.configs import write_checked
-from router.runtime.paths import RuntimePaths
 from router.runtime.ports import free_port, free_port_block  # noqa: F401  (re-exported for tests)
 from tests.support.fakes import cpu_inventory
 

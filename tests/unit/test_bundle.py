@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from router.errors import BundleError
-from router.host import bundle
+from router.ops import bundle
 
 PROGRAMS = {"nginx": "usr/sbin", "prometheus": "usr/bin", "promtool": "usr/bin",
             "prometheus-nginx-exporter": "usr/bin", "mtail": "usr/bin", "logrotate": "usr/sbin"}

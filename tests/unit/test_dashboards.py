@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from router.config.spec import REPO_ROOT
+from router import REPO_ROOT
 from router.render import dashboards
 from tests.support.grafana import dashboard_files, load, queries, substitute
 

@@ -10,7 +10,7 @@ import pytest
 
 from router.cli import main
 from router.config.spec import parse_spec
-from router.host import doctor
+from router.ops import doctor
 from tests.support.fakes import FakeNvml
 
 H200 = 143771 * 2**20

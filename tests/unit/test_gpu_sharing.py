@@ -8,11 +8,11 @@ import pytest
 
 from router.config.plan import build_plan, choose_engine, memory_share
 from router.config.spec import parse_spec, resolve_engine_settings
+from router.disk.paths import RuntimePaths
 from router.errors import DeviceError, SpecError
 from router.gpu_exporter import replica_map
 from router.host.machine import detect
 from router.render.programs import replica_program
-from router.runtime.paths import RuntimePaths
 from tests.support.fakes import gpu_inventory, write_state
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from router.disk.keys import KEY_PREFIX, KeyStore, load_store, save_store
 from router.errors import SpecError
 from router.render.keys import render_keys_conf
-from router.runtime.keys import KEY_PREFIX, KeyStore, load_store, save_store
 
 
 def test_add_makes_a_distinct_secret_per_key() -> None:

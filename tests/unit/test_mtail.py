@@ -11,7 +11,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from router.config.spec import REPO_ROOT
+from router import REPO_ROOT
 from router.host.machine import MTAIL_PROGRAMS
 
 # Real nginx lines: streams, 404/413/400 answers, 500s, and requests retried

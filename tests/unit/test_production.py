@@ -14,21 +14,16 @@ from pathlib import Path
 import pytest
 import yaml
 
+from router import REPO_ROOT
 from router.config.plan import build_plan
-from router.config.spec import (
-    EXAMPLE_SPEC,
-    REPO_ROOT,
-    load_spec,
-    parse_spec,
-    resolve_engine_settings,
-)
+from router.config.spec import EXAMPLE_SPEC, load_spec, parse_spec, resolve_engine_settings
+from router.disk.paths import DiskUse, RuntimePaths, disk_use
 from router.host.machine import detect
 from router.render import compose
 from router.render.logrotate import render_logrotate
 from router.render.programs import programs
 from router.runtime import units
 from router.runtime.configs import write_checked
-from router.runtime.paths import DiskUse, RuntimePaths, disk_use
 from tests.support.cli import fleet
 from tests.support.fakes import cpu_inventory, gpu_inventory
 from tests.support.harness import free_port, gateway_metrics_ports

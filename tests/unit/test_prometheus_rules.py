@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from router.config.spec import REPO_ROOT, parse_spec
+from router import REPO_ROOT
+from router.config.spec import parse_spec
+from router.disk.paths import ALERT_RULES, RECORDING_RULES
 from router.render.prometheus import recording_rules, render_alert_rules, render_prometheus
-from router.runtime.paths import ALERT_RULES, RECORDING_RULES
 from tests.support.harness import plan_for
 
 RULE_TESTS = REPO_ROOT / "prometheus" / "tests"

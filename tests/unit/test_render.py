@@ -14,6 +14,8 @@ import pytest
 
 from router.config.plan import ClusterPlan, build_plan, choose_engine
 from router.config.spec import parse_spec, resolve_engine_settings
+from router.disk.keys import KeyStore
+from router.disk.paths import RuntimePaths
 from router.errors import EnvironmentError_, RenderError
 from router.host.machine import MachineFacts, console_root, stage_console
 from router.render.files import render_all
@@ -21,8 +23,6 @@ from router.render.nginx import render_nginx
 from router.render.programs import render_supervisord
 from router.render.prometheus import recording_rules, render_alert_rules
 from router.render.upstream import render_upstream
-from router.runtime.keys import KeyStore
-from router.runtime.paths import RuntimePaths
 from tests.support.fakes import cpu_inventory, gpu_inventory
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"

@@ -166,7 +166,7 @@ def test_engine_death_fails_everything_in_flight() -> None:
 def test_a_profile_fills_the_latency_model_and_explicit_values_win() -> None:
     from pydantic import ValidationError
 
-    from router.sim.config import PROFILES, SimSettings
+    from router.config.sim import PROFILES, SimSettings
 
     profiled = SimSettings(profile="h200-qwen2.5-7b-awq")
     for key, value in PROFILES["h200-qwen2.5-7b-awq"].items():

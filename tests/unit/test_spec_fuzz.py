@@ -23,10 +23,10 @@ from router.config.spec import (
     parse_spec,
     resolve_engine_settings,
 )
+from router.disk.keys import KeyStore
+from router.disk.paths import RuntimePaths
 from router.errors import FleetError, SpecError
 from router.render.files import render_all
-from router.runtime.keys import KeyStore
-from router.runtime.paths import RuntimePaths
 from tests.support.fakes import cpu_inventory, gpu_inventory
 from tests.support.specgen import mutated, specs
 from tests.unit.test_render import MACHINE

@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
 from router.bench import fleets, load, stats  # noqa: E402
 from router.bench.drill import FaultInjector  # noqa: E402
+from router.disk.paths import RuntimePaths  # noqa: E402
 from router.runtime.cluster import controller_call  # noqa: E402
-from router.runtime.paths import RuntimePaths  # noqa: E402
 from router.runtime.state import ClusterState  # noqa: E402
 from router.runtime.supervise import Supervisor  # noqa: E402
 

@@ -19,8 +19,8 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from router.disk.paths import write_atomic
 from router.errors import SpecError
-from router.runtime.paths import write_atomic
 
 KEY_PREFIX = "sk-fleet-"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

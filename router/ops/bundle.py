@@ -35,8 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from router import __version__
-from router.config.spec import REPO_ROOT
+from router import REPO_ROOT, __version__
 from router.errors import BundleError
 
 MiB = 1 << 20
