@@ -45,6 +45,8 @@ if [ "$dev" -eq 1 ]; then
   command -v keepalived >/dev/null 2>&1 || [ -x /usr/sbin/keepalived ] || need+=(keepalived)
   # deploy/keepalived/check_gateway.sh, run against a live server by the tests.
   command -v curl >/dev/null 2>&1 || need+=(curl)
+  # The njs interpreter runs nginx/affinity.js's table tests (tests/unit/test_affinity.py).
+  command -v njs >/dev/null 2>&1 || need+=(njs)
   # The web console's browser tests drive Debian's Chromium with Playwright.
   [ -x /usr/bin/chromium ] || need+=(chromium)
 fi

@@ -10,8 +10,9 @@
 // replica gets the request exactly as the client sent it.
 //
 // The ranking is weighted rendezvous hashing over $fleet_affinity_ring,
-// which the controller renders with the upstream file ("name weight state"
-// per replica, state up, shed or down): the replica with the highest
+// which the controller renders with the upstream file (router/affinity.py's
+// ring_text: "name weight state" per replica, state up, shed or down, joined
+// by ';'; the same module is this file's reference model): the replica with the highest
 // weight / -ln(hash(key, name)) wins. A replica that goes down moves only its
 // own keys (each to its next in rank), and they come back when it does. A
 // shedding replica (the load bound) keeps its keys, but their requests go to
@@ -186,4 +187,6 @@ function auto(r) {
     route(r, true);
 }
 
-export default {session, auto};
+// find, rank and hash are the table tests' entry points
+// (tests/unit/test_affinity.py runs them under the njs interpreter).
+export default {session, auto, find, rank, hash};

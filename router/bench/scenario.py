@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from router.affinity import AffinityMode
 from router.bench import fleets, load, stats
 from router.bench.chat import ChatWorkload, run_conversations
 from router.bench.fleets import Endpoint, Fleet, Progress
@@ -284,7 +285,7 @@ class Policy:
     balance: str = "least_conn"
     controller: bool = False
     router_policy: str | None = None  # a vllm-router policy: the row is vllm-router
-    affinity: str = "off"  # gateway.affinity
+    affinity: AffinityMode = AffinityMode.OFF  # gateway.affinity
     load_bound: bool = True  # False: shed_above at its maximum, so nothing ever sheds
 
 
@@ -451,9 +452,10 @@ CHAT_SIM: dict[str, Any] = {**POLICY_SIM, "prefill_s_per_token": 0.0001,
 CHAT_POLICIES = (
     Policy("least_conn", "least_conn, static weights (nginx)"),
     Policy("adaptive", "llm-fleet adaptive", controller=True),
-    Policy("affinity", "llm-fleet affinity (auto, load bound)", controller=True, affinity="auto"),
+    Policy("affinity", "llm-fleet affinity (auto, load bound)", controller=True,
+           affinity=AffinityMode.AUTO),
     Policy("affinity-unbounded", "llm-fleet affinity (auto, no load bound)", controller=True,
-           affinity="auto", load_bound=False),
+           affinity=AffinityMode.AUTO, load_bound=False),
     Policy("cache_aware", "vllm-router cache_aware", router_policy="cache_aware"),
     Policy("consistent_hash", "vllm-router consistent_hash", router_policy="consistent_hash"),
 )
@@ -510,7 +512,7 @@ def chat(ctx: Context, hot: bool = False) -> ScenarioResult:
             ctx.progress(f"{name}: {policy.label} skipped: {missing[policy.label]}")
             continue
         with ctx.fleet(f"{name}/{policy.key}", 4, {"defaults": CHAT_SIM},
-                       controller=policy.controller, gateway={"affinity": policy.affinity},
+                       controller=policy.controller, gateway={"affinity": policy.affinity.value},
                        controller_settings={} if policy.load_bound else {"shed_above": 2.0}
                        ) as fleet:
             opener: contextlib.AbstractContextManager[Endpoint] = (

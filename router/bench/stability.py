@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from router.affinity import AffinityMode
 from router.bench import load
 from router.bench.fleets import Fleet
 from router.bench.scenario import (
@@ -113,7 +114,7 @@ async def _slow_drill(fleet: Fleet, workload: load.Workload, rate: float,
         await fault_task
 
 
-def _equal_cells(ctx: Context, fleet: Fleet, capacity: float, affinity: str,
+def _equal_cells(ctx: Context, fleet: Fleet, capacity: float, affinity: AffinityMode,
                  result: ScenarioResult) -> int:
     """Every cell on one equal fleet; the applied weight changes, all cells together."""
     cell_s = ctx.size.measure_s
@@ -122,7 +123,7 @@ def _equal_cells(ctx: Context, fleet: Fleet, capacity: float, affinity: str,
         prompts, outputs = MIXES[cell.mix]
         workload = load.Workload(model="sim-model", prompt_words=prompts, output_tokens=outputs,
                                  seed=ctx.seed,
-                                 sessions=SESSIONS if affinity != "off" else 0)
+                                 sessions=SESSIONS if affinity.keyed else 0)
         arrivals = _arrivals(cell, capacity)
         label = f"{cell.label}, affinity {affinity}"
         ctx.progress(f"stability: {label} for {cell_s:g}s")
@@ -156,7 +157,7 @@ def stability(ctx: Context) -> ScenarioResult:
     with ctx.fleet("stability/affinity-off", 4, sim) as fleet:
         capacity, per_replica = calibrate(fleet, uniform, size.calibrate_s)
         ctx.progress(f"stability: capacity {capacity:.1f} req/s")
-        total_changes += _equal_cells(ctx, fleet, capacity, "off", result)
+        total_changes += _equal_cells(ctx, fleet, capacity, AffinityMode.OFF, result)
         slow_at, clear_at = (size.warmup_s, size.warmup_s + cell_s)
         total = clear_at + max(cell_s / 2, 30.0 if every else 2.0)
         rate = round(DRILL_LOAD * capacity, 2)
@@ -164,8 +165,8 @@ def stability(ctx: Context) -> ScenarioResult:
                      f"{clear_at:g}s of {total:g}s, Poisson {rate:g} req/s")
         drill = asyncio.run(_slow_drill(fleet, uniform, rate, slow_at, clear_at, total))
     with ctx.fleet("stability/affinity-session", 4, sim,
-                   gateway={"affinity": "session"}) as fleet:
-        total_changes += _equal_cells(ctx, fleet, capacity, "session", result)
+                   gateway={"affinity": AffinityMode.SESSION.value}) as fleet:
+        total_changes += _equal_cells(ctx, fleet, capacity, AffinityMode.SESSION, result)
     rows += _capacity_rows(ctx, result)
     halved = first_sample(drill.weights, slow_at, lambda w: w <= HALVED_WEIGHT)
     # Back only counts for a weight that went down.

@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from router import REPO_ROOT
+from router.affinity import AffinityMode
 from router.config.sim import VLLM_VERSION, SimSettings
 from router.errors import SpecError
 
@@ -143,7 +144,7 @@ class GatewaySpec(_Model):
     # session: keys from the X-Session-Id header, then the body's
     # prompt_cache_key or user. auto: also a hash of a chat's opening
     # (system prompt and first user message) or a prompt's first block.
-    affinity: Literal["off", "session", "auto"] = "off"
+    affinity: AffinityMode = AffinityMode.OFF
     # Old workers that still hold streams after a reload are closed after this.
     worker_shutdown_timeout_s: int = Field(default=900, ge=1)
     worker_processes: int | Literal["auto"] = "auto"

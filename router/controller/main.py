@@ -55,7 +55,7 @@ def run(spec: ClusterSpec) -> None:
                             latency_memory_s=spec.controller.latency_window_s
                             + spec.prometheus.scrape_interval_s, pace=pace,
                             metrics=metrics, processes=processes,
-                            affinity=spec.gateway.affinity != "off")
+                            affinity=spec.gateway.affinity.keyed)
     app = create_app(controller, read_admin_token(paths), grafana_url=spec.console.grafana_url)
     log.info("controller for %d replicas on 127.0.0.1:%d", len(members), spec.controller.port)
     uvicorn.run(app, host="127.0.0.1", port=spec.controller.port, log_level="warning",

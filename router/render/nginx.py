@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from router.affinity import AffinityMode
 from router.config.plan import ClusterPlan
 from router.config.spec import ClusterSpec, GatewaySpec
 from router.disk.paths import RuntimePaths
@@ -80,8 +81,8 @@ class NginxView:
     controller_port: int | None
     upstream_conf: Path
     api_keys_conf: Path
-    # gateway.affinity, and what it loads when not off.
-    affinity: str
+    # gateway.affinity; when it keys requests, njs runs the mode's handler.
+    affinity: AffinityMode
     js_module: str | None
     affinity_script: Path
     routes: tuple[ApiRoute, ...]
@@ -129,7 +130,7 @@ def nginx_view(plan: ClusterPlan, paths: RuntimePaths, machine: MachineFacts) ->
         api_keys_conf=paths.api_keys_conf,
         affinity=spec.gateway.affinity,
         js_module=(machine.nginx_module("ngx_http_js_module")
-                   if spec.gateway.affinity != "off" else None),
+                   if spec.gateway.affinity.keyed else None),
         affinity_script=machine.affinity_script,
         routes=API_ROUTES[spec.model.runner],
     )
