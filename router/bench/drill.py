@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import requests
 
 from router.bench import load, stats
 from router.config.spec import ClusterSpec
@@ -40,7 +41,6 @@ from router.runtime.supervise import Supervisor
 from router.upstream import BASE_WEIGHT
 
 FAULTS = ("kill", "hang", "slow", "restart")
-SIGNAL_FAULTS = ("kill", "restart", "hang")
 SLOW_FACTOR = 0.33
 POLL_S = 0.2
 
@@ -127,7 +127,7 @@ class FaultInjector:
         return [info.pid, *descendants(info.pid)]
 
     def _sim_faults(self, **faults: object) -> None:
-        response = httpx.post(f"{self.url}/sim/faults", json=faults, timeout=5)
+        response = requests.post(f"{self.url}/sim/faults", json=faults, timeout=5)
         response.raise_for_status()
 
     def apply(self, fault: str) -> None:

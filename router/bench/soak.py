@@ -36,7 +36,8 @@ import httpx
 from router.bench import fleets, load, stats
 from router.bench.drill import FaultInjector
 from router.bench.fleets import Fleet, Progress
-from router.bench.scenario import POLICY_SIM, calibrate, reload_every
+from router.bench.scenario_kit import POLICY_SIM, calibrate
+from router.bench.scenarios.reloads import reload_every
 from router.disk.paths import RuntimePaths, folder_bytes
 from router.errors import ClusterError
 from router.runtime.cluster import controller_call

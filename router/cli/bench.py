@@ -72,25 +72,18 @@ def cmd_bench_scenario(args: argparse.Namespace) -> int:
     import shutil
     import tempfile
 
-    from router.bench import load, scenario, scenario_report, scenarios
+    from router.bench import load, scenario_report, scenarios
 
-    if args.scenario not in scenarios.SCENARIOS:
-        raise SpecError(f"no scenario named {args.scenario!r}",
-                        hint="scenarios are: " + ", ".join(scenarios.SCENARIOS))
+    scenario = scenarios.lookup(args.scenario)
     contenders = tuple(c for c in (args.contenders or "").split(",") if c)
-    known = {"chat": scenario.CHAT_CONTENDERS,
-             "chat-hot": scenario.CHAT_HOT_CONTENDERS}.get(args.scenario, scenario.CONTENDERS)
-    unknown = sorted(set(contenders) - set(known))
-    if unknown:
-        raise SpecError(f"--contenders: no contender named {', '.join(unknown)}",
-                        hint=f"contenders of {args.scenario} are: " + ", ".join(known))
+    scenarios.check_contenders(scenario, contenders)
     for flag, value, least in (("--warmup", args.warmup, 0), ("--measure", args.measure, 1)):
         if value is not None and value < least:
             raise SpecError(f"{flag} must be {least} seconds or more", hint=f"e.g. {flag} 60")
     out = args.out or REPO_ROOT / "docs" / "benchmarks" / args.scenario
     work = Path(tempfile.mkdtemp(prefix=f"fleet-{args.scenario}-"))
     try:
-        result = scenarios.run_scenario(args.scenario, work, args.tiny, progress, args.seed,
+        result = scenarios.run_scenario(scenario, work, args.tiny, progress, args.seed,
                                        warmup_s=args.warmup, measure_s=args.measure,
                                        contenders=contenders)
     finally:
@@ -98,7 +91,7 @@ def cmd_bench_scenario(args: argparse.Namespace) -> int:
             progress(f"fleet specs and logs kept in {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
-    announce(scenario_report.write(out, result, command_line(args), load.machine()),
+    announce(scenario_report.write(out, scenario, result, command_line(args), load.machine()),
               result.targets)
     return 0
 
@@ -208,22 +201,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     pb.add_argument("--seed", type=int, default=0)
     pb.set_defaults(func=cmd_bench_run)
     pb = bench_sub.add_parser(
-        "scenario", help="llm-fleet and its baselines side by side on simulated fleets: "
-                         "overhead, heterogeneous, homogeneous, scaling, reloads, chat, "
-                         "chat-hot (docs/benchmarks)")
+        "scenario", help="llm-fleet and its baselines side by side on simulated fleets "
+                         "(docs/benchmarks; one module each in router/bench/scenarios)")
     pb.add_argument("scenario", metavar="NAME",
-                    help="overhead | heterogeneous | homogeneous | scaling | reloads | chat | "
-                         "chat-hot")
+                    help="the scenario, e.g. heterogeneous or stability (an unknown name "
+                         "lists them all)")
     pb.add_argument("--warmup", type=float, metavar="S",
-                    help="heterogeneous, homogeneous: seconds of load left out of the figures "
-                         "(default 45)")
+                    help="heterogeneous, homogeneous, stability: seconds of load left out of "
+                         "the figures (default 45)")
     pb.add_argument("--measure", type=float, metavar="S",
-                    help="heterogeneous, homogeneous: seconds of load measured (default 90)")
+                    help="heterogeneous, homogeneous, stability: seconds of load measured "
+                         "(stability: per cell; default 90)")
     pb.add_argument("--contenders", metavar="LIST",
-                    help="heterogeneous, homogeneous, chat: only these, comma-separated, of "
-                         "round-robin, least_conn, adaptive, power_of_two, cache_aware (chat: "
-                         "least_conn, adaptive, affinity, affinity-unbounded, cache_aware, "
-                         "consistent_hash; chat-hot: the same but adaptive)")
+                    help="scenarios with contenders (heterogeneous, homogeneous, chat, "
+                         "chat-hot): only these, comma-separated (an unknown one lists the "
+                         "scenario's)")
     pb.add_argument("--out", type=Path, metavar="DIR",
                     help="report folder (default: docs/benchmarks/NAME)")
     pb.add_argument("--tiny", action="store_true",

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from router.bench.scenario import imbalance, metric_sum, weight_changes
+from router.bench.scenario_kit import metric_sum, weight_changes
+from router.bench.scenarios.reloads import imbalance
 
 
 def test_weight_changes_count_reloads_after_the_warmup_only() -> None:

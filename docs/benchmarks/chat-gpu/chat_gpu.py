@@ -25,7 +25,7 @@ from typing import Any
 from router.bench import stats
 from router.bench.chat import ChatWorkload, KeyBy
 from router.bench.fleets import Endpoint
-from router.bench.scenario import converse, prefix_cache_counts
+from router.bench.scenarios.chat import converse, prefix_cache_counts
 
 ROWS: dict[str, tuple[str, KeyBy]] = {
     "least_conn": ("least_conn, no session key", "none"),

@@ -11,7 +11,9 @@ how long until its weight is halved, and until it is back.
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,10 +21,12 @@ import httpx
 from router.affinity import AffinityMode
 from router.bench import load
 from router.bench.fleets import Fleet
-from router.bench.scenario import (
+from router.bench.report import pyplot
+from router.bench.scenario_kit import (
     POLICY_SIM,
     Context,
     Row,
+    Scenario,
     ScenarioResult,
     calibrate,
     sim_text,
@@ -119,7 +123,7 @@ def _equal_cells(ctx: Context, fleet: Fleet, capacity: float, affinity: Affinity
     """Every cell on one equal fleet; the applied weight changes, all cells together."""
     cell_s = ctx.size.measure_s
     total_changes = 0
-    for cell in cells(ctx.size.stability_every_cell):
+    for cell in cells(every=not ctx.tiny):
         prompts, outputs = MIXES[cell.mix]
         workload = load.Workload(model="sim-model", prompt_words=prompts, output_tokens=outputs,
                                  seed=ctx.seed,
@@ -145,7 +149,7 @@ def _equal_cells(ctx: Context, fleet: Fleet, capacity: float, affinity: Affinity
 
 def stability(ctx: Context) -> ScenarioResult:
     size = ctx.size
-    every = size.stability_every_cell
+    every = not ctx.tiny
     cell_s = size.measure_s
     rows: list[Row] = []
     result = ScenarioResult(name="stability", title="Weights that hold still on an equal fleet",
@@ -267,3 +271,54 @@ def _capacity_rows(ctx: Context, result: ScenarioResult) -> list[Row]:
 
 def _seconds(value: float | None) -> str:
     return "never" if value is None else f"{value:.1f} s"
+
+
+def plot_weights(out: Path, rows: list[Row], filename: str = "weights.png") -> str:
+    """The controller's weights over time: every equal-fleet cell back to back,
+    then the drill with its slowed replica."""
+    plt = pyplot()
+    equal = [r for r in rows if r.run is not None and "weights_range" in r.extra
+             and "affinity" in r.label]
+    drill = next((r for r in rows if "slowed_at_s" in r.extra and r.run is not None), None)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6))
+    offset = 0.0
+    for row in equal:
+        assert row.run is not None
+        names = sorted({n for s in row.run.weights for n in s["weights"]})
+        for index, name in enumerate(names):
+            top.step([offset + s["t"] for s in row.run.weights],
+                     [s["weights"].get(name, math.nan) for s in row.run.weights],
+                     where="post", color=f"C{index}", linewidth=1,
+                     label=name if row is equal[0] else None)
+        offset += row.run.duration_s
+        top.axvline(offset, color="grey", linewidth=0.5, linestyle=":")
+    top.set_title("Equal fleets, every cell back to back (dotted: a new cell)")
+    top.set_ylabel("weight")
+    top.set_ylim(0, 105)
+    top.grid(alpha=0.3)
+    if equal:
+        top.legend(fontsize=7, loc="lower right")
+    if drill is not None and drill.run is not None:
+        names = sorted({n for s in drill.run.weights for n in s["weights"]})
+        for index, name in enumerate(names):
+            bottom.step([s["t"] for s in drill.run.weights],
+                        [s["weights"].get(name, math.nan) for s in drill.run.weights],
+                        where="post", color=f"C{index}", label=name)
+        for key, text in (("slowed_at_s", "slowed to a third"), ("cleared_at_s", "cleared")):
+            bottom.axvline(drill.extra[key], color="red", linestyle=":")
+            bottom.annotate(text, (drill.extra[key], 100), rotation=90, fontsize=7, va="top",
+                            ha="right", color="red")
+        bottom.set_title(drill.label)
+        bottom.legend(fontsize=7, loc="lower left")
+    bottom.set_ylabel("weight")
+    bottom.set_xlabel("seconds")
+    bottom.set_ylim(0, 105)
+    bottom.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / filename, dpi=110)
+    plt.close(fig)
+    return filename
+
+
+SCENARIOS = (Scenario("stability", stability,
+                      plots=lambda out, rows: [plot_weights(out, rows)] if rows else []),)
