@@ -13,13 +13,11 @@ from pathlib import Path
 
 import openai
 import pytest
-import yaml
 
 from router.config.spec import load_spec, resolve_engine_settings
 from router.disk.paths import RuntimePaths
 from router.models import store as model_store
-from tests.support.cli import fleet
-from tests.support.harness import free_port, free_port_block, gateway_metrics_ports
+from tests.support.fleet import running_fleet
 
 
 @dataclass
@@ -35,37 +33,21 @@ class Cluster:
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    tmp = tmp_path_factory.mktemp("e2e")
-    base = free_port_block(2)
-    data = {
-        "engine": "cpu",
-        "replicas": 2,
-        "runtime_dir": str(tmp / "rt"),
-        "ports": {"replica_base": base},
-        "gateway": {"port": free_port(), "status_port": free_port()},
-        "prometheus": {"port": free_port(), "scrape_interval_s": 2},
-        "controller": {"port": free_port()},
-        "gateway_metrics": gateway_metrics_ports(),
-    }
-    spec_path = tmp / "spec.yaml"
-    spec_path.write_text(yaml.safe_dump(data))
-    spec = load_spec(spec_path)
-    settings = resolve_engine_settings(spec, "cpu")
-    try:
-        model_store.resolve(settings.model, spec.model.cache_dir)
-    except model_store.ModelError as exc:
-        pytest.fail(f"{exc}; run `fleet model prepare` (make test does it first)")
-    up = fleet("up", "--spec", str(spec_path), timeout=900)
-    assert up.returncode == 0, f"fleet up failed:\n{up.stdout}\n{up.stderr}"
-    ports = [spec.gateway.port, spec.gateway.status_port, spec.prometheus.port,
-             spec.controller.port, base, base + 1]
-    try:
-        yield Cluster(spec_path, RuntimePaths(spec.runtime_dir),
-                      f"http://127.0.0.1:{spec.gateway.port}", settings.served_model_name,
-                      settings.max_model_len, ports,
-                      [f"http://127.0.0.1:{base + i}" for i in range(2)])
-    finally:
-        fleet("down", "--spec", str(spec_path), timeout=180)
+    def model_is_prepared(spec_path: Path) -> None:
+        spec = load_spec(spec_path)
+        settings = resolve_engine_settings(spec, "cpu")
+        try:
+            model_store.resolve(settings.model, spec.model.cache_dir)
+        except model_store.ModelError as exc:
+            pytest.fail(f"{exc}; run `fleet model prepare` (make test does it first)")
+
+    with running_fleet(tmp_path_factory.mktemp("e2e"), 2, engine="cpu",
+                       before_up=model_is_prepared, up_timeout=900,
+                       prometheus={"scrape_interval_s": 2}) as running:
+        spec = load_spec(running.spec)
+        settings = resolve_engine_settings(spec, "cpu")
+        yield Cluster(running.spec, running.paths, running.url, settings.served_model_name,
+                      settings.max_model_len, running.ports, running.replica_urls)
 
 
 @pytest.fixture

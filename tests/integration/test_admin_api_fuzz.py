@@ -11,36 +11,19 @@ from typing import Any
 import pytest
 import requests
 import schemathesis
-import yaml
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 
-from router.disk.paths import RuntimePaths
-from tests.support.cli import fleet
-from tests.support.harness import free_port, free_port_block, gateway_metrics_ports
+from tests.support.fleet import running_fleet
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def admin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    tmp = tmp_path_factory.mktemp("fuzz")
-    spec = tmp / "spec.yaml"
-    ctl = free_port()
-    spec.write_text(yaml.safe_dump({
-        "engine": "sim", "replicas": 2, "runtime_dir": str(tmp / "rt"),
-        "ports": {"replica_base": free_port_block(2)},
-        "gateway": {"port": free_port(), "status_port": free_port(), "worker_processes": 1},
-        "prometheus": {"port": free_port(), "scrape_interval_s": 1},
-        "controller": {"port": ctl},
-        "gateway_metrics": gateway_metrics_ports(),
-    }))
-    up = fleet("up", "--spec", str(spec))
-    assert up.returncode == 0, up.stderr
-    try:
-        yield f"http://127.0.0.1:{ctl}", RuntimePaths(tmp / "rt").admin_token.read_text().strip()
-    finally:
-        fleet("down", "--spec", str(spec))
+    with running_fleet(tmp_path_factory.mktemp("fuzz"), replicas=2,
+                       gateway={"worker_processes": 1}) as running:
+        yield running.admin_url, running.admin_token
 
 
 def test_admin_api_never_answers_5xx(admin: tuple[str, str]) -> None:

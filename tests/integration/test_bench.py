@@ -10,12 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 from router.bench import load
 from router.bench.stats import CONNECT, HTTP_STATUS, Slo, summarize
 from tests.support.cli import fleet
-from tests.support.harness import free_port, free_port_block, gateway_metrics_ports
+from tests.support.fleet import running_fleet
+from tests.support.harness import free_port
 from tests.support.sim import sim_replica
 
 pytestmark = pytest.mark.integration
@@ -23,22 +23,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def sim_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    tmp = tmp_path_factory.mktemp("bench")
-    spec = tmp / "spec.yaml"
-    spec.write_text(yaml.safe_dump({
-        "engine": "sim", "replicas": 2, "runtime_dir": str(tmp / "rt"),
-        "ports": {"replica_base": free_port_block(2)},
-        "gateway": {"port": free_port(), "status_port": free_port(), "worker_processes": 1},
-        "prometheus": {"port": free_port(), "scrape_interval_s": 1},
-        "controller": {"port": free_port()},
-        "gateway_metrics": gateway_metrics_ports(),
-    }))
-    up = fleet("up", "--spec", str(spec))
-    assert up.returncode == 0, up.stderr
-    try:
-        yield spec
-    finally:
-        fleet("down", "--spec", str(spec))
+    with running_fleet(tmp_path_factory.mktemp("bench"), replicas=2,
+                       gateway={"worker_processes": 1}) as running:
+        yield running.spec
 
 
 def test_open_loop_sweep_writes_the_report(sim_fleet: Path, tmp_path: Path) -> None:

@@ -7,22 +7,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.support.cli import fleet
-from tests.support.harness import free_port, gateway_metrics_ports
+from tests.support.fleet import spec_data, write_spec
 
 pytestmark = pytest.mark.integration
 
 
 def _spec(tmp_path: Path, **data: object) -> Path:
-    path = tmp_path / "spec.yaml"
-    base = {"engine": "cpu", "runtime_dir": str(tmp_path / "rt"),
-            "gateway": {"port": free_port(), "status_port": free_port()},
-            "prometheus": {"port": free_port()}, "controller": {"port": free_port()},
-            "gateway_metrics": gateway_metrics_ports()}
-    path.write_text(yaml.safe_dump({**base, **data}))
-    return path
+    return write_spec(tmp_path, spec_data(tmp_path / "rt", engine="cpu", **data))
 
 
 def test_render_writes_configs_that_nginx_and_promtool_accept(tmp_path: Path) -> None:

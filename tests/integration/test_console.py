@@ -16,13 +16,11 @@ from typing import Any
 
 import pytest
 import requests
-import yaml
 from playwright.sync_api import expect
 
 from router import REPO_ROOT
-from router.disk.paths import RuntimePaths
 from tests.support.cli import fleet
-from tests.support.harness import free_port, free_port_block, gateway_metrics_ports
+from tests.support.fleet import running_fleet
 
 pytestmark = pytest.mark.integration
 
@@ -58,32 +56,22 @@ class ConsoleFleet:
 
 @pytest.fixture(scope="module")
 def console_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleFleet]:
-    tmp = tmp_path_factory.mktemp("console")
-    spec = tmp / "spec.yaml"
-    port, ctl = free_port(), free_port()
-    spec.write_text(yaml.safe_dump({
-        "engine": "sim", "replicas": REPLICAS, "runtime_dir": str(tmp / "rt"),
-        "ports": {"replica_base": free_port_block(REPLICAS)},
-        "gateway": {"port": port, "status_port": free_port(), "worker_processes": 1},
-        "prometheus": {"port": free_port(), "scrape_interval_s": 1},
-        "controller": {"port": ctl, "evaluate_interval_s": 1},
-        "gateway_metrics": gateway_metrics_ports(),
-        "auth": {"enabled": True},
-        "console": {"grafana_url": "http://127.0.0.1:3000"},
-        "limits": {"requests_per_s": 1, "burst": BURST},
-        # Slow enough decoding that a stream spans many browser frames.
-        "sim": {"defaults": {"decode_step_s": 0.03}},
-    }))
-    added = fleet("keys", "add", "console", "--spec", str(spec))
-    assert added.returncode == 0, added.stderr
-    up = fleet("up", "--spec", str(spec))
-    assert up.returncode == 0, up.stderr
-    try:
-        yield ConsoleFleet(spec, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{ctl}",
-                           RuntimePaths(tmp / "rt").admin_token.read_text().strip(),
-                           added.stdout.strip())
-    finally:
-        fleet("down", "--spec", str(spec))
+    keys: list[str] = []
+
+    def add_key(spec: Path) -> None:
+        added = fleet("keys", "add", "console", "--spec", str(spec))
+        assert added.returncode == 0, added.stderr
+        keys.append(added.stdout.strip())
+
+    with running_fleet(
+            tmp_path_factory.mktemp("console"), REPLICAS, before_up=add_key,
+            gateway={"worker_processes": 1}, controller={"evaluate_interval_s": 1},
+            auth={"enabled": True}, console={"grafana_url": "http://127.0.0.1:3000"},
+            limits={"requests_per_s": 1, "burst": BURST},
+            # Slow enough decoding that a stream spans many browser frames.
+            sim={"defaults": {"decode_step_s": 0.03}}) as running:
+        yield ConsoleFleet(running.spec, running.url, running.admin_url, running.admin_token,
+                           keys[0])
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 import requests
-import yaml
 
 from router.controller.actuator import Actuator
 from router.controller.policy import Decision, ReplicaDecision
@@ -30,18 +29,14 @@ from router.runtime.supervise import Supervisor
 from tests.support.backend import Backend
 from tests.support.cli import fleet
 from tests.support.client import resend_on_reset
-from tests.support.harness import (
-    free_port,
-    free_port_block,
-    gateway,
-    gateway_metrics_ports,
-    plan_for,
-    wait_for,
-)
+from tests.support.fleet import Fleets
+from tests.support.harness import free_port_block, gateway, plan_for, wait_for
 
 pytestmark = pytest.mark.integration
 
 CHAT = {"model": "sim-model", "messages": [{"role": "user", "content": "hi"}]}
+# Requests in each window a traffic share is measured over.
+WINDOW_REQUESTS = 80
 
 
 @dataclass
@@ -64,38 +59,23 @@ class Controlled:
         return requests.post(f"{self.admin}{path}", json=body, headers=headers, timeout=10)
 
 
-def _cluster_factory(tmp_path: Path) -> Iterator[Callable[..., Controlled]]:
-    specs: list[Path] = []
+def _cluster_factory(folder: Path) -> Iterator[Callable[..., Controlled]]:
+    """Clusters whose controller decides every second on a 10 s window."""
+    fleets = Fleets(folder)
 
     def start(replicas: int = 3, sim: list[dict[str, Any]] | None = None,
               **controller: Any) -> Controlled:
-        base = free_port_block(replicas)
-        ports = {"gateway": free_port(), "status": free_port(), "prom": free_port(),
-                 "ctl": free_port()}
-        spec = tmp_path / f"spec{len(specs)}.yaml"
-        spec.write_text(yaml.safe_dump({
-            "engine": "sim", "replicas": replicas, "runtime_dir": str(tmp_path / f"rt{len(specs)}"),
-            "ports": {"replica_base": base},
-            "gateway": {"port": ports["gateway"], "status_port": ports["status"]},
-            "prometheus": {"port": ports["prom"], "scrape_interval_s": 1},
-            "sim": {"replicas": sim or []},
-            "gateway_metrics": gateway_metrics_ports(),
-            "controller": {"port": ports["ctl"], "evaluate_interval_s": 1,
-                           "latency_window": "10s", "min_reload_interval_s": 3,
-                           "slow_start_s": 5, **controller},
-        }))
-        specs.append(spec)
-        up = fleet("up", "--spec", str(spec))
-        assert up.returncode == 0, up.stderr
-        paths = RuntimePaths(tmp_path / f"rt{len(specs) - 1}")
-        return Controlled(spec, paths, f"http://127.0.0.1:{ports['gateway']}",
-                          f"http://127.0.0.1:{ports['ctl']}",
-                          paths.admin_token.read_text().strip(),
-                          [f"http://127.0.0.1:{base + i}" for i in range(replicas)])
+        running = fleets.start(
+            replicas, sim={"replicas": sim or []},
+            controller={"evaluate_interval_s": 1, "latency_window": "10s",
+                        "min_reload_interval_s": 3, "slow_start_s": 5, **controller})
+        return Controlled(running.spec, running.paths, running.url, running.admin_url,
+                          running.admin_token, running.replica_urls)
 
-    yield start
-    for spec in specs:
-        fleet("down", "--spec", str(spec))
+    try:
+        yield start
+    finally:
+        fleets.close()
 
 
 @pytest.fixture
@@ -175,12 +155,15 @@ def test_slow_replica_loses_weight_and_traffic(make_cluster: Callable[..., Contr
                            pace={"enabled": pace})
     start = time.monotonic()
     with Load(cluster.url, clients=12, max_tokens=40) as load:
-        time.sleep(6)
+        # Windows of traffic, not of seconds: a busy machine serves fewer a second.
+        wait_for(lambda: len(load.served) >= WINDOW_REQUESTS, 60,
+                 f"{WINDOW_REQUESTS} requests served at equal weights")
         early = time.monotonic()
         wait_for(lambda: cluster.status()["replica-3"]["weight"] <= 25, 30,
                  "the 3x slower replica to lose half of its weight")
         settled = time.monotonic()
-        time.sleep(6)
+        wait_for(lambda: sum(1 for t, _ in load.served if t >= settled) >= WINDOW_REQUESTS,
+                 60, f"{WINDOW_REQUESTS} requests served after the move")
         late = time.monotonic()
         # The weights nginx has lag the controller's targets by up to the
         # minimum reload interval, so a healthy replica that a noisy round

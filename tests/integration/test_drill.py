@@ -10,12 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from router.bench.drill import DrillPlan, check_plan
-from router.bench.fleets import sim_fleet_spec
 from router.errors import SpecError
 from tests.support.cli import fleet
+from tests.support.fleet import running_fleet
 
 pytestmark = pytest.mark.integration
 
@@ -24,23 +23,16 @@ SHORT = ("--load", "8", "--before", "2", "--after", "1", "--recover-timeout", "6
 
 @pytest.fixture(scope="module")
 def sim_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    tmp = tmp_path_factory.mktemp("drill")
-    spec = tmp / "spec.yaml"
     # replica-1 takes 3 s to answer after each start, like a vLLM loading
     # its weights, so a kill keeps it away long enough to be seen.
     sim = {"defaults": {"decode_step_s": 0.005},
            "replicas": [{}, {"faults": {"startup_delay_s": 3}}, {}]}
-    data = sim_fleet_spec(tmp / "rt", 3, sim, gateway={"worker_processes": 1},
-                          prometheus={"scrape_interval_s": 1})
     # Warm-up on, as on GPU fleets: every start and restart gets a small burst.
-    data["controller"]["warmup"] = {"enabled": True, "requests": 4, "max_tokens": 4}
-    spec.write_text(yaml.safe_dump(data))
-    try:
-        up = fleet("up", "--spec", str(spec))
-        assert up.returncode == 0, up.stderr
-        yield spec
-    finally:
-        fleet("down", "--spec", str(spec))
+    warmup = {"enabled": True, "requests": 4, "max_tokens": 4}
+    with running_fleet(tmp_path_factory.mktemp("drill"), 3, sim=sim,
+                       gateway={"worker_processes": 1},
+                       controller={"warmup": warmup}) as running:
+        yield running.spec
 
 
 def _drill(spec: Path, out: Path, *args: str) -> dict[str, Any]:

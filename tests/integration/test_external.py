@@ -16,23 +16,18 @@ import yaml
 
 from router.runtime.procs import descendants, process_alive
 from tests.support.cli import fleet
-from tests.support.harness import free_port, gateway_metrics_ports, wait_for
+from tests.support.fleet import spec_data, write_spec
+from tests.support.harness import free_port, wait_for
 from tests.support.sim import sim_replica
 
 pytestmark = pytest.mark.integration
 
 
 def _external_spec(tmp_path: Path, gateway: int, *replica_ports: int) -> Path:
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(yaml.safe_dump({
-        "engine": "external", "runtime_dir": str(tmp_path / "rt"),
-        "model": {"served_name": "sim-model"},
-        "external_replicas": [{"address": f"127.0.0.1:{port}"} for port in replica_ports],
-        "gateway": {"port": gateway, "status_port": free_port()},
-        "prometheus": {"port": free_port()}, "controller": {"port": free_port()},
-        "gateway_metrics": gateway_metrics_ports(),
-    }))
-    return spec
+    return write_spec(tmp_path, spec_data(
+        tmp_path / "rt", engine="external", model={"served_name": "sim-model"},
+        external_replicas=[{"address": f"127.0.0.1:{port}"} for port in replica_ports],
+        gateway={"port": gateway}))
 
 
 def _served_by(gateway: int, requests_sent: int) -> Counter[str]:

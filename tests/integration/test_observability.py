@@ -38,14 +38,9 @@ from router.host.machine import require_binary
 from router.runtime.supervise import Supervisor
 from tests.support.cli import fleet
 from tests.support.client import resend_on_reset
+from tests.support.fleet import running_fleet
 from tests.support.grafana import DASHBOARDS, Query, queries, substitute, variables
-from tests.support.harness import (
-    free_port,
-    free_port_block,
-    gateway_metrics_ports,
-    prometheus_ready,
-    wait_for,
-)
+from tests.support.harness import free_port, prometheus_ready, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -101,6 +96,7 @@ class LiveFleet:
     prometheus: str
     load: Load
     started: float
+    workers: list[threading.Thread]
 
 
 def _range_query(prometheus: str, expr: str, start: float) -> list[dict[str, object]]:
@@ -134,35 +130,21 @@ def _without_data(prometheus: str, panel_queries: list[Query], start: float) -> 
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveFleet]:
-    tmp = tmp_path_factory.mktemp("observability")
-    base = free_port_block(2)
-    gateway_port, prometheus_port = free_port(), free_port()
-    spec = tmp / "spec.yaml"
-    spec.write_text(yaml.safe_dump({
-        "engine": "sim", "replicas": 2, "runtime_dir": str(tmp / "rt"),
-        "ports": {"replica_base": base},
-        "gateway": {"port": gateway_port, "status_port": free_port()},
-        "prometheus": {"port": prometheus_port, "scrape_interval_s": 1},
-        "controller": {"port": free_port(), "evaluate_interval_s": 1, "latency_window": "10s",
-                       "min_reload_interval_s": 2},
-        "gateway_metrics": gateway_metrics_ports(),
-    }))
-    up = fleet("up", "--spec", str(spec))
-    assert up.returncode == 0, up.stderr
-    url = f"http://127.0.0.1:{gateway_port}"
-    load = Load(url)
-    workers = [threading.Thread(target=load.run, daemon=True) for _ in range(3)]
-    started = time.time()
-    try:
-        for worker in workers:
-            worker.start()
-        prometheus = f"http://127.0.0.1:{prometheus_port}"
-        yield LiveFleet(spec, url, prometheus, load, started)
-    finally:
-        load.stop.set()
-        for worker in workers:
-            worker.join(timeout=30)
-        fleet("down", "--spec", str(spec))
+    with running_fleet(tmp_path_factory.mktemp("observability"), 2,
+                       controller={"evaluate_interval_s": 1, "latency_window": "10s",
+                                   "min_reload_interval_s": 2}) as running:
+        load = Load(running.url)
+        workers = [threading.Thread(target=load.run, daemon=True) for _ in range(3)]
+        started = time.time()
+        try:
+            for worker in workers:
+                worker.start()
+            yield LiveFleet(running.spec, running.url, running.prometheus_url, load, started,
+                            workers)
+        finally:
+            load.stop.set()
+            for worker in workers:
+                worker.join(timeout=30)
 
 
 def _instant(prometheus: str, expr: str) -> list[dict[str, object]]:
@@ -173,12 +155,16 @@ def _instant(prometheus: str, expr: str) -> list[dict[str, object]]:
 
 
 def test_every_fleet_panel_shows_data(live: LiveFleet) -> None:
-    # An operator drains and undrains a replica: reloads for the annotations.
-    time.sleep(6)
+    # An operator drains and undrains a replica: reloads for the annotations,
+    # each seen by Prometheus before the next.
+    wait_for(lambda: _instant(live.prometheus, "fleet_controller_decisions_total"), 60,
+             "Prometheus to have the controller's first decisions", interval=0.5)
     for action in ("drain", "undrain"):
+        before = _reloads(live.prometheus)
         result = fleet(action, "replica-1", "--spec", str(live.spec))
         assert result.returncode == 0, result.stderr
-        time.sleep(3)
+        wait_for(lambda before=before: _reloads(live.prometheus) > before, 60,
+                 f"Prometheus to see the controller reload for {action}", interval=0.5)
     # Recording rules need a minute-window rate over a few evaluations.
     wait_for(lambda: _instant(live.prometheus, "replica:gateway_traffic:share_rate1m"), 60,
              "the traffic-share recording rule to have data", interval=1)
@@ -220,9 +206,16 @@ def wait_for_all(prometheus: str, panel_queries: list[Query], start: float,
         time.sleep(2)
 
 
+def _reloads(prometheus: str) -> float:
+    result = _instant(prometheus, 'sum(fleet_controller_reloads_total{result="success"})')
+    return float(result[0]["value"][1]) if result else 0.0  # type: ignore[index]
+
+
 def test_gateway_log_counts_every_request_by_replica(live: LiveFleet) -> None:
     live.load.stop.set()
-    time.sleep(1)
+    for worker in live.workers:
+        worker.join(timeout=60)
+    assert not any(worker.is_alive() for worker in live.workers), "a client is still sending"
     served = dict(live.load.served)
     assert set(served) == {"replica-0", "replica-1"}
 

@@ -20,7 +20,6 @@ from typing import Any
 
 import pytest
 import requests
-import yaml
 
 from router.disk.paths import RuntimePaths
 from router.runtime.state import ClusterState
@@ -28,7 +27,8 @@ from router.runtime.supervise import Supervisor
 from tests.support import rawhttp
 from tests.support.cli import fleet
 from tests.support.client import resend_on_reset
-from tests.support.harness import free_port, free_port_block, gateway_metrics_ports, wait_for
+from tests.support.fleet import running_fleet
+from tests.support.harness import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -73,36 +73,27 @@ class Secured:
 
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
-    tmp = tmp_path_factory.mktemp("secured")
-    base = free_port_block(REPLICAS)
-    port, ctl = free_port(), free_port()
-    spec = tmp / "spec.yaml"
-    spec.write_text(yaml.safe_dump({
-        "engine": "sim", "replicas": REPLICAS, "runtime_dir": str(tmp / "rt"),
-        "ports": {"replica_base": base},
-        "gateway": {"port": port, "status_port": free_port(), "max_body_size": MAX_BODY,
-                    "client_timeout_s": CLIENT_TIMEOUT_S, "worker_processes": 1},
-        "prometheus": {"port": free_port(), "scrape_interval_s": 1},
-        # Pace probes off: the tests count the requests the replicas run, and
-        # the probes are the controller's own requests, sent past the gateway.
-        "controller": {"port": ctl, "evaluate_interval_s": 1, "pace": {"enabled": False}},
-        "gateway_metrics": gateway_metrics_ports(),
-        "auth": {"enabled": True},
-        "limits": {"requests_per_s": RATE, "burst": BURST, "concurrent": CONCURRENT},
-    }))
-    paths = RuntimePaths(tmp / "rt")
-    cluster = Secured(spec, paths, port, f"http://127.0.0.1:{ctl}", "")
-    # Keys made before the cluster exists apply at `fleet up`.
-    for name in ("catalogue", "revoked"):
-        cluster.add_key(name)
-    assert cluster.cli("keys", "revoke", "revoked").returncode == 0
-    up = cluster.cli("up")
-    assert up.returncode == 0, up.stderr
-    cluster.token = paths.admin_token.read_text().strip()
-    try:
-        yield cluster
-    finally:
-        cluster.cli("down")
+    keys: dict[str, str] = {}
+
+    def keys_before_up(spec: Path) -> None:
+        # Keys made before the cluster exists apply at `fleet up`.
+        early = Secured(spec, RuntimePaths(spec.parent / "rt"), 0, "", "", keys)
+        for name in ("catalogue", "revoked"):
+            early.add_key(name)
+        assert early.cli("keys", "revoke", "revoked").returncode == 0
+
+    with running_fleet(
+            tmp_path_factory.mktemp("secured"), REPLICAS, before_up=keys_before_up,
+            gateway={"max_body_size": MAX_BODY, "client_timeout_s": CLIENT_TIMEOUT_S,
+                     "worker_processes": 1},
+            # Pace probes off: the tests count the requests the replicas run, and
+            # the probes are the controller's own requests, sent past the gateway.
+            controller={"evaluate_interval_s": 1, "pace": {"enabled": False}},
+            auth={"enabled": True},
+            limits={"requests_per_s": RATE, "burst": BURST, "concurrent": CONCURRENT},
+    ) as running:
+        yield Secured(running.spec, running.paths, running.data["gateway"]["port"],
+                      running.admin_url, running.admin_token, keys)
 
 
 def _json_request(key: str | None, body: bytes, path: str = "/v1/chat/completions",
@@ -275,11 +266,20 @@ def test_every_bad_request_gets_a_clear_answer_and_costs_nothing(secured: Secure
         for case in CATALOGUE:
             rawhttp.send(secured.port, case.build(secured))
     # Two controller evaluations, so a decision based on these requests is made.
-    time.sleep(2.5)
+    evaluated = _evaluations(secured)
+    wait_for(lambda: _evaluations(secured) >= evaluated + 2, 30,
+             "two controller evaluations after the catalogue", interval=0.2)
     status = secured.status()
     assert all(r["in_rotation"] and r["health"]["healthy"] for r in status.values()), status
     assert set(_normal_burst(secured, 30)) == {f"replica-{i}" for i in range(REPLICAS)}
     assert secured.pids() == pids_before
+
+
+def _evaluations(cluster: Secured) -> float:
+    """Policy evaluations the controller has made, from its own /metrics."""
+    text = requests.get(f"{cluster.admin}/metrics", timeout=5).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("fleet_controller_decisions_total"))
 
 
 def _running_on_replicas(cluster: Secured) -> float:

@@ -20,7 +20,8 @@ from router.runtime.health import port_in_use
 from router.runtime.procs import descendants, process_alive
 from router.runtime.supervise import Supervisor
 from tests.support.cli import fleet
-from tests.support.harness import free_port, free_port_block, gateway_metrics_ports, wait_for
+from tests.support.fleet import running_fleet
+from tests.support.harness import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -37,25 +38,9 @@ class SimCluster:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[SimCluster]:
-    base = free_port_block(3)
-    gateway, status, prom = free_port(), free_port(), free_port()
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(yaml.safe_dump({
-        "engine": "sim", "replicas": 3, "runtime_dir": str(tmp_path / "rt"),
-        "ports": {"replica_base": base},
-        "gateway": {"port": gateway, "status_port": status},
-        "prometheus": {"port": prom},
-        "controller": {"port": free_port()},
-        "gateway_metrics": gateway_metrics_ports(),
-        "sim": {"replicas": [{}, {}, {"speed": 0.33}]},
-    }))
-    up = fleet("up", "--spec", str(spec))
-    assert up.returncode == 0, up.stderr
-    try:
-        yield SimCluster(spec, RuntimePaths(tmp_path / "rt"), f"http://127.0.0.1:{gateway}",
-                         [gateway, status, prom, base, base + 1, base + 2])
-    finally:
-        fleet("down", "--spec", str(spec))
+    with running_fleet(tmp_path, 3, sim={"replicas": [{}, {}, {"speed": 0.33}]}) as running:
+        ports = [p for p in running.ports if p != running.data["controller"]["port"]]
+        yield SimCluster(running.spec, running.paths, running.url, ports)
 
 
 def _chat(url: str) -> requests.Response:

@@ -26,7 +26,8 @@ from router.runtime.health import port_in_use
 from router.runtime.procs import group_members, process_alive
 from router.runtime.supervise import Supervisor
 from tests.support.cli import fleet
-from tests.support.harness import free_port, free_port_block, gateway_metrics_ports, wait_for
+from tests.support.fleet import running_fleet
+from tests.support.harness import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -83,27 +84,14 @@ class Cluster:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     work = tmp_path_factory.mktemp("uptime")
-    base = free_port_block(2)
-    gateway, status, prom, ctl = free_port(), free_port(), free_port(), free_port()
     flag = work / "replica-1-broken"
-    spec = work / "spec.yaml"
-    spec.write_text(yaml.safe_dump({
-        "engine": "sim", "replicas": 2, "runtime_dir": str(work / "rt"),
-        "ports": {"replica_base": base},
-        "gateway": {"port": gateway, "status_port": status},
-        "prometheus": {"port": prom, "scrape_interval_s": 1},
-        "controller": {"port": ctl, "evaluate_interval_s": 1, "min_reload_interval_s": 2,
-                       "slow_start_s": 2},
-        "gateway_metrics": gateway_metrics_ports(),
-        "sim": {"replicas": [{}, {"faults": {"fail_start_while": str(flag)}}]},
-    }))
-    up = fleet("up", "--spec", str(spec))
-    try:
-        assert up.returncode == 0, up.stderr
-        yield Cluster(spec, RuntimePaths(work / "rt"), f"http://127.0.0.1:{gateway}",
-                      f"http://127.0.0.1:{ctl}", flag, [gateway, status, prom, ctl, base, base + 1])
-    finally:
-        fleet("down", "--spec", str(spec))
+    with running_fleet(work, 2,
+                       controller={"evaluate_interval_s": 1, "min_reload_interval_s": 2,
+                                   "slow_start_s": 2},
+                       sim={"replicas": [{}, {"faults": {"fail_start_while": str(flag)}}]}
+                       ) as running:
+        yield Cluster(running.spec, running.paths, running.url, running.admin_url, flag,
+                      running.ports)
 
 
 def test_a_crash_loop_ends_fatal_out_of_rotation_and_restart_brings_it_back(

@@ -23,6 +23,7 @@ from router.render.programs import gateway_program, prometheus_program
 from router.runtime.configs import write_checked
 from router.runtime.ports import free_port, free_port_block  # noqa: F401  (re-exported for tests)
 from tests.support.fakes import cpu_inventory
+from tests.support.fleet import merged, spec_data
 
 
 def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
@@ -35,25 +36,10 @@ def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.1) -
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def gateway_metrics_ports() -> dict[str, int]:
-    """The spec's gateway_metrics section with free ports for both exporters."""
-    return {"nginx_exporter_port": free_port(), "log_exporter_port": free_port()}
-
-
 def plan_for(runtime_dir: Path, replicas: int, replica_base: int, **spec: Any) -> ClusterPlan:
     """A CPU plan whose replica ports are replica_base + i, other ports free."""
-    data = {
-        "engine": "cpu",
-        "replicas": replicas,
-        "runtime_dir": str(runtime_dir),
-        "ports": {"replica_base": replica_base},
-        "gateway": {"port": free_port(), "status_port": free_port(), "worker_processes": 1,
-                    **spec.pop("gateway", {})},
-        "prometheus": {"port": free_port(), "scrape_interval_s": 1, **spec.pop("prometheus", {})},
-        "controller": {"port": free_port(), **spec.pop("controller", {})},
-        "gateway_metrics": {**gateway_metrics_ports(), **spec.pop("gateway_metrics", {})},
-        **spec,
-    }
+    data = spec_data(runtime_dir, replicas, "cpu", **merged(
+        {"ports": {"replica_base": replica_base}, "gateway": {"worker_processes": 1}}, spec))
     parsed = parse_spec(data)
     settings = resolve_engine_settings(parsed, "cpu")
     return build_plan(parsed, settings, cpu_inventory(2), "/models/test", "python3")

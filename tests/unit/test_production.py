@@ -26,7 +26,8 @@ from router.runtime import units
 from router.runtime.configs import write_checked
 from tests.support.cli import fleet
 from tests.support.fakes import cpu_inventory, gpu_inventory
-from tests.support.harness import free_port, gateway_metrics_ports
+from tests.support.fleet import gateway_metrics_ports
+from tests.support.harness import free_port
 
 REFERENCE_GPUS = 4
 
