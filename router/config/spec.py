@@ -205,7 +205,7 @@ class ModelSpec(_Model):
     # A Hugging Face id, a local folder, or unset for the engine's default.
     name: str | None = None
     # The name clients put in "model"; unset for the engine's default (with
-    # load_format: dummy, that name ends in DUMMY_SUFFIX).
+    # load_format: dummy, that name ends in DUMMY_MARK).
     served_name: str | None = None
     cache_dir: Path = Field(default_factory=default_model_cache)
     # auto: the real weights. dummy: the model's architecture, quantization

@@ -1,9 +1,9 @@
-"""The runtime directory of a cluster: where every file it writes lives.
+"""The runtime directory of a cluster on disk: where every file it writes
+lives, and how a file is written so no reader sees half of it.
 
 One place names every path, so the renderer, the supervisor, the CLI and
-(later) the controller agree on them. ``state.json`` records what `fleet up`
-started, including the replica -> GPU UUID map that the controller and the
-GPU exporter join on.
+the controller agree on them. It sits below every layer that reads or
+writes those files (docs/architecture.md): a path is a value, not an action.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
+import requests
 
 from router.disk.paths import RuntimePaths, write_atomic
 from router.errors import ConfigWriteFailed, NginxReloadFailed, NginxTestFailed
@@ -41,8 +41,8 @@ def status_url(status_port: int, what: str) -> str:
 
 def live_version(url: str) -> str | None:
     try:
-        response = httpx.get(url, timeout=1.0)
-    except httpx.HTTPError:
+        response = requests.get(url, timeout=1.0)
+    except requests.RequestException:
         return None
     return response.text.strip() if response.status_code == 200 else None
 
