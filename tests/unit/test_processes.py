@@ -81,7 +81,9 @@ def test_left_by_supervisor_finds_its_programs_and_nginx_and_not_a_shell(tmp_pat
 # A stand-in for nginx: a "master" in its own group with two "workers", its pid in a
 # file. Like nginx's, the workers handle QUIT themselves: a shell that runs a
 # background job may hand its children QUIT ignored.
-WORKER = ("import signal, sys, time; signal.signal(signal.SIGQUIT, lambda *_: sys.exit(0)); "
+# Each says it is ready (its handler installed) with a file named by its pid.
+WORKER = ("import os, signal, sys, time; signal.signal(signal.SIGQUIT, lambda *_: sys.exit(0)); "
+          "open(os.path.join(os.environ['WORKERS_READY'], str(os.getpid())), 'w').close(); "
           "time.sleep(60)")
 MASTER = (
     "import os, subprocess, sys, time\n"
@@ -96,17 +98,20 @@ MASTER = (
 
 def test_the_gateway_launcher_retires_the_workers_of_a_killed_master(tmp_path: Path) -> None:
     pid_file = tmp_path / "nginx.pid"
+    ready = tmp_path / "ready"
+    ready.mkdir()
     master = subprocess.Popen([sys.executable, "-c", MASTER, str(pid_file)],
-                              stdout=subprocess.PIPE, text=True, start_new_session=True)
+                              stdout=subprocess.PIPE, text=True, start_new_session=True,
+                              env={**os.environ, "WORKERS_READY": str(ready)})
     assert master.stdout is not None
     workers = [int(pid) for pid in master.stdout.readline().split()]
     try:
         # Let bash exec into the new title and Python install its handler.
         deadline = time.monotonic() + 10
-        while not all(cmdline(w).startswith("nginx: ") for w in workers) \
+        while not (all(cmdline(w).startswith("nginx: ") for w in workers)
+                   and {int(f.name) for f in ready.iterdir()} == set(workers)) \
                 and time.monotonic() < deadline:
             time.sleep(0.05)
-        time.sleep(0.5)
         master.kill()
         master.wait()
         assert orphaned_workers(pid_file) == (master.pid, sorted(workers))
