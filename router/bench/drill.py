@@ -29,11 +29,13 @@ from typing import Any
 
 import httpx
 import requests
+from pydantic import ValidationError
 
 from router.bench import load, stats
 from router.config.spec import ClusterSpec
 from router.disk.paths import RuntimePaths
 from router.errors import ClusterError, SpecError
+from router.fleet_status import PublicFleetStatus
 from router.runtime.cluster import controller_call
 from router.runtime.procs import descendants
 from router.runtime.state import ClusterState
@@ -195,12 +197,10 @@ async def _watch(gateway: str, replica_url: str, replica: str, key: str | None,
             try:
                 response = await client.get(f"{gateway}/fleet/status", headers=headers)
                 if response.status_code == 200:
-                    for r in response.json()["replicas"]:
-                        live = bool(r["in_rotation"]) and not r["drained"]
-                        weights[r["name"]] = int(r["weight"] or 0) if live else 0
-                        if r["name"] == replica:
-                            routed = live
-            except (httpx.HTTPError, ValueError, KeyError):
+                    status = PublicFleetStatus.model_validate_json(response.content)
+                    weights = status.routed_weights()
+                    routed = next((r.routed for r in status.replicas if r.name == replica), None)
+            except (httpx.HTTPError, ValidationError):
                 pass
             now = time.perf_counter() - start
             seen.samples.append({"t": now, "healthy": state["healthy"], "routed": routed,

@@ -22,6 +22,7 @@ from typing import Any, Literal
 from router.bench.client import Connection, Target, run_request
 from router.bench.stats import RequestRecord, percentile
 from router.errors import SpecError
+from router.fleet_status import PublicFleetStatus
 
 Range = tuple[int, int]
 # Open-loop requests in flight beyond this are a sign the fleet has stopped
@@ -174,6 +175,7 @@ async def _sample_weights(url: str, key: str | None, into: list[dict[str, Any]],
                           run_start: float) -> None:
     """Poll the gateway's /fleet/status for the controller's weights."""
     import httpx
+    from pydantic import ValidationError
 
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     async with httpx.AsyncClient(timeout=2.0) as client:
@@ -181,10 +183,10 @@ async def _sample_weights(url: str, key: str | None, into: list[dict[str, Any]],
             try:
                 response = await client.get(f"{url}/fleet/status", headers=headers)
                 if response.status_code == 200:
-                    into.append({"t": time.perf_counter() - run_start, "weights": {
-                        r["name"]: (0 if not r["in_rotation"] or r["drained"] else r["weight"])
-                        for r in response.json()["replicas"]}})
-            except (httpx.HTTPError, ValueError, KeyError):
+                    status = PublicFleetStatus.model_validate_json(response.content)
+                    into.append({"t": time.perf_counter() - run_start,
+                                 "weights": status.routed_weights()})
+            except (httpx.HTTPError, ValidationError):
                 pass
             await asyncio.sleep(WEIGHT_SAMPLE_S)
 

@@ -34,17 +34,18 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def _status_table(status: cluster.ClusterStatus) -> str:
-    controlled = {r["name"]: r for r in (status.controller or {}).get("replicas", [])}
+    controlled = {r.name: r for r in status.controller.replicas} if status.controller else {}
     rows = [["REPLICA", "DEVICE", "URL", "STATE", "PID", "HEALTH", "WEIGHT", "CACHE HITS",
              "REASON"]]
     for r in status.replicas:
         health = str(r.health.status) if r.health.status else (r.health.error or "-")
-        view = controlled.get(r.name, {})
-        weight = "-" if view.get("weight") is None else (
-            str(view["weight"]) if view.get("in_rotation") else "out")
-        hits = ((view.get("signals") or {}).get("prefix_hit_rate") or {}).get("value")
+        view = controlled.get(r.name)
+        weight = "-" if view is None or view.weight is None else (
+            str(view.weight) if view.in_rotation else "out")
+        hits = None if view is None else view.signal("prefix_hit_rate")
         rows.append([r.name, r.device, r.url, r.state, str(r.pid or "-"), health, weight,
-                     "-" if hits is None else f"{hits:.0%}", view.get("reason") or "-"])
+                     "-" if hits is None else f"{hits:.0%}",
+                     (view.reason if view is not None else None) or "-"])
     others = [p for p in status.processes if not p.name.startswith("replica-")]
     for p in others:
         rows.append([p.name, "-", "-", p.state, str(p.pid or "-"), "-", "-", "-", "-"])

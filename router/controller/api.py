@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from router.controller.policy import DEFAULT_PIN_TTL_S
 from router.controller.public import public_status
 from router.controller.service import Controller
+from router.fleet_status import FleetStatus, PublicFleetStatus
 from router.upstream import MAX_WEIGHT, MIN_WEIGHT
 
 log = logging.getLogger(__name__)
@@ -97,23 +98,23 @@ def create_app(controller: Controller, token: str, run_loop: bool = True,
     guarded = [Depends(authorised)]
 
     @app.get("/status", dependencies=guarded)
-    async def status() -> dict[str, Any]:
+    async def status() -> FleetStatus:
         return controller.status()
 
     @app.get("/decisions", dependencies=guarded)
     async def decisions(limit: Annotated[int, Query(ge=1, le=10_000)] = 50) -> dict[str, Any]:
         records = list(controller.history)[-limit:]
-        return {"decisions": [r.__dict__ for r in records]}
+        return {"decisions": [r.model_dump() for r in records]}
 
     @app.post("/replicas/{name}/drain", dependencies=guarded)
     async def drain(name: str) -> dict[str, Any]:
         record = await controller.set_override(replica(name), drained=True)
-        return {"replica": name, "drained": True, "decision": record.__dict__}
+        return {"replica": name, "drained": True, "decision": record.model_dump()}
 
     @app.post("/replicas/{name}/undrain", dependencies=guarded)
     async def undrain(name: str) -> dict[str, Any]:
         record = await controller.set_override(replica(name), drained=False)
-        return {"replica": name, "drained": False, "decision": record.__dict__}
+        return {"replica": name, "drained": False, "decision": record.model_dump()}
 
     @app.post("/replicas/{name}/weight", dependencies=guarded)
     async def pin(name: str, body: PinRequest) -> dict[str, Any]:
@@ -121,10 +122,10 @@ def create_app(controller: Controller, token: str, run_loop: bool = True,
         record = await controller.set_override(replica(name), pinned_weight=body.weight,
                                                pin_expires_at=expires)
         return {"replica": name, "pinned_weight": body.weight, "pin_expires_at": expires,
-                "decision": record.__dict__}
+                "decision": record.model_dump()}
 
     @app.get("/fleet/status")
-    async def fleet_status() -> dict[str, Any]:
+    async def fleet_status() -> PublicFleetStatus:
         return public_status(controller.status(), grafana_url)
 
     @app.get("/metrics", include_in_schema=False)

@@ -20,6 +20,7 @@ import httpx
 
 from router.config.spec import ControllerSpec
 from router.controller.policy import Health
+from router.controller.timer import RealTimer, Timer, every
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,9 @@ class Prober:
 
     def __init__(self, urls: Mapping[str, str], settings: ControllerSpec,
                  transport: httpx.AsyncBaseTransport | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, timer: Timer | None = None) -> None:
         self.urls = dict(urls)
+        self.timer = timer or RealTimer()
         self.settings = settings
         self.states = {name: ProbeState() for name in urls}
         # Set when some replica's health flips; the controller decides at once.
@@ -97,7 +99,6 @@ class Prober:
 
     async def run(self) -> None:
         while True:
-            started = time.monotonic()
+            started = self.timer.monotonic()
             await self.probe_all()
-            await asyncio.sleep(max(0.0, self.settings.probe_interval_s
-                                    - (time.monotonic() - started)))
+            await every(self.timer, self.settings.probe_interval_s, started)

@@ -43,6 +43,7 @@ from router.controller.policy import (
 )
 from router.controller.probes import Prober
 from router.controller.processes import ProcessWatch
+from router.controller.timer import RealTimer, Timer, every, flip_or_timeout
 from router.controller.warmup import warm_up
 from router.disk.paths import write_atomic
 from router.errors import (
@@ -50,6 +51,19 @@ from router.errors import (
     MetricsUnavailable,
     NginxReloadFailed,
     NginxTestFailed,
+)
+from router.fleet_status import (
+    CapacityView,
+    DecisionRecord,
+    FleetStatus,
+    Health,
+    OverrideView,
+    PaceTestView,
+    PaceView,
+    PrometheusView,
+    ReplicaStatus,
+    RoomView,
+    SignalReading,
 )
 
 log = logging.getLogger(__name__)
@@ -85,20 +99,6 @@ class Member:
         return self.url.removeprefix("http://")
 
 
-@dataclass(frozen=True)
-class DecisionRecord:
-    """One evaluation, for GET /decisions."""
-
-    at: float
-    trigger: str
-    applied: bool
-    why: str
-    weights: dict[str, int]
-    down: list[str]
-    reasons: dict[str, str]
-    error: str | None = None
-
-
 def _aged(signals: ReplicaSignals, extra_s: float) -> ReplicaSignals:
     def older(sample: Sample | None) -> Sample | None:
         return None if sample is None else Sample(sample.value, sample.age_s + extra_s)
@@ -117,7 +117,8 @@ class Controller:
                  latency_memory_s: float = 0.0, *, clock: Clock = time.time,
                  prober: Prober | None = None, metrics: ControllerMetrics | None = None,
                  pace: PaceProber | None = None,
-                 processes: ProcessWatch | None = None, affinity: bool = False) -> None:
+                 processes: ProcessWatch | None = None, affinity: bool = False,
+                 timer: Timer | None = None) -> None:
         self.members = list(members)
         self.names = tuple(m.name for m in members)
         self.urls = {m.name: m.url for m in members}
@@ -125,8 +126,10 @@ class Controller:
         self.actuator = actuator
         self.prometheus = prometheus
         self.clock = clock
+        # The loops' interval time: real by default, virtual in tests.
+        self.timer = timer or RealTimer()
         self.metrics = metrics or ControllerMetrics()
-        self.prober = prober or Prober(self.urls, settings, transport, clock)
+        self.prober = prober or Prober(self.urls, settings, transport, clock, self.timer)
         self.flipped = self.prober.flipped
         # Replicas warmed since they last became healthy, and bursts under way.
         self.warmup = warmup
@@ -198,7 +201,7 @@ class Controller:
         while True:
             if await asyncio.to_thread(self.processes.poll):
                 self.flipped.set()
-            await asyncio.sleep(self.settings.probe_interval_s)
+            await self.timer.sleep(self.settings.probe_interval_s)
 
     # --- pace probes -------------------------------------------------------
     def pace_targets(self) -> list[str]:
@@ -229,9 +232,15 @@ class Controller:
         assert self.pace is not None
         interval = self.pace.settings.interval_s
         while True:
-            started = time.monotonic()
-            await self.pace_round()
-            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+            started = self.timer.monotonic()
+            try:
+                await self.pace_round()
+            except Exception:
+                # A round that breaks in an unforeseen way must not end pacing
+                # for good: the weights would hold on ever staler verdicts.
+                log.exception("pace round failed decision=hold reason=unexpected error; "
+                              "next round in %.1fs", interval)
+            await every(self.timer, interval, started)
 
     # --- warm-up -------------------------------------------------------------
     def track_warmups(self) -> None:
@@ -284,9 +293,10 @@ class Controller:
                 error = await self._apply(desired, why)
             self.metrics.change_pending.set(int(apply and error is not None))
             self.metrics.decisions.labels(applied=str(apply and error is None).lower()).inc()
-            record = DecisionRecord(now, trigger, apply and error is None, why,
-                                    desired.weights(), sorted(desired.down()),
-                                    desired.reasons(), error)
+            record = DecisionRecord(at=now, trigger=trigger, applied=apply and error is None,
+                                    why=why, weights=desired.weights(),
+                                    down=sorted(desired.down()), reasons=desired.reasons(),
+                                    error=error)
             self.history.append(record)
             self._publish()
             return record
@@ -388,17 +398,16 @@ class Controller:
             await self.evaluate("start")
             if self.pace is not None:
                 pacing = asyncio.create_task(self._pace_loop())
-            next_signals = time.monotonic() + self.settings.evaluate_interval_s
+            next_signals = self.timer.monotonic() + self.settings.evaluate_interval_s
             while True:
-                timeout = max(0.0, next_signals - time.monotonic())
-                try:
-                    await asyncio.wait_for(self.flipped.wait(), timeout)
+                timeout = max(0.0, next_signals - self.timer.monotonic())
+                if await flip_or_timeout(self.timer, self.flipped, timeout):
                     self.flipped.clear()
                     await self.evaluate("health probes")
-                except TimeoutError:
+                else:
                     await self.refresh_signals()
                     await self.evaluate("signals")
-                    next_signals = time.monotonic() + self.settings.evaluate_interval_s
+                    next_signals = self.timer.monotonic() + self.settings.evaluate_interval_s
         finally:
             probing.cancel()
             for task in (pacing, watching):
@@ -414,67 +423,65 @@ class Controller:
             if self.prometheus is not None:
                 await self.prometheus.close()
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> FleetStatus:
         now = self.clock()
         snapshot = self.snapshot(now)
-        replicas = []
-        for member in self.members:
-            probe = self.prober.states[member.name]
-            applied = self.applied.replicas.get(member.name) if self.applied else None
-            desired = self.desired.replicas.get(member.name) if self.desired else None
-            signals = snapshot.signals.get(member.name, ReplicaSignals())
-            override = self.overrides.get(member.name, Override())
-            replicas.append({
-                "name": member.name, "url": member.url, "device": member.device,
-                "weight": applied.weight if applied else None,
-                "in_rotation": (not applied.down) if applied else None,
-                "desired_weight": desired.weight if desired else None,
-                "process": self.processes.states.get(member.name) if self.processes else None,
-                "reason": desired.reason if desired else None,
-                "shedding": applied.shed if applied else None,
-                "health": {"healthy": probe.health.healthy,
-                           "consecutive_failures": probe.health.consecutive_failures,
-                           "last_success": probe.health.last_success,
-                           "last_error": probe.last_error},
-                "signals": {name: (None if s is None else
-                                   {"value": s.value if math.isfinite(s.value) else None,
-                                    "age_s": s.age_s if math.isfinite(s.age_s) else None})
-                            for name in ReplicaSignals.__dataclass_fields__
-                            for s in [getattr(signals, name)]},
-                "pace": None if (pace := self.pace_signals.get(member.name)) is None else {
-                    "ratio": pace.ratio, "zone": pace.zone, "deviation": pace.deviation,
-                    "statistic": pace.statistic, "threshold": pace.threshold,
-                    "rounds": pace.rounds, "moved_at": pace.moved_at,
-                    "moved_on_rounds": pace.moved_on_rounds,
-                    "seconds_per_token": pace.seconds_per_token, "batch": pace.batch,
-                    "age_s": max(0.0, now - pace.at)},
-                "capacity": None if (room := self.capacity_signals.get(member.name)) is None
-                else {"ratio": room.ratio, "evidence": room.evidence() or None,
-                      "room": None if room.room is None else {
-                          "what": room.room.what, "own": room.room.own,
-                          "fleet": room.room.fleet, "source": room.room.source}},
-                "override": {"drained": override.drained,
-                             "pinned_weight": override.pinned_weight
-                             if override.pin_active(now) else None,
-                             "pin_expires_at": override.pin_expires_at
-                             if override.pin_active(now) else None},
-            })
         last = self.history[-1] if self.history else None
-        return {"replicas": replicas,
-                "prometheus": {"ok": self.prometheus_error is None and self.signals_at is not None,
-                               "error": self.prometheus_error,
-                               "last_success": self.signals_at},
-                "pace_test": self._pace_test(),
-                "last_decision": last.__dict__ if last else None}
+        return FleetStatus(
+            replicas=[self._replica_status(member, snapshot, now) for member in self.members],
+            prometheus=PrometheusView(
+                ok=self.prometheus_error is None and self.signals_at is not None,
+                error=self.prometheus_error, last_success=self.signals_at),
+            pace_test=self._pace_test(), last_decision=last)
 
-    def _pace_test(self) -> dict[str, Any] | None:
+    def _replica_status(self, member: Member, snapshot: Snapshot, now: float) -> ReplicaStatus:
+        probe = self.prober.states[member.name]
+        applied = self.applied.replicas.get(member.name) if self.applied else None
+        desired = self.desired.replicas.get(member.name) if self.desired else None
+        signals = snapshot.signals.get(member.name, ReplicaSignals())
+        override = self.overrides.get(member.name, Override())
+        pace = self.pace_signals.get(member.name)
+        room = self.capacity_signals.get(member.name)
+        pinned = override.pin_active(now)
+        return ReplicaStatus(
+            name=member.name, url=member.url, device=member.device,
+            weight=applied.weight if applied else None,
+            in_rotation=(not applied.down) if applied else None,
+            desired_weight=desired.weight if desired else None,
+            process=self.processes.states.get(member.name) if self.processes else None,
+            reason=desired.reason if desired else None,
+            shedding=applied.shed if applied else None,
+            health=Health(healthy=probe.health.healthy,
+                          consecutive_failures=probe.health.consecutive_failures,
+                          last_success=probe.health.last_success, last_error=probe.last_error),
+            signals={name: None if s is None else SignalReading(
+                         value=s.value if math.isfinite(s.value) else None,
+                         age_s=s.age_s if math.isfinite(s.age_s) else None)
+                     for name in ReplicaSignals.__dataclass_fields__
+                     for s in [getattr(signals, name)]},
+            pace=None if pace is None else PaceView(
+                ratio=pace.ratio, zone=pace.zone, deviation=pace.deviation,
+                statistic=pace.statistic, threshold=pace.threshold, rounds=pace.rounds,
+                moved_at=pace.moved_at, moved_on_rounds=pace.moved_on_rounds,
+                seconds_per_token=pace.seconds_per_token, batch=pace.batch,
+                age_s=max(0.0, now - pace.at)),
+            capacity=None if room is None else CapacityView(
+                ratio=room.ratio, evidence=room.evidence() or None,
+                room=None if room.room is None else RoomView(
+                    what=room.room.what, own=room.room.own, fleet=room.room.fleet,
+                    source=room.room.source)),
+            override=OverrideView(drained=override.drained,
+                                  pinned_weight=override.pinned_weight if pinned else None,
+                                  pin_expires_at=override.pin_expires_at if pinned else None))
+
+    def _pace_test(self) -> PaceTestView | None:
         """The pace test's parameters as of the latest round: what a move needs."""
         if self.pace is None or self.pace.tracker.plan is None:
             return None
         plan, settings = self.pace.tracker.plan, self.pace.settings
-        return {"noise": plan.noise, "k": plan.k, "threshold": plan.h, "cap": plan.cap,
-                "slope_per_sequence": self.pace.tracker.slope,
-                "false_moves_per_hour": settings.false_moves_per_hour,
-                "deadband": settings.deadband,
-                "detection_rounds": {f"{ratio:g}x": round(plan.delay_rounds(
-                    ratio, settings.min_rounds), 1) for ratio in (1.5, 2.0, 3.0)}}
+        return PaceTestView(
+            noise=plan.noise, k=plan.k, threshold=plan.h, cap=plan.cap,
+            slope_per_sequence=self.pace.tracker.slope,
+            false_moves_per_hour=settings.false_moves_per_hour, deadband=settings.deadband,
+            detection_rounds={f"{ratio:g}x": round(plan.delay_rounds(ratio, settings.min_rounds), 1)
+                              for ratio in (1.5, 2.0, 3.0)})

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import requests
+from pydantic import ValidationError
 
 from router.config.plan import ClusterPlan, build_plan, choose_engine
 from router.config.spec import ClusterSpec, load_spec, resolve_engine_settings
@@ -30,6 +31,7 @@ from router.disk.paths import (
     read_admin_token,
 )
 from router.errors import ClusterError, ModelError
+from router.fleet_status import FleetStatus
 from router.host.devices import Inventory, discover
 from router.models import store as model_store
 from router.runtime.configs import write_checked
@@ -119,7 +121,7 @@ class ClusterStatus:
     replicas: list[ReplicaStatus]
     processes: list[ProcessInfo]
     # The controller's GET /status, or None when it does not answer.
-    controller: dict[str, Any] | None = None
+    controller: FleetStatus | None = None
     disk: DiskUse | None = None
     # With supervisord gone: the processes it had started that still run.
     unsupervised: list[Unsupervised] = field(default_factory=list)
@@ -139,7 +141,7 @@ class ClusterStatus:
                 {"name": p.name, "state": p.state, "pid": p.pid, "uptime_s": p.uptime_s}
                 for p in self.processes
             ],
-            "controller": self.controller,
+            "controller": self.controller.model_dump(mode="json") if self.controller else None,
             "disk_bytes": asdict(self.disk) if self.disk else None,
             "unsupervised": [asdict(p) for p in self.unsupervised],
         }
@@ -169,13 +171,24 @@ def status(spec: ClusterSpec) -> ClusterStatus:
         ))
     gateway_url = state.gateway_url
     return ClusterStatus(True, gateway_url, probe(gateway_url + "/health", timeout_s=5.0),
-                         replicas, processes, controller_call(paths, state, "GET", "/status"),
-                         disk_use(paths))
+                         replicas, processes, controller_status(paths, state), disk_use(paths))
 
 
 def unsupervised(paths: RuntimePaths) -> list[Unsupervised]:
     """Processes of this runtime dir that run on without their supervisord."""
     return left_by_supervisor(str(paths.root.resolve()), str(paths.supervisor_socket))
+
+
+def controller_status(paths: RuntimePaths, state: ClusterState) -> FleetStatus | None:
+    """The controller's GET /status, or None when it does not answer or answers
+    what this version cannot read (a controller of another version: restart it)."""
+    view = controller_call(paths, state, "GET", "/status")
+    try:
+        return None if view is None else FleetStatus.model_validate(view)
+    except ValidationError as exc:
+        log.warning("unreadable controller status (%d field errors); restart the controller "
+                    "to run this version", exc.error_count())
+        return None
 
 
 def controller_call(paths: RuntimePaths, state: ClusterState, method: str, path: str,
@@ -282,8 +295,8 @@ def _controller_ready(plan: ClusterPlan, paths: RuntimePaths) -> bool:
     """True once the controller has put every replica in rotation (or is off)."""
     if not plan.spec.controller.enabled:
         return True
-    view = controller_call(paths, ClusterState.from_plan(plan, None), "GET", "/status")
-    return view is not None and all(r["in_rotation"] for r in view["replicas"])
+    view = controller_status(paths, ClusterState.from_plan(plan, None))
+    return view is not None and view.all_in_rotation
 
 
 def _prepare(spec_path: Path | None, progress: Progress,

@@ -9,6 +9,9 @@ hysteresis, and the apply/record path when the gateway refuses a change.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
@@ -16,12 +19,16 @@ from urllib.parse import parse_qs
 import httpx
 import pytest
 
-from router.config.spec import ControllerSpec
+from router.config.spec import ControllerSpec, PaceSpec
 from router.controller.actuator import ApplyResult
+from router.controller.pace import PaceProber
 from router.controller.policy import Decision
+from router.controller.public import public_status
 from router.controller.service import Controller, Member
 from router.controller.signals import PrometheusClient
 from router.errors import ConfigWriteFailed, NginxReloadFailed, NginxTestFailed
+from router.fleet_status import FleetStatus, PublicFleetStatus
+from router.upstream import BASE_WEIGHT
 
 # Straight to the target, no ramp and no outlier rule: each figure below is
 # then the proportional rule alone (a 3x slower replica gets a third).
@@ -39,6 +46,37 @@ class VirtualClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+class VirtualTimer:
+    """The loops' interval time, virtual: ``run_for`` lets every task run until
+    it sleeps, then wakes the sleepers in deadline order, moving the clock."""
+
+    def __init__(self, clock: VirtualClock) -> None:
+        self.clock = clock
+        self.sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self.order = itertools.count()
+
+    def monotonic(self) -> float:
+        return self.clock.now
+
+    async def sleep(self, seconds: float) -> None:
+        woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self.sleepers, (self.clock.now + seconds, next(self.order), woken))
+        await woken
+
+    async def run_for(self, seconds: float) -> None:
+        end = self.clock.now + seconds
+        while True:
+            for _ in range(50):
+                await asyncio.sleep(0)
+            if not self.sleepers or self.sleepers[0][0] > end:
+                break
+            deadline, _, woken = heapq.heappop(self.sleepers)
+            self.clock.now = max(self.clock.now, deadline)
+            if not woken.done():
+                woken.set_result(None)
+        self.clock.now = end
 
 
 class FakeActuator:
@@ -123,6 +161,29 @@ def test_first_decision_applies_and_is_recorded() -> None:
         assert record.weights == {"a": 50, "b": 50, "c": 50}
         assert len(actuator.applied) == 1 and controller.history[-1] is record
         assert controller.metrics.reloads.labels(result="success")._value.get() == 1
+
+    _run(scenario)
+
+
+def test_status_has_one_json_form_that_every_reader_parses_back() -> None:
+    async def scenario(controller: Controller, fleet: Fleet, actuator: FakeActuator,
+                       clock: VirtualClock) -> None:
+        await _tick(controller, clock, 0.0, "start")
+        await controller.set_override("c", drained=True)
+        await controller.set_override("b", pinned_weight=7, pin_expires_at=clock() + 60)
+        status = controller.status()
+        wire = json.loads(status.model_dump_json())
+        assert FleetStatus.model_validate(wire) == status
+        assert {r["name"] for r in wire["replicas"]} == {"a", "b", "c"}
+        b = status.replica("b")
+        assert b is not None and b.override.pinned_weight == 7 and b.signal("kv_usage") == 0.1
+        assert status.last_decision is not None and status.last_decision.applied
+        public = PublicFleetStatus.model_validate_json(
+            public_status(status, "http://grafana").model_dump_json())
+        # What the bench and the drills sample: a drained replica gets nothing new.
+        assert public.routed_weights() == {"a": BASE_WEIGHT, "b": 7, "c": 0}
+        assert public.dashboards and public.dashboards[0].url.startswith("http://grafana/d/")
+        assert not status.all_in_rotation
 
     _run(scenario)
 
@@ -238,7 +299,8 @@ def test_with_affinity_a_pressured_replica_sheds_keyed_traffic_at_once_and_resum
         assert shed.applied and shed.why == "load bound: b spills its keyed requests"
         assert actuator.applied[-1][0].shedding().keys() == {"b"}
         assert controller.metrics.shedding.labels(replica="b")._value.get() == 1
-        assert controller.status()["replicas"][1]["shedding"].startswith("pressure 1.90")
+        shedding = controller.status().replicas[1].shedding
+        assert shedding is not None and shedding.startswith("pressure 1.90")
         fleet.kv["b"] = 0.1
         held = await _tick(controller, clock, 1.0)
         assert not held.applied and "b keeps its keyed requests again" in held.why
@@ -247,3 +309,83 @@ def test_with_affinity_a_pressured_replica_sheds_keyed_traffic_at_once_and_resum
         assert controller.metrics.shedding.labels(replica="b")._value.get() == 0
 
     _run(scenario, affinity=True)
+
+
+def _triggers(controller: Controller, since: float) -> list[tuple[float, str]]:
+    return [(round(r.at - since, 2), r.trigger) for r in controller.history if r.at >= since]
+
+
+def test_run_decides_on_signals_every_interval_and_on_a_health_flip_at_once() -> None:
+    async def main() -> None:
+        fleet, actuator, clock = Fleet(), FakeActuator(), VirtualClock()
+        timer = VirtualTimer(clock)
+        transport = httpx.MockTransport(fleet)
+        prometheus = PrometheusClient("http://prometheus", 1.0, transport=transport)
+        settings = SETTINGS.model_copy(update={"evaluate_interval_s": 2.0,
+                                               "probe_interval_s": 0.5, "fail_threshold": 2})
+        controller = Controller(MEMBERS, settings, actuator, prometheus, transport=transport,
+                                clock=clock, timer=timer)
+        start = clock()
+        running = asyncio.create_task(controller.run())
+        await timer.run_for(9.0)
+        seen = _triggers(controller, start)
+        assert seen[0] == (0.0, "start")
+        assert [at for at, why in seen if why == "signals"] == [2.0, 4.0, 6.0, 8.0]
+        fleet.healthy["b"] = False
+        flipped_at = clock()
+        await timer.run_for(3.0)
+        flips = [(at, r) for at, r in zip(_triggers(controller, flipped_at),
+                                         [r for r in controller.history if r.at >= flipped_at],
+                                         strict=True) if at[1] == "health probes"]
+        # Two failed probes half a second apart: out within a second, not at the
+        # next signals round.
+        assert flips and flips[0][0][0] <= 1.0 and flips[0][1].down == ["b"]
+        assert actuator.applied[-1][0].replicas["b"].down
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+
+    asyncio.run(main())
+
+
+def _sse(texts: list[str]) -> bytes:
+    chunks = [json.dumps({"choices": [{"text": text}]}) for text in texts]
+    return "".join(f"data: {c}\n\n" for c in [*chunks, "[DONE]"]).encode()
+
+
+def test_the_pace_loop_probes_every_replica_in_rotation_once_an_interval() -> None:
+    async def main() -> None:
+        fleet, actuator, clock = Fleet(), FakeActuator(), VirtualClock()
+        timer = VirtualTimer(clock)
+        probed: list[tuple[float, str]] = []
+
+        def replicas(request: httpx.Request) -> httpx.Response:
+            if request.url.path == "/v1/completions":
+                probed.append((clock(), request.url.host))
+                return httpx.Response(200, content=_sse(["a", "b", "c", "d"]))
+            if request.url.path == "/metrics":
+                if len(probed) <= len(MEMBERS):
+                    raise RuntimeError("a bug in the first round")
+                return httpx.Response(200, text="vllm:num_requests_running 1.0\n")
+            return fleet(request)
+
+        transport = httpx.MockTransport(replicas)
+        pace_settings = PaceSpec(interval_s=1.5)
+        pace = PaceProber({m.name: m.url for m in MEMBERS}, "m", pace_settings,
+                          transport=transport, clock=clock)
+        controller = Controller(MEMBERS, SETTINGS, actuator, None, transport=transport,
+                                clock=clock, timer=timer, pace=pace)
+        start = clock()
+        running = asyncio.create_task(controller.run())
+        await timer.run_for(6.0)
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        rounds = sorted({round(at - start, 2) for at, _ in probed})
+        assert rounds == [0.0, 1.5, 3.0, 4.5, 6.0]
+        assert all(sorted(h for at, h in probed if round(at - start, 2) == r) == ["a", "b", "c"]
+                   for r in rounds)
+        # The first round broke (and was logged); the loop went on.
+        assert [why for _, why in _triggers(controller, start)].count("pace") == len(rounds) - 1
+
+    asyncio.run(main())
