@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import uvicorn
 
 from router.config.spec import ClusterSpec
 from router.controller.actuator import Actuator
 from router.controller.api import create_app
+from router.controller.inputs import Input, PaceInput, PrometheusInput
 from router.controller.metrics import ControllerMetrics
 from router.controller.pace import PaceProber
 from router.controller.processes import ProcessWatch
@@ -36,26 +38,29 @@ def run(spec: ClusterSpec) -> None:
     paths = RuntimePaths(spec.runtime_dir)
     state = _state(paths)
     members = [Member(r.name, r.device, r.url) for r in state.replicas]
-    # A pooling model generates no tokens for the pace probes to time.
-    pacing = spec.controller.pace.enabled and spec.model.runner == "generate"
-    slots = {r.name: r.max_num_seqs for r in state.replicas if r.max_num_seqs is not None}
-    pace = (PaceProber({m.name: m.url for m in members}, state.served_model_name,
-                       spec.controller.pace, slots=slots) if pacing else None)
-    prometheus = (PrometheusClient(f"http://127.0.0.1:{spec.prometheus.port}",
-                                   spec.controller.query_timeout_s)
-                  if spec.prometheus.enabled else None)
     metrics = ControllerMetrics()
+    inputs: list[Input] = []
+    if spec.prometheus.enabled:
+        inputs.append(PrometheusInput(
+            PrometheusClient(f"http://127.0.0.1:{spec.prometheus.port}",
+                             spec.controller.query_timeout_s),
+            spec.controller, time.time, metrics))
+    # A pooling model generates no tokens for the pace probes to time.
+    if spec.controller.pace.enabled and spec.model.runner == "generate":
+        slots = {r.name: r.max_num_seqs for r in state.replicas if r.max_num_seqs is not None}
+        inputs.append(PaceInput(PaceProber({m.name: m.url for m in members},
+                                           state.served_model_name, spec.controller.pace,
+                                           slots=slots), metrics))
     # Under systemd there is no supervisord to ask (its units say the same).
-    processes = (ProcessWatch(Supervisor(paths, timeout=5.0).processes,
-                              [m.name for m in members], metrics)
-                 if paths.supervisor_socket.exists() else None)
+    if paths.supervisor_socket.exists():
+        inputs.append(ProcessWatch(Supervisor(paths, timeout=5.0).processes,
+                                   [m.name for m in members], metrics,
+                                   interval_s=spec.controller.probe_interval_s))
     controller = Controller(members, spec.controller, Actuator(spec.gateway, members, paths),
-                            prometheus, overrides_file=paths.overrides_json,
-                            warmup=state.warmup,
+                            inputs, overrides_file=paths.overrides_json, warmup=state.warmup,
                             latency_memory_s=spec.controller.latency_window_s
-                            + spec.prometheus.scrape_interval_s, pace=pace,
-                            metrics=metrics, processes=processes,
-                            affinity=spec.gateway.affinity.keyed)
+                            + spec.prometheus.scrape_interval_s,
+                            metrics=metrics, affinity=spec.gateway.affinity.keyed)
     app = create_app(controller, read_admin_token(paths), grafana_url=spec.console.grafana_url)
     log.info("controller for %d replicas on 127.0.0.1:%d", len(members), spec.controller.port)
     uvicorn.run(app, host="127.0.0.1", port=spec.controller.port, log_level="warning",

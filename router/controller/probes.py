@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import httpx
 
 from router.config.spec import ControllerSpec
-from router.controller.policy import Health
-from router.controller.timer import RealTimer, Timer, every
+from router.controller.policy import Health, Snapshot
 
 
 @dataclass(frozen=True)
@@ -61,24 +60,30 @@ def observe(state: ProbeState, ok: bool, error: str | None, now: float,
 
 
 class Prober:
-    """Probes every replica concurrently, forever, and reports flips."""
+    """The controller's own /health probes of every replica, concurrently: the
+    first input, since nothing is decided about a replica that does not answer.
+    A flip (``fail_threshold`` failures, ``recover_threshold`` successes)
+    calls for a decision at once."""
+
+    name = "health probes"
 
     def __init__(self, urls: Mapping[str, str], settings: ControllerSpec,
                  transport: httpx.AsyncBaseTransport | None = None,
-                 clock: Callable[[], float] = time.time, timer: Timer | None = None) -> None:
+                 clock: Callable[[], float] = time.time) -> None:
         self.urls = dict(urls)
-        self.timer = timer or RealTimer()
         self.settings = settings
         self.states = {name: ProbeState() for name in urls}
-        # Set when some replica's health flips; the controller decides at once.
-        self.flipped = asyncio.Event()
         self._clock = clock
         self._client = httpx.AsyncClient(timeout=settings.probe_timeout_s, transport=transport)
+
+    @property
+    def interval_s(self) -> float:
+        return self.settings.probe_interval_s
 
     async def close(self) -> None:
         await self._client.aclose()
 
-    async def _probe(self, name: str) -> None:
+    async def _probe(self, name: str) -> bool:
         error: str | None = None
         try:
             response = await self._client.get(self.urls[name] + "/health")
@@ -91,14 +96,14 @@ class Prober:
             ok, error = False, type(exc).__name__
         self.states[name], flipped = observe(self.states[name], ok, error, self._clock(),
                                              self.settings)
-        if flipped:
-            self.flipped.set()
+        return flipped
 
-    async def probe_all(self) -> None:
-        await asyncio.gather(*(self._probe(name) for name in self.urls))
+    async def probe_all(self) -> bool:
+        """Probe every replica once; True when one's health flipped."""
+        return any(await asyncio.gather(*(self._probe(name) for name in self.urls)))
 
-    async def run(self) -> None:
-        while True:
-            started = self.timer.monotonic()
-            await self.probe_all()
-            await every(self.timer, self.settings.probe_interval_s, started)
+    async def poll(self, in_rotation: Sequence[str]) -> bool:
+        return await self.probe_all()
+
+    def observe(self, snapshot: Snapshot) -> Snapshot:
+        return replace(snapshot, health={name: s.health for name, s in self.states.items()})

@@ -10,11 +10,13 @@ status` says the same and this watch is off.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from router.controller.metrics import ControllerMetrics
+from router.controller.policy import Snapshot
 from router.errors import ClusterError
 from router.runtime.supervise import ProcessInfo
 
@@ -33,9 +35,13 @@ RESTART_HINT = "read `fleet logs {name}`, fix the cause, then `fleet restart {na
 class ProcessWatch:
     """Polls supervisord for the replicas' process states and counts their starts."""
 
+    name = "process states"
+
     read: Callable[[], list[ProcessInfo]]
     names: Sequence[str]
     metrics: ControllerMetrics
+    # As often as the health probes: a crash loop is news as urgent as a dead replica.
+    interval_s: float
     states: dict[str, str] = field(default_factory=dict)
     _started_at: dict[str, int] = field(default_factory=dict)
     _unreachable: bool = False
@@ -46,7 +52,17 @@ class ProcessWatch:
             self.metrics.process_starts.labels(replica=name)
             self.metrics.gave_up.labels(replica=name).set(0)
 
-    def poll(self) -> bool:
+    async def poll(self, in_rotation: Sequence[str]) -> bool:
+        # The XML-RPC client blocks: off the event loop.
+        return await asyncio.to_thread(self.read_once)
+
+    def observe(self, snapshot: Snapshot) -> Snapshot:
+        return replace(snapshot, crash_looping=self.crash_looping())
+
+    async def close(self) -> None:
+        return None
+
+    def read_once(self) -> bool:
         """Read supervisord once; True when a replica's state changed."""
         try:
             infos = self.read()

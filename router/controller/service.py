@@ -1,12 +1,11 @@
-"""The controller loop: probes and Prometheus in, decisions out, nginx reloaded.
+"""The controller loop: inputs in, decisions out, nginx reloaded.
 
-Two paths feed one decision function:
-- the probes, every ``probe_interval_s``; a replica that flips health triggers a decision
-  at once (a dead replica leaves rotation within about one to two seconds);
-- Prometheus, every ``evaluate_interval_s``; weight changes go through the
-  hysteresis in ``policy.should_apply``.
-If Prometheus is down the last signals are kept as they age: once stale
-they count as no data, so weights hold while the probes still act on health.
+Every input (router.controller.inputs) is polled on its own schedule and
+asks for a decision when what it saw calls for one: the health probes every
+``probe_interval_s`` on a flip (a dead replica leaves rotation within about
+one to two seconds), Prometheus every ``evaluate_interval_s``, the pace
+probes every round. Weight changes go through the hysteresis in
+``policy.should_apply``; health changes apply at once.
 """
 
 from __future__ import annotations
@@ -20,22 +19,19 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import httpx
 
 from router.config.plan import WarmupPlan
 from router.config.spec import ControllerSpec
 from router.controller.actuator import ApplyResult
-from router.controller.capacity import CapacitySignal
+from router.controller.inputs import Input, PaceInput, PrometheusInput
 from router.controller.metrics import ControllerMetrics
-from router.controller.pace import PaceProber
 from router.controller.policy import (
     Decision,
     Override,
-    PaceSignal,
     ReplicaSignals,
-    Sample,
     Snapshot,
     decide,
     should_apply,
@@ -43,12 +39,11 @@ from router.controller.policy import (
 )
 from router.controller.probes import Prober
 from router.controller.processes import ProcessWatch
-from router.controller.timer import RealTimer, Timer, every, flip_or_timeout
+from router.controller.timer import RealTimer, Timer, every
 from router.controller.warmup import warm_up
 from router.disk.paths import write_atomic
 from router.errors import (
     ConfigWriteFailed,
-    MetricsUnavailable,
     NginxReloadFailed,
     NginxTestFailed,
 )
@@ -70,20 +65,13 @@ log = logging.getLogger(__name__)
 
 # Seconds since the epoch; decisions, probes and signal ages all read this one.
 Clock = Callable[[], float]
+T = TypeVar("T")
 
 
 class GatewayActuator(Protocol):
     """Makes the gateway run a decision (router.controller.actuator.Actuator)."""
 
     async def apply(self, decision: Decision, why: str) -> ApplyResult: ...
-
-
-class SignalSource(Protocol):
-    """Per-replica signals over a window (router.controller.signals.PrometheusClient)."""
-
-    async def signals(self, window: str) -> dict[str, ReplicaSignals]: ...
-
-    async def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -99,38 +87,28 @@ class Member:
         return self.url.removeprefix("http://")
 
 
-def _aged(signals: ReplicaSignals, extra_s: float) -> ReplicaSignals:
-    def older(sample: Sample | None) -> Sample | None:
-        return None if sample is None else Sample(sample.value, sample.age_s + extra_s)
-
-    return ReplicaSignals(**{name: older(getattr(signals, name))
-                             for name in ReplicaSignals.__dataclass_fields__})
-
-
 class Controller:
     """Owns the control loop's state; the admin API reads and edits it."""
 
     def __init__(self, members: Sequence[Member], settings: ControllerSpec,
-                 actuator: GatewayActuator, prometheus: SignalSource | None,
+                 actuator: GatewayActuator, inputs: Sequence[Input] = (), *,
                  overrides_file: Path | None = None, warmup: WarmupPlan | None = None,
                  transport: httpx.AsyncBaseTransport | None = None,
-                 latency_memory_s: float = 0.0, *, clock: Clock = time.time,
+                 latency_memory_s: float = 0.0, clock: Clock = time.time,
                  prober: Prober | None = None, metrics: ControllerMetrics | None = None,
-                 pace: PaceProber | None = None,
-                 processes: ProcessWatch | None = None, affinity: bool = False,
-                 timer: Timer | None = None) -> None:
+                 affinity: bool = False, timer: Timer | None = None) -> None:
         self.members = list(members)
         self.names = tuple(m.name for m in members)
         self.urls = {m.name: m.url for m in members}
         self.settings = settings
         self.actuator = actuator
-        self.prometheus = prometheus
         self.clock = clock
         # The loops' interval time: real by default, virtual in tests.
         self.timer = timer or RealTimer()
         self.metrics = metrics or ControllerMetrics()
-        self.prober = prober or Prober(self.urls, settings, transport, clock, self.timer)
-        self.flipped = self.prober.flipped
+        # Health comes first: warm-ups, pace targets and failing open read it.
+        self.prober = prober or Prober(self.urls, settings, transport, clock)
+        self.inputs: tuple[Input, ...] = (self.prober, *inputs)
         # Replicas warmed since they last became healthy, and bursts under way.
         self.warmup = warmup
         self.warmed: set[str] = set()
@@ -145,17 +123,8 @@ class Controller:
         # must not come back because supervisord restarted the controller.
         self.overrides_file = overrides_file
         self.overrides: dict[str, Override] = self._load_overrides()
-        self.signals: dict[str, ReplicaSignals] = {}
-        # The pace probes, when on (router.controller.pace), and their signals.
-        self.pace = pace
-        self.pace_signals: dict[str, PaceSignal] = {}
-        self.capacity_signals: dict[str, CapacitySignal] = {}
-        # supervisord's process states, when the cluster runs under it.
-        self.processes = processes
         # The gateway hashes keyed requests onto a ring: the load bound applies.
         self.affinity = affinity
-        self.signals_at: float | None = None
-        self.prometheus_error: str | None = None
         self.desired: Decision | None = None
         self.applied: Decision | None = None
         self.last_weight_reload_at: float | None = None
@@ -167,80 +136,50 @@ class Controller:
         self._last_failure_logged = 0.0
         self._lock = asyncio.Lock()
 
+    def _input(self, kind: type[T]) -> T | None:
+        return next((i for i in self.inputs if isinstance(i, kind)), None)
+
     # --- inputs ------------------------------------------------------------
-    async def refresh_signals(self) -> None:
-        if self.prometheus is None:
-            return
-        try:
-            self.signals = await self.prometheus.signals(self.settings.latency_window)
-            self.signals_at = self.clock()
-            self.prometheus_error = None
-            self.metrics.prometheus_up.set(1)
-        except MetricsUnavailable as exc:
-            if self.prometheus_error is None:
-                log.warning("prometheus unavailable, holding weights: %s", exc.message)
-            self.prometheus_error = exc.message
-            self.metrics.prometheus_up.set(0)
-
     def snapshot(self, now: float) -> Snapshot:
-        # Signals age while Prometheus cannot be asked again.
-        extra = 0.0 if self.signals_at is None else max(0.0, now - self.signals_at)
-        signals = {name: _aged(s, extra) for name, s in self.signals.items()}
-        return Snapshot(now=now, replicas=self.names, signals=signals,
-                        health={n: s.health for n, s in self.prober.states.items()},
-                        overrides=dict(self.overrides), warming=frozenset(self.warming),
-                        latency_blind=frozenset(n for n, at in self.warmed_at.items()
-                                                if now - at < self.latency_memory_s),
-                        pace=dict(self.pace_signals), pacing=self.pace is not None,
-                        capacity=dict(self.capacity_signals),
-                        crash_looping=self.processes.crash_looping() if self.processes else {},
-                        affinity=self.affinity)
+        snapshot = Snapshot(now=now, replicas=self.names, overrides=dict(self.overrides),
+                            warming=frozenset(self.warming),
+                            latency_blind=frozenset(n for n, at in self.warmed_at.items()
+                                                    if now - at < self.latency_memory_s),
+                            affinity=self.affinity)
+        for source in self.inputs:
+            snapshot = source.observe(snapshot)
+        return snapshot
 
-    async def _process_loop(self) -> None:
-        assert self.processes is not None
-        while True:
-            if await asyncio.to_thread(self.processes.poll):
-                self.flipped.set()
-            await self.timer.sleep(self.settings.probe_interval_s)
-
-    # --- pace probes -------------------------------------------------------
-    def pace_targets(self) -> list[str]:
-        """The replicas a pace round probes: those in the gateway's rotation."""
+    def in_rotation(self) -> list[str]:
+        """The replicas the gateway sends requests to (what a pace round probes)."""
         applied = self.applied
         return [name for name in self.names
                 if self.prober.states[name].health.healthy and name not in self.warming
                 and not self.overrides.get(name, Override()).drained
                 and (applied is None or not applied.replicas[name].down)]
 
-    async def pace_round(self) -> DecisionRecord | None:
-        """Probe every replica in rotation once, then decide on what was seen."""
-        if self.pace is None:
-            return None
-        round_ = await self.pace.probe(self.pace_targets())
-        self.pace_signals = round_.signals
-        self.capacity_signals = round_.capacity
-        for name, signal in round_.signals.items():
-            if signal.just_moved:
-                log.info("pace move replica=%s decision=ratio %.2f (%s) reason=CUSUM reached "
-                         "h %.3f on %d rounds", name, signal.ratio, signal.zone,
-                         signal.threshold, signal.moved_on_rounds)
-        for name in round_.failed:
-            self.metrics.pace_failures.labels(replica=name).inc()
-        return await self.evaluate("pace")
+    async def poll(self, source: Input) -> DecisionRecord | None:
+        """Poll one input once, and decide when it asks for a decision."""
+        if await self._poll_safely(source):
+            return await self.evaluate(source.name)
+        return None
 
-    async def _pace_loop(self) -> None:
-        assert self.pace is not None
-        interval = self.pace.settings.interval_s
+    async def _poll_safely(self, source: Input) -> bool:
+        try:
+            return await source.poll(self.in_rotation())
+        except Exception:
+            # An input that breaks in an unforeseen way must not stop for
+            # good: the weights would hold on ever staler readings.
+            log.exception("input failed input=%s decision=hold reason=unexpected error; "
+                          "next poll in %.1fs", source.name, source.interval_s)
+            return False
+
+    async def _follow(self, source: Input) -> None:
+        started = self.timer.monotonic()
         while True:
+            await every(self.timer, source.interval_s, started)
             started = self.timer.monotonic()
-            try:
-                await self.pace_round()
-            except Exception:
-                # A round that breaks in an unforeseen way must not end pacing
-                # for good: the weights would hold on ever staler verdicts.
-                log.exception("pace round failed decision=hold reason=unexpected error; "
-                              "next round in %.1fs", interval)
-            await every(self.timer, interval, started)
+            await self.poll(source)
 
     # --- warm-up -------------------------------------------------------------
     def track_warmups(self) -> None:
@@ -271,7 +210,7 @@ class Controller:
         self.warmed.add(name)
         self.warmed_at[name] = self.clock()
         self.warming.pop(name, None)
-        self.flipped.set()
+        await self.evaluate("warm-up")
 
     # --- the decision ------------------------------------------------------
     async def evaluate(self, trigger: str) -> DecisionRecord:
@@ -336,7 +275,8 @@ class Controller:
         m = self.metrics
         applied = self.applied
         now = self.clock()
-        signals = self.snapshot(now).signals
+        snapshot = self.snapshot(now)
+        signals = snapshot.signals
         for name in self.names:
             if self.desired is not None:
                 m.desired_weight.labels(replica=name).set(self.desired.replicas[name].weight)
@@ -349,7 +289,7 @@ class Controller:
             m.signal_age.labels(replica=name).set(min(ages) if ages else math.inf)
             override = self.overrides.get(name, Override())
             m.override.labels(replica=name, kind="drain").set(int(override.drained))
-            pace = self.pace_signals.get(name)
+            pace = snapshot.pace.get(name)
             if pace is not None:
                 m.pace_ratio.labels(replica=name).set(pace.ratio)
                 m.pace_seconds.labels(replica=name).set(pace.seconds_per_token)
@@ -388,50 +328,35 @@ class Controller:
 
     # --- the loops ---------------------------------------------------------
     async def run(self) -> None:
-        probing = asyncio.create_task(self.prober.run())
-        pacing = None
-        watching = (asyncio.create_task(self._process_loop())
-                    if self.processes is not None else None)
+        follow: list[asyncio.Task[None]] = []
         try:
-            await self.prober.probe_all()
-            await self.refresh_signals()
+            # Every input once, then the first decision, then each on its schedule.
+            for source in self.inputs:
+                await self._poll_safely(source)
             await self.evaluate("start")
-            if self.pace is not None:
-                pacing = asyncio.create_task(self._pace_loop())
-            next_signals = self.timer.monotonic() + self.settings.evaluate_interval_s
-            while True:
-                timeout = max(0.0, next_signals - self.timer.monotonic())
-                if await flip_or_timeout(self.timer, self.flipped, timeout):
-                    self.flipped.clear()
-                    await self.evaluate("health probes")
-                else:
-                    await self.refresh_signals()
-                    await self.evaluate("signals")
-                    next_signals = self.timer.monotonic() + self.settings.evaluate_interval_s
+            follow = [asyncio.create_task(self._follow(source)) for source in self.inputs]
+            await asyncio.gather(*follow)
         finally:
-            probing.cancel()
-            for task in (pacing, watching):
-                if task is not None:
-                    task.cancel()
-            if self.pace is not None:
-                await self.pace.close()
+            for task in follow:
+                task.cancel()
             for task in self.warming.values():
                 task.cancel()
             if self._warmup_client is not None:
                 await self._warmup_client.aclose()
-            await self.prober.close()
-            if self.prometheus is not None:
-                await self.prometheus.close()
+            for source in self.inputs:
+                await source.close()
 
     def status(self) -> FleetStatus:
         now = self.clock()
         snapshot = self.snapshot(now)
         last = self.history[-1] if self.history else None
+        prometheus = self._input(PrometheusInput)
         return FleetStatus(
             replicas=[self._replica_status(member, snapshot, now) for member in self.members],
-            prometheus=PrometheusView(
-                ok=self.prometheus_error is None and self.signals_at is not None,
-                error=self.prometheus_error, last_success=self.signals_at),
+            prometheus=PrometheusView(ok=prometheus is not None and prometheus.ok,
+                                      error=None if prometheus is None else prometheus.error,
+                                      last_success=None if prometheus is None
+                                      else prometheus.signals_at),
             pace_test=self._pace_test(), last_decision=last)
 
     def _replica_status(self, member: Member, snapshot: Snapshot, now: float) -> ReplicaStatus:
@@ -440,15 +365,16 @@ class Controller:
         desired = self.desired.replicas.get(member.name) if self.desired else None
         signals = snapshot.signals.get(member.name, ReplicaSignals())
         override = self.overrides.get(member.name, Override())
-        pace = self.pace_signals.get(member.name)
-        room = self.capacity_signals.get(member.name)
+        pace = snapshot.pace.get(member.name)
+        room = snapshot.capacity.get(member.name)
+        processes = self._input(ProcessWatch)
         pinned = override.pin_active(now)
         return ReplicaStatus(
             name=member.name, url=member.url, device=member.device,
             weight=applied.weight if applied else None,
             in_rotation=(not applied.down) if applied else None,
             desired_weight=desired.weight if desired else None,
-            process=self.processes.states.get(member.name) if self.processes else None,
+            process=processes.states.get(member.name) if processes else None,
             reason=desired.reason if desired else None,
             shedding=applied.shed if applied else None,
             health=Health(healthy=probe.health.healthy,
@@ -476,12 +402,13 @@ class Controller:
 
     def _pace_test(self) -> PaceTestView | None:
         """The pace test's parameters as of the latest round: what a move needs."""
-        if self.pace is None or self.pace.tracker.plan is None:
+        pace = self._input(PaceInput)
+        if pace is None or pace.prober.tracker.plan is None:
             return None
-        plan, settings = self.pace.tracker.plan, self.pace.settings
+        plan, settings = pace.prober.tracker.plan, pace.prober.settings
         return PaceTestView(
             noise=plan.noise, k=plan.k, threshold=plan.h, cap=plan.cap,
-            slope_per_sequence=self.pace.tracker.slope,
+            slope_per_sequence=pace.prober.tracker.slope,
             false_moves_per_hour=settings.false_moves_per_hour, deadband=settings.deadband,
             detection_rounds={f"{ratio:g}x": round(plan.delay_rounds(ratio, settings.min_rounds), 1)
                               for ratio in (1.5, 2.0, 3.0)})

@@ -323,7 +323,7 @@ def test_a_render_nginx_rejects_keeps_the_old_config_and_is_counted(tmp_path: Pa
             good = Actuator(plan.spec.gateway, members, running.paths)
             bad = Actuator(plan.spec.gateway, members, running.paths, renderer=broken)
             before = running.paths.upstream_conf.read_text()
-            controller = Controller(members, plan.spec.controller, bad, prometheus=None)
+            controller = Controller(members, plan.spec.controller, bad)
 
             async def evaluate() -> None:
                 record = await controller.evaluate("test")

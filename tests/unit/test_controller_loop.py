@@ -21,6 +21,7 @@ import pytest
 
 from router.config.spec import ControllerSpec, PaceSpec
 from router.controller.actuator import ApplyResult
+from router.controller.inputs import PaceInput, PrometheusInput
 from router.controller.pace import PaceProber
 from router.controller.policy import Decision
 from router.controller.public import public_status
@@ -134,8 +135,9 @@ def _run(scenario: Scenario, settings: ControllerSpec = SETTINGS, affinity: bool
         fleet, actuator, clock = Fleet(), FakeActuator(), VirtualClock()
         transport = httpx.MockTransport(fleet)
         prometheus = PrometheusClient("http://prometheus", 1.0, transport=transport)
-        controller = Controller(MEMBERS, settings, actuator, prometheus, transport=transport,
-                                clock=clock, affinity=affinity)
+        controller = Controller(MEMBERS, settings, actuator,
+                                [PrometheusInput(prometheus, settings, clock)],
+                                transport=transport, clock=clock, affinity=affinity)
         try:
             await controller.prober.probe_all()
             await scenario(controller, fleet, actuator, clock)
@@ -149,7 +151,9 @@ def _run(scenario: Scenario, settings: ControllerSpec = SETTINGS, affinity: bool
 async def _tick(controller: Controller, clock: VirtualClock, seconds: float,
                 trigger: str = "signals") -> Any:
     clock.advance(seconds)
-    await controller.refresh_signals()
+    prometheus = controller.inputs[1]
+    assert isinstance(prometheus, PrometheusInput)
+    await prometheus.poll(controller.in_rotation())
     return await controller.evaluate(trigger)
 
 
@@ -215,7 +219,7 @@ def test_signals_age_while_prometheus_is_away_and_weights_hold() -> None:
         await _tick(controller, clock, 10.0)
         fleet.prometheus_up = False
         record = await _tick(controller, clock, 40.0)
-        assert controller.prometheus_error is not None
+        assert controller.status().prometheus.error is not None
         assert controller.metrics.prometheus_up._value.get() == 0
         # Older than max_signal_age_s: no data, so b keeps its last target.
         assert record.reasons["b"] == "holding: no fresh signals"
@@ -231,11 +235,14 @@ def test_health_flips_apply_at_once_despite_the_reload_interval() -> None:
                        clock: VirtualClock) -> None:
         await _tick(controller, clock, 0.0, "start")
         fleet.healthy["c"] = False
+        records = []
         for _ in range(SETTINGS.fail_threshold):
             clock.advance(0.5)
-            await controller.prober.probe_all()
-        assert controller.flipped.is_set()
-        record = await controller.evaluate("health probes")
+            records.append(await controller.poll(controller.prober))
+        # The first failure is no news; the one that flips it asks for a decision.
+        assert records[:-1] == [None] * (SETTINGS.fail_threshold - 1)
+        record = records[-1]
+        assert record is not None and record.trigger == "health probes"
         assert record.applied and record.down == ["c"]
         assert record.why == "rotation change (out: c)"
 
@@ -323,8 +330,9 @@ def test_run_decides_on_signals_every_interval_and_on_a_health_flip_at_once() ->
         prometheus = PrometheusClient("http://prometheus", 1.0, transport=transport)
         settings = SETTINGS.model_copy(update={"evaluate_interval_s": 2.0,
                                                "probe_interval_s": 0.5, "fail_threshold": 2})
-        controller = Controller(MEMBERS, settings, actuator, prometheus, transport=transport,
-                                clock=clock, timer=timer)
+        controller = Controller(MEMBERS, settings, actuator,
+                                [PrometheusInput(prometheus, settings, clock)],
+                                transport=transport, clock=clock, timer=timer)
         start = clock()
         running = asyncio.create_task(controller.run())
         await timer.run_for(9.0)
@@ -373,8 +381,8 @@ def test_the_pace_loop_probes_every_replica_in_rotation_once_an_interval() -> No
         pace_settings = PaceSpec(interval_s=1.5)
         pace = PaceProber({m.name: m.url for m in MEMBERS}, "m", pace_settings,
                           transport=transport, clock=clock)
-        controller = Controller(MEMBERS, SETTINGS, actuator, None, transport=transport,
-                                clock=clock, timer=timer, pace=pace)
+        controller = Controller(MEMBERS, SETTINGS, actuator, [PaceInput(pace)],
+                                transport=transport, clock=clock, timer=timer)
         start = clock()
         running = asyncio.create_task(controller.run())
         await timer.run_for(6.0)
@@ -385,7 +393,8 @@ def test_the_pace_loop_probes_every_replica_in_rotation_once_an_interval() -> No
         assert rounds == [0.0, 1.5, 3.0, 4.5, 6.0]
         assert all(sorted(h for at, h in probed if round(at - start, 2) == r) == ["a", "b", "c"]
                    for r in rounds)
-        # The first round broke (and was logged); the loop went on.
+        # The first round (at start) broke and was logged; every later one asked for a
+        # decision.
         assert [why for _, why in _triggers(controller, start)].count("pace") == len(rounds) - 1
 
     asyncio.run(main())

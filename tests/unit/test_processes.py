@@ -41,8 +41,8 @@ def test_the_watch_counts_starts_reports_fatal_and_holds_while_supervisord_is_aw
         return reading
 
     metrics = ControllerMetrics()
-    watch = ProcessWatch(read, ["replica-0", "replica-1"], metrics)
-    changed = [watch.poll() for _ in range(5)]
+    watch = ProcessWatch(read, ["replica-0", "replica-1"], metrics, interval_s=0.5)
+    changed = [watch.read_once() for _ in range(5)]
     assert changed == [True, True, True, False, True]
     assert watch.states == {"replica-0": "RUNNING", "replica-1": "FATAL"}
     assert metrics.process_starts.labels(replica="replica-1")._value.get() == 3

@@ -79,7 +79,7 @@ class Replicas:
 def _controller(replicas: Replicas, warmup: WarmupPlan | None) -> tuple[Controller, FakeActuator]:
     actuator = FakeActuator()
     members = [Member("a", "GPU-a", "http://a"), Member("b", "GPU-b", "http://b")]
-    controller = Controller(members, SETTINGS, actuator, None,  # type: ignore[arg-type]
+    controller = Controller(members, SETTINGS, actuator,  # type: ignore[arg-type]
                             warmup=warmup, transport=httpx.MockTransport(replicas))
     return controller, actuator
 
