@@ -54,6 +54,9 @@ CHAT_POLICIES = (
            affinity=AffinityMode.AUTO),
     Policy("affinity-unbounded", "llm-fleet affinity (auto, no load bound)", controller=True,
            affinity=AffinityMode.AUTO, load_bound=False),
+    # Keys only from what clients send: the candidate for the default.
+    Policy("affinity-session", "llm-fleet affinity (session, load bound)", controller=True,
+           affinity=AffinityMode.SESSION),
     Policy("cache_aware", "vllm-router cache_aware", router_policy="cache_aware"),
     Policy("consistent_hash", "vllm-router consistent_hash", router_policy="consistent_hash"),
 )
@@ -205,6 +208,18 @@ def _chat_targets(result: ScenarioResult) -> None:
     result.targets.append(("affinity throughput within 2 % of least_conn",
                            "–" if thr is None else f"{thr - 1:+.1%}",
                            thr is not None and thr >= 0.98))
+    session = summary_by_label(result.rows, "llm-fleet affinity (session")
+    if session is not None:
+        # Whether `affinity: session` could be the default: a TTFT win with
+        # no loss in the tail or in throughput.
+        s50 = ratio(session["ttft_s"]["p50"], least["ttft_s"]["p50"])
+        s99 = ratio(session["ttft_s"]["p99"], least["ttft_s"]["p99"])
+        sthr = ratio(session["request_throughput"], least["request_throughput"])
+        if s50 is not None and s99 is not None and sthr is not None:
+            result.targets.append((
+                "affinity session: TTFT p50 below least_conn's, p99 not worse, throughput "
+                "within 2 %", f"p50 {s50:.2f} x, p99 {s99:.2f} x, throughput {sthr - 1:+.1%}",
+                s50 < 1.0 and s99 <= 1.0 and sthr >= 0.98))
     if aware is not None:
         versus = ratio(affinity["ttft_s"]["p50"], aware["ttft_s"]["p50"])
         result.targets.append(("affinity no worse than vllm-router cache_aware (TTFT p50)",
