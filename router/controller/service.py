@@ -135,6 +135,8 @@ class Controller:
         self._last_failure: str | None = None
         self._last_failure_logged = 0.0
         self._lock = asyncio.Lock()
+        # Set when a warm-up burst ends: the replica may join rotation now.
+        self._warmed_one = asyncio.Event()
 
     def _input(self, kind: type[T]) -> T | None:
         return next((i for i in self.inputs if isinstance(i, kind)), None)
@@ -210,7 +212,15 @@ class Controller:
         self.warmed.add(name)
         self.warmed_at[name] = self.clock()
         self.warming.pop(name, None)
-        await self.evaluate("warm-up")
+        self._warmed_one.set()
+
+    async def _after_warmups(self) -> None:
+        # Decided here, in a task run() awaits, so a decision that raises
+        # ends run() as any other does.
+        while True:
+            await self._warmed_one.wait()
+            self._warmed_one.clear()
+            await self.evaluate("warm-up")
 
     # --- the decision ------------------------------------------------------
     async def evaluate(self, trigger: str) -> DecisionRecord:
@@ -335,6 +345,7 @@ class Controller:
                 await self._poll_safely(source)
             await self.evaluate("start")
             follow = [asyncio.create_task(self._follow(source)) for source in self.inputs]
+            follow.append(asyncio.create_task(self._after_warmups()))
             await asyncio.gather(*follow)
         finally:
             for task in follow:

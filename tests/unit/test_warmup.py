@@ -209,3 +209,21 @@ def test_a_control_loop_that_raised_ends_the_process(monkeypatch: pytest.MonkeyP
 
     asyncio.run(scenario())
     assert killed == [(os.getpid(), signal.SIGTERM)]
+
+
+def test_under_run_a_warm_up_that_ends_puts_its_replica_in_at_once() -> None:
+    async def scenario() -> None:
+        replicas = Replicas()
+        controller, actuator = _controller(replicas, PLAN)
+        running = asyncio.create_task(controller.run())
+        while len(controller.warming) < 2:
+            await asyncio.sleep(0.01)
+        replicas.release.set()
+        while not actuator.applied or actuator.applied[-1].down():
+            await asyncio.sleep(0.01)
+        assert any(r.trigger == "warm-up" and r.down == [] for r in controller.history)
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
