@@ -187,8 +187,8 @@ def metric_sum(metrics_text: str, name: str) -> float:
 
 
 async def sample_replicas(urls: list[str], metric: str, label: str,
-                           into: list[dict[str, Any]], run_start: float,
-                           stop: asyncio.Event) -> None:
+                          into: list[dict[str, Any]], run_start: float,
+                          stop: asyncio.Event) -> None:
     """Every REPLICA_SAMPLE_S, each replica's ``metric``: {"t": s, label: [per replica]}."""
     import httpx
 

@@ -89,8 +89,8 @@ async def converse(endpoint: Endpoint, replica_urls: list[str], workload: ChatWo
     stop = asyncio.Event()
     samples: list[dict[str, Any]] = []
     sampler = asyncio.create_task(sample_replicas(replica_urls, "vllm:num_requests_waiting",
-                                                   "waiting", samples, time.perf_counter(),
-                                                   stop))
+                                                  "waiting", samples, time.perf_counter(),
+                                                  stop))
     try:
         run = await run_conversations(endpoint.url, workload, endpoint.key)
     finally:

@@ -72,13 +72,13 @@ def overhead(ctx: Context) -> ScenarioResult:
         slices: dict[str, list[load.RunResult]] = {label: [] for label in endpoints}
         for endpoint in endpoints.values():
             run_load(endpoint, latency_load, load.Arrivals("poisson", rate=size.rate),
-                 OVERHEAD_WARMUP_S)
+                     OVERHEAD_WARMUP_S)
         ctx.progress(f"overhead: latency, {OVERHEAD_ROUNDS} rounds of {slice_s:g}s per "
                      f"contender at {size.rate:g} req/s")
         for index in range(OVERHEAD_ROUNDS):
             for label, endpoint in endpoints.items():
                 run = run_load(endpoint, replace(latency_load, seed=ctx.seed + index),
-                           load.Arrivals("poisson", rate=size.rate), slice_s)
+                               load.Arrivals("poisson", rate=size.rate), slice_s)
                 slices[label].append(run)
         rows = []
         for label in labels:
@@ -143,7 +143,7 @@ def _capacity_sweep(ctx: Context, size: OverheadSize, endpoint: Endpoint,
     sustained = 0.0
     for rate in size.capacity_rates:
         run = run_load(endpoint, workload, load.Arrivals("poisson", rate=rate),
-                   size.capacity_level_s)
+                       size.capacity_level_s)
         summary = stats.summarize(run.records, run.duration_s, stats.Slo())
         served = summary["succeeded"] / run.duration_s
         p99 = summary["e2e_s"]["p99"]

@@ -75,7 +75,7 @@ def policies(ctx: Context, heterogeneous: bool) -> ScenarioResult:
                 ctx.progress(f"{name}: {policy.label}: Poisson {rate:g} req/s for {total:g}s "
                              f"(first {size.warmup_s:g}s warm-up)")
                 run = run_load(endpoint, workload, load.Arrivals("poisson", rate=rate), total,
-                           sample_weights=policy.router_policy is None)
+                               sample_weights=policy.router_policy is None)
             summary = window_summary(run, size.warmup_s, size.measure_s)
             row = Row(policy.label, summary=summary, run=run, measured_from_s=size.warmup_s)
             if policy.controller:

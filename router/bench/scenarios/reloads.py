@@ -69,7 +69,7 @@ async def _streams(fleet: Fleet, workload: load.Workload, clients: int, seconds:
     stop = asyncio.Event()
     start = time.perf_counter()
     helpers = [asyncio.create_task(sample_replicas(fleet.replica_urls, "vllm:num_requests_running",
-                                                    "running", samples, start, stop))]
+                                                   "running", samples, start, stop))]
     if reload_every_s is not None:
         helpers.append(asyncio.create_task(reload_every(
             RuntimePaths(fleet.spec.runtime_dir), reload_every_s, stop, reloaded, start)))

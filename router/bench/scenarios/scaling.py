@@ -47,7 +47,7 @@ def scaling(ctx: Context) -> ScenarioResult:
 
     def measure(endpoint: Endpoint, clients: int) -> tuple[load.RunResult, dict[str, Any]]:
         run = run_load(endpoint, workload, load.Arrivals("closed", concurrency=clients),
-                   own.seconds)
+                       own.seconds)
         done = [r for r in run.records
                 if r.e2e is not None and steady_from <= r.start + r.e2e < own.seconds]
         return run, stats.summarize(done, own.seconds - steady_from, stats.Slo())
