@@ -29,7 +29,7 @@ Range = tuple[int, int]
 # keeping up; new arrivals are then counted as dropped by the client.
 MAX_IN_FLIGHT = 20_000
 # How often the fleet's weights are sampled for the timeline plot.
-WEIGHT_SAMPLE_S = 1.0
+WEIGHT_SAMPLE_S = 0.25
 
 
 def parse_range(text: str, what: str) -> Range:

@@ -418,8 +418,10 @@ class PaceSpec(_Model):
 
     # Off: weights follow Prometheus' P99 latency alone, as before.
     enabled: bool = True
-    # One round probes every replica in rotation at once.
-    interval_s: float = Field(default=1.0, gt=0.0, le=60.0)
+    # One round probes every replica in rotation at once. A move rests on at
+    # least min_rounds rounds, so this sets the detection delay: two rounds a
+    # second find a replica slowed to a third in about 2 s (docs/controller.md).
+    interval_s: float = Field(default=0.5, gt=0.0, le=60.0)
     # Tokens per probe; the gaps between them are what is timed.
     tokens: int = Field(default=8, ge=3, le=256)
     timeout_s: float = Field(default=5.0, gt=0.0, le=60.0)

@@ -226,6 +226,13 @@ class PaceTracker:
                 if new_level != level:
                     self._levels[name] = level = new_level
                     self._moved[name] = (now, behind)
+                    # Its rounds before the change ran at another speed, and
+                    # mostly at another batch (its weight followed): left in,
+                    # they bend the within-replica slope, and the replica drifts
+                    # back towards even while still slow, then reads fast once
+                    # it recovers. The rounds the alarm rests on are the new speed's.
+                    self._points[name] = deque(list(self._points.get(name, ()))[-behind:],
+                                               maxlen=self._maxlen)
             moved_at, moved_on = self._moved.get(name, (None, 0))
             reading = readings[name]
             self.signals[name] = PaceSignal(

@@ -1,7 +1,7 @@
 """Pace probes, their sequential test and the fast path of the policy, on virtual time.
 
 A replica's seconds per token (and the batch it ran in) is fed round by
-round (one round a second, as the controller probes), folded by the
+round (every ``pace.interval_s``, as the controller probes), folded by the
 tracker, decided on by the policy and filtered by its hysteresis, exactly
 as the controller chains them. No timing is asserted against a wall clock:
 the clock is the loop counter.
@@ -37,6 +37,7 @@ from router.controller.policy import (
     Snapshot,
     decide,
     should_apply,
+    weights_differ,
 )
 
 SETTINGS = ControllerSpec()
@@ -69,14 +70,20 @@ def simulate(pace: Pace, seconds: int, settings: ControllerSpec = SETTINGS) -> R
     desired: Decision | None = None
     applied: Decision | None = None
     last_reload: float | None = None
-    for t in range(seconds):
-        now = float(t)
+    differing_since: float | None = None
+    interval = settings.pace.interval_s
+    for index in range(round(seconds / interval)):
+        now = index * interval
         signals = tracker.fold({n: pace(n, now) for n in NAMES}, now)
         desired = decide(Snapshot(now=now, replicas=NAMES, pace=signals, pacing=True),
                          desired, settings)
-        apply, _why = should_apply(applied, desired, last_reload, settings)
+        if not weights_differ(applied, desired):
+            differing_since = None
+        elif differing_since is None:
+            differing_since = now
+        apply, _why = should_apply(applied, desired, last_reload, settings, differing_since)
         if apply:
-            applied, last_reload = desired, now
+            applied, last_reload, differing_since = desired, now, None
             run.reloads.append((now, desired.weights()))
     return run
 
@@ -111,6 +118,37 @@ def test_a_step_to_three_times_slower_halves_the_weight_within_5s_and_returns_wi
     assert back is not None and back - 150 <= 20
     # The others never moved: the median is theirs.
     assert all(w["replica-0"] == 50 for _, w in run.reloads)
+
+
+def test_a_slowed_replica_whose_batch_follows_its_weight_moves_once_each_way() -> None:
+    """As on a running fleet: least_conn hands each replica in-flight work
+    in proportion to its weight, so the slowed replica runs a batch of one
+    or two while it is cut. Its rounds from before the slowdown (batch 18,
+    fast) must not bend the slope it is judged by: no drift back towards
+    even while it is still slow, and no "fast" reading once it recovers."""
+    rng = random.Random(3)
+    tracker = PaceTracker(SETTINGS.pace)
+    weights = dict.fromkeys(NAMES, 50)
+    moves: list[tuple[float, int]] = []
+    desired: Decision | None = None
+    interval = SETTINGS.pace.interval_s
+    for index in range(round(240 / interval)):
+        now = index * interval
+        total = sum(weights.values())
+        readings = {}
+        for name in NAMES:
+            batch = max(1.0, round(72 * weights[name] / total + rng.gauss(0, 2))) + 1
+            slower = 3.0 if name == "replica-3" and 90 <= now < 150 else 1.0
+            readings[name] = step(batch, slower=slower, noise=math.exp(rng.gauss(0, 0.05)))
+        signals = tracker.fold(readings, now)
+        desired = decide(Snapshot(now=now, replicas=NAMES, pace=signals, pacing=True),
+                         desired, SETTINGS)
+        if desired.weights()["replica-3"] != weights["replica-3"]:
+            moves.append((now, desired.weights()["replica-3"]))
+        weights = desired.weights()
+    assert [weight <= 25 for _, weight in moves] == [True, False], moves
+    assert moves[0][0] - 90 <= 5 and moves[1][0] - 150 <= 20, moves
+    assert moves[1][1] == 50, moves
 
 
 def test_one_or_two_slow_rounds_move_nothing() -> None:

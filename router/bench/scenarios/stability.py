@@ -33,6 +33,7 @@ from router.bench.scenario_kit import (
     weight_changes,
     window_summary,
 )
+from router.config.spec import PaceSpec
 
 # Shares of the fleet's measured capacity.
 LOADS = (0.3, 0.8, 1.2)
@@ -190,7 +191,8 @@ def stability(ctx: Context) -> ScenarioResult:
     ]
     result.setup[:0] = [
         f"4 simulated replicas ({sim_text(POLICY_SIM)}), one fleet for every cell, the "
-        "adaptive controller on with its defaults (pace probes every second, the sequential "
+        "adaptive controller on with its defaults (pace probes every "
+        f"{PaceSpec().interval_s:g} s, the sequential "
         "test's budget of one false move an hour); every cell on a fleet with gateway.affinity "
         f"off, then again on one with affinity session, whose requests carry one of {SESSIONS} "
         "session keys (the body's `user`).",
@@ -210,6 +212,9 @@ def stability(ctx: Context) -> ScenarioResult:
         f"cleared at {clear_at:g} s. Halved: its weight at {HALVED_WEIGHT} or less; back: "
         f"{BACK_WEIGHT} or more.",
     ]
+    floor = _equal_fleet_floor(rows)
+    if floor is not None:
+        result.notes.append(floor)
     equal_s = 2 * len(cells(every)) * cell_s
     result.notes.append(
         f"{total_changes} applied weight change(s) in {equal_s / 60:g} minutes of equal "
@@ -267,6 +272,28 @@ def _capacity_rows(ctx: Context, result: ScenarioResult) -> list[Row]:
         f"capacity ({rate:g} requests/s), uniform prompts, {size.warmup_s:g} s warm-up then "
         f"{size.measure_s:g} s measured; static least_conn against the controller.")
     return rows
+
+
+def _equal_fleet_floor(rows: list[Row]) -> str | None:
+    """What no router can beat in the capacity cells: an equal fleet at the
+    same share of its own capacity, with the same arrivals and prompts, has
+    no slow replica to route around."""
+    label = f"{CAPACITY_LOAD:.0%} load, poisson, uniform prompts, affinity {AffinityMode.OFF}"
+    equal = next((r.summary for r in rows if r.label == label and r.summary), None)
+    capacity = [r.summary for r in rows if r.label.startswith(f"{SMALL} at ") and r.summary]
+    if equal is None or len(capacity) != len(CAPACITY_CONTENDERS):
+        return None
+    static, adaptive = (summary["e2e_s"]["p99"] for summary in capacity)
+    floor = equal["e2e_s"]["p99"]
+    if not (static and adaptive and floor):
+        return None
+    return (f"The floor under the capacity cells: the equal fleet at the same "
+            f"{CAPACITY_LOAD:.0%} share of its capacity (Poisson, uniform prompts) had P99 "
+            f"E2E {floor * 1000:,.0f} ms, {floor / static:.2f} x least_conn's "
+            f"{static * 1000:,.0f} ms on the half-slots fleet; the controller's "
+            f"{adaptive * 1000:,.0f} ms is {adaptive / floor:.2f} x that floor. Decoding "
+            "64-128 tokens at that batch is most of every request's time, so 0.7 x "
+            "least_conn's is below what any routing of this load can reach.")
 
 
 def _seconds(value: float | None) -> str:
