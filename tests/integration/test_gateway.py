@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -17,6 +18,8 @@ from tests.support.harness import Running, free_port_block, gateway, plan_for, w
 pytestmark = pytest.mark.integration
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+# nginx's $request_id: 16 random bytes in hex.
+REQUEST_ID = re.compile(r"[0-9a-f]{32}")
 
 
 @pytest.fixture
@@ -99,6 +102,38 @@ def test_every_replica_down_gives_json_503(tmp_path: Path) -> None:
     assert response.headers["Retry-After"] == "1"
     assert response.json()["error"]["type"] == "ServiceUnavailableError"
     assert health.status_code == 503
+    assert REQUEST_ID.fullmatch(response.headers["X-Request-Id"])
+    assert REQUEST_ID.fullmatch(health.headers["X-Request-Id"])
+
+
+def test_every_answer_the_gateway_makes_carries_a_request_id(
+        tmp_path: Path, two_backends: tuple[int, list[Backend]]) -> None:
+    """The openai SDK reads `request_id` from X-Request-Id; the gateway's own
+    errors are the answers a client most needs to quote. The rate limit is
+    the documented default burst (0), which nginx's burst= cannot take."""
+    base, _ = two_backends
+    plan = plan_for(tmp_path / "rt", 2, base, gateway={"max_body_size": "1k"},
+                    limits={"requests_per_s": 1})
+    with gateway(plan) as running:
+        answers = {
+            "404": requests.get(f"{running.url}/metrics", timeout=10),
+            "405": requests.get(f"{running.url}/v1/chat/completions", timeout=10),
+            "health": requests.get(f"{running.url}/health", timeout=10),
+            "413": _chat(running.url, {**CHAT, "padding": "x" * 4096}),
+        }
+        # One request a second and no burst: among back-to-back requests one
+        # is over the rate however slowly this machine sends them.
+        for _ in range(20):
+            response = _chat(running.url)
+            if response.status_code == 429:
+                answers["429"] = response
+                break
+    assert {name: r.status_code for name, r in answers.items()} == {
+        "404": 404, "405": 405, "health": 200, "413": 413, "429": 429}
+    for name, response in answers.items():
+        assert REQUEST_ID.fullmatch(response.headers.get("X-Request-Id", "")), name
+    assert answers["429"].headers["Retry-After"] == "1"
+    assert answers["405"].headers["Allow"] == "POST"
 
 
 def test_refused_replica_is_skipped_without_client_error(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ burst of normal requests reaches all of them, and no process restarted.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -258,6 +259,8 @@ def test_every_bad_request_gets_a_clear_answer_and_costs_nothing(secured: Secure
                          f"{case.status} saying {case.says!r}")
         elif answer.status == 401:
             assert answer.headers["www-authenticate"].startswith("Bearer"), case.name
+        if not re.fullmatch(r"[0-9a-f]{32}", answer.headers.get("x-request-id", "")):
+            wrong.append(f"{case.name}: no X-Request-Id on its {answer.status}")
     assert not wrong, "\n".join(wrong)
 
     # The whole catalogue twice more, fast: several times nginx's max_fails
