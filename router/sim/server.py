@@ -13,14 +13,13 @@ SSE), /tokenize, /detokenize, /v1/models, /health, /metrics, /load,
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -195,9 +194,9 @@ class SimApp:
         assert engine is not None, "lifespan startup has not run"
         if method == "POST" and path in ("/v1/chat/completions", "/v1/completions"):
             body = await read_json(receive)
-            await self._generate(send, body, chat=path == "/v1/chat/completions")
+            await self._generate(receive, send, body, chat=path == "/v1/chat/completions")
         elif method == "POST" and path == "/v1/responses":
-            await self._respond(send, await read_json(receive))
+            await self._respond(receive, send, await read_json(receive))
         elif method == "POST" and path == "/tokenize":
             await send_json(send, 200, self._tokenize(await read_json(receive)))
         elif method == "POST" and path == "/detokenize":
@@ -291,31 +290,50 @@ class SimApp:
                              "InternalServerError", None)
         return engine.submit(prompt, prompt_tokens, max_tokens, ignore_eos, stream)
 
-    @contextlib.contextmanager
-    def _aborted_if_gone(self, request: SimRequest) -> Iterator[None]:
-        """Free the request's slot, counted as aborted, when its client goes away."""
+    async def _unless_gone(self, receive: Receive, request: SimRequest,
+                           answer: Coroutine[Any, Any, None]) -> None:
+        """Answer ``request``, or abort it the moment its client goes away, as
+        vLLM does: its slot is freed and it counts as aborted. uvicorn drops
+        what is sent to a closed connection without a word, so the
+        disconnect is read from ``receive``, not from a failed send."""
+        answering = asyncio.ensure_future(answer)
+        gone = asyncio.ensure_future(_disconnected(receive))
         try:
-            yield
-        except (OSError, asyncio.CancelledError):
+            await asyncio.wait((answering, gone), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the server is stopping
+            answering.cancel()
+            gone.cancel()
             assert self.engine is not None
             self.engine.abort(request)
             raise
+        if answering.done():
+            gone.cancel()
+            answering.result()  # its BadRequest answers the client
+            return
+        answering.cancel()
+        await asyncio.gather(answering, return_exceptions=True)
+        assert self.engine is not None
+        self.engine.abort(request)
 
-    async def _generate(self, send: Send, body: Any, chat: bool) -> None:
+    async def _generate(self, receive: Receive, send: Send, body: Any, chat: bool) -> None:
         body = self._request_object(body)
         prompt, prompt_tokens, max_tokens, stream, ignore_eos = self._validate(body, chat)
         request = self._submit(prompt, prompt_tokens, max_tokens, ignore_eos, stream)
         prefix = "chatcmpl" if chat else "cmpl"
         ids = (f"{prefix}-{uuid.uuid4().hex[:16]}", int(time.time()))
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        with self._aborted_if_gone(request):
-            if stream:
-                await self._stream(send, request, chat, ids, include_usage)
-            else:
-                await request.done
-                if request.error is not None:
-                    raise BadRequest(500, str(request.error), "InternalServerError", None)
-                await send_json(send, 200, self._response(request, chat, ids))
+        if stream:
+            answer = self._stream(send, request, chat, ids, include_usage)
+        else:
+            answer = self._complete(send, request, chat, ids)
+        await self._unless_gone(receive, request, answer)
+
+    async def _complete(self, send: Send, request: SimRequest, chat: bool,
+                        ids: tuple[str, int]) -> None:
+        await request.done
+        if request.error is not None:
+            raise BadRequest(500, str(request.error), "InternalServerError", None)
+        await send_json(send, 200, self._response(request, chat, ids))
 
     def _usage(self, request: SimRequest, stream: bool = False) -> dict[str, Any]:
         generated = len(request.tokens)
@@ -396,7 +414,7 @@ class SimApp:
         await end_stream(send)
 
     # --- the Responses API and the tokenizer ------------------------------
-    async def _respond(self, send: Send, body: Any) -> None:
+    async def _respond(self, receive: Receive, send: Send, body: Any) -> None:
         body = self._request_object(body)
         if "input" not in body:
             raise _validation_error("missing", "body.input", "Field required", body)
@@ -414,16 +432,20 @@ class SimApp:
                                       "max_output_tokens", True)
         request = self._submit(prompt, prompt_tokens, max_tokens, False, stream)
         ids, created = responses.ResponseIds(), int(time.time())
-        with self._aborted_if_gone(request):
-            if stream:
-                await self._stream_response(send, request, body, ids, created)
-                return
-            await request.done
-            if request.error is not None:
-                raise BadRequest(500, str(request.error), "InternalServerError", None)
-            await send_json(send, 200, responses.response_object(
-                body, ids, created, self.model_name, request.text(), request.finish_reason,
-                self._response_usage(request)))
+        if stream:
+            answer = self._stream_response(send, request, body, ids, created)
+        else:
+            answer = self._complete_response(send, request, body, ids, created)
+        await self._unless_gone(receive, request, answer)
+
+    async def _complete_response(self, send: Send, request: SimRequest, body: dict[str, Any],
+                                 ids: responses.ResponseIds, created: int) -> None:
+        await request.done
+        if request.error is not None:
+            raise BadRequest(500, str(request.error), "InternalServerError", None)
+        await send_json(send, 200, responses.response_object(
+            body, ids, created, self.model_name, request.text(), request.finish_reason,
+            self._response_usage(request)))
 
     @staticmethod
     def _response_usage(request: SimRequest) -> dict[str, Any]:
@@ -517,6 +539,12 @@ class SimApp:
             self.hang = bool(body["hang"])
             engine.pause(self.hang)
         await send_json(send, 200, self.faults())
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Returns once the client has gone (the body has been read already)."""
+    while (await receive())["type"] != "http.disconnect":
+        continue
 
 
 async def read_json(receive: Receive) -> Any:

@@ -17,6 +17,7 @@ import requests
 from router.sim.metrics import NOT_SIMULATED
 from tests.e2e.conftest import Cluster
 from tests.support.fidelity import metric_families, shape
+from tests.support.harness import wait_for
 from tests.support.sim import SimProcess, sim_replica
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -199,3 +200,46 @@ def test_invalid_utf8_gets_the_same_answer(cluster: Cluster, sim: SimProcess) ->
         answers[name] = (response.status_code, response.json())
     assert answers["sim"] == answers["real"]
     assert answers["real"][0] == 400
+
+
+def _metric(urls: list[str], name: str, labels: str = "") -> float:
+    """One sample's value summed over replicas (``labels`` as written in the
+    exposition, e.g. ``le="1000.0"``)."""
+    total = 0.0
+    for url in urls:
+        for line in requests.get(url + "/metrics", timeout=10).text.splitlines():
+            if line.startswith(name + ("{" if labels or "{" in line else " ")) and labels in line:
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def _long_generations(urls: list[str]) -> float:
+    """Requests that generated more than 1,000 tokens, from vLLM's histogram."""
+    name = "vllm:request_generation_tokens"
+    return _metric(urls, name + "_count") - _metric(urls, name + "_bucket", 'le="1000.0"')
+
+
+@pytest.mark.parametrize("via", ["real", "sim", "gateway"])
+def test_a_client_that_goes_away_frees_its_slot_at_once(
+        cluster: Cluster, sim: SimProcess, via: str) -> None:
+    """An abandoned stream is aborted, as vLLM does, in the simulator too, and
+    through the gateway (nginx closes the upstream when its client leaves):
+    the replica's batch is free again long before the request could have
+    finished, and it never runs to its max_tokens."""
+    urls = {"real": [cluster.replica_urls[0]], "sim": [sim.url],
+            "gateway": cluster.replica_urls}[via]
+    target = {"real": cluster.replica_urls[0], "sim": sim.url, "gateway": cluster.url}[via]
+    long_before = _long_generations(urls)
+    body = {"model": cluster.model, "prompt": "Count:", "ignore_eos": True, "stream": True,
+            "max_tokens": cluster.max_model_len - 32, "temperature": 0.0}
+    with requests.post(target + "/v1/completions", json=body, stream=True,
+                       timeout=120) as response:
+        assert response.status_code == 200
+        next(line for line in response.iter_lines() if line.startswith(b"data: "))
+        assert _metric(urls, "vllm:num_requests_running") >= 1
+    # Leaving the block closed the connection after the first token.
+    wait_for(lambda: _metric(urls, "vllm:num_requests_running") == 0, 120,
+             f"the abandoned request to leave the batch ({via})", interval=0.2)
+    # Gone from the batch either way; aborted, not finished: no request ran
+    # past 1,000 tokens.
+    assert _long_generations(urls) == long_before
