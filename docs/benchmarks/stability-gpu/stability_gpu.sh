@@ -8,6 +8,9 @@
 #        128 streams for STEADY_S (300) s without a session key
 #   bash docs/benchmarks/stability-gpu/stability_gpu.sh session    # on that fleet, the
 #        chat conversations with a session key each (gateway.affinity: session)
+#   bash docs/benchmarks/stability-gpu/stability_gpu.sh up         # fleet up alone, and
+#   bash docs/benchmarks/stability-gpu/stability_gpu.sh steady     # the 128 streams on it
+#        (equal = up + steady, for a lease where both fit one command)
 #   bash docs/benchmarks/stability-gpu/stability_gpu.sh unequal    # replica-1 at
 #        max_num_seqs 64 against 256: 256 streams for ROW_S (120) s with every
 #        weight pinned at 50 (static least_conn), then with the controller
@@ -42,12 +45,22 @@ finish() {
   tar -czf "$out/$1.tgz" -C "$work/results" .
 }
 
-equal() {
+up() {
   work=/root/stability-equal
   mkdir -p "$work/results"
   WORK=$work bash "$chat_sh" up
+}
+
+steady() {
+  work=/root/stability-equal
+  mkdir -p "$work/results"
   bench steady-128 128 "${STEADY_S:-300}"
-  finish equal
+  finish steady
+}
+
+equal() {
+  up
+  steady
 }
 
 session() {
@@ -73,5 +86,5 @@ unequal() {
   finish unequal
 }
 
-phase=${1:?give a phase: equal | session | unequal}
+phase=${1:?give a phase: up | steady | equal | session | unequal}
 "$phase"
