@@ -13,6 +13,7 @@ from typing import Any
 import openai
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from router.sim.metrics import NOT_SIMULATED
 from tests.e2e.conftest import Cluster
@@ -202,21 +203,22 @@ def test_invalid_utf8_gets_the_same_answer(cluster: Cluster, sim: SimProcess) ->
     assert answers["real"][0] == 400
 
 
-def _metric(urls: list[str], name: str, labels: str = "") -> float:
-    """One sample's value summed over replicas (``labels`` as written in the
-    exposition, e.g. ``le="1000.0"``)."""
+def _metric(urls: list[str], name: str, **labels: str) -> float:
+    """One sample's value summed over replicas and over label sets that have ``labels``."""
     total = 0.0
     for url in urls:
-        for line in requests.get(url + "/metrics", timeout=10).text.splitlines():
-            if line.startswith(name + ("{" if labels or "{" in line else " ")) and labels in line:
-                total += float(line.rsplit(" ", 1)[1])
+        text = requests.get(url + "/metrics", timeout=10).text
+        total += sum(sample.value for family in text_string_to_metric_families(text)
+                     for sample in family.samples
+                     if sample.name == name
+                     and all(sample.labels.get(k) == v for k, v in labels.items()))
     return total
 
 
 def _long_generations(urls: list[str]) -> float:
     """Requests that generated more than 1,000 tokens, from vLLM's histogram."""
     name = "vllm:request_generation_tokens"
-    return _metric(urls, name + "_count") - _metric(urls, name + "_bucket", 'le="1000.0"')
+    return _metric(urls, name + "_count") - _metric(urls, name + "_bucket", le="1000.0")
 
 
 @pytest.mark.parametrize("via", ["real", "sim", "gateway"])
@@ -224,8 +226,7 @@ def test_a_client_that_goes_away_frees_its_slot_at_once(
         cluster: Cluster, sim: SimProcess, via: str) -> None:
     """An abandoned stream is aborted, as vLLM does, in the simulator too, and
     through the gateway (nginx closes the upstream when its client leaves):
-    the replica's batch is free again long before the request could have
-    finished, and it never runs to its max_tokens."""
+    the request leaves the replica's batch without running to its max_tokens."""
     urls = {"real": [cluster.replica_urls[0]], "sim": [sim.url],
             "gateway": cluster.replica_urls}[via]
     target = {"real": cluster.replica_urls[0], "sim": sim.url, "gateway": cluster.url}[via]
@@ -236,7 +237,8 @@ def test_a_client_that_goes_away_frees_its_slot_at_once(
                        timeout=120) as response:
         assert response.status_code == 200
         next(line for line in response.iter_lines() if line.startswith(b"data: "))
-        assert _metric(urls, "vllm:num_requests_running") >= 1
+        wait_for(lambda: _metric(urls, "vllm:num_requests_running") >= 1, 30,
+                 f"the request in the batch ({via})", interval=0.2)
     # Leaving the block closed the connection after the first token.
     wait_for(lambda: _metric(urls, "vllm:num_requests_running") == 0, 120,
              f"the abandoned request to leave the batch ({via})", interval=0.2)
