@@ -83,10 +83,21 @@ def test_record_probes_every_replica_each_round(tmp_path: Path) -> None:
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
-def test_an_equal_gpu_pair_under_128_streams_moves_no_weight() -> None:
-    """Recorded on one H200: two equal vLLM replicas, 128 steady streams
-    (docs/benchmarks/stability-gpu), whose waiting gauge blips with arrivals."""
-    result = replay(load_trace(FIXTURES / "pace-gpu-h200-equal-128.jsonl"))
+@pytest.mark.parametrize("trace", [
+    # One H200, two equal vLLM replicas, 128 steady streams, probes once a
+    # second (docs/benchmarks/stability-gpu), the waiting gauge blipping.
+    "pace-gpu-h200-equal-128.jsonl",
+    # One H100, the same pair, 128 steady streams, probes twice a second.
+    "pace-gpu-h100-equal-128.jsonl",
+    # The same H100 lease: the chat scenario's conversations, least_conn then
+    # session affinity, the load under which weights once swung 78 -> 1.
+    "pace-gpu-h100-chat-96.jsonl",
+    # Two CPU vLLM replicas (the e2e engine) at 4 streams, every round slowed
+    # by a saturated two-core host (docs/benchmarks/stability-cpu).
+    "pace-cpu-vllm-equal-4.jsonl",
+])
+def test_a_recorded_equal_pair_moves_no_weight(trace: str) -> None:
+    result = replay(load_trace(FIXTURES / trace))
     assert result.weight_changes == 0 and result.moves == []
 
 
