@@ -308,7 +308,12 @@ class SimApp:
             raise
         if answering.done():
             gone.cancel()
-            answering.result()  # its BadRequest answers the client
+            try:
+                answering.result()  # its BadRequest answers the client
+            except OSError:  # a server that does report a send to a closed socket
+                assert self.engine is not None
+                self.engine.abort(request)
+                raise
             return
         answering.cancel()
         await asyncio.gather(answering, return_exceptions=True)

@@ -291,9 +291,10 @@ def _equal_fleet_floor(rows: list[Row]) -> str | None:
             f"{CAPACITY_LOAD:.0%} share of its capacity (Poisson, uniform prompts) had P99 "
             f"E2E {floor * 1000:,.0f} ms, {floor / static:.2f} x least_conn's "
             f"{static * 1000:,.0f} ms on the half-slots fleet; the controller's "
-            f"{adaptive * 1000:,.0f} ms is {adaptive / floor:.2f} x that floor. Decoding "
-            "64-128 tokens at that batch is most of every request's time, so 0.7 x "
-            "least_conn's is below what any routing of this load can reach.")
+            f"{adaptive * 1000:,.0f} ms is {adaptive / floor:.2f} x that floor. 0.7 x "
+            f"least_conn's ({0.7 * static * 1000:,.0f} ms) would be {0.7 * static / floor:.2f} "
+            "x the equal fleet's own: it asks the fleet with a small replica to beat one "
+            "with none, when decoding 64-128 tokens is most of every request's time.")
 
 
 def _seconds(value: float | None) -> str:
