@@ -203,22 +203,31 @@ def test_invalid_utf8_gets_the_same_answer(cluster: Cluster, sim: SimProcess) ->
     assert answers["real"][0] == 400
 
 
-def _metric(urls: list[str], name: str, **labels: str) -> float:
-    """One sample's value summed over replicas and over label sets that have ``labels``."""
-    total = 0.0
-    for url in urls:
-        text = requests.get(url + "/metrics", timeout=10).text
-        total += sum(sample.value for family in text_string_to_metric_families(text)
-                     for sample in family.samples
-                     if sample.name == name
-                     and all(sample.labels.get(k) == v for k, v in labels.items()))
-    return total
+def _samples(urls: list[str]) -> list[Any]:
+    """Every sample of every replica, each replica read once."""
+    return [sample for url in urls
+            for family in text_string_to_metric_families(
+                requests.get(url + "/metrics", timeout=10).text)
+            for sample in family.samples]
+
+
+def _value(samples: list[Any], name: str, **labels: str) -> float:
+    """A sample's value summed over replicas and over label sets that have ``labels``."""
+    return sum(sample.value for sample in samples if sample.name == name
+               and all(sample.labels.get(k) == v for k, v in labels.items()))
+
+
+def _running(urls: list[str]) -> float:
+    return _value(_samples(urls), "vllm:num_requests_running")
 
 
 def _long_generations(urls: list[str]) -> float:
-    """Requests that generated more than 1,000 tokens, from vLLM's histogram."""
+    """Requests that generated more than 1,000 tokens, from vLLM's histogram,
+    its count and its bucket read in one scrape: a request that finishes
+    between two scrapes would skew the difference."""
+    samples = _samples(urls)
     name = "vllm:request_generation_tokens"
-    return _metric(urls, name + "_count") - _metric(urls, name + "_bucket", le="1000.0")
+    return _value(samples, name + "_count") - _value(samples, name + "_bucket", le="1000.0")
 
 
 @pytest.mark.parametrize("via", ["real", "sim", "gateway"])
@@ -236,11 +245,14 @@ def test_a_client_that_goes_away_frees_its_slot_at_once(
     with requests.post(target + "/v1/completions", json=body, stream=True,
                        timeout=120) as response:
         assert response.status_code == 200
-        next(line for line in response.iter_lines() if line.startswith(b"data: "))
-        wait_for(lambda: _metric(urls, "vllm:num_requests_running") >= 1, 30,
+        # Held, not a temporary: a dropped iter_lines() generator lets
+        # urllib3 close the connection, and the client is gone too early.
+        lines = response.iter_lines()
+        next(line for line in lines if line.startswith(b"data: "))
+        wait_for(lambda: _running(urls) >= 1, 30,
                  f"the request in the batch ({via})", interval=0.2)
     # Leaving the block closed the connection after the first token.
-    wait_for(lambda: _metric(urls, "vllm:num_requests_running") == 0, 120,
+    wait_for(lambda: _running(urls) == 0, 120,
              f"the abandoned request to leave the batch ({via})", interval=0.2)
     # Gone from the batch either way; aborted, not finished: no request ran
     # past 1,000 tokens.
