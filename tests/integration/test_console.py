@@ -8,6 +8,7 @@ otherwise they go to a temporary folder and are only checked to exist.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from playwright.sync_api import expect
 from router import REPO_ROOT
 from tests.support.cli import fleet
 from tests.support.fleet import running_fleet
+from tests.support.harness import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -31,6 +33,11 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync"]
 REPLICAS = 3
+# Bounds, not timings: Playwright's defaults (5 s for expect, 30 s for the
+# rest) fail on a CI host busy enough to starve the browser.
+EXPECT_TIMEOUT_MS = 30_000
+PAGE_TIMEOUT_MS = 60_000
+expect.set_options(timeout=EXPECT_TIMEOUT_MS)
 # Per key: enough for what one test's page sends, too little for a flood.
 BURST = 6
 
@@ -92,6 +99,7 @@ def browser() -> Iterator[Any]:
 @pytest.fixture
 def page(browser: Any, console_fleet: ConsoleFleet) -> Iterator[Any]:
     context = browser.new_context(viewport={"width": 1100, "height": 760})
+    context.set_default_timeout(PAGE_TIMEOUT_MS)
     opened = context.new_page()
     requested: list[str] = []
     opened.on("request", lambda request: requested.append(request.url))
@@ -139,7 +147,8 @@ def test_chat_streams_token_by_token_and_names_the_replica(
     assert session.startswith("console-") and len(session) == len("console-") + 32
     answer = page.locator(".message.assistant").last
     lengths: list[int] = []
-    deadline = time.monotonic() + 30
+    # A bound, not a timing: 60 tokens take about 2 s, far longer on a busy host.
+    deadline = time.monotonic() + 120
     while answer.get_attribute("data-done") != "true" and time.monotonic() < deadline:
         lengths.append(len(answer.locator(".text").inner_text()))
         page.wait_for_timeout(40)
@@ -177,12 +186,12 @@ def test_fleet_view_lists_every_replica_and_follows_a_drain(
 
     console_fleet.admin_post("/replicas/replica-1/drain")
     try:
-        expect(_row(page, "replica-1")).to_contain_text("Drained", timeout=15_000)
+        expect(_row(page, "replica-1")).to_contain_text("Drained", timeout=EXPECT_TIMEOUT_MS)
         assert "In rotation" in _row(page, "replica-0").inner_text()
         page.screenshot(path=str(_screenshot_dir(tmp_path) / "console-fleet.png"))
     finally:
         console_fleet.admin_post("/replicas/replica-1/undrain")
-    expect(_row(page, "replica-1")).to_contain_text("In rotation", timeout=15_000)
+    expect(_row(page, "replica-1")).to_contain_text("In rotation", timeout=EXPECT_TIMEOUT_MS)
 
 
 def test_gateway_errors_are_shown_as_sentences(page: Any, console_fleet: ConsoleFleet) -> None:
@@ -207,22 +216,39 @@ def test_gateway_errors_are_shown_as_sentences(page: Any, console_fleet: Console
     assert refused.inner_text().startswith("The request failed (400): ")
     page.get_by_label("Max tokens").fill("8")
 
-    # Over the key's rate limit: a 429 with the wait from Retry-After.
+    # Over the key's rate limit: a 429 with the wait from Retry-After. The
+    # key is kept over its limit until the page has shown it: the burst
+    # drains at one request a second, and a busy host may take longer than
+    # that between the flood and the page's request.
     throttled = console_fleet.add_key("throttled")
     page.get_by_role("button", name="Change API key").click()
     _enter_key(page, throttled)
-    flood = [requests.get(f"{console_fleet.url}/v1/models", timeout=5,
-                          headers={"Authorization": f"Bearer {throttled}"}).status_code
-             for _ in range(2 * BURST)]
-    assert 429 in flood
-    _send(page, "again")
-    limited = page.get_by_role("alert").filter(has_text="Too many requests")
-    limited.wait_for()
+    codes: list[int] = []
+    stop = threading.Event()
+
+    def flood() -> None:
+        while not stop.is_set():
+            codes.append(requests.get(f"{console_fleet.url}/v1/models", timeout=5,
+                                      headers={"Authorization": f"Bearer {throttled}"}
+                                      ).status_code)
+            stop.wait(0.1)
+
+    flooding = threading.Thread(target=flood)
+    flooding.start()
+    try:
+        wait_for(lambda: 429 in codes, 60, "the throttled key to be limited")
+        _send(page, "again")
+        limited = page.get_by_role("alert").filter(has_text="Too many requests")
+        limited.wait_for(timeout=60_000)
+    finally:
+        stop.set()
+        flooding.join(timeout=15)
     assert "Try again in 1 s" in limited.inner_text() and "{" not in limited.inner_text()
 
 
 def test_phone_width_labels_and_keyboard(browser: Any, console_fleet: ConsoleFleet) -> None:
     context = browser.new_context(viewport={"width": 390, "height": 800}, is_mobile=True)
+    context.set_default_timeout(PAGE_TIMEOUT_MS)
     page = context.new_page()
     try:
         page.goto(console_fleet.url + "/")
