@@ -23,6 +23,9 @@ from router.disk.paths import RuntimePaths
 from router.errors import ClusterError
 from router.runtime.procs import process_alive
 
+# Longer than any program's stopwaitsecs (router.render.programs) plus the kill.
+STOP_WAIT_BOUND_S = 90.0
+
 
 @dataclass(frozen=True)
 class ProcessInfo:
@@ -154,13 +157,13 @@ class Supervisor:
     def restart_process(self, name: str) -> str:
         """Stop one program if it runs, then start it; also out of FATAL.
 
-        Returns the state it was in. Waits for the stop (up to the program's
-        stopwaitsecs) but not for the start.
+        Returns the state it was in. Waits for the stop (supervisord kills the
+        program after its stopwaitsecs) but not for the start.
         """
         before = self.process(name).state
         if before in ("RUNNING", "STARTING", "BACKOFF"):
             try:
-                self._call("supervisor.stopProcess", name, True)
+                self.stop_process(name)
             except xmlrpc.client.Fault as exc:
                 if "NOT_RUNNING" not in exc.faultString:
                     raise
@@ -168,8 +171,23 @@ class Supervisor:
         return before
 
     def stop_process(self, name: str) -> None:
-        """Stop one program; supervisord will not restart it until started again."""
-        self._call("supervisor.stopProcess", name)
+        """Stop one program and wait until it has; supervisord will not restart it."""
+        # wait=False and a poll here: supervisord would hold a waiting call up
+        # to the program's stopwaitsecs (30 s for a replica), longer than one
+        # call's socket timeout on a busy host.
+        self._call("supervisor.stopProcess", name, False)
+        self._wait_stopped(name)
+
+    def _wait_stopped(self, name: str) -> None:
+        # supervisord kills a program that outlives its stopwaitsecs, so a stop
+        # ends; the bound only guards against a supervisord that stopped answering.
+        deadline = time.monotonic() + STOP_WAIT_BOUND_S
+        while time.monotonic() < deadline:
+            if self.process(name).state not in ("STOPPING", "RUNNING", "STARTING"):
+                return
+            time.sleep(0.2)
+        raise ClusterError(f"{name} did not stop within {STOP_WAIT_BOUND_S:.0f}s",
+                           hint=f"see `fleet logs {name}` and {self.paths.log('supervisord')}")
 
     def start_process(self, name: str) -> None:
         # wait=False: supervisord would otherwise hold the call for startsecs.
