@@ -25,6 +25,8 @@ BASE_WEIGHT = 50
 # computed with this in its place, so the value cannot feed its own hash.
 VERSION_PLACEHOLDER = "@version@"
 VERSION_LENGTH = 12
+# The provenance line of an upstream file the controller wrote.
+CONTROLLER_PROVENANCE = "written by the controller"
 
 
 class UpstreamMember(Protocol):
@@ -100,3 +102,18 @@ def stamp_version(unstamped: str) -> tuple[str, str]:
     """The file with its version filled in, and that version."""
     version = content_version(unstamped)
     return unstamped.replace(VERSION_PLACEHOLDER, version), version
+
+
+_UPSTREAM_BLOCK = re.compile(r"^upstream replicas \{(.*?)^\}", re.MULTILINE | re.DOTALL)
+_SERVER_LINE = re.compile(r"^\s*server\s+(\S+)([^;]*);", re.MULTILINE)
+
+
+def serving_addresses(upstream_text: str) -> frozenset[str]:
+    """The addresses a controller left the balanced upstream routing to (its
+    server lines without ``down``); none in a file `fleet up` wrote, whose
+    replicas no controller has warmed yet."""
+    block = _UPSTREAM_BLOCK.search(upstream_text)
+    if block is None or CONTROLLER_PROVENANCE not in upstream_text:
+        return frozenset()
+    return frozenset(address for address, flags in _SERVER_LINE.findall(block.group(1))
+                     if "down" not in flags.split())

@@ -184,8 +184,11 @@ async def _sample_weights(url: str, key: str | None, into: list[dict[str, Any]],
                 response = await client.get(f"{url}/fleet/status", headers=headers)
                 if response.status_code == 200:
                     status = PublicFleetStatus.model_validate_json(response.content)
-                    into.append({"t": time.perf_counter() - run_start,
-                                 "weights": status.routed_weights()})
+                    # A controller that has not decided yet (just restarted) knows
+                    # no weights; nginx keeps the ones it had.
+                    if any(r.in_rotation is not None for r in status.replicas):
+                        into.append({"t": time.perf_counter() - run_start,
+                                     "weights": status.routed_weights()})
             except (httpx.HTTPError, ValidationError):
                 pass
             await asyncio.sleep(WEIGHT_SAMPLE_S)

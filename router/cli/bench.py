@@ -149,6 +149,14 @@ def cmd_bench_trace(args: argparse.Namespace) -> int:
 def cmd_drill(args: argparse.Namespace) -> int:
     from router.bench import drill, drill_report, load
 
+    if args.fault == "rollout":
+        return _rollout_drill(args)
+    if args.to is not None:
+        raise SpecError("--to is read only by `fleet drill rollout`",
+                        hint=f"`fleet drill {args.fault} REPLICA` injects a fault; leave --to out")
+    if args.replica is None:
+        raise SpecError(f"`fleet drill {args.fault}` needs the replica to fault",
+                        hint=f"e.g. fleet drill {args.fault} replica-1 (see `fleet status`)")
     for flag, value in (("--before", args.before), ("--hold", args.hold), ("--after", args.after)):
         if value < 0:
             raise SpecError(f"{flag} must be 0 seconds or more", hint=f"e.g. {flag} 10")
@@ -161,6 +169,25 @@ def cmd_drill(args: argparse.Namespace) -> int:
     out = args.out or REPO_ROOT / "docs" / "benchmarks" / name
     announce(drill_report.write(out, result, command_line(args), load.machine()), result.targets)
     return 0
+
+
+def _rollout_drill(args: argparse.Namespace) -> int:
+    from router.bench import load, rollout, rollout_report
+
+    if args.to is None or args.replica is not None:
+        raise SpecError("`fleet drill rollout` takes the spec to change to, and no replica",
+                        hint="fleet drill rollout --to NEW.yaml --spec RUNNING.yaml")
+    for flag, value in (("--before", args.before), ("--after", args.after)):
+        if value < 0:
+            raise SpecError(f"{flag} must be 0 seconds or more", hint=f"e.g. {flag} 10")
+    plan = rollout.RolloutPlan(to_spec=args.to, rate=args.load, before_s=args.before,
+                               after_s=args.after)
+    result = rollout.run_rollout(load_spec(args.spec), plan, os.environ.get("FLEET_API_KEY"),
+                                 progress)
+    out = args.out or REPO_ROOT / "docs" / "benchmarks" / f"drill-rollout-{result.engine}"
+    announce(rollout_report.write(out, result, command_line(args), load.machine()),
+             result.targets)
+    return 0 if result.error is None else 1
 
 
 def _served_model(url: str, key: str | None) -> str | None:
@@ -248,13 +275,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     pb.add_argument("--out", type=Path, required=True, metavar="FILE", help="the trace (JSONL)")
     pb.set_defaults(func=cmd_bench_trace)
 
-    p = sub.add_parser("drill", help="inject a fault into one replica under load and report "
-                                     "what clients saw")
+    p = sub.add_parser("drill", help="inject a fault into one replica, or apply a new spec, "
+                                     "under load and report what clients saw")
     spec_arg(p)
-    p.add_argument("fault", choices=("kill", "hang", "slow", "restart"),
+    p.add_argument("fault", choices=("kill", "hang", "slow", "restart", "rollout"),
                    help="kill: SIGKILL; restart: SIGTERM; hang: stop answering; "
-                        "slow: a third of the speed (simulated replicas)")
-    p.add_argument("replica", help="e.g. replica-1 (see `fleet status`)")
+                        "slow: a third of the speed (simulated replicas); rollout: "
+                        "`fleet apply --spec` the --to file under load")
+    p.add_argument("replica", nargs="?", help="e.g. replica-1 (see `fleet status`); "
+                                              "none for rollout")
+    p.add_argument("--to", type=Path, metavar="FILE",
+                   help="rollout: the spec to apply to the running cluster")
     p.add_argument("--load", type=float, default=10.0, metavar="RATE",
                    help="background Poisson load, requests/s (default 10)")
     p.add_argument("--before", type=float, default=10.0, metavar="S",

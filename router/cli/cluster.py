@@ -17,7 +17,7 @@ from router.disk.paths import RuntimePaths
 from router.errors import ClusterError, SpecError
 from router.host.machine import detect
 from router.render.programs import replica_program
-from router.runtime import cluster
+from router.runtime import apply, cluster
 from router.runtime.state import ClusterState
 
 
@@ -36,7 +36,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 def _status_table(status: cluster.ClusterStatus) -> str:
     controlled = {r.name: r for r in status.controller.replicas} if status.controller else {}
     rows = [["REPLICA", "DEVICE", "URL", "STATE", "PID", "HEALTH", "WEIGHT", "CACHE HITS",
-             "REASON"]]
+             "SPEC", "REASON"]]
     for r in status.replicas:
         health = str(r.health.status) if r.health.status else (r.health.error or "-")
         view = controlled.get(r.name)
@@ -44,11 +44,11 @@ def _status_table(status: cluster.ClusterStatus) -> str:
             str(view.weight) if view.in_rotation else "out")
         hits = None if view is None else view.signal("prefix_hit_rate")
         rows.append([r.name, r.device, r.url, r.state, str(r.pid or "-"), health, weight,
-                     "-" if hits is None else f"{hits:.0%}",
+                     "-" if hits is None else f"{hits:.0%}", r.generation or "-",
                      (view.reason if view is not None else None) or "-"])
     others = [p for p in status.processes if not p.name.startswith("replica-")]
     for p in others:
-        rows.append([p.name, "-", "-", p.state, str(p.pid or "-"), "-", "-", "-", "-"])
+        rows.append([p.name, "-", "-", p.state, str(p.pid or "-"), "-", "-", "-", "-", "-"])
     return table(rows)
 
 
@@ -65,6 +65,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"no cluster is running from {spec.runtime_dir}")
         return 1
     print(_status_table(status))
+    if status.rollout is not None:
+        done = status.rollout.get("done") or []
+        print(f"\nfleet apply to spec {status.rollout.get('generation')} under way: "
+              f"{status.rollout.get('step')}" + (f" (done: {', '.join(done)})" if done else ""))
     paths = RuntimePaths(spec.runtime_dir)
     for r in status.replicas:
         if r.state in ("FATAL", "BACKOFF"):
@@ -114,6 +118,22 @@ def cmd_down(args: argparse.Namespace) -> int:
     if left:
         print(f"killed {len(left)} process(es) that outlived supervisord: {left}",
               file=sys.stderr)
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        change, *_ = apply.plan_apply(args.spec)
+        print("\n".join(change.describe()))
+        return 2 if change.refused else 0
+    outcome = apply.apply(args.spec, progress)
+    if outcome.rolls:
+        rows = [["REPLICA", "DRAIN", "CUT", "RESTART", "REJOIN", "TOTAL"]]
+        rows += [[r.name, f"{r.drain_s:.1f}s", str(r.cut), f"{r.restart_s:.1f}s",
+                  f"{r.rejoin_s:.1f}s", f"{r.total_s:.1f}s"] for r in outcome.rolls]
+        print(table(rows))
+    if not outcome.change.empty:
+        print(f"applied in {outcome.seconds:.1f}s")
     return 0
 
 
@@ -202,6 +222,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="render and check the configs and write the runtime state, start "
                         "nothing (systemd's llm-fleet-prepare.service)")
     p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("apply", help="change the running cluster to a spec: gateway-only "
+                                     "settings by a reload, replicas one at a time with "
+                                     "nothing lost")
+    spec_arg(p)
+    p.add_argument("--dry-run", action="store_true",
+                   help="print what would reload, restart and roll, in order, and change "
+                        "nothing (exits 2 when the change is refused)")
+    p.set_defaults(func=cmd_apply)
 
     p = sub.add_parser("down", help="stop every process of the cluster")
     spec_arg(p)

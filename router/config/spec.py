@@ -12,6 +12,7 @@ bad key, and the running cluster is never touched.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import re
@@ -28,6 +29,8 @@ from router.config.sim import VLLM_VERSION, SimSettings
 from router.errors import SpecError
 
 EXAMPLE_SPEC = REPO_ROOT / "deploy" / "cluster.example.yaml"
+# Hex digits of a spec generation: enough to tell the specs of one fleet apart.
+GENERATION_LENGTH = 8
 
 Engine = Literal["auto", "gpu", "cpu", "sim", "external"]
 ResolvedEngine = Literal["gpu", "cpu", "sim", "external"]
@@ -602,6 +605,15 @@ class ExternalReplicaSpec(_Model):
         return value
 
 
+class RolloutSpec(_Model):
+    """How `fleet apply` changes the replicas of a running cluster."""
+
+    # A replica taken out of rotation for a change is stopped once its last
+    # request has finished, or after this long with what still runs cut
+    # (and reported). Long enough for the longest stream clients expect.
+    drain_timeout_s: float = Field(default=600.0, gt=0.0, le=86_400.0)
+
+
 class ClusterSpec(_Model):
     """The whole cluster. Loaded with :func:`load_spec`."""
 
@@ -623,6 +635,7 @@ class ClusterSpec(_Model):
     logs: LogsSpec = LogsSpec()
     alerts: AlertsSpec = AlertsSpec()
     compose: ComposeSpec = ComposeSpec()
+    rollout: RolloutSpec = RolloutSpec()
     # engine: external only: the replicas, in order (replica-0 first).
     external_replicas: tuple[ExternalReplicaSpec, ...] = ()
     runtime_dir: Path = Field(default_factory=default_runtime_dir)
@@ -686,6 +699,10 @@ class ClusterSpec(_Model):
         elif self.external_replicas:
             raise ValueError("external_replicas is only read with engine: external")
         return self
+
+    def generation(self) -> str:
+        """A short hash of the whole spec: which spec a replica was started with."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:GENERATION_LENGTH]
 
     def service_ports(self) -> dict[str, int]:
         """Every fixed port the cluster listens on, keyed by its spec key."""

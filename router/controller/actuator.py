@@ -19,7 +19,7 @@ from router.controller.policy import Decision
 from router.disk.paths import RuntimePaths
 from router.render.upstream import RenderedUpstream, render_upstream
 from router.runtime.gateway import apply_gateway_file, live_version, status_url
-from router.upstream import UpstreamMember
+from router.upstream import CONTROLLER_PROVENANCE, UpstreamMember
 
 Renderer = Callable[[Decision, str], RenderedUpstream]
 
@@ -45,7 +45,7 @@ class Actuator:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(decision.at))
         return render_upstream(self.gateway, self.members, decision.weights(), decision.down(),
                                decision.reasons(),
-                               provenance=f"written by the controller at {stamp}: {why}",
+                               provenance=f"{CONTROLLER_PROVENANCE} at {stamp}: {why}",
                                shedding=decision.shedding())
 
     async def live_version(self) -> str | None:

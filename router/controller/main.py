@@ -20,6 +20,7 @@ from router.disk.paths import RuntimePaths, read_admin_token
 from router.errors import ClusterError
 from router.runtime.state import ClusterState
 from router.runtime.supervise import Supervisor
+from router.upstream import serving_addresses
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,14 @@ def _state(paths: RuntimePaths) -> ClusterState:
         raise ClusterError(f"no state.json in {paths.root}",
                            hint="the controller runs inside a cluster started by `fleet up`")
     return state
+
+
+def _serving(paths: RuntimePaths) -> frozenset[str]:
+    """Addresses the gateway routes to now, as the last controller left them."""
+    try:
+        return serving_addresses(paths.upstream_conf.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return frozenset()
 
 
 def run(spec: ClusterSpec) -> None:
@@ -61,6 +70,7 @@ def run(spec: ClusterSpec) -> None:
                             latency_memory_s=spec.controller.latency_window_s
                             + spec.prometheus.scrape_interval_s,
                             metrics=metrics, affinity=spec.gateway.affinity.keyed)
+    controller.assume_warm(m.name for m in members if m.address in _serving(paths))
     app = create_app(controller, read_admin_token(paths), grafana_url=spec.console.grafana_url)
     log.info("controller for %d replicas on 127.0.0.1:%d", len(members), spec.controller.port)
     uvicorn.run(app, host="127.0.0.1", port=spec.controller.port, log_level="warning",

@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -184,6 +184,15 @@ class Controller:
             await self.poll(source)
 
     # --- warm-up -------------------------------------------------------------
+    def assume_warm(self, names: Iterable[str]) -> None:
+        """Replicas that were serving before this controller started (its restart
+        by `fleet apply` or supervisord): another burst would take them out."""
+        for name in names:
+            if name in self.names:
+                self.warmed.add(name)
+                log.info("warm-up replica=%s decision=skip reason=in rotation before this "
+                         "controller started", name)
+
     def track_warmups(self) -> None:
         """Start a burst for each replica that answers its probes but has not
         been warmed since it last came up; forget the warmth of one that fell."""

@@ -109,6 +109,16 @@ class RuntimePaths:
         return self.config_dir / "spec.json"
 
     @property
+    def apply_lock(self) -> Path:
+        """Held by the one `fleet apply` that is changing this cluster."""
+        return self.root / "run" / "apply.lock"
+
+    @property
+    def rollout_json(self) -> Path:
+        """The progress of a `fleet apply` under way; gone when none is."""
+        return self.root / "rollout.json"
+
+    @property
     def overrides_json(self) -> Path:
         """Admin drains and pins, kept across controller restarts."""
         return self.root / "overrides.json"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from router.config.spec import ClusterSpec, GatewaySpec
 from router.disk.paths import RuntimePaths
 from router.host.machine import MachineFacts
 from router.render.templates import template
+from router.upstream import VERSION_PLACEHOLDER, stamp_version
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,18 @@ def nginx_view(plan: ClusterPlan, paths: RuntimePaths, machine: MachineFacts) ->
 
 
 def render_nginx(plan: ClusterPlan, paths: RuntimePaths, machine: MachineFacts) -> str:
+    """nginx.conf, stamped with the version its status port answers once live."""
     view = nginx_view(plan, paths, machine)
-    return template("nginx/nginx.conf.j2").render(
-        {name: getattr(view, name) for name in NginxView.__dataclass_fields__})
+    text, _version = stamp_version(template("nginx/nginx.conf.j2").render(
+        version=VERSION_PLACEHOLDER,
+        **{name: getattr(view, name) for name in NginxView.__dataclass_fields__}))
+    return text
+
+
+def stamped_version(text: str) -> str | None:
+    """The version a rendered nginx.conf declares, None for a file without one."""
+    match = _VERSION_LINE.search(text)
+    return match.group(1) if match else None
+
+
+_VERSION_LINE = re.compile(r'map \$host \$fleet_gateway_version \{\s*default "([^"]+)";')

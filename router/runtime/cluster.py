@@ -34,6 +34,7 @@ from router.errors import ClusterError, ModelError
 from router.fleet_status import FleetStatus
 from router.host.devices import Inventory, discover
 from router.models import store as model_store
+from router.runtime.applying import read_rollout
 from router.runtime.configs import write_checked
 from router.runtime.health import Probe, port_in_use, probe
 from router.runtime.procs import Unsupervised, descendants, left_by_supervisor, process_alive
@@ -111,6 +112,8 @@ class ReplicaStatus:
     pid: int
     uptime_s: int
     health: Probe
+    # The spec generation it runs (ClusterSpec.generation).
+    generation: str | None = None
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,8 @@ class ClusterStatus:
     disk: DiskUse | None = None
     # With supervisord gone: the processes it had started that still run.
     unsupervised: list[Unsupervised] = field(default_factory=list)
+    # The progress of a `fleet apply` under way (router.runtime.applying).
+    rollout: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -134,7 +139,7 @@ class ClusterStatus:
             "replicas": [
                 {"name": r.name, "device": r.device, "url": r.url, "state": r.state,
                  "pid": r.pid, "uptime_s": r.uptime_s, "health": r.health.status,
-                 "health_error": r.health.error}
+                 "health_error": r.health.error, "generation": r.generation}
                 for r in self.replicas
             ],
             "processes": [
@@ -144,6 +149,7 @@ class ClusterStatus:
             "controller": self.controller.model_dump(mode="json") if self.controller else None,
             "disk_bytes": asdict(self.disk) if self.disk else None,
             "unsupervised": [asdict(p) for p in self.unsupervised],
+            "rollout": self.rollout,
         }
 
 
@@ -168,10 +174,12 @@ def status(spec: ClusterSpec) -> ClusterStatus:
             state=info.state if info else "UNKNOWN", pid=info.pid if info else 0,
             uptime_s=info.uptime_s if info else 0,
             health=probe(replica.url + "/health", timeout_s=2.0),
+            generation=replica.generation,
         ))
     gateway_url = state.gateway_url
     return ClusterStatus(True, gateway_url, probe(gateway_url + "/health", timeout_s=5.0),
-                         replicas, processes, controller_status(paths, state), disk_use(paths))
+                         replicas, processes, controller_status(paths, state), disk_use(paths),
+                         rollout=read_rollout(paths))
 
 
 def unsupervised(paths: RuntimePaths) -> list[Unsupervised]:
@@ -234,7 +242,7 @@ def _detail(response: requests.Response) -> str:
     return str(detail)
 
 
-def _log_tail(path: Path, lines: int = 15) -> str:
+def log_tail(path: Path, lines: int = 15) -> str:
     try:
         text = path.read_text(encoding="utf-8", errors="replace").splitlines()
     except FileNotFoundError:
@@ -243,7 +251,7 @@ def _log_tail(path: Path, lines: int = 15) -> str:
 
 
 def last_log_line(path: Path) -> str:
-    lines = [line for line in _log_tail(path, 40).splitlines() if line.strip()]
+    lines = [line for line in log_tail(path, 40).splitlines() if line.strip()]
     return lines[-1].strip() if lines else "(empty)"
 
 
@@ -260,7 +268,7 @@ def _wait_healthy(plan: ClusterPlan, paths: RuntimePaths, supervisor: Supervisor
             if info.state == "FATAL":
                 raise ClusterError(
                     f"{name} keeps exiting and supervisord gave up on it; last log lines:\n"
-                    + _log_tail(paths.log(name)),
+                    + log_tail(paths.log(name)),
                     hint=f"read `fleet logs {name}`, fix the cause, then `fleet up` again",
                 )
         for replica in plan.replicas:
@@ -277,7 +285,7 @@ def _wait_healthy(plan: ClusterPlan, paths: RuntimePaths, supervisor: Supervisor
                 return
         if time.monotonic() > deadline:
             waiting = [r.name for r in plan.replicas if r.name not in healthy]
-            detail = "\n".join(f"--- {n}\n{_log_tail(paths.log(n))}" for n in waiting)
+            detail = "\n".join(f"--- {n}\n{log_tail(paths.log(n))}" for n in waiting)
             raise ClusterError(
                 f"not healthy within startup_timeout_s={plan.spec.startup_timeout_s}: "
                 f"{', '.join(waiting) or 'gateway'}\n{detail}",
@@ -306,7 +314,8 @@ def _prepare(spec_path: Path | None, progress: Progress,
     supervisor = Supervisor(paths)
     if supervisor.is_running():
         raise ClusterError(f"a cluster is already running from {paths.root}",
-                           hint="see `fleet status`; stop it with `fleet down` first")
+                           hint="`fleet apply --spec FILE` changes it to this spec, replica "
+                                "by replica (`--dry-run` shows the plan); `fleet down` stops it")
     left = unsupervised(paths)
     if left:
         raise ClusterError(
@@ -383,7 +392,7 @@ def restart(spec: ClusterSpec, name: str, progress: Progress) -> None:
         info = supervisor.process(name)
         if info.state in ("FATAL", "BACKOFF"):
             raise ClusterError(f"{name} failed to start again ({info.state}); last log lines:\n"
-                               + _log_tail(paths.log(name)),
+                               + log_tail(paths.log(name)),
                                hint=f"read `fleet logs {name}`, fix the cause, then "
                                     f"`fleet restart {name}` again")
         if info.state == "RUNNING" and (replica is None or probe(replica.url + "/health").ok):

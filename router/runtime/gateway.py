@@ -47,15 +47,16 @@ def live_version(url: str) -> str | None:
     return response.text.strip() if response.status_code == 200 else None
 
 
-def nginx_test(paths: RuntimePaths) -> str | None:
+def nginx_test(paths: RuntimePaths, conf: Path | None = None) -> str | None:
     """nginx's first complaint about the configuration on disk, or None.
 
     The one `nginx -t` of llm-fleet: `fleet up` and every reload check the
-    configuration exactly as the gateway program runs it (same prefix).
+    configuration exactly as the gateway program runs it (same prefix);
+    ``conf`` checks a candidate main file beside the live one instead.
     """
     proc = subprocess.run(
         [require_binary("nginx"), "-t", "-q", "-e", str(paths.log("nginx-check")),
-         "-p", str(paths.root), "-c", str(paths.nginx_conf)],
+         "-p", str(paths.root), "-c", str(conf or paths.nginx_conf)],
         capture_output=True, text=True, timeout=30, check=False)
     if proc.returncode == 0:
         return None

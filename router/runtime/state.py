@@ -30,6 +30,9 @@ class ReplicaRecord:
     cpu_core: int | None = None
     # Batch slots it was started with; None for a replica run by something else.
     max_num_seqs: int | None = None
+    # The generation of the spec it runs (ClusterSpec.generation); `fleet
+    # apply` moves it replica by replica.
+    generation: str | None = None
 
     @property
     def address(self) -> str:
@@ -73,7 +76,8 @@ class ClusterState:
             warmup=plan.warmup,
             replicas=tuple(ReplicaRecord(name=r.name, url=r.url, device=r.device,
                                          gpu_uuid=r.gpu_uuid, gpu_index=r.gpu_index,
-                                         cpu_core=r.cpu_core, max_num_seqs=r.max_num_seqs)
+                                         cpu_core=r.cpu_core, max_num_seqs=r.max_num_seqs,
+                                         generation=spec.generation())
                            for r in plan.replicas),
         )
 

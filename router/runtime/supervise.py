@@ -189,6 +189,36 @@ class Supervisor:
         raise ClusterError(f"{name} did not stop within {STOP_WAIT_BOUND_S:.0f}s",
                            hint=f"see `fleet logs {name}` and {self.paths.log('supervisord')}")
 
+    def reread(self) -> tuple[list[str], list[str], list[str]]:
+        """Read supervisord.conf again: (added, changed, removed) program names.
+
+        Nothing runs differently yet: a program takes its new section only when
+        :meth:`replace_program` swaps its group.
+        """
+        added, changed, removed = self._call("supervisor.reloadConfig")[0]
+        return list(added), list(changed), list(removed)
+
+    def replace_program(self, name: str) -> None:
+        """Stop ``name`` if it runs and start it from the config last read.
+
+        A program the config no longer has is only stopped and dropped; one
+        new to supervisord is started.
+        """
+        known = {p.name for p in self.processes()}
+        if name in known:
+            try:
+                self.stop_process(name)
+            except xmlrpc.client.Fault as exc:
+                if "NOT_RUNNING" not in exc.faultString:
+                    raise
+            self._call("supervisor.removeProcessGroup", name)
+        try:
+            self._call("supervisor.addProcessGroup", name)
+        except xmlrpc.client.Fault as exc:
+            # BAD_NAME: the config read last has no such program (a removal).
+            if "BAD_NAME" not in exc.faultString:
+                raise
+
     def start_process(self, name: str) -> None:
         # wait=False: supervisord would otherwise hold the call for startsecs.
         self._call("supervisor.startProcess", name, False)

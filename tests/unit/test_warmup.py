@@ -14,11 +14,13 @@ import httpx
 import pytest
 
 from router.config.plan import WarmupPlan
-from router.config.spec import ControllerSpec
+from router.config.spec import ControllerSpec, GatewaySpec
 from router.controller.actuator import ApplyResult
 from router.controller.policy import Decision, Health, Snapshot, decide
 from router.controller.service import Controller, Member
 from router.controller.warmup import warm_up
+from router.render.upstream import render_upstream
+from router.upstream import CONTROLLER_PROVENANCE, serving_addresses
 
 SETTINGS = ControllerSpec()
 PLAN = WarmupPlan(model="m", requests=8, max_tokens=4, timeout_s=5.0)
@@ -227,3 +229,14 @@ def test_under_run_a_warm_up_that_ends_puts_its_replica_in_at_once() -> None:
             await running
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_a_restarted_controller_takes_what_its_predecessor_routed_to_as_warm() -> None:
+    members = [Member("replica-0", "cpu:0", "http://127.0.0.1:8100"),
+               Member("replica-1", "cpu:1", "http://127.0.0.1:8101")]
+    written = render_upstream(GatewaySpec(), members, down=frozenset({"replica-1"}),
+                              provenance=f"{CONTROLLER_PROVENANCE} at now: test").text
+    assert serving_addresses(written) == {"127.0.0.1:8100"}
+    # `fleet up`'s own file routes to every replica before any was warmed.
+    assert serving_addresses(render_upstream(GatewaySpec(), members).text) == frozenset()
+    assert serving_addresses("") == frozenset()
