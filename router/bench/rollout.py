@@ -34,11 +34,20 @@ Progress = Callable[[str], None]
 class RolloutPlan:
     to_spec: Path
     rate: float
+    # Closed loop with this many clients instead of Poisson arrivals at ``rate``.
+    streams: int = 0
     before_s: float = 10.0
     after_s: float = 10.0
     output_tokens: load.Range = (32, 64)
+    prompt_words: load.Range = (32, 32)
     # A bound on the whole drill; the apply's own bounds end it sooner.
     limit_s: float = 3600.0
+
+    @property
+    def arrivals(self) -> load.Arrivals:
+        if self.streams:
+            return load.Arrivals("closed", concurrency=self.streams)
+        return load.Arrivals("poisson", self.rate)
 
 
 @dataclass
@@ -69,10 +78,10 @@ async def _drill(plan: RolloutPlan, state: ClusterState, key: str | None,
                                               apply.ApplyOutcome | None, str | None,
                                               list[dict[str, Any]]]:
     stop, sampling = asyncio.Event(), asyncio.Event()
-    workload = load.Workload(model=state.served_model_name, output_tokens=plan.output_tokens)
-    loader = asyncio.create_task(load.run(state.gateway_url, workload,
-                                          load.Arrivals("poisson", plan.rate), plan.limit_s,
-                                          key, stop=stop))
+    workload = load.Workload(model=state.served_model_name, output_tokens=plan.output_tokens,
+                             prompt_words=plan.prompt_words)
+    loader = asyncio.create_task(load.run(state.gateway_url, workload, plan.arrivals,
+                                          plan.limit_s, key, stop=stop))
     start = time.perf_counter()
     occupancy: list[dict[str, Any]] = []
     sampler = asyncio.create_task(sample_replicas(
@@ -139,7 +148,7 @@ def run_rollout(spec: ClusterSpec, plan: RolloutPlan, key: str | None,
     state = ClusterState.load(paths)
     if state is None or not Supervisor(paths).is_running():
         raise ClusterError("no cluster is running", hint="start one with `fleet up`, then drill")
-    if plan.rate <= 0:
+    if plan.rate <= 0 and not plan.streams:
         raise SpecError("--load must be above 0 requests/s", hint="e.g. --load 10")
     change, *_ = apply.plan_apply(plan.to_spec)
     if change.refused or change.empty:
@@ -147,8 +156,8 @@ def run_rollout(spec: ClusterSpec, plan: RolloutPlan, key: str | None,
                         + ("; ".join(change.refused) or "it is the running spec"),
                         hint="change a replica setting in it (`fleet apply --dry-run --spec "
                              "FILE` shows the plan)")
-    progress(f"{plan.rate:g} requests/s through {state.gateway_url} for {plan.before_s:g}s, "
-             f"then fleet apply --spec {plan.to_spec}")
+    progress(f"{plan.arrivals.describe()} through {state.gateway_url} for "
+             f"{plan.before_s:g}s, then fleet apply --spec {plan.to_spec}")
     run, started_at, ended_at, steps, outcome, error, occupancy = asyncio.run(
         _drill(plan, state, key, progress))
     result = RolloutResult(plan=plan, engine=state.engine, replicas=len(state.replicas),

@@ -14,6 +14,10 @@ def _secs(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f} s"
 
 
+def _words(span: tuple[int, int]) -> str:
+    return f"{span[0]}" if span[0] == span[1] else f"{span[0]}-{span[1]}"
+
+
 def _change_lines(result: RolloutResult) -> list[str]:
     outcome = result.outcome
     if outcome is None:
@@ -40,8 +44,9 @@ def markdown(result: RolloutResult, command: str, machine: dict[str, Any], plot:
              f"{result.replicas} of engine {result.engine}.", "",
              "## How to repeat", "", "```sh", command, "```", "",
              "## What happened", "",
-             f"- Load: streamed chat requests, {plan.output_tokens[0]}-{plan.output_tokens[1]} "
-             f"output tokens, Poisson arrivals at {plan.rate:g} requests/s through the gateway"
+             f"- Load: streamed chat requests of {_words(plan.prompt_words)} prompt words and "
+             f"{_words(plan.output_tokens)} output tokens, {plan.arrivals.describe()}, through "
+             "the gateway"
              + (f"; before the apply {busy:.0%} of the fleet's batch slots were running a "
                 "request on average (sampled from each replica's "
                 "`vllm:num_requests_running`)." if busy is not None else "."),
@@ -79,7 +84,7 @@ def write(out: Path, result: RolloutResult, command: str, machine: dict[str, Any
     (out / "result.json").write_text(json.dumps({
         "drill": "rollout", "to_spec": str(result.plan.to_spec), "engine": result.engine,
         "replicas": result.replicas, "command": command, "machine": machine,
-        "rate": result.plan.rate, "error": result.error,
+        "load": result.plan.arrivals.describe(), "error": result.error,
         "keys": [str(k) for k in outcome.change.keys] if outcome else [],
         "rolls": [{"replica": r.name, "drain_s": r.drain_s, "cut": r.cut,
                    "restart_s": r.restart_s, "rejoin_s": r.rejoin_s, "total_s": r.total_s}

@@ -180,8 +180,13 @@ def _rollout_drill(args: argparse.Namespace) -> int:
     for flag, value in (("--before", args.before), ("--after", args.after)):
         if value < 0:
             raise SpecError(f"{flag} must be 0 seconds or more", hint=f"e.g. {flag} 10")
-    plan = rollout.RolloutPlan(to_spec=args.to, rate=args.load, before_s=args.before,
-                               after_s=args.after)
+    if args.streams is not None and args.streams < 1:
+        raise SpecError("--streams must be 1 or more", hint="e.g. --streams 64")
+    plan = rollout.RolloutPlan(to_spec=args.to, rate=args.load, streams=args.streams or 0,
+                               before_s=args.before, after_s=args.after,
+                               output_tokens=load.parse_range(args.output_tokens,
+                                                              "--output-tokens"),
+                               prompt_words=load.parse_range(args.prompt_words, "--prompt-words"))
     result = rollout.run_rollout(load_spec(args.spec), plan, os.environ.get("FLEET_API_KEY"),
                                  progress)
     out = args.out or REPO_ROOT / "docs" / "benchmarks" / f"drill-rollout-{result.engine}"
@@ -286,6 +291,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                                               "none for rollout")
     p.add_argument("--to", type=Path, metavar="FILE",
                    help="rollout: the spec to apply to the running cluster")
+    p.add_argument("--streams", type=int, metavar="N",
+                   help="rollout: N clients streaming back to back instead of --load's "
+                        "Poisson arrivals")
+    p.add_argument("--output-tokens", default="32-64", metavar="N[-M]",
+                   help="rollout: output tokens per request (default 32-64)")
+    p.add_argument("--prompt-words", default="32", metavar="N[-M]",
+                   help="rollout: prompt words per request (default 32)")
     p.add_argument("--load", type=float, default=10.0, metavar="RATE",
                    help="background Poisson load, requests/s (default 10)")
     p.add_argument("--before", type=float, default=10.0, metavar="S",
