@@ -67,6 +67,9 @@ def markdown(result: RolloutResult, command: str, machine: dict[str, Any], plot:
                      f"{w['mid_stream']} | {_secs(w['ttft_p50_s'])} | {_secs(w['ttft_p99_s'])} |")
     lines += ["", "The capacity dip is one replica's batch slots while it is out; the TTFT "
               "columns show what the clients paid for it."]
+    bound = result.run.client_bound(plan.arrivals)
+    if bound:
+        lines += ["", f"The load client may have set some figures: {bound}."]
     lines += targets_table(result.targets)
     lines += ["", "## Timeline", "", f"![{plot}]({plot})", ""]
     return "\n".join(lines)

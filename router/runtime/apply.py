@@ -180,6 +180,10 @@ class _Rollout:
         self.spec = new.plan.spec
         self.generation = self.spec.generation()
         self.done: list[str] = []
+        # The replica this apply has drained and not yet put back, and the
+        # one it has restarted on the new settings and not yet seen healthy.
+        self.draining: str | None = None
+        self.restarting: str | None = None
 
     # --- the steps -----------------------------------------------------------
     def run(self) -> None:
@@ -189,20 +193,34 @@ class _Rollout:
                                "cluster runs without it",
                                hint="`fleet down`, then `fleet up --spec FILE`")
         self._check_candidates()
-        if change.add or change.roll or change.remove or change.restart:
-            self._load_supervisor_config(self.new)
-        for name in change.add:
-            self._start_new(name)
-        rolled: list[str] = []
-        for name in change.roll:
-            try:
-                self.outcome.rolls.append(self._roll(name))
-            except ClusterError as exc:
-                self._roll_back(name, rolled, exc)
-            rolled.append(name)
-        for name in change.remove:
-            self._remove(name)
-        self._apply_files_and_programs()
+        programs_change = bool(change.add or change.roll or change.remove or change.restart)
+        try:
+            if programs_change:
+                self._load_supervisor_config(self.new)
+            for name in change.add:
+                self._start_new(name)
+            rolled: list[str] = []
+            for name in change.roll:
+                try:
+                    self.outcome.rolls.append(self._roll(name))
+                except ClusterError as exc:
+                    self._roll_back(name, rolled, exc)
+                rolled.append(name)
+            for name in change.remove:
+                self._remove(name)
+            self._apply_files_and_programs()
+        except BaseException:
+            # The running spec stays the old one: so does supervisord's file,
+            # which a later restart of a program would read.
+            if programs_change:
+                self._load_supervisor_config(self.old)
+            raise
+        finally:
+            # Whatever stopped the apply (an error, Ctrl-C), no replica stays
+            # out of rotation because of it.
+            if self.draining is not None:
+                controller_call(self.paths, self.state, "POST",
+                                f"/replicas/{self.draining}/undrain")
         self._record()
 
     def _note(self, step: str) -> None:
@@ -263,8 +281,10 @@ class _Rollout:
         drain_s, cut = self._drain(name)
         self._note(f"rolling {name}: restarting with the new settings")
         started = time.monotonic()
+        self.restarting = name
         self.supervisor.replace_program(name)
         self._wait_healthy(name, self.new)
+        self.restarting = None
         restart_s = time.monotonic() - started
         rejoin_s = self._undrain(name)
         self.done.append(name)
@@ -277,24 +297,39 @@ class _Rollout:
         return roll
 
     def _roll_back(self, failed: str, rolled: list[str], cause: ClusterError) -> None:
-        tail = log_tail(self.paths.log(failed))
-        self.progress(f"{failed} did not come up on the new settings; putting it and "
-                      f"{len(rolled)} rolled replica(s) back on the old ones")
+        """Put ``failed`` and every replica rolled before it back on the old
+        settings, then raise: the fleet runs the spec it ran before."""
+        restarted = self.restarting == failed
+        tail = log_tail(self.paths.log(failed)) if restarted else ""
+        self.progress(f"the roll stopped at {failed}; putting "
+                      + (f"it and {len(rolled)}" if restarted else f"{len(rolled)}")
+                      + " rolled replica(s) back on the old settings")
         self._load_supervisor_config(self.old)
-        back = [failed, *reversed(rolled)]
-        for name in back:
-            if name != failed:
-                self._wait_others_in_rotation(name)
-                self._drain(name)
+        if restarted:
+            self.supervisor.replace_program(failed)
+            self._wait_healthy(failed, self.old)
+            self.restarting = None
+        if self.draining == failed:
+            self._undrain(failed)
+        for name in reversed(rolled):
+            self._wait_others_in_rotation(name)
+            self._drain(name)
             self.supervisor.replace_program(name)
             self._wait_healthy(name, self.old)
             self._undrain(name)
             self._save_generation(name, self.old.plan.spec.generation())
+        kept = "it and every replica rolled before it" if restarted else (
+            "every replica rolled before it" if rolled else "every replica")
+        if restarted:
+            raise ClusterError(
+                f"{failed} failed on the new settings ({cause.message}); {kept} run the old "
+                f"settings again, and the old spec stays the running one. Last lines of "
+                f"its log:\n{tail}",
+                hint=f"fix the spec (see `fleet logs {failed}`), then `fleet apply` again")
         raise ClusterError(
-            f"{failed} failed on the new settings ({cause.message}); it and every replica "
-            f"rolled before it run the old settings again, and the old spec stays the "
-            f"running one. Last lines of its log:\n{tail}",
-            hint=f"fix the spec (see `fleet logs {failed}`), then `fleet apply` again")
+            f"the roll stopped before {failed} was restarted: {cause.message}; {kept} runs "
+            "the old settings, and the old spec stays the running one",
+            hint=cause.hint or "see `fleet status`, then `fleet apply` again")
 
     def _remove(self, name: str) -> None:
         self._note(f"removing {name}: draining")
@@ -303,6 +338,7 @@ class _Rollout:
         # The drain would outlive the replica in overrides.json and greet a
         # replica of that name added later.
         controller_call(self.paths, self.state, "POST", f"/replicas/{name}/undrain")
+        self.draining = None
         self.done.append(name)
         self.progress(f"{name} stopped after a {drain_s:.1f}s drain"
                       + (f"; {cut} request(s) were cut at the drain timeout" if cut else ""))
@@ -379,6 +415,7 @@ class _Rollout:
     def _drain(self, name: str) -> tuple[float, int]:
         """Take ``name`` out and wait for its last request; (seconds, requests cut)."""
         started = time.monotonic()
+        self.draining = name
         controller_call(self.paths, self.state, "POST", f"/replicas/{name}/drain",
                         required=True)
         deadline = started + ROUTED_OUT_BOUND_S
@@ -433,6 +470,7 @@ class _Rollout:
         started = time.monotonic()
         controller_call(self.paths, self.state, "POST", f"/replicas/{name}/undrain",
                         required=True)
+        self.draining = None
         deadline = started + self.spec.startup_timeout_s
         while self._status().get(name) is not True:
             if time.monotonic() > deadline:

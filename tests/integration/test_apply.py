@@ -175,7 +175,7 @@ def test_a_replica_that_fails_on_new_settings_puts_the_roll_back(cluster: Applie
     assert done.returncode != 0
     assert "replica-2 failed on the new settings" in done.stderr
     assert "Last lines of its log" in done.stderr
-    assert "putting it and 2 rolled replica(s) back on the old ones" in done.stderr
+    assert "putting it and 2 rolled replica(s) back on the old settings" in done.stderr
     assert cluster.paths.spec_json.read_text() == running_spec
     status = cluster.status()
     assert {r["name"]: r["generation"] for r in status["replicas"]} == generations

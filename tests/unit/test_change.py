@@ -140,3 +140,19 @@ def test_in_flight_sums_running_and_waiting_over_engines() -> None:
     assert in_flight(text) == 7
     assert in_flight("# nothing of vLLM here\n") is None
     assert in_flight("not { metrics") is None
+
+
+def test_an_apply_holds_its_lock_and_shows_its_progress_until_it_ends(tmp_path: Path) -> None:
+    import json
+
+    from router.errors import ClusterError
+    from router.runtime.applying import apply_lock, read_rollout
+
+    paths = RuntimePaths(tmp_path)
+    assert read_rollout(paths) is None
+    with apply_lock(paths):
+        paths.rollout_json.write_text(json.dumps({"step": "rolling replica-1: draining"}))
+        assert read_rollout(paths) == {"step": "rolling replica-1: draining"}
+        with pytest.raises(ClusterError, match="another `fleet apply`"), apply_lock(paths):
+            pass
+    assert read_rollout(paths) is None and not paths.rollout_json.exists()
