@@ -165,6 +165,8 @@ class PublicReplica(_Model):
     gpu_util: float | None
     prefix_hit_rate: float | None
     shedding: bool
+    # The spec generation it runs (`fleet apply` moves it replica by replica).
+    generation: str | None = None
 
     @property
     def routed(self) -> bool:
@@ -189,6 +191,14 @@ class DashboardLink(_Model):
     url: str
 
 
+class PublicRollout(_Model):
+    """A `fleet apply` under way: its step and the replicas it has done."""
+
+    step: str
+    generation: str | None
+    done: list[str]
+
+
 class PublicFleetStatus(_Model):
     """The gateway's /fleet/status: no addresses, probe errors or expiry details."""
 
@@ -196,6 +206,7 @@ class PublicFleetStatus(_Model):
     prometheus_ok: bool
     last_decision: PublicDecision | None
     dashboards: list[DashboardLink]
+    rollout: PublicRollout | None = None
 
     def routed_weights(self) -> dict[str, int]:
         return {r.name: r.routed_weight for r in self.replicas}

@@ -343,6 +343,7 @@ function renderFleet(status) {
       cell("Running", count(replica.running), "num"),
       cell("P99 TTFT", seconds(replica.ttft_p99_s), "num"),
       cell("P99 E2E", seconds(replica.e2e_p99_s), "num"),
+      cell("Spec", replica.generation || "–"),
       cell("Controller's reason", replica.reason || "–"),
     );
     return tr;
@@ -351,6 +352,11 @@ function renderFleet(status) {
 
   const serving = status.replicas.filter((r) => r.in_rotation && !r.drained).length;
   const parts = [`${serving} of ${status.replicas.length} replicas in rotation`];
+  if (status.rollout) {
+    const done = status.rollout.done.length ? ` (done: ${status.rollout.done.join(", ")})` : "";
+    parts.push(`fleet apply to spec ${status.rollout.generation || "?"} under way: ` +
+               `${status.rollout.step}${done}`);
+  }
   if (status.last_decision) {
     const at = new Date(status.last_decision.at * 1000).toLocaleTimeString();
     parts.push(`last decision ${at}: ${status.last_decision.why}`);

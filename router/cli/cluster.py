@@ -66,9 +66,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 1
     print(_status_table(status))
     if status.rollout is not None:
-        done = status.rollout.get("done") or []
-        print(f"\nfleet apply to spec {status.rollout.get('generation')} under way: "
-              f"{status.rollout.get('step')}" + (f" (done: {', '.join(done)})" if done else ""))
+        done = status.rollout.done
+        print(f"\nfleet apply to spec {status.rollout.generation} under way: "
+              f"{status.rollout.step}" + (f" (done: {', '.join(done)})" if done else ""))
     paths = RuntimePaths(spec.runtime_dir)
     for r in status.replicas:
         if r.state in ("FATAL", "BACKOFF"):

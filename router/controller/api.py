@@ -19,7 +19,7 @@ import hmac
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -29,7 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
 from router.controller.policy import DEFAULT_PIN_TTL_S
-from router.controller.public import public_status
+from router.controller.public import ClusterRecords, public_status
 from router.controller.service import Controller
 from router.fleet_status import FleetStatus, PublicFleetStatus
 from router.upstream import MAX_WEIGHT, MIN_WEIGHT
@@ -61,7 +61,8 @@ def _exit_if_loop_died(task: "asyncio.Task[None]") -> None:
 
 
 def create_app(controller: Controller, token: str, run_loop: bool = True,
-               grafana_url: str | None = None) -> FastAPI:
+               grafana_url: str | None = None,
+               records: Callable[[], ClusterRecords] | None = None) -> FastAPI:
     bearer = HTTPBearer(auto_error=False)
 
     def authorised(
@@ -126,7 +127,8 @@ def create_app(controller: Controller, token: str, run_loop: bool = True,
 
     @app.get("/fleet/status")
     async def fleet_status() -> PublicFleetStatus:
-        return public_status(controller.status(), grafana_url)
+        return public_status(controller.status(), grafana_url,
+                             None if records is None else records())
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics(_request: Request) -> Response:

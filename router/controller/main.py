@@ -14,10 +14,13 @@ from router.controller.inputs import Input, PaceInput, PrometheusInput
 from router.controller.metrics import ControllerMetrics
 from router.controller.pace import PaceProber
 from router.controller.processes import ProcessWatch
+from router.controller.public import ClusterRecords
 from router.controller.service import Controller, Member
 from router.controller.signals import PrometheusClient
 from router.disk.paths import RuntimePaths, read_admin_token
 from router.errors import ClusterError
+from router.fleet_status import PublicRollout
+from router.runtime.applying import read_rollout
 from router.runtime.state import ClusterState
 from router.runtime.supervise import Supervisor
 from router.upstream import serving_addresses
@@ -39,6 +42,20 @@ def _serving(paths: RuntimePaths) -> frozenset[str]:
         return serving_addresses(paths.upstream_conf.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return frozenset()
+
+
+def _records(paths: RuntimePaths) -> ClusterRecords:
+    """Read at each /fleet/status: `fleet apply` changes both while this runs."""
+    try:
+        state = ClusterState.load(paths)
+    except ClusterError:
+        state = None
+    progress = read_rollout(paths)
+    rollout = None if progress is None else PublicRollout(
+        step=progress.step, generation=progress.generation, done=list(progress.done))
+    return ClusterRecords(
+        generations={r.name: r.generation for r in state.replicas} if state else {},
+        rollout=rollout)
 
 
 def run(spec: ClusterSpec) -> None:
@@ -71,7 +88,8 @@ def run(spec: ClusterSpec) -> None:
                             + spec.prometheus.scrape_interval_s,
                             metrics=metrics, affinity=spec.gateway.affinity.keyed)
     controller.assume_warm(m.name for m in members if m.address in _serving(paths))
-    app = create_app(controller, read_admin_token(paths), grafana_url=spec.console.grafana_url)
+    app = create_app(controller, read_admin_token(paths), grafana_url=spec.console.grafana_url,
+                     records=lambda: _records(paths))
     log.info("controller for %d replicas on 127.0.0.1:%d", len(members), spec.controller.port)
     uvicorn.run(app, host="127.0.0.1", port=spec.controller.port, log_level="warning",
                 access_log=False)

@@ -9,17 +9,32 @@ front of it when keys are enabled.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
 from router.fleet_status import (
     DashboardLink,
     FleetStatus,
     PublicDecision,
     PublicFleetStatus,
     PublicReplica,
+    PublicRollout,
 )
 from router.render.dashboards import DASHBOARDS
 
 
-def public_status(status: FleetStatus, grafana_url: str | None) -> PublicFleetStatus:
+@dataclass(frozen=True)
+class ClusterRecords:
+    """What the runtime directory says beside the controller: the spec
+    generation each replica runs, and a `fleet apply` under way."""
+
+    generations: Mapping[str, str | None] = field(default_factory=dict)
+    rollout: PublicRollout | None = None
+
+
+def public_status(status: FleetStatus, grafana_url: str | None,
+                  records: ClusterRecords | None = None) -> PublicFleetStatus:
+    records = records or ClusterRecords()
     last = status.last_decision
     return PublicFleetStatus(
         replicas=[PublicReplica(
@@ -29,8 +44,10 @@ def public_status(status: FleetStatus, grafana_url: str | None) -> PublicFleetSt
             waiting=r.signal("waiting"), running=r.signal("running"),
             ttft_p99_s=r.signal("ttft_p99"), e2e_p99_s=r.signal("e2e_p99"),
             kv_usage=r.signal("kv_usage"), gpu_util=r.signal("gpu_util"),
-            prefix_hit_rate=r.signal("prefix_hit_rate"), shedding=r.shedding is not None)
+            prefix_hit_rate=r.signal("prefix_hit_rate"), shedding=r.shedding is not None,
+            generation=records.generations.get(r.name))
             for r in status.replicas],
+        rollout=records.rollout,
         prometheus_ok=status.prometheus.ok,
         last_decision=None if last is None else PublicDecision(
             at=last.at, trigger=last.trigger, applied=last.applied, why=last.why),

@@ -24,7 +24,6 @@ progress to `fleet status`.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -47,7 +46,7 @@ from router.render.change import ChangePlan, ClusterSide, plan_change
 from router.render.files import render_all
 from router.render.nginx import stamped_version
 from router.render.programs import programs
-from router.runtime.applying import apply_lock
+from router.runtime.applying import RolloutProgress, apply_lock
 from router.runtime.cluster import controller_call, controller_status, log_tail, make_plan
 from router.runtime.configs import check_prometheus
 from router.runtime.gateway import apply_gateway_file, nginx_test, status_url
@@ -225,9 +224,8 @@ class _Rollout:
 
     def _note(self, step: str) -> None:
         self.progress(step)
-        write_atomic(self.paths.rollout_json, json.dumps({
-            "pid": os.getpid(), "generation": self.generation, "step": step,
-            "done": self.done, "started_at": time.time()}, indent=2) + "\n")
+        RolloutProgress(step=step, generation=self.generation, done=tuple(self.done),
+                        pid=os.getpid()).save(self.paths)
 
     def _check_candidates(self) -> None:
         """nginx -t and promtool on the new files, beside the live ones."""

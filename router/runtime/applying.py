@@ -1,4 +1,5 @@
-"""The lock and progress file of `fleet apply`, read by `fleet status` too."""
+"""The lock and progress file of `fleet apply`; `fleet status` and the console read
+the progress."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import fcntl
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 
-from router.disk.paths import RuntimePaths
+from router.disk.paths import RuntimePaths, write_atomic
 from router.errors import ClusterError
+from router.runtime.procs import process_alive
 
 
 @contextmanager
@@ -29,25 +32,27 @@ def apply_lock(paths: RuntimePaths) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def apply_lock_held(paths: RuntimePaths) -> bool:
-    """Whether a `fleet apply` is running on this cluster now."""
-    if not paths.apply_lock.exists():
-        return False
-    with open(paths.apply_lock, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-    return False
+@dataclass(frozen=True)
+class RolloutProgress:
+    """What a `fleet apply` under way is doing, as `rollout.json` holds it."""
+
+    step: str
+    generation: str | None = None
+    done: tuple[str, ...] = ()
+    pid: int = 0
+
+    def save(self, paths: RuntimePaths) -> None:
+        write_atomic(paths.rollout_json, json.dumps(asdict(self), indent=2) + "\n")
 
 
-def read_rollout(paths: RuntimePaths) -> dict[str, object] | None:
-    """The progress of the apply under way, or None when none runs."""
-    if not apply_lock_held(paths):
-        return None
+def read_rollout(paths: RuntimePaths) -> RolloutProgress | None:
+    """The progress of the apply under way; None when none runs (also when
+    the one that wrote the file was killed before it could remove it)."""
     try:
-        data: dict[str, object] = json.loads(paths.rollout_json.read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError):
+        data = json.loads(paths.rollout_json.read_text(encoding="utf-8"))
+        progress = RolloutProgress(step=str(data["step"]), generation=data.get("generation"),
+                                   done=tuple(data.get("done") or ()), pid=int(data["pid"]))
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
         return None
-    return data
+    # Its pid, not the lock: probing the lock could refuse an apply starting then.
+    return progress if process_alive(progress.pid) else None

@@ -34,7 +34,7 @@ from router.errors import ClusterError, ModelError
 from router.fleet_status import FleetStatus
 from router.host.devices import Inventory, discover
 from router.models import store as model_store
-from router.runtime.applying import read_rollout
+from router.runtime.applying import RolloutProgress, read_rollout
 from router.runtime.configs import write_checked
 from router.runtime.health import Probe, port_in_use, probe
 from router.runtime.procs import Unsupervised, descendants, left_by_supervisor, process_alive
@@ -128,8 +128,8 @@ class ClusterStatus:
     disk: DiskUse | None = None
     # With supervisord gone: the processes it had started that still run.
     unsupervised: list[Unsupervised] = field(default_factory=list)
-    # The progress of a `fleet apply` under way (router.runtime.applying).
-    rollout: dict[str, Any] | None = None
+    # The progress of a `fleet apply` under way.
+    rollout: RolloutProgress | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -149,7 +149,7 @@ class ClusterStatus:
             "controller": self.controller.model_dump(mode="json") if self.controller else None,
             "disk_bytes": asdict(self.disk) if self.disk else None,
             "unsupervised": [asdict(p) for p in self.unsupervised],
-            "rollout": self.rollout,
+            "rollout": asdict(self.rollout) if self.rollout else None,
         }
 
 

@@ -118,6 +118,9 @@ def test_a_rolling_change_under_load_fails_nothing(cluster: Applied, tmp_path: P
     assert len(generations) == 1 and generations != {None}
     assert status["controller"]["replicas"] and all(
         r["in_rotation"] for r in status["controller"]["replicas"])
+    public = requests.get(cluster.url + "/fleet/status", timeout=10).json()
+    assert {r["generation"] for r in public["replicas"]} == generations
+    assert public["rollout"] is None
     # The restarted controller took the replicas that were serving as warm.
     log = (cluster.paths.log("controller")).read_text()
     assert "decision=skip reason=in rotation before this controller started" in log
@@ -181,3 +184,16 @@ def test_a_replica_that_fails_on_new_settings_puts_the_roll_back(cluster: Applie
     assert {r["name"]: r["generation"] for r in status["replicas"]} == generations
     assert all(r["in_rotation"] for r in status["controller"]["replicas"])
     assert all(r["state"] in ("RUNNING", "STARTING") for r in status["replicas"])
+
+
+def test_fewer_replicas_stop_the_last_one_alone(cluster: Applied) -> None:
+    before = cluster.pids()
+    done = cluster.apply(replicas=REPLICAS)
+    assert done.returncode == 0, done.stderr
+    assert "removing replica-3" in done.stderr
+    after = cluster.pids()
+    assert "replica-3" not in after
+    assert all(after[f"replica-{i}"] == before[f"replica-{i}"] for i in range(REPLICAS))
+    view = cluster.status()["controller"]["replicas"]
+    assert [r["name"] for r in view if r["in_rotation"]] == [
+        f"replica-{i}" for i in range(REPLICAS)]

@@ -144,15 +144,21 @@ def test_in_flight_sums_running_and_waiting_over_engines() -> None:
 
 def test_an_apply_holds_its_lock_and_shows_its_progress_until_it_ends(tmp_path: Path) -> None:
     import json
+    import os
 
     from router.errors import ClusterError
-    from router.runtime.applying import apply_lock, read_rollout
+    from router.runtime.applying import RolloutProgress, apply_lock, read_rollout
 
     paths = RuntimePaths(tmp_path)
     assert read_rollout(paths) is None
     with apply_lock(paths):
-        paths.rollout_json.write_text(json.dumps({"step": "rolling replica-1: draining"}))
-        assert read_rollout(paths) == {"step": "rolling replica-1: draining"}
+        progress = RolloutProgress("rolling replica-1: draining", "ab12cd34", ("replica-0",),
+                                   pid=os.getpid())
+        progress.save(paths)
+        assert read_rollout(paths) == progress
         with pytest.raises(ClusterError, match="another `fleet apply`"), apply_lock(paths):
             pass
     assert read_rollout(paths) is None and not paths.rollout_json.exists()
+    # An apply killed before it could remove its file is not shown as running.
+    paths.rollout_json.write_text(json.dumps({"step": "x", "pid": 2 ** 22 + 1}))
+    assert read_rollout(paths) is None
