@@ -298,12 +298,18 @@ def _delta(later: float | None, earlier: float | None) -> float | None:
     return None if later is None or earlier is None else later - earlier
 
 
-def run_drill(spec: ClusterSpec, plan: DrillPlan, key: str | None,
-              progress: Progress) -> DrillResult:
+def running_cluster(spec: ClusterSpec) -> tuple[RuntimePaths, ClusterState]:
+    """The cluster a drill acts on; raises when none runs under supervisord."""
     paths = RuntimePaths(spec.runtime_dir)
     state = ClusterState.load(paths)
     if state is None or not Supervisor(paths).is_running():
         raise ClusterError("no cluster is running", hint="start one with `fleet up`, then drill")
+    return paths, state
+
+
+def run_drill(spec: ClusterSpec, plan: DrillPlan, key: str | None,
+              progress: Progress) -> DrillResult:
+    paths, state = running_cluster(spec)
     replicas = {r.name: r.url for r in state.replicas}
     engine = state.engine
     check_plan(plan, engine, list(replicas))

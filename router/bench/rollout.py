@@ -18,14 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from router.bench import load, stats
+from router.bench.drill import running_cluster
 from router.bench.report import Event
 from router.bench.scenario_kit import sample_replicas
 from router.config.spec import ClusterSpec
-from router.disk.paths import RuntimePaths
 from router.errors import ClusterError, SpecError
 from router.runtime import apply
 from router.runtime.state import ClusterState
-from router.runtime.supervise import Supervisor
 
 Progress = Callable[[str], None]
 
@@ -144,10 +143,7 @@ def _busy_share(occupancy: list[dict[str, Any]], slots: int, before: float) -> f
 
 def run_rollout(spec: ClusterSpec, plan: RolloutPlan, key: str | None,
                 progress: Progress) -> RolloutResult:
-    paths = RuntimePaths(spec.runtime_dir)
-    state = ClusterState.load(paths)
-    if state is None or not Supervisor(paths).is_running():
-        raise ClusterError("no cluster is running", hint="start one with `fleet up`, then drill")
+    _paths, state = running_cluster(spec)
     if plan.rate <= 0 and not plan.streams:
         raise SpecError("--load must be above 0 requests/s", hint="e.g. --load 10")
     change, *_ = apply.plan_apply(plan.to_spec)

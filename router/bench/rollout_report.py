@@ -32,6 +32,12 @@ def _change_lines(result: RolloutResult) -> list[str]:
         lines.append("")
     else:
         lines.append("- No replica was restarted.")
+    if change.add:
+        lines.append(f"- Started (new, alone): {', '.join(change.add)}.")
+    if change.remove:
+        lines.append(f"- Drained and stopped: {', '.join(change.remove)}.")
+    if change.gateway:
+        lines.append("- The gateway reloaded its new nginx.conf gracefully.")
     return lines
 
 

@@ -416,13 +416,9 @@ class _Rollout:
         self.draining = name
         controller_call(self.paths, self.state, "POST", f"/replicas/{name}/drain",
                         required=True)
-        deadline = started + ROUTED_OUT_BOUND_S
-        while self._status().get(name) is not False:
-            if time.monotonic() > deadline:
-                raise ClusterError(f"the controller did not take {name} out of rotation "
-                                   f"within {ROUTED_OUT_BOUND_S:.0f}s",
-                                   hint="see `fleet logs controller`")
-            time.sleep(POLL_S)
+        self._wait_routed(name, False, ROUTED_OUT_BOUND_S,
+                          f"the controller did not take {name} out of rotation within "
+                          f"{ROUTED_OUT_BOUND_S:.0f}s", "see `fleet logs controller`")
         replica = self.state.replica(name)
         assert replica is not None
         deadline = started + self.spec.rollout.drain_timeout_s
@@ -469,14 +465,20 @@ class _Rollout:
         controller_call(self.paths, self.state, "POST", f"/replicas/{name}/undrain",
                         required=True)
         self.draining = None
-        deadline = started + self.spec.startup_timeout_s
-        while self._status().get(name) is not True:
-            if time.monotonic() > deadline:
-                raise ClusterError(f"{name} is healthy but did not rejoin rotation within "
-                                   f"startup_timeout_s={self.spec.startup_timeout_s}",
-                                   hint="see `fleet status` and `fleet logs controller`")
-            time.sleep(POLL_S)
+        self._wait_routed(name, True, self.spec.startup_timeout_s,
+                          f"{name} is healthy but did not rejoin rotation within "
+                          f"startup_timeout_s={self.spec.startup_timeout_s}",
+                          "see `fleet status` and `fleet logs controller`")
         return time.monotonic() - started
+
+    def _wait_routed(self, name: str, routed: bool, bound_s: float, problem: str,
+                     hint: str) -> None:
+        """Until the controller says ``name`` is in rotation (or out), at most ``bound_s``."""
+        deadline = time.monotonic() + bound_s
+        while self._status().get(name) is not routed:
+            if time.monotonic() > deadline:
+                raise ClusterError(problem, hint=hint)
+            time.sleep(POLL_S)
 
     def _wait_controller(self) -> None:
         deadline = time.monotonic() + self.spec.startup_timeout_s
