@@ -26,9 +26,11 @@ def _change_lines(result: RolloutResult) -> list[str]:
     lines = ["- Spec keys changed: " + ", ".join(f"`{k}`" for k in change.keys) + "."]
     if outcome.rolls:
         lines += ["", "| replica | drain | cut at drain timeout | restart to healthy | "
-                  "back in rotation | total |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+                  "back in rotation | rest of its slow start | total |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
         lines += [f"| {r.name} | {_secs(r.drain_s)} | {r.cut} | {_secs(r.restart_s)} | "
-                  f"{_secs(r.rejoin_s)} | {_secs(r.total_s)} |" for r in outcome.rolls]
+                  f"{_secs(r.rejoin_s)} | {_secs(r.settle_s)} | {_secs(r.total_s)} |"
+                  for r in outcome.rolls]
         lines.append("")
     else:
         lines.append("- No replica was restarted.")
@@ -96,7 +98,8 @@ def write(out: Path, result: RolloutResult, command: str, machine: dict[str, Any
         "load": result.plan.arrivals.describe(), "error": result.error,
         "keys": [str(k) for k in outcome.change.keys] if outcome else [],
         "rolls": [{"replica": r.name, "drain_s": r.drain_s, "cut": r.cut,
-                   "restart_s": r.restart_s, "rejoin_s": r.rejoin_s, "total_s": r.total_s}
+                   "restart_s": r.restart_s, "rejoin_s": r.rejoin_s, "settle_s": r.settle_s,
+                   "total_s": r.total_s}
                   for r in (outcome.rolls if outcome else [])],
         "steps": [{"t": at, "step": text} for at, text in result.steps],
         "measures": result.measures, "windows": result.windows, "summary": result.summary,

@@ -128,9 +128,10 @@ def cmd_apply(args: argparse.Namespace) -> int:
         return 2 if change.refused else 0
     outcome = apply.apply(args.spec, progress)
     if outcome.rolls:
-        rows = [["REPLICA", "DRAIN", "CUT", "RESTART", "REJOIN", "TOTAL"]]
+        rows = [["REPLICA", "DRAIN", "CUT", "RESTART", "REJOIN", "SLOW START", "TOTAL"]]
         rows += [[r.name, f"{r.drain_s:.1f}s", str(r.cut), f"{r.restart_s:.1f}s",
-                  f"{r.rejoin_s:.1f}s", f"{r.total_s:.1f}s"] for r in outcome.rolls]
+                  f"{r.rejoin_s:.1f}s", f"{r.settle_s:.1f}s", f"{r.total_s:.1f}s"]
+                 for r in outcome.rolls]
         print(table(rows))
     if not outcome.change.empty:
         print(f"applied in {outcome.seconds:.1f}s")

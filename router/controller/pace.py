@@ -66,6 +66,8 @@ SLOPE_MAX = 0.5
 # there are enough blocks to read a spread from.
 NOISE_BLOCK_ROUNDS = 10
 NOISE_BLOCKS_MIN = 8
+# A replica's block means count once it has this many to centre on their median.
+NOISE_BLOCKS_CENTRED = 3
 # Block means read the long-run spread low (blocks hide correlation longer
 # than themselves, and a window's estimate wanders), and Siegmund's run
 # length assumes independent rounds: the estimate is widened by half again.
@@ -74,6 +76,13 @@ NOISE_BLOCKS_MIN = 8
 NOISE_WIDENING = 1.5
 # Median absolute deviation to a normal standard deviation.
 _MAD_TO_SIGMA = 1.4826
+
+
+def _centred(values: Sequence[float]) -> list[float]:
+    if not values:
+        return []
+    center = statistics.median(values)
+    return [v - center for v in values]
 
 
 def _robust_scale(values: Sequence[float]) -> float:
@@ -185,11 +194,19 @@ class PaceTracker:
         long-run variance). A replica's readings come in runs (a long prompt
         in its batch for seconds), and a CUSUM that took them for independent
         rounds would alarm on every run."""
-        pooled = [d for values in self._deviations.values() for d in values]
-        blocks = [statistics.fmean(list(values)[start:start + NOISE_BLOCK_ROUNDS])
-                  for values in self._deviations.values()
-                  for start in range(len(values) % NOISE_BLOCK_ROUNDS, len(values),
-                                     NOISE_BLOCK_ROUNDS)]
+        # Each replica's rounds around its own median: a level that is off
+        # (a move on a passing stall) shows as every round of that replica
+        # deviating alike, which is a bias for the CUSUM to find, not noise;
+        # pooled uncentred, it would widen the noise, raise h past any
+        # evidence, and strand the wrong level for good.
+        pooled = [d for values in self._deviations.values() for d in _centred(list(values))]
+        blocks = []
+        for values in self._deviations.values():
+            means = [statistics.fmean(list(values)[start:start + NOISE_BLOCK_ROUNDS])
+                     for start in range(len(values) % NOISE_BLOCK_ROUNDS, len(values),
+                                        NOISE_BLOCK_ROUNDS)]
+            if len(means) >= NOISE_BLOCKS_CENTRED:
+                blocks += _centred(means)
         if len(blocks) < NOISE_BLOCKS_MIN:
             # Too few rounds to read a long-run spread: assume a wide one.
             return max(NOISE_PRIOR, _robust_scale(pooled) if pooled else 0.0) * NOISE_WIDENING

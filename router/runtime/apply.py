@@ -81,10 +81,12 @@ class ReplicaRoll:
     cut: int
     restart_s: float
     rejoin_s: float
+    # Waiting out its slow start before the next replica is drained.
+    settle_s: float = 0.0
 
     @property
     def total_s(self) -> float:
-        return self.drain_s + self.restart_s + self.rejoin_s
+        return self.drain_s + self.restart_s + self.rejoin_s + self.settle_s
 
 
 @dataclass
@@ -200,8 +202,10 @@ class _Rollout:
                 self._start_new(name)
             rolled: list[str] = []
             for name in change.roll:
+                # Another drain follows: let this one's slow start end first.
+                settle = name != change.roll[-1] or bool(change.remove)
                 try:
-                    self.outcome.rolls.append(self._roll(name))
+                    self.outcome.rolls.append(self._roll(name, settle))
                 except ClusterError as exc:
                     self._roll_back(name, rolled, exc)
                 rolled.append(name)
@@ -273,7 +277,7 @@ class _Rollout:
         self.progress(f"{name} healthy after {time.monotonic() - started:.0f}s; it joins "
                       "rotation when the controller restarts at the end")
 
-    def _roll(self, name: str) -> ReplicaRoll:
+    def _roll(self, name: str, settle: bool) -> ReplicaRoll:
         self._wait_others_in_rotation(name)
         self._note(f"rolling {name}: draining")
         drain_s, cut = self._drain(name)
@@ -287,12 +291,25 @@ class _Rollout:
         rejoin_s = self._undrain(name)
         self.done.append(name)
         self._save_generation(name, self.generation)
-        roll = ReplicaRoll(name, drain_s, cut, restart_s, rejoin_s)
+        settle_s = self._settle(name, rejoin_s) if settle else 0.0
+        roll = ReplicaRoll(name, drain_s, cut, restart_s, rejoin_s, settle_s)
         self.progress(f"{name} rolled in {roll.total_s:.0f}s (drained {drain_s:.1f}s, "
-                      f"restarted {restart_s:.1f}s, back in rotation {rejoin_s:.1f}s)"
+                      f"restarted {restart_s:.1f}s, back in rotation {rejoin_s:.1f}s"
+                      + (f", slow start {settle_s:.1f}s" if settle_s else "") + ")"
                       + (f"; {cut} request(s) were still running at the drain timeout and "
                          "were cut" if cut else ""))
         return roll
+
+    def _settle(self, name: str, since_healthy_s: float) -> float:
+        """Wait out the controller's slow start of ``name``, which began when it
+        answered /health: draining the next replica before would leave less
+        than all but one replica's worth of weight in rotation."""
+        ramp_s = self.old.plan.spec.controller.slow_start_s
+        wait_s = max(0.0, ramp_s - since_healthy_s)
+        if wait_s:
+            self._note(f"{name} is back; its slow start ends in {wait_s:.0f}s, then the next")
+            time.sleep(wait_s)
+        return wait_s
 
     def _roll_back(self, failed: str, rolled: list[str], cause: ClusterError) -> None:
         """Put ``failed`` and every replica rolled before it back on the old

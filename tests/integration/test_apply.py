@@ -71,10 +71,11 @@ class Applied:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Applied]:
     folder = tmp_path_factory.mktemp("apply")
     warmup = {"enabled": True, "requests": 2, "max_tokens": 2}
-    # A port block for one replica more than it starts with.
+    # A port block for one replica more than it starts with; a short slow
+    # start, which a roll waits out between replicas.
     with running_fleet(folder, REPLICAS, sim={"defaults": {"max_num_seqs": 8}},
                        ports={"replica_base": free_port_block(REPLICAS + 1)},
-                       controller={"warmup": warmup}) as running:
+                       controller={"warmup": warmup, "slow_start_s": 3}) as running:
         yield Applied(folder, running.spec, running.data, running.url)
 
 

@@ -64,7 +64,8 @@ class Run:
                      if at >= after and test(weights[name])), None)
 
 
-def simulate(pace: Pace, seconds: int, settings: ControllerSpec = SETTINGS) -> Run:
+def simulate(pace: Pace, seconds: int, settings: ControllerSpec = SETTINGS,
+             names: tuple[str, ...] = NAMES) -> Run:
     tracker = PaceTracker(settings.pace)
     run = Run()
     desired: Decision | None = None
@@ -74,8 +75,8 @@ def simulate(pace: Pace, seconds: int, settings: ControllerSpec = SETTINGS) -> R
     interval = settings.pace.interval_s
     for index in range(round(seconds / interval)):
         now = index * interval
-        signals = tracker.fold({n: pace(n, now) for n in NAMES}, now)
-        desired = decide(Snapshot(now=now, replicas=NAMES, pace=signals, pacing=True),
+        signals = tracker.fold({n: pace(n, now) for n in names}, now)
+        desired = decide(Snapshot(now=now, replicas=names, pace=signals, pacing=True),
                          desired, settings)
         if not weights_differ(applied, desired):
             differing_since = None
@@ -357,3 +358,26 @@ def test_an_outlier_held_back_by_pressure_is_urgent_once_the_pressure_drops() ->
     # The next decision, still an outlier, is not news.
     later = decide(snapshot(now + 1, waiting=0.0), calm, settings)
     assert later.replicas["c"].outlier and not later.replicas["c"].urgent
+
+
+def test_a_stall_right_after_a_start_does_not_strand_the_weight() -> None:
+    """A controller started beside a replica that stalls for its first rounds
+    (a GPU replica compiling for a new batch size, as the rollout-gpu run saw
+    on two replicas: 50/50 -> 100/1 on three rounds) moves on the stall; once
+    the replica runs even again, its weight must come back. Every later round
+    of both replicas then deviates from the stall's levels alike: a bias for
+    the CUSUM, not noise that would raise the threshold past any evidence."""
+    base = equal_fleet(seed=5)
+    pair = ("replica-0", "replica-1")
+
+    def pace(name: str, t: float) -> PaceReading:
+        reading = base(name, t)
+        if name == "replica-1" and t < 2.5:
+            return PaceReading(reading.seconds_per_token * 100, reading.batch)
+        return reading
+
+    run = simulate(pace, 180, names=pair)
+    cut = run.first_time("replica-1", lambda w: w <= 25, after=0)
+    assert cut is not None, run.reloads
+    back = run.first_time("replica-1", lambda w: w >= 40, after=cut)
+    assert back is not None and back - cut <= 30, run.reloads
