@@ -73,8 +73,10 @@ def markdown(result: RolloutResult, command: str, machine: dict[str, Any], plot:
     for name, w in result.windows.items():
         lines.append(f"| {name} | {w['requests']:,} | {w['failed']} | {w['not_started']} | "
                      f"{w['mid_stream']} | {_secs(w['ttft_p50_s'])} | {_secs(w['ttft_p99_s'])} |")
+    takes_out = result.outcome is None or result.outcome.change.touches_replicas
     lines += ["", "The capacity dip is one replica's batch slots while it is out; the TTFT "
-              "columns show what the clients paid for it."]
+              "columns show what the clients paid for it." if takes_out else
+              "No replica left rotation: there was no capacity dip."]
     bound = result.run.client_bound(plan.arrivals)
     if bound:
         lines += ["", f"The load client may have set some figures: {bound}."]
