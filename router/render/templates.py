@@ -8,12 +8,19 @@ in a config.
 
 from __future__ import annotations
 
+import functools
+
 import jinja2
 
 from router import REPO_ROOT
 from router.errors import EnvironmentError_
 
 
+# One environment per delimiter pair, so each template is parsed once per
+# process (jinja2 caches compiled templates per environment and reloads one
+# whose file changed); a new environment per render re-parsed every template on
+# every weight change.
+@functools.cache
 def _environment(variable_delimiters: tuple[str, str]) -> jinja2.Environment:
     start, end = variable_delimiters
     return jinja2.Environment(

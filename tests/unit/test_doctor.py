@@ -12,6 +12,8 @@ from router.cli import main
 from router.config.spec import parse_spec
 from router.ops import doctor
 from tests.support.fakes import FakeNvml
+from tests.support.fleet import merged, spec_data
+from tests.support.harness import free_port, free_port_block
 
 H200 = 143771 * 2**20
 RTX_4090D = 24 * 2**30
@@ -41,8 +43,12 @@ def _dummy_spec(tmp_path: Path, **extra: object) -> dict:
     from router.models import store as model_store
 
     model_store._write_manifest(folder, {"model_id": "test"})
-    return {"engine": "gpu", "runtime_dir": str(tmp_path / "rt"),
-            "model": {"load_format": "dummy", "cache_dir": str(tmp_path / "models")}, **extra}
+    # Free ports, so a cluster running on this box (the defaults) fails no check here.
+    ports = spec_data(tmp_path / "rt", engine="gpu", replicas="auto",
+                      gpu_exporter={"port": free_port()},
+                      ports={"replica_base": free_port_block(8)})
+    return merged(ports, {"model": {"load_format": "dummy",
+                                    "cache_dir": str(tmp_path / "models")}, **extra})
 
 
 def test_an_old_driver_against_a_cuda_13_build_fails_with_the_ways_out(
