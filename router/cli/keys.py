@@ -10,6 +10,7 @@ from router.cli.common import progress, spec_arg, table
 from router.config.spec import ClusterSpec, load_spec
 from router.disk import keys
 from router.disk.paths import RuntimePaths, write_atomic
+from router.errors import SpecError
 from router.render.keys import render_keys_conf
 from router.runtime import gateway as gateway_reload
 
@@ -37,11 +38,32 @@ def _apply_keys(spec: ClusterSpec, store: keys.KeyStore) -> str:
     return outcome
 
 
+def _priority_class(spec: ClusterSpec, name: str | None) -> str | None:
+    """``name`` checked against the spec's classes; None stays None."""
+    if name is None:
+        return None
+    classes = spec.priority.classes
+    if name not in classes:
+        raise SpecError(f"--class {name!r} is not a priority class of this spec",
+                        hint=f"use one of {', '.join(classes)} (priority.classes)")
+    return name
+
+
+def _class_note(spec: ClusterSpec) -> str:
+    return ("" if spec.priority.enabled else
+            "; note: priority.enabled is false in this spec, so classes are not applied "
+            "until you set it to true")
+
+
 def cmd_keys_add(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
-    store, key = keys.load_store(RuntimePaths(spec.runtime_dir).api_keys).add(args.name)
+    priority_class = _priority_class(spec, args.priority_class)
+    store, key = keys.load_store(RuntimePaths(spec.runtime_dir).api_keys).add(
+        args.name, priority_class=priority_class)
     outcome = _apply_keys(spec, store)
-    progress(f"created {key.id} ({key.name}); {outcome}")
+    shown_class = key.priority_class or spec.priority.default_class
+    progress(f"created {key.id} ({key.name}, class {shown_class}); "
+             f"{outcome}{_class_note(spec) if priority_class else ''}")
     progress("the key is shown only now; store it where the client can read it")
     print(key.secret)
     return 0
@@ -52,7 +74,9 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     store = keys.load_store(RuntimePaths(spec.runtime_dir).api_keys)
     if args.json:
         print(json.dumps([{"id": k.id, "name": k.name, "created_at": k.created_at,
-                           "revoked_at": k.revoked_at, "key": k.shown} for k in store.keys],
+                           "revoked_at": k.revoked_at, "key": k.shown,
+                           "class": k.priority_class or spec.priority.default_class}
+                          for k in store.keys],
                          indent=2))
         return 0
     if not store.keys:
@@ -62,10 +86,21 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     def stamp(at: float | None) -> str:
         return "-" if at is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(at))
 
-    rows = [["ID", "NAME", "KEY", "CREATED", "REVOKED"]]
-    rows += [[k.id, k.name, k.shown, stamp(k.created_at), stamp(k.revoked_at)]
-             for k in store.keys]
+    rows = [["ID", "NAME", "KEY", "CLASS", "CREATED", "REVOKED"]]
+    rows += [[k.id, k.name, k.shown, k.priority_class or spec.priority.default_class,
+              stamp(k.created_at), stamp(k.revoked_at)] for k in store.keys]
     print(table(rows))
+    return 0
+
+
+def cmd_keys_class(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec)
+    priority_class = _priority_class(spec, args.priority_class)
+    store, key = keys.load_store(RuntimePaths(spec.runtime_dir).api_keys).with_class(
+        args.key, priority_class)
+    outcome = _apply_keys(spec, store)
+    progress(f"{key.id} ({key.name}) is in class "
+             f"{key.priority_class or spec.priority.default_class}; {outcome}{_class_note(spec)}")
     return 0
 
 
@@ -83,7 +118,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     pk = keys_sub.add_parser("add", help="create a key and print it (shown only once)")
     spec_arg(pk)
     pk.add_argument("name", metavar="NAME", help="who the key is for, e.g. team-search")
+    pk.add_argument("--class", dest="priority_class", metavar="CLASS",
+                    help="its priority class, one of the spec's priority.classes "
+                         "(default: priority.default_class)")
     pk.set_defaults(func=cmd_keys_add)
+    pk = keys_sub.add_parser("class", help="move a key to another priority class; "
+                                           "its next request has it")
+    spec_arg(pk)
+    pk.add_argument("key", metavar="ID|NAME")
+    pk.add_argument("priority_class", metavar="CLASS",
+                    help="one of the spec's priority.classes")
+    pk.set_defaults(func=cmd_keys_class)
     pk = keys_sub.add_parser("list", help="every key: id, name, prefix, created, revoked")
     spec_arg(pk)
     pk.add_argument("--json", action="store_true", help="machine-readable output")

@@ -169,7 +169,8 @@ def memory_share(settings: EngineSettings, replicas_per_gpu: int) -> float | Non
 
 def vllm_argv(python: str, settings: EngineSettings, model_path: str, port: int,
               extra_args: tuple[str, ...], host: str = REPLICA_HOST,
-              memory_utilization: float | None = None) -> tuple[str, ...]:
+              memory_utilization: float | None = None,
+              by_priority: bool = False) -> tuple[str, ...]:
     utilization = (settings.gpu_memory_utilization if memory_utilization is None
                    else memory_utilization)
     argv = [
@@ -184,6 +185,9 @@ def vllm_argv(python: str, settings: EngineSettings, model_path: str, port: int,
         # /load reports in-flight requests only with this flag.
         "--enable-server-load-tracking",
     ]
+    if by_priority:
+        # The gateway writes each request's class into its body (priority.enabled).
+        argv += ["--scheduling-policy", "priority"]
     if settings.dummy:
         argv += ["--load-format", "dummy"]
     if settings.runner == "pooling":
@@ -246,6 +250,8 @@ def build_plan(spec: ClusterSpec, settings: EngineSettings, inventory: Inventory
         env = dict(common_env)
         if settings.engine == "sim":
             sim = spec.sim.for_replica(i)
+            if spec.priority.enabled:
+                sim = sim.model_copy(update={"scheduling_policy": "priority"})
             argv: tuple[str, ...] = (
                 python, "-m", "router.cli", "sim", "serve", "--host", REPLICA_HOST,
                 "--port", str(port), "--model", settings.served_model_name,
@@ -263,7 +269,8 @@ def build_plan(spec: ClusterSpec, settings: EngineSettings, inventory: Inventory
             gpu = inventory.gpus[i // per_gpu]
             argv = vllm_argv(python, mine, model_path, port, extra_args,
                              memory_utilization=own.gpu_memory_utilization
-                             or memory_share(settings, per_gpu))
+                             or memory_share(settings, per_gpu),
+                             by_priority=spec.priority.enabled)
             env.update(CUDA_VISIBLE_DEVICES=gpu.uuid, CUDA_DEVICE_ORDER="PCI_BUS_ID")
             replicas.append(ReplicaPlan(
                 name=f"replica-{i}", index=i, port=port, device=gpu.uuid, argv=argv, env=env,
@@ -273,7 +280,8 @@ def build_plan(spec: ClusterSpec, settings: EngineSettings, inventory: Inventory
             ))
             continue
         argv = vllm_argv(python, mine, model_path, port, extra_args,
-                         memory_utilization=own.gpu_memory_utilization)
+                         memory_utilization=own.gpu_memory_utilization,
+                         by_priority=spec.priority.enabled)
         # One core per replica, the CPU twin of one GPU per replica:
         # unpinned replicas fight over every core and serve less together.
         core = inventory.cpu_cores[i % len(inventory.cpu_cores)]

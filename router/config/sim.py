@@ -6,7 +6,7 @@ defaults plus per-replica overrides) and the options of `fleet sim serve`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -69,6 +69,10 @@ class SimSettings(BaseModel):
     # vLLM's automatic prefix caching, on by default as in vLLM
     # (router.sim.prefix_cache): cached prompt blocks are not prefilled.
     prefix_caching: bool = True
+    # vLLM's --scheduling-policy: fcfs admits in arrival order; priority
+    # admits the lowest `priority` of the waiting requests first (ties in
+    # arrival order). Set from the spec's priority.enabled.
+    scheduling_policy: Literal["fcfs", "priority"] = "fcfs"
     faults: SimFaults = SimFaults()
     # A name from PROFILES: its constants fill every field not given here.
     profile: str | None = None

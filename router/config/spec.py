@@ -186,6 +186,51 @@ class LimitsSpec(_Model):
     concurrent: int | None = Field(default=None, ge=1, le=100_000)
 
 
+PRIORITY_HEADER = "X-Fleet-Priority"
+_CLASS_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+class PrioritySpec(_Model):
+    """Priority classes (docs/overload.md): each API key has a class, a request
+    may lower its own with the X-Fleet-Priority header, and the gateway writes
+    the class into the body as vLLM's `priority`; replicas run
+    `--scheduling-policy priority`, so a higher class's requests are admitted
+    before a lower one's that waits in the same replica."""
+
+    enabled: bool = False
+    # Highest first: classes[0] runs before classes[1], and so on (vLLM's
+    # priority is the index: lower runs first; ties in arrival order).
+    classes: tuple[str, ...] = ("interactive", "default", "batch")
+    # The class of a request whose key names none, and of every request
+    # when auth is off.
+    default_class: str = "default"
+
+    @field_validator("classes")
+    @classmethod
+    def _class_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not 1 <= len(value) <= 8:
+            raise ValueError("name 1 to 8 classes, highest first")
+        for name in value:
+            if not _CLASS_NAME.match(name):
+                raise ValueError(f"class {name!r}: use lowercase letters, digits, _ and -, "
+                                 "starting with a letter (at most 32)")
+        repeated = sorted({name for name in value if value.count(name) > 1})
+        if repeated:
+            raise ValueError(f"each class once; repeated: {', '.join(repeated)}")
+        return value
+
+    @model_validator(mode="after")
+    def _default_is_a_class(self) -> PrioritySpec:
+        if self.default_class not in self.classes:
+            raise ValueError(f"default_class {self.default_class!r} is not one of the classes "
+                             f"({', '.join(self.classes)})")
+        return self
+
+    def level(self, name: str | None) -> int:
+        """vLLM's priority for class ``name`` (the default class for None)."""
+        return self.classes.index(self.default_class if name is None else name)
+
+
 class ConsoleSpec(_Model):
     """The web console at the gateway's / (chat playground and fleet view)."""
 
@@ -241,12 +286,16 @@ class ModelSpec(_Model):
 _MANAGED_VLLM_FLAGS = frozenset({
     "--host", "--port", "--model", "--served-model-name", "--max-num-seqs",
     "--max-model-len", "--gpu-memory-utilization", "--load-format", "--runner",
+    "--scheduling-policy",
 })
 
 
 def _check_extra_args(value: tuple[str, ...]) -> tuple[str, ...]:
     for arg in value:
         flag = arg.split("=", 1)[0]
+        if flag == "--scheduling-policy":
+            raise ValueError("--scheduling-policy is set by llm-fleet; priority.enabled: true "
+                             "runs the replicas with --scheduling-policy priority")
         if flag in _MANAGED_VLLM_FLAGS:
             raise ValueError(
                 f"{flag} is set by llm-fleet; use the matching key of the spec instead"
@@ -622,6 +671,7 @@ class ClusterSpec(_Model):
     gateway: GatewaySpec = GatewaySpec()
     auth: AuthSpec = AuthSpec()
     limits: LimitsSpec = LimitsSpec()
+    priority: PrioritySpec = PrioritySpec()
     console: ConsoleSpec = ConsoleSpec()
     model: ModelSpec = Field(default_factory=ModelSpec)
     vllm: VllmSpec = VllmSpec()

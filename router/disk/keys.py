@@ -34,6 +34,8 @@ class ApiKey:
     # None once revoked: a revoked key's secret is not kept.
     secret: str | None
     revoked_at: float | None = None
+    # The spec's priority class of its requests; None: priority.default_class.
+    priority_class: str | None = None
 
     @property
     def active(self) -> bool:
@@ -60,7 +62,8 @@ class KeyStore:
         raise SpecError(f"no active key with id or name {id_or_name!r}",
                         hint=f"active keys: {known}; see `fleet keys list`")
 
-    def add(self, name: str, now: float | None = None) -> tuple[KeyStore, ApiKey]:
+    def add(self, name: str, now: float | None = None,
+            priority_class: str | None = None) -> tuple[KeyStore, ApiKey]:
         if not _NAME.match(name):
             raise SpecError(f"key name {name!r} is not allowed",
                             hint="use 1-64 letters, digits, '.', '_' or '-', starting with a "
@@ -71,8 +74,14 @@ class KeyStore:
         taken = {k.id for k in self.keys}
         key_id = _new_id(taken)
         key = ApiKey(id=key_id, name=name, created_at=time.time() if now is None else now,
-                     secret=KEY_PREFIX + secrets.token_urlsafe(32))
+                     secret=KEY_PREFIX + secrets.token_urlsafe(32), priority_class=priority_class)
         return KeyStore(self.keys + (key,)), key
+
+    def with_class(self, id_or_name: str, priority_class: str | None) -> tuple[KeyStore, ApiKey]:
+        """The store with key ``id_or_name`` in ``priority_class`` (None: the default)."""
+        target = self.find(id_or_name)
+        changed = replace(target, priority_class=priority_class)
+        return KeyStore(tuple(changed if k is target else k for k in self.keys)), changed
 
     def revoke(self, id_or_name: str, now: float | None = None) -> tuple[KeyStore, ApiKey]:
         target = self.find(id_or_name)

@@ -44,6 +44,8 @@ NGINX_MODULES_DIR = Path("/usr/lib/nginx/modules")
 NGINX_MODULES: Mapping[str, str] = {"ngx_http_js_module": "libnginx-mod-http-js"}
 # The njs script that reads affinity keys (gateway.affinity).
 AFFINITY_SCRIPT = REPO_ROOT / "nginx" / "affinity.js"
+# The njs script that writes a request's priority class into its body (priority).
+PRIORITY_SCRIPT = REPO_ROOT / "nginx" / "priority.js"
 
 
 def find_nginx_module(name: str, folders: tuple[Path, ...] | None = None) -> str | None:
@@ -121,6 +123,7 @@ class MachineFacts:
     # Dynamic nginx module name -> its .so; None where it is not installed.
     nginx_modules: Mapping[str, str | None] = field(default_factory=dict)
     affinity_script: Path = AFFINITY_SCRIPT
+    priority_script: Path = PRIORITY_SCRIPT
 
     def binary(self, name: str) -> str:
         found = self.binaries.get(name)

@@ -104,7 +104,7 @@ def render_compose(spec: ClusterSpec, gpus: int, out_dir: Path) -> RenderedCompo
     settings = resolve_engine_settings(spec, "gpu")
     # The model id, not a local path: vLLM finds it in the mounted HF cache.
     argv = vllm_argv("python3", settings, settings.model, REPLICA_PORT, spec.vllm.extra_args,
-                     host="0.0.0.0")[3:]
+                     host="0.0.0.0", by_priority=spec.priority.enabled)[3:]
     repo = os.path.relpath(REPO_ROOT, out_dir.resolve())
     compose = template("deploy/compose/docker-compose.yml.j2").render(
         gpus=gpus,

@@ -20,6 +20,7 @@ def render_keys_conf(store: KeyStore) -> RenderedKeys:
     active = store.active()
     # The version names the set of keys without revealing any of them.
     version = hashlib.sha256(
-        "\n".join(sorted(f"{k.id}:{k.secret}" for k in active)).encode()).hexdigest()[:12]
+        "\n".join(sorted(f"{k.id}:{k.secret}:{k.priority_class or ''}" for k in active)
+                  ).encode()).hexdigest()[:12]
     text = template("nginx/api-keys.conf.j2").render(keys=active, version=version)
     return RenderedKeys(text=text, version=version)

@@ -65,6 +65,37 @@ API_ROUTES: dict[str, tuple[ApiRoute, ...]] = {
 
 
 @dataclass(frozen=True)
+class PriorityView:
+    """Priority classes (spec priority): how nginx.conf turns a request's key
+    class and X-Fleet-Priority header into vLLM's priority level."""
+
+    script: Path
+    classes: tuple[str, ...]
+    # "key class:header" -> level, for every key class ("" for a key with none,
+    # or no key) and header ("" for none): the lower of the two classes.
+    levels: tuple[tuple[str, int], ...]
+    # The level of a key whose class the spec no longer names: the lowest.
+    unknown_key_level: int
+    # The 400's message: what the header may say.
+    header_hint: str
+
+
+def priority_view(spec: ClusterSpec, script: Path) -> PriorityView | None:
+    priority = spec.priority
+    if not priority.enabled:
+        return None
+    classes = priority.classes
+    levels = tuple(
+        (f"{key_class}:{header}",
+         max(priority.level(key_class or None), classes.index(header) if header else 0))
+        for key_class in ("", *classes) for header in ("", *classes))
+    return PriorityView(
+        script=script, classes=classes, levels=levels, unknown_key_level=len(classes) - 1,
+        header_hint=(f"send one of {', '.join(classes)} (highest first); a request may lower "
+                     "the class of its API key, never raise it"))
+
+
+@dataclass(frozen=True)
 class ConsoleView:
     root: Path
 
@@ -88,6 +119,8 @@ class NginxView:
     js_module: str | None
     affinity_script: Path
     routes: tuple[ApiRoute, ...]
+    # Priority classes (spec priority); None when off.
+    priority: PriorityView | None
 
 
 def limits_view(spec: ClusterSpec) -> LimitsView:
@@ -132,9 +165,10 @@ def nginx_view(plan: ClusterPlan, paths: RuntimePaths, machine: MachineFacts) ->
         api_keys_conf=paths.api_keys_conf,
         affinity=spec.gateway.affinity,
         js_module=(machine.nginx_module("ngx_http_js_module")
-                   if spec.gateway.affinity.keyed else None),
+                   if spec.gateway.affinity.keyed or spec.priority.enabled else None),
         affinity_script=machine.affinity_script,
         routes=API_ROUTES[spec.model.runner],
+        priority=priority_view(spec, machine.priority_script),
     )
 
 

@@ -1,8 +1,10 @@
 """A continuous-batching engine model: what a vLLM replica does with time.
 
 The engine runs in steps, like vLLM's scheduler:
-1. admit waiting requests in FIFO order while fewer than ``max_num_seqs``
-   run and their prompts fit in the free KV cache;
+1. admit waiting requests in FIFO order (``scheduling_policy="priority"``:
+   lowest ``priority`` first, ties in arrival order, as vLLM's
+   ``--scheduling-policy priority`` orders its waiting queue) while fewer
+   than ``max_num_seqs`` run and their prompts fit in the free KV cache;
 2. run one step whose duration is
    ``(decode_step_s + decode_s_per_seq * running + prefill_s_per_token *
    prompt tokens admitted this step) / speed``, where a prompt's tokens
@@ -76,6 +78,8 @@ class SimRequest:
     # The prompt's KV blocks, and how many of its tokens the prefix cache held.
     block_hashes: tuple[int, ...] = ()
     cached_tokens: int = 0
+    # vLLM's request priority: lower is admitted first under the priority policy.
+    priority: int = 0
 
     @property
     def finish_reason(self) -> str:
@@ -119,7 +123,7 @@ class Engine:
                  speed: float, model: LatencyModel, seed: int, mean_output_tokens: int,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 prefix_caching: bool = True) -> None:
+                 prefix_caching: bool = True, by_priority: bool = False) -> None:
         self.metrics = metrics
         self.max_num_seqs = max_num_seqs
         self.kv_capacity_tokens = kv_capacity_tokens
@@ -130,6 +134,7 @@ class Engine:
         self.clock = clock
         self.sleep = sleep
         self.waiting: deque[SimRequest] = deque()
+        self.by_priority = by_priority
         self.running: list[SimRequest] = []
         self.paused = False  # a hung engine makes no progress
         self.dead = False
@@ -143,7 +148,7 @@ class Engine:
 
     # --- requests -------------------------------------------------------
     def submit(self, prompt: str, prompt_tokens: int, max_tokens: int, ignore_eos: bool,
-               stream: bool) -> SimRequest:
+               stream: bool, priority: int = 0) -> SimRequest:
         if self.dead:
             raise EngineDead("engine is dead")
         self._counter += 1
@@ -158,11 +163,25 @@ class Engine:
             done=loop.create_future(), arrival=self.clock(),
             block_hashes=(block_hashes(prompt, prompt_tokens)
                           if self.prefix_cache is not None else ()),
+            priority=priority,
         )
-        self.waiting.append(request)
+        self._enqueue(request)
         self._publish_queue()
         self._wake.set()
         return request
+
+    def _enqueue(self, request: SimRequest) -> None:
+        """Into the waiting queue: at its end, or under the priority policy
+        after every waiting request of its priority or a lower one. Running
+        requests are not preempted: on vLLM's engine we saw priority reorder
+        the waiting queue only (docs/overload.md)."""
+        if not self.by_priority:
+            self.waiting.append(request)
+            return
+        position = len(self.waiting)
+        while position > 0 and self.waiting[position - 1].priority > request.priority:
+            position -= 1
+        self.waiting.insert(position, request)
 
     def abort(self, request: SimRequest) -> None:
         """The client went away: free its slot, count it as aborted."""

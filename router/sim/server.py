@@ -150,7 +150,7 @@ class SimApp:
             self.metrics, max_num_seqs=s.max_num_seqs, kv_capacity_tokens=s.kv_capacity_tokens,
             speed=s.speed * self.slow, seed=s.seed, mean_output_tokens=s.mean_output_tokens,
             model=LatencyModel(s.decode_step_s, s.decode_s_per_seq, s.prefill_s_per_token),
-            prefix_caching=s.prefix_caching,
+            prefix_caching=s.prefix_caching, by_priority=s.scheduling_policy == "priority",
         )
         self.engine.start()
         self.engine.pause(self.hang)
@@ -279,7 +279,11 @@ class SimApp:
         return min(int(max_tokens), room)
 
     def _submit(self, prompt: str, prompt_tokens: int, max_tokens: int, ignore_eos: bool,
-                stream: bool) -> SimRequest:
+                stream: bool, body: dict[str, Any]) -> SimRequest:
+        priority = body.get("priority", 0)
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise _validation_error("int_type", "body.priority",
+                                    "Input should be a valid integer", priority)
         engine = self.engine
         assert engine is not None
         if engine.dead:
@@ -288,7 +292,7 @@ class SimApp:
         if self.error_rate and self._rng.random() < self.error_rate:
             raise BadRequest(500, "simulated failure (error_rate fault)",
                              "InternalServerError", None)
-        return engine.submit(prompt, prompt_tokens, max_tokens, ignore_eos, stream)
+        return engine.submit(prompt, prompt_tokens, max_tokens, ignore_eos, stream, priority)
 
     async def _unless_gone(self, receive: Receive, request: SimRequest,
                            answer: Coroutine[Any, Any, None]) -> None:
@@ -323,7 +327,7 @@ class SimApp:
     async def _generate(self, receive: Receive, send: Send, body: Any, chat: bool) -> None:
         body = self._request_object(body)
         prompt, prompt_tokens, max_tokens, stream, ignore_eos = self._validate(body, chat)
-        request = self._submit(prompt, prompt_tokens, max_tokens, ignore_eos, stream)
+        request = self._submit(prompt, prompt_tokens, max_tokens, ignore_eos, stream, body)
         prefix = "chatcmpl" if chat else "cmpl"
         ids = (f"{prefix}-{uuid.uuid4().hex[:16]}", int(time.time()))
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -435,7 +439,7 @@ class SimApp:
         prompt, prompt_tokens = _chat_prompt(messages)
         max_tokens = self._max_tokens(prompt_tokens, body.get("max_output_tokens"),
                                       "max_output_tokens", True)
-        request = self._submit(prompt, prompt_tokens, max_tokens, False, stream)
+        request = self._submit(prompt, prompt_tokens, max_tokens, False, stream, body)
         ids, created = responses.ResponseIds(), int(time.time())
         if stream:
             answer = self._stream_response(send, request, body, ids, created)

@@ -43,7 +43,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
     with running_fleet(tmp_path_factory.mktemp("e2e"), 2, engine="cpu",
                        before_up=model_is_prepared, up_timeout=900,
-                       prometheus={"scrape_interval_s": 2}) as running:
+                       prometheus={"scrape_interval_s": 2},
+                       # Classes on: every request through the gateway reaches
+                       # real vLLM with the priority field the gateway wrote.
+                       priority={"enabled": True}) as running:
         spec = load_spec(running.spec)
         settings = resolve_engine_settings(spec, "cpu")
         yield Cluster(running.spec, running.paths, running.url, settings.served_model_name,

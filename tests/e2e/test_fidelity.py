@@ -155,6 +155,8 @@ MALFORMED: list[tuple[str, str, bytes]] = [
      b'{"model": "MODEL", "prompt": "' + b"hello " * 3000 + b'", "max_tokens": 4}'),
     ("stream not a boolean", "/v1/completions",
      b'{"model": "MODEL", "prompt": "hi", "stream": "maybe"}'),
+    ("priority not a number", "/v1/completions",
+     b'{"model": "MODEL", "prompt": "hi", "priority": "high"}'),
     ("responses: no input", "/v1/responses", b'{"model": "MODEL"}'),
     ("responses: input not text or items", "/v1/responses", b'{"model": "MODEL", "input": 5}'),
     ("responses: an item not an object", "/v1/responses",

@@ -135,6 +135,23 @@ def test_both_replicas_serve(cluster: Cluster, client: openai.OpenAI) -> None:
     assert seen == {"replica-0", "replica-1"}
 
 
+def test_priority_classes_reach_real_vllm(cluster: Cluster) -> None:
+    vllm_pid = int(cluster.paths.launch_state("replica-0").read_text())
+    argv = Path(f"/proc/{vllm_pid}/cmdline").read_bytes().split(b"\0")
+    assert argv[argv.index(b"--scheduling-policy") + 1] == b"priority"
+    body = {"model": cluster.model, "max_tokens": 2, **GREEDY,
+            "messages": [{"role": "user", "content": "hi"}]}
+    # vLLM takes the level the gateway writes into each body, for every class.
+    for header in ({}, {"X-Fleet-Priority": "batch"}, {"X-Fleet-Priority": "interactive"}):
+        response = requests.post(f"{cluster.url}/v1/chat/completions", json=body,
+                                 headers=header, timeout=120)
+        assert response.status_code == 200, (header, response.text)
+    refused = requests.post(f"{cluster.url}/v1/chat/completions", json=body,
+                            headers={"X-Fleet-Priority": "urgent"}, timeout=30)
+    assert refused.status_code == 400
+    assert "interactive, default, batch" in refused.json()["error"]["message"]
+
+
 def test_drill_kill_real_replica_restarts_and_no_request_fails_before_streaming(
         cluster: Cluster, tmp_path: Path) -> None:
     supervisor = Supervisor(cluster.paths)

@@ -83,7 +83,7 @@ class Backend:
                     body = json.loads(raw or b"{}")
                     if not isinstance(body, dict):
                         raise json.JSONDecodeError("not an object", "", 0)
-                except json.JSONDecodeError:
+                except (json.JSONDecodeError, UnicodeDecodeError):
                     self._json(400, {"error": {"message": "bad json", "type": "BadRequestError",
                                                "param": None, "code": 400}})
                     return

@@ -86,3 +86,23 @@ def test_map_holds_active_keys_only_and_its_version_follows_them() -> None:
     # The version never reveals a key.
     assert alice.secret is not None and one.version not in alice.secret
     assert render_keys_conf(KeyStore()).version == render_keys_conf(KeyStore()).version
+
+
+def test_a_key_class_is_mapped_and_changing_it_changes_the_version() -> None:
+    store, jobs = KeyStore().add("jobs", priority_class="batch")
+    store, plain = store.add("plain")
+    before = render_keys_conf(store)
+    assert f"    {jobs.id} batch;" in before.text
+    assert plain.id not in before.text.split("$fleet_key_class", 1)[1]
+    moved, key = store.with_class("jobs", "interactive")
+    assert key.priority_class == "interactive" and key.secret == jobs.secret
+    after = render_keys_conf(moved)
+    assert f"    {jobs.id} interactive;" in after.text
+    assert after.version != before.version
+
+
+def test_a_store_written_before_classes_loads_with_none(tmp_path: Path) -> None:
+    path = tmp_path / "api-keys.json"
+    path.write_text(json.dumps({"keys": [{"id": "key-1", "name": "a", "created_at": 1.0,
+                                          "secret": "sk-fleet-x", "revoked_at": None}]}))
+    assert load_store(path).keys[0].priority_class is None

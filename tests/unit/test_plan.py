@@ -138,3 +138,23 @@ def test_lookup_of_unknown_replica_lists_names() -> None:
     with pytest.raises(SpecError) as caught:
         plan.replica("replica-9")
     assert "replica-0, replica-1" in caught.value.hint
+
+
+@pytest.mark.parametrize(("data", "inventory"), [({"engine": "gpu"}, gpu_inventory(2)),
+                                                 ({"engine": "cpu"}, cpu_inventory(cores=2))])
+def test_priority_classes_run_vllm_with_the_priority_policy(data: dict, inventory) -> None:  # type: ignore[no-untyped-def]
+    off = _plan(data, inventory)
+    on = _plan({**data, "priority": {"enabled": True}}, inventory)
+    for replica in off.replicas:
+        assert "--scheduling-policy" not in replica.argv
+    for replica in on.replicas:
+        flag = replica.argv.index("--scheduling-policy")
+        assert replica.argv[flag + 1] == "priority"
+
+
+def test_a_simulated_fleet_with_classes_simulates_the_priority_policy() -> None:
+    plan = _plan({"engine": "sim", "replicas": 2, "priority": {"enabled": True}},
+                 cpu_inventory())
+    for replica in plan.replicas:
+        settings = replica.argv[replica.argv.index("--settings") + 1]
+        assert '"scheduling_policy":"priority"' in settings

@@ -227,3 +227,46 @@ def test_least_recently_used_blocks_are_evicted_when_the_cache_is_full() -> None
     assert _sample(engine, "vllm:prefix_cache_hits_total") == 0
     _steps, roomy = _prefill_steps(prompts=(*prompts, prompts[0]))
     assert _sample(roomy, "vllm:prefix_cache_hits_total") >= 1_900
+
+
+@pytest.mark.parametrize(("by_priority", "order"), [(False, ["running", "late", "urgent"]),
+                                                    (True, ["running", "urgent", "late"])])
+def test_the_priority_policy_reorders_the_waiting_queue_only(by_priority: bool,
+                                                             order: list[str]) -> None:
+    # What vLLM 0.32's --scheduling-policy priority did with one slot
+    # (docs/overload.md): a running request of priority 10 is not preempted;
+    # of the two behind it, priority 0 goes before the earlier priority 10.
+    async def run() -> list[str]:
+        vt = VirtualTime()
+        engine = _engine(vt, max_num_seqs=1)
+        engine.by_priority = by_priority
+        names = {}
+        names[id(engine.submit("running", 5, 30, ignore_eos=True, stream=False,
+                               priority=10))] = "running"
+        await engine.step()
+        names[id(engine.submit("late", 5, 5, ignore_eos=True, stream=False,
+                               priority=10))] = "late"
+        names[id(engine.submit("urgent", 5, 5, ignore_eos=True, stream=False,
+                               priority=0))] = "urgent"
+        finished: list[str] = []
+        while engine.running or engine.waiting:
+            before = {id(r) for r in engine.running}
+            await engine.step()
+            finished += [names[i] for i in before if i not in {id(r) for r in engine.running}]
+        return finished
+
+    assert asyncio.run(run()) == order
+
+
+def test_equal_priorities_keep_their_arrival_order() -> None:
+    async def run() -> list[str]:
+        vt = VirtualTime()
+        engine = _engine(vt, max_num_seqs=1)
+        engine.by_priority = True
+        submitted = {}
+        for i, level in enumerate([5, 1, 5, 1, 0]):
+            request = engine.submit(f"p{i}", 5, 5, ignore_eos=True, stream=False, priority=level)
+            submitted[request.request_id] = f"p{i}"
+        return [submitted[r.request_id] for r in engine.waiting]
+
+    assert asyncio.run(run()) == ["p4", "p1", "p3", "p0", "p2"]

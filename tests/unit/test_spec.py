@@ -103,6 +103,14 @@ def test_all_commented_section_means_defaults() -> None:
          "vllm.replicas[0].extra_args", "set by llm-fleet"),
         ({"controller": {"pace": {"false_moves_per_hour": 0}}},
          "controller.pace.false_moves_per_hour", "0"),
+        ({"priority": {"classes": []}}, "priority.classes", "1 to 8 classes"),
+        ({"priority": {"classes": ["gold", "Gold"]}}, "priority.classes", "lowercase"),
+        ({"priority": {"classes": ["gold", "gold"]}}, "priority.classes", "repeated: gold"),
+        ({"priority": {"classes": ["gold", "bulk"]}}, "priority", "default_class 'default'"),
+        ({"priority": {"enabled": True, "default_class": "vip"}}, "priority",
+         "interactive, default, batch"),
+        ({"vllm": {"extra_args": ["--scheduling-policy=priority"]}}, "vllm.extra_args",
+         "priority.enabled: true"),
     ],
 )
 def test_bad_spec_names_the_key_and_why(data: dict, where: str, words: str) -> None:
