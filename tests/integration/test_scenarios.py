@@ -192,3 +192,18 @@ def test_chat_hot_tiny_keys_by_tenant_and_judges_the_bound(tmp_path: Path) -> No
         "load bound: no request fails"]
     # Three tenants keyed by tenant: at most three replicas see a conversation.
     assert sum(1 for r in result["rows"][1]["extra"]["prefix_cache_hit_rate"] if r) <= 3
+
+
+def test_overload_tiny_runs_both_contenders_and_reports_the_interactive_tenant(
+        tmp_path: Path) -> None:
+    result = _scenario("overload", tmp_path)
+    rows = {r["label"]: r for r in result["rows"]}
+    for contender in ("classes off (arrival order)", "priority classes"):
+        for label in (f"{contender}, no flood: interactive",
+                      f"{contender}, batch at 2x capacity: interactive",
+                      f"{contender}, batch at 2x capacity: batch"):
+            _check_row(rows[label])
+    assert len(rows) == 6
+    readme = (tmp_path / "README.md").read_text()
+    assert "### The interactive tenant" in readme
+    assert (tmp_path / "interactive-ttft.png").stat().st_size > 5_000

@@ -1,0 +1,267 @@
+"""`fleet bench scenario overload`: an interactive tenant beside a batch tenant
+that floods the fleet, with priority classes off (every replica admits in
+arrival order, today's default) and on (the gateway writes each key's class
+into the body; replicas admit the interactive class first).
+
+Two simulated replicas of 8 sequences each, API keys on: an "interactive" key
+at a steady 1 request/s of short answers, a "batch" key at 0, 1, 2 and 4
+times the fleet's measured capacity for its long answers, then 10 s with the
+flood stopped. What the interactive tenant sees is the figure: TTFT during
+the flood against its TTFT alone, and how soon after the flood it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from router.bench import fleets, load, stats
+from router.bench.fleets import Endpoint, Fleet
+from router.bench.report import pyplot
+from router.bench.scenario_kit import Context, Row, Scenario, ScenarioResult, sim_text
+from router.bench.stats import RequestRecord
+from router.disk.keys import KeyStore, save_store
+from router.disk.paths import RuntimePaths
+
+# A replica of the issue's measurements: 8 sequences, a GPU-like step time.
+OVERLOAD_SIM: dict[str, Any] = {"decode_step_s": 0.02, "decode_s_per_seq": 0.0004,
+                                "max_num_seqs": 8}
+REPLICAS = 2
+INTERACTIVE_RATE = 1.0
+CONTENDERS = {"fcfs": "classes off (arrival order)", "classes": "priority classes"}
+# "Back to normal": an interactive request's TTFT within this factor of its
+# p50 with no flood.
+RECOVERED_WITHIN = 1.5
+
+
+@dataclass(frozen=True)
+class OverloadSize:
+    flood_s: float = 30.0
+    after_s: float = 10.0
+    floods: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0)
+    interactive_tokens: int = 32
+    batch_tokens: int = 256
+
+
+FULL = OverloadSize()
+TINY = OverloadSize(flood_s=4.0, after_s=1.0, floods=(0.0, 2.0), interactive_tokens=8,
+                    batch_tokens=16)
+
+
+def _keys(runtime_dir: Path) -> dict[str, str]:
+    """A key per tenant, in its class, written where `fleet up` reads keys."""
+    store, secrets = KeyStore(), {}
+    for tenant in ("interactive", "batch"):
+        store, key = store.add(tenant, priority_class=tenant)
+        assert key.secret is not None
+        secrets[tenant] = key.secret
+    paths = RuntimePaths(runtime_dir)
+    paths.create()
+    save_store(paths.api_keys, store)
+    return secrets
+
+
+def _capacity(fleet: Fleet, workload: load.Workload, seconds: float) -> float:
+    """Batch requests/s the fleet completes with every replica's batch full,
+    each replica driven directly."""
+    seqs = int(OVERLOAD_SIM["max_num_seqs"])
+
+    async def all_at_once() -> list[load.RunResult]:
+        return list(await asyncio.gather(*(
+            load.run(url, workload, load.Arrivals("closed", concurrency=seqs), seconds,
+                     sample_weights=False) for url in fleet.replica_urls)))
+
+    return sum(sum(1 for r in run.records if r.ok) / run.duration_s
+               for run in asyncio.run(all_at_once()))
+
+
+def _cell(gateway: str, keys: dict[str, str], interactive: load.Workload,
+          batch: load.Workload, batch_rate: float, own: OverloadSize
+          ) -> tuple[load.RunResult, load.RunResult | None]:
+    async def both() -> tuple[load.RunResult, load.RunResult | None]:
+        tenant = load.run(gateway, interactive, load.Arrivals("poisson", rate=INTERACTIVE_RATE),
+                          own.flood_s + own.after_s, keys["interactive"], sample_weights=False)
+        if not batch_rate:
+            return await tenant, None
+        flood = load.run(gateway, batch, load.Arrivals("poisson", rate=batch_rate),
+                         own.flood_s, keys["batch"], sample_weights=False)
+        first, second = await asyncio.gather(tenant, flood)
+        return first, second
+
+    return asyncio.run(both())
+
+
+def _recovery_s(records: list[RequestRecord], flood_s: float, normal_ttft: float) -> float | None:
+    """Seconds after the flood stopped until an interactive request's TTFT was
+    back within RECOVERED_WITHIN x its no-flood p50 and stayed there."""
+    after = sorted((r for r in records if r.start >= flood_s), key=lambda r: r.start)
+    recovered = None
+    for record in after:
+        normal = record.ttft is not None and record.ttft <= RECOVERED_WITHIN * normal_ttft
+        if normal and recovered is None:
+            recovered = record.start + (record.ttft or 0.0) - flood_s
+        elif not normal:
+            recovered = None
+    return recovered
+
+
+def _interactive_summary(run: load.RunResult, flood_s: float) -> dict[str, Any]:
+    during = [r for r in run.records if r.start < flood_s]
+    return stats.summarize(during, flood_s, stats.Slo())
+
+
+def overload(ctx: Context) -> ScenarioResult:
+    own = ctx.pick(FULL, TINY)
+    interactive = load.Workload(model="sim-model", prompt_words=(32, 32),
+                                output_tokens=(own.interactive_tokens,) * 2, seed=ctx.seed)
+    batch = load.Workload(model="sim-model", prompt_words=(64, 64),
+                          output_tokens=(own.batch_tokens,) * 2, seed=ctx.seed + 1)
+    chosen = [key for key in CONTENDERS if not ctx.contenders or key in ctx.contenders]
+    rows: list[Row] = []
+    capacity = 0.0
+    for contender in chosen:
+        data, path = ctx.fleet_spec(f"overload/{contender}", REPLICAS, {"defaults": OVERLOAD_SIM},
+                                    auth={"enabled": True},
+                                    priority={"enabled": contender == "classes"})
+        keys = _keys(Path(data["runtime_dir"]))
+        ctx.progress(f"overload/{contender}: fleet up ({REPLICAS} simulated replicas)")
+        with fleets.running_fleet(data, path, lambda _msg: None) as fleet:
+            if not capacity:
+                ctx.progress("overload: the fleet's capacity for batch requests, "
+                             "each replica driven directly")
+                capacity = _capacity(fleet, batch, ctx.size.calibrate_s)
+            alone_p50: float | None = None
+            for multiple in own.floods:
+                rate = multiple * capacity
+                cell = (f"{CONTENDERS[contender]}, "
+                        + (f"batch at {multiple:g}x capacity" if multiple else "no flood"))
+                ctx.progress(f"overload: {cell}")
+                tenant, flood = _cell(Endpoint(fleet.gateway_url).url, keys, interactive,
+                                      batch, rate, own)
+                summary = _interactive_summary(tenant, own.flood_s)
+                if not multiple:
+                    alone_p50 = summary["ttft_s"]["p50"]
+                recovery = (None if not multiple or alone_p50 is None
+                            else _recovery_s(tenant.records, own.flood_s, alone_p50))
+                rows.append(Row(f"{cell}: interactive", summary=summary, run=tenant, extra={
+                    "contender": contender, "multiple": multiple, "tenant": "interactive",
+                    "alone_ttft_p50_s": alone_p50, "recovery_s": recovery}))
+                if flood is not None:
+                    rows.append(Row(f"{cell}: batch", run=flood, extra={
+                        "contender": contender, "multiple": multiple, "tenant": "batch",
+                        "rate": rate},
+                        summary=stats.summarize(flood.records, flood.duration_s, stats.Slo())))
+    return ScenarioResult(
+        name="overload", title="An interactive tenant beside a batch flood",
+        setup=[f"{REPLICAS} simulated replicas ({sim_text(OVERLOAD_SIM)}), auth on, the "
+               "controller on with its defaults; a fresh fleet per contender.",
+               f"Capacity measured first: each replica driven directly with a full batch of "
+               f"batch requests for {ctx.size.calibrate_s:g} s: {capacity:.2f} requests/s "
+               "for the fleet.",
+               f"interactive key (class interactive): Poisson {INTERACTIVE_RATE:g} request/s, "
+               f"32 prompt words, {own.interactive_tokens} tokens out, streamed, for "
+               f"{own.flood_s:g} s + {own.after_s:g} s.",
+               f"batch key (class batch): Poisson at "
+               f"{', '.join(f'{m:g}' for m in own.floods if m)} x that capacity, 64 prompt "
+               f"words, {own.batch_tokens} tokens out, streamed, for {own.flood_s:g} s, then "
+               "stopped; every request it sent is waited for.",
+               "Contenders: priority.enabled false (each replica admits in arrival order) "
+               "and true (the gateway writes the key's class into each body; replicas "
+               "admit the lowest priority first, running requests are not preempted).",
+               "The interactive rows count the requests sent while the flood ran; "
+               f"recovery is when, after the flood stopped, an interactive TTFT was back "
+               f"within {RECOVERED_WITHIN:g} x its no-flood p50 and stayed there."],
+        rows=rows, targets=_targets(rows, own))
+
+
+def _targets(rows: list[Row], own: OverloadSize) -> list[tuple[str, str, bool | None]]:
+    worst = max(own.floods)
+    targets: list[tuple[str, str, bool | None]] = []
+    for contender, label in CONTENDERS.items():
+        flooded = _interactive(rows, contender, worst)
+        if flooded is None:
+            continue
+        before, during = _ttft_p99(_interactive(rows, contender, 0.0)), _ttft_p99(flooded)
+        if before and during is not None:
+            targets.append((f"{label}: interactive TTFT p99 under a {worst:g}x batch flood "
+                            "<= 1.5x its value with no flood",
+                            f"{during / before:.1f}x ({_ms(during)} against {_ms(before)})",
+                            during <= 1.5 * before))
+        recovery = flooded.extra["recovery_s"]
+        targets.append((f"{label}: interactive TTFT back to normal within 5 s of the flood "
+                        "stopping",
+                        "not within the run" if recovery is None else f"{recovery:.1f} s",
+                        recovery is not None and recovery <= 5.0))
+    return targets
+
+
+def _interactive(rows: list[Row], contender: str, multiple: float) -> Row | None:
+    return next((r for r in rows if r.extra.get("tenant") == "interactive"
+                 and r.extra["contender"] == contender and r.extra["multiple"] == multiple
+                 and r.summary), None)
+
+
+def _ttft_p99(row: Row | None) -> float | None:
+    return None if row is None or row.summary is None else row.summary["ttft_s"]["p99"]
+
+
+def _overload_table(rows: list[Row]) -> list[str]:
+    lines = ["", "### The interactive tenant", "",
+             "| contender | batch flood | interactive TTFT p50 / p99 | p99 against no flood | "
+             "back to normal after the flood | batch completed, req/s |",
+             "| --- | ---: | --- | ---: | ---: | ---: |"]
+    for row in rows:
+        if row.extra.get("tenant") != "interactive" or row.summary is None:
+            continue
+        contender, multiple = row.extra["contender"], row.extra["multiple"]
+        alone = _ttft_p99(_interactive(rows, contender, 0.0))
+        ttft = row.summary["ttft_s"]
+        ratio = "–" if not alone or ttft["p99"] is None else f"{ttft['p99'] / alone:.1f}x"
+        batch = next((r for r in rows if r.extra.get("tenant") == "batch"
+                      and r.extra["contender"] == contender and r.extra["multiple"] == multiple
+                      and r.summary), None)
+        recovery = row.extra["recovery_s"]
+        flood = f"{multiple:g}x" if multiple else "none"
+        back = ("–" if not multiple else "not within the run" if recovery is None
+                else f"{recovery:.1f} s")
+        served = ("–" if batch is None or batch.summary is None
+                  else f"{batch.summary['request_throughput']:.2f}")
+        lines.append(f"| {CONTENDERS[contender]} | {flood} | {_ms(ttft['p50'])} / "
+                     f"{_ms(ttft['p99'])} | {ratio} | {back} | {served} |")
+    return lines
+
+
+def _ms(value: float | None) -> str:
+    return "–" if value is None else f"{value * 1000:,.0f} ms"
+
+
+def _overload_plot(out: Path, rows: list[Row]) -> list[str]:
+    """Interactive TTFT over time under the largest flood, per contender."""
+    flooded = [r for r in rows if r.extra.get("tenant") == "interactive" and r.run is not None
+               and r.extra["multiple"] == max(x.extra["multiple"] for x in rows
+                                              if x.extra.get("tenant") == "interactive")]
+    if not flooded:
+        return []
+    plt = pyplot()
+    fig, axis = plt.subplots(figsize=(8, 4))
+    for row in flooded:
+        assert row.run is not None
+        done = [r for r in row.run.records if r.ttft is not None]
+        axis.plot([r.start for r in done], [r.ttft for r in done], marker="o", markersize=3,
+                  linewidth=1, label=CONTENDERS[row.extra["contender"]])
+    axis.set_yscale("log")
+    axis.set_xlabel("seconds into the run (the flood stops at the end of its window)")
+    axis.set_ylabel("interactive TTFT (s)")
+    axis.set_title(f"Interactive TTFT under a {flooded[0].extra['multiple']:g}x batch flood")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "interactive-ttft.png", dpi=110)
+    plt.close(fig)
+    return ["interactive-ttft.png"]
+
+
+SCENARIOS = (Scenario("overload", overload, contenders=tuple(CONTENDERS),
+                      tables=_overload_table, plots=_overload_plot),)
