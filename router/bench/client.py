@@ -164,7 +164,8 @@ async def run_request(conn: Connection, body: bytes, stream: bool, run_start: fl
             conn.close()
             text = b""
         return RequestRecord(start, answer.status, replica, error_phase=HTTP_STATUS,
-                             error=text[:300].decode(errors="replace"))
+                             error=text[:300].decode(errors="replace"),
+                             refused_in=time.perf_counter() - sent)
     if not stream:
         return await _whole(conn, answer, start, sent, replica)
     return await _streamed(conn, answer, start, sent, replica)

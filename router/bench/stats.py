@@ -50,6 +50,8 @@ class RequestRecord:
     output_tokens: int = 0
     error_phase: str | None = None
     error: str | None = None
+    # A non-200's seconds from sending to its whole answer (a 429's speed).
+    refused_in: float | None = None
 
     @property
     def ok(self) -> bool:

@@ -204,6 +204,19 @@ class PrioritySpec(_Model):
     # The class of a request whose key names none, and of every request
     # when auth is off.
     default_class: str = "default"
+    # Requests of a class in flight at once across the fleet, at most, e.g.
+    # {batch: 12} on a fleet of 16 batch slots: past it the gateway answers
+    # 429 with Retry-After at once, and the 4 slots batch cannot take stay
+    # free for the higher classes (a replica does not preempt running work).
+    max_in_flight: dict[str, int] = {}
+
+    @field_validator("max_in_flight")
+    @classmethod
+    def _positive_caps(cls, value: dict[str, int]) -> dict[str, int]:
+        for name, cap in value.items():
+            if not 1 <= cap <= 1_000_000:
+                raise ValueError(f"{name}: {cap} requests; give 1 to 1000000")
+        return value
 
     @field_validator("classes")
     @classmethod
@@ -224,6 +237,14 @@ class PrioritySpec(_Model):
         if self.default_class not in self.classes:
             raise ValueError(f"default_class {self.default_class!r} is not one of the classes "
                              f"({', '.join(self.classes)})")
+        return self
+
+    @model_validator(mode="after")
+    def _caps_name_classes(self) -> PrioritySpec:
+        unknown = sorted(set(self.max_in_flight) - set(self.classes))
+        if unknown:
+            raise ValueError(f"max_in_flight names {', '.join(unknown)}, not a class; the "
+                             f"classes are {', '.join(self.classes)}")
         return self
 
     def level(self, name: str | None) -> int:

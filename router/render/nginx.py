@@ -78,6 +78,8 @@ class PriorityView:
     unknown_key_level: int
     # The 400's message: what the header may say.
     header_hint: str
+    # (class, its level, requests in flight at most across the fleet).
+    caps: tuple[tuple[str, int, int], ...] = ()
 
 
 def priority_view(spec: ClusterSpec, script: Path) -> PriorityView | None:
@@ -91,6 +93,8 @@ def priority_view(spec: ClusterSpec, script: Path) -> PriorityView | None:
         for key_class in ("", *classes) for header in ("", *classes))
     return PriorityView(
         script=script, classes=classes, levels=levels, unknown_key_level=len(classes) - 1,
+        caps=tuple((name, classes.index(name), cap)
+                   for name, cap in priority.max_in_flight.items()),
         header_hint=(f"send one of {', '.join(classes)} (highest first); a request may lower "
                      "the class of its API key, never raise it"))
 
@@ -131,6 +135,10 @@ def limits_view(spec: ClusterSpec) -> LimitsView:
     if limits.concurrent:
         parts.append(f"{limits.concurrent} requests in flight")
     per = " per key" if spec.auth.enabled else " per client address"
+    texts = [", ".join(parts) + per] if parts else []
+    if spec.priority.enabled:
+        texts += [f"class {name}: {cap} in flight across the fleet"
+                  for name, cap in spec.priority.max_in_flight.items()]
     return LimitsView(
         # Empty keys are not counted by nginx, so with auth on a request
         # without a valid key (already refused) never uses a slot.
@@ -139,7 +147,7 @@ def limits_view(spec: ClusterSpec) -> LimitsView:
         requests_per_s=limits.requests_per_s,
         burst=limits.burst,
         concurrent=limits.concurrent,
-        summary=("limit: " + ", ".join(parts) + per) if parts else "",
+        summary=("limit: " + "; ".join(texts)) if texts else "",
     )
 
 

@@ -6,6 +6,7 @@ client sent it. One lightweight backend stands in for the replica."""
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -39,14 +40,16 @@ def gw(request: pytest.FixtureRequest,
         secrets[name] = key.secret
     RuntimePaths(runtime).create()
     save_store(RuntimePaths(runtime).api_keys, store)
-    plan = plan_for(runtime, 1, base, auth={"enabled": True}, priority={"enabled": True},
+    plan = plan_for(runtime, 1, base, auth={"enabled": True},
+                    priority={"enabled": True, "max_in_flight": {"batch": 1}},
                     gateway={"affinity": request.param})
     with Backend(base, "replica-0") as backend, gateway(plan) as running:
         yield running, backend, secrets
 
 
-def _post(gw: Running, body: bytes, key: str, **headers: str) -> requests.Response:
-    return requests.post(f"{gw.url}/v1/chat/completions", data=body, timeout=10,
+def _post(gw: Running, body: bytes, key: str, stream: bool = False,
+          **headers: str) -> requests.Response:
+    return requests.post(f"{gw.url}/v1/chat/completions", data=body, timeout=10, stream=stream,
                          headers={"Content-Type": "application/json",
                                   "Authorization": f"Bearer {key}", **headers})
 
@@ -117,7 +120,7 @@ def test_a_stream_keeps_streaming(gw: tuple[Running, Backend, dict]) -> None:
     running, backend, secrets = gw
     body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}],
                        "stream": True}).encode()
-    with _post(running, body, secrets["jobs"]) as answer:
+    with _post(running, body, secrets["jobs"], stream=True) as answer:
         lines = [line for line in answer.iter_lines() if line]
     assert lines[-1] == b"data: [DONE]"
     assert json.loads(backend.last_body)["priority"] == 2
@@ -133,3 +136,37 @@ def test_the_access_log_names_each_request_level(gw: tuple[Running, Backend, dic
         return next((json.loads(line) for line in lines if request_id in line), None)
 
     assert wait_for(logged, 30, "the request's access log line")["priority"] == "2"
+
+
+def test_a_class_at_its_cap_is_refused_at_once_and_the_others_pass(
+        gw: tuple[Running, Backend, dict]) -> None:
+    running, backend, secrets = gw
+    held = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                       "stream": True}).encode()
+    gate = threading.Event()
+    backend.stream_gate = gate
+    try:
+        with _post(running, held, secrets["jobs"], stream=True) as stream:
+            # Its first chunk is here: the batch class's one slot is taken.
+            # (The line iterator is kept: dropping it mid-stream closes the
+            # connection.)
+            lines = stream.iter_lines()
+            assert next(line for line in lines if line)
+            refused = _post(running, CHAT, secrets["jobs"])
+            assert refused.status_code == 429
+            assert refused.headers["Retry-After"] and refused.headers["X-Request-Id"]
+            assert "class batch: 1 in flight across the fleet" in \
+                refused.json()["error"]["message"]
+            # A request that lowers itself to batch is batch.
+            lowered = _post(running, CHAT, secrets["chat"], **{"X-Fleet-Priority": "batch"})
+            assert lowered.status_code == 429
+            assert _post(running, CHAT, secrets["chat"]).status_code == 200
+            assert _post(running, CHAT, secrets["plain"]).status_code == 200
+            gate.set()
+            assert [line for line in lines if line][-1] == b"data: [DONE]"
+    finally:
+        gate.set()
+        backend.stream_gate = None
+    # The slot is free again once the stream ended.
+    assert wait_for(lambda: _post(running, CHAT, secrets["jobs"]).status_code == 200, 30,
+                    "the batch class's slot to be free")

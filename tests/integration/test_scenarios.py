@@ -198,12 +198,19 @@ def test_overload_tiny_runs_both_contenders_and_reports_the_interactive_tenant(
         tmp_path: Path) -> None:
     result = _scenario("overload", tmp_path)
     rows = {r["label"]: r for r in result["rows"]}
-    for contender in ("classes off (arrival order)", "priority classes"):
+    capped = "classes, batch capped at 12 of 16 slots"
+    for contender in ("classes off (arrival order)", "priority classes", capped):
         for label in (f"{contender}, no flood: interactive",
-                      f"{contender}, batch at 2x capacity: interactive",
-                      f"{contender}, batch at 2x capacity: batch"):
+                      f"{contender}, batch at 2x capacity: interactive"):
             _check_row(rows[label])
-    assert len(rows) == 6
+    for contender in ("classes off (arrival order)", "priority classes"):
+        _check_row(rows[f"{contender}, batch at 2x capacity: batch"])
+    # The capped class is shed with 429s, and nothing else fails.
+    shed = rows[f"{capped}, batch at 2x capacity: batch"]["summary"]
+    assert shed["succeeded"] > 0
+    assert all(kind.startswith("http_status 429") for kind in shed["failure_examples"]), \
+        shed["failure_examples"]
+    assert len(rows) == 9
     readme = (tmp_path / "README.md").read_text()
     assert "### The interactive tenant" in readme
     assert (tmp_path / "interactive-ttft.png").stat().st_size > 5_000

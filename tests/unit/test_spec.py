@@ -109,6 +109,8 @@ def test_all_commented_section_means_defaults() -> None:
         ({"priority": {"classes": ["gold", "bulk"]}}, "priority", "default_class 'default'"),
         ({"priority": {"enabled": True, "default_class": "vip"}}, "priority",
          "interactive, default, batch"),
+        ({"priority": {"max_in_flight": {"bulk": 4}}}, "priority", "names bulk, not a class"),
+        ({"priority": {"max_in_flight": {"batch": 0}}}, "priority.max_in_flight", "1 to"),
         ({"vllm": {"extra_args": ["--scheduling-policy=priority"]}}, "vllm.extra_args",
          "priority.enabled: true"),
     ],

@@ -21,7 +21,7 @@ from router.bench import fleets, load, stats
 from router.bench.fleets import Endpoint, Fleet
 from router.bench.report import pyplot
 from router.bench.scenario_kit import Context, Row, Scenario, ScenarioResult, sim_text
-from router.bench.stats import RequestRecord
+from router.bench.stats import RequestRecord, percentile
 from router.disk.keys import KeyStore, save_store
 from router.disk.paths import RuntimePaths
 
@@ -30,7 +30,12 @@ OVERLOAD_SIM: dict[str, Any] = {"decode_step_s": 0.02, "decode_s_per_seq": 0.000
                                 "max_num_seqs": 8}
 REPLICAS = 2
 INTERACTIVE_RATE = 1.0
-CONTENDERS = {"fcfs": "classes off (arrival order)", "classes": "priority classes"}
+SLOTS = REPLICAS * int(OVERLOAD_SIM["max_num_seqs"])
+# The "reserved" contender's cap on the batch class: the rest of the slots
+# stay free for interactive requests (priority.max_in_flight).
+BATCH_CAP = SLOTS - 4
+CONTENDERS = {"fcfs": "classes off (arrival order)", "classes": "priority classes",
+              "reserved": f"classes, batch capped at {BATCH_CAP} of {SLOTS} slots"}
 # "Back to normal": an interactive request's TTFT within this factor of its
 # p50 with no flood.
 RECOVERED_WITHIN = 1.5
@@ -112,6 +117,13 @@ def _interactive_summary(run: load.RunResult, flood_s: float) -> dict[str, Any]:
     return stats.summarize(during, flood_s, stats.Slo())
 
 
+def _priority(contender: str) -> dict[str, Any]:
+    if contender == "fcfs":
+        return {"enabled": False}
+    caps = {"batch": BATCH_CAP} if contender == "reserved" else {}
+    return {"enabled": True, "max_in_flight": caps}
+
+
 def overload(ctx: Context) -> ScenarioResult:
     own = ctx.pick(FULL, TINY)
     interactive = load.Workload(model="sim-model", prompt_words=(32, 32),
@@ -124,7 +136,7 @@ def overload(ctx: Context) -> ScenarioResult:
     for contender in chosen:
         data, path = ctx.fleet_spec(f"overload/{contender}", REPLICAS, {"defaults": OVERLOAD_SIM},
                                     auth={"enabled": True},
-                                    priority={"enabled": contender == "classes"})
+                                    priority=_priority(contender))
         keys = _keys(Path(data["runtime_dir"]))
         ctx.progress(f"overload/{contender}: fleet up ({REPLICAS} simulated replicas)")
         with fleets.running_fleet(data, path, lambda _msg: None) as fleet:
@@ -167,9 +179,12 @@ def overload(ctx: Context) -> ScenarioResult:
                f"{', '.join(f'{m:g}' for m in own.floods if m)} x that capacity, 64 prompt "
                f"words, {own.batch_tokens} tokens out, streamed, for {own.flood_s:g} s, then "
                "stopped; every request it sent is waited for.",
-               "Contenders: priority.enabled false (each replica admits in arrival order) "
-               "and true (the gateway writes the key's class into each body; replicas "
-               "admit the lowest priority first, running requests are not preempted).",
+               "Contenders: priority.enabled false (each replica admits in arrival order); "
+               "true (the gateway writes the key's class into each body; replicas admit "
+               "the lowest priority first, running requests are not preempted); and true "
+               f"with priority.max_in_flight {{batch: {BATCH_CAP}}} (past {BATCH_CAP} batch "
+               f"requests in flight the gateway answers 429 with Retry-After, so "
+               f"{SLOTS - BATCH_CAP} of the {SLOTS} slots stay free for interactive ones).",
                "The interactive rows count the requests sent while the flood ran; "
                f"recovery is when, after the flood stopped, an interactive TTFT was back "
                f"within {RECOVERED_WITHIN:g} x its no-flood p50 and stayed there."],
@@ -189,6 +204,13 @@ def _targets(rows: list[Row], own: OverloadSize) -> list[tuple[str, str, bool | 
                             "<= 1.5x its value with no flood",
                             f"{during / before:.1f}x ({_ms(during)} against {_ms(before)})",
                             during <= 1.5 * before))
+        shed = [s for r in rows if r.extra.get("tenant") == "batch"
+                and r.extra["contender"] == contender for s in _shed(r)]
+        if shed:
+            slowest = max(shed)
+            targets.append((f"{label}: every shed request answered in <= 50 ms",
+                            f"{len(shed)} shed, the slowest in {_ms(slowest)}",
+                            slowest <= 0.05))
         recovery = flooded.extra["recovery_s"]
         targets.append((f"{label}: interactive TTFT back to normal within 5 s of the flood "
                         "stopping",
@@ -203,6 +225,14 @@ def _interactive(rows: list[Row], contender: str, multiple: float) -> Row | None
                  and r.summary), None)
 
 
+def _shed(row: Row | None) -> list[float]:
+    """How long each of a row's 429s took to arrive."""
+    if row is None or row.run is None:
+        return []
+    return [r.refused_in for r in row.run.records
+            if r.status == 429 and r.refused_in is not None]
+
+
 def _ttft_p99(row: Row | None) -> float | None:
     return None if row is None or row.summary is None else row.summary["ttft_s"]["p99"]
 
@@ -210,8 +240,9 @@ def _ttft_p99(row: Row | None) -> float | None:
 def _overload_table(rows: list[Row]) -> list[str]:
     lines = ["", "### The interactive tenant", "",
              "| contender | batch flood | interactive TTFT p50 / p99 | p99 against no flood | "
-             "back to normal after the flood | batch completed, req/s |",
-             "| --- | ---: | --- | ---: | ---: | ---: |"]
+             "back to normal after the flood | batch completed, req/s | batch shed (429) | "
+             "429 answered in, p99 |",
+             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
     for row in rows:
         if row.extra.get("tenant") != "interactive" or row.summary is None:
             continue
@@ -228,8 +259,12 @@ def _overload_table(rows: list[Row]) -> list[str]:
                 else f"{recovery:.1f} s")
         served = ("–" if batch is None or batch.summary is None
                   else f"{batch.summary['request_throughput']:.2f}")
+        shed = _shed(batch)
+        shed_text = ("–" if batch is None or batch.run is None
+                     else f"{len(shed)} of {len(batch.run.records)}")
         lines.append(f"| {CONTENDERS[contender]} | {flood} | {_ms(ttft['p50'])} / "
-                     f"{_ms(ttft['p99'])} | {ratio} | {back} | {served} |")
+                     f"{_ms(ttft['p99'])} | {ratio} | {back} | {served} | {shed_text} | "
+                     f"{_ms(percentile(shed, 99)) if shed else '–'} |")
     return lines
 
 
