@@ -12,8 +12,11 @@ reload took effect). Faults:
   again.
 - hang: the replica stops answering with its sockets left open (SIGSTOP of
   its processes for real vLLM, the simulator's hang fault), then resumes.
-- slow: the replica runs at a third of its speed for a while (simulated
-  replicas only: nothing slows a real one on command).
+- slow: the replica runs at a third of its speed for a while: the
+  simulator's slow fault, or for real vLLM a stop/continue duty cycle of its
+  engine processes (stopped two thirds of every 20 ms), which is how a
+  throttled or shared card looks from outside: every step slower, the API
+  server streaming each token as it comes, /health still answering.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -44,6 +48,13 @@ from router.upstream import BASE_WEIGHT
 
 FAULTS = ("kill", "hang", "slow", "restart")
 SLOW_FACTOR = 0.33
+# One stop/continue cycle of a real replica's engine slowed to SLOW_FACTOR.
+# Shorter than a decode step, so every step is stretched alike: with a
+# period of a few steps, steps inside a running phase keep full speed and
+# the tokens arrive in bursts, a stall pattern rather than a slower card.
+DUTY_PERIOD_S = 0.02
+# vLLM names its engine processes (setproctitle) VLLM::EngineCore, ::Worker.
+ENGINE_TITLE = b"VLLM::"
 POLL_S = 0.2
 
 Progress = Callable[[str], None]
@@ -103,14 +114,49 @@ def check_plan(plan: DrillPlan, engine: str, replicas: list[str]) -> None:
     if plan.replica not in replicas:
         raise SpecError(f"no replica named {plan.replica!r} in the running cluster",
                         hint="replicas are: " + ", ".join(replicas))
-    if plan.fault == "slow" and engine != "sim":
-        raise SpecError(f"`fleet drill slow` needs simulated replicas; this cluster runs {engine}",
-                        hint="nothing slows a real vLLM on command; drill kill, restart or hang")
     if engine == "external":
         raise SpecError("replicas of engine: external are not started by llm-fleet, so a drill "
                         "cannot signal them", hint="run the drill where the replicas run")
     if plan.rate <= 0:
         raise SpecError("--load must be above 0 requests/s", hint="e.g. --load 10")
+
+
+class DutyCycle:
+    """Runs processes a fraction of the time: SIGSTOP for the rest of every
+    period, from a thread, until stopped; they are always left running."""
+
+    def __init__(self, pids: list[int], running_fraction: float,
+                 period_s: float = DUTY_PERIOD_S) -> None:
+        if not 0 < running_fraction < 1:
+            raise ValueError(f"running_fraction must be in (0, 1), not {running_fraction}")
+        self.pids = pids
+        self.run_s = period_s * running_fraction
+        self.stop_s = period_s - self.run_s
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._cycle, name="duty-cycle", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+        self._signal_all(signal.SIGCONT)
+
+    def _signal_all(self, sig: int) -> None:
+        for pid in self.pids:
+            _signal(pid, sig)
+
+    def _cycle(self) -> None:
+        try:
+            while not self._done.is_set():
+                self._signal_all(signal.SIGSTOP)
+                if self._done.wait(self.stop_s):
+                    break
+                self._signal_all(signal.SIGCONT)
+                self._done.wait(self.run_s)
+        finally:
+            self._signal_all(signal.SIGCONT)
 
 
 class FaultInjector:
@@ -120,6 +166,7 @@ class FaultInjector:
         self.supervisor = Supervisor(paths)
         self.replica, self.url, self.engine = replica, url, engine
         self.stopped: list[int] = []
+        self.throttle: DutyCycle | None = None
 
     def _tree(self) -> list[int]:
         info = self.supervisor.process(self.replica)
@@ -127,6 +174,13 @@ class FaultInjector:
             raise ClusterError(f"{self.replica} is not running ({info.state})",
                                hint="see `fleet status`; wait until it is RUNNING")
         return [info.pid, *descendants(info.pid)]
+
+    def _engine(self) -> list[int]:
+        """The processes that run the model; the whole tree for an engine that
+        runs inside its API server."""
+        tree = self._tree()
+        engine = [pid for pid in tree if _cmdline(pid).startswith(ENGINE_TITLE)]
+        return engine or tree
 
     def _sim_faults(self, **faults: object) -> None:
         response = requests.post(f"{self.url}/sim/faults", json=faults, timeout=5)
@@ -144,8 +198,11 @@ class FaultInjector:
             self.stopped = self._tree()
             for pid in self.stopped:
                 _signal(pid, signal.SIGSTOP)
-        elif fault == "slow":
+        elif fault == "slow" and self.engine == "sim":
             self._sim_faults(slow=SLOW_FACTOR)
+        elif fault == "slow":
+            self.throttle = DutyCycle(self._engine(), SLOW_FACTOR)
+            self.throttle.start()
 
     def clear(self, fault: str) -> None:
         if fault == "hang" and self.engine == "sim":
@@ -153,8 +210,19 @@ class FaultInjector:
         elif fault == "hang":
             for pid in self.stopped:
                 _signal(pid, signal.SIGCONT)
-        elif fault == "slow":
+        elif fault == "slow" and self.engine == "sim":
             self._sim_faults(slow=1.0)
+        elif fault == "slow" and self.throttle is not None:
+            self.throttle.stop()
+            self.throttle = None
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return cmdline.read()
+    except OSError:
+        return b""
 
 
 def _signal(pid: int, sig: int) -> None:

@@ -285,8 +285,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     spec_arg(p)
     p.add_argument("fault", choices=("kill", "hang", "slow", "restart", "rollout"),
                    help="kill: SIGKILL; restart: SIGTERM; hang: stop answering; "
-                        "slow: a third of the speed (simulated replicas); rollout: "
-                        "`fleet apply --spec` the --to file under load")
+                        "slow: a third of the speed (vLLM: its engine stopped two thirds "
+                        "of the time); rollout: `fleet apply --spec` the --to file under load")
     p.add_argument("replica", nargs="?", help="e.g. replica-1 (see `fleet status`); "
                                               "none for rollout")
     p.add_argument("--to", type=Path, metavar="FILE",

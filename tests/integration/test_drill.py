@@ -5,16 +5,18 @@ replica leaves rotation and comes back is the behaviour under test."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from router.bench.drill import DrillPlan, check_plan
-from router.errors import SpecError
+from router.bench.drill import DrillPlan, DutyCycle, check_plan
 from tests.support.cli import fleet
 from tests.support.fleet import running_fleet
+from tests.support.harness import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -101,7 +103,26 @@ def test_bad_drills_say_what_to_do(sim_fleet: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "x").exists()
 
 
-def test_slow_needs_a_simulated_replica() -> None:
-    with pytest.raises(SpecError, match="needs simulated replicas"):
-        check_plan(DrillPlan("slow", "replica-0", 5), "cpu", ["replica-0"])
-    check_plan(DrillPlan("kill", "replica-0", 5), "cpu", ["replica-0"])
+def _state_of(pid: int) -> str:
+    # /proc/PID/stat: "pid (comm) STATE ..."; T is stopped by a signal.
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_a_duty_cycle_slows_a_process_and_always_leaves_it_running() -> None:
+    """The slow fault on a real replica: its processes stopped most of every
+    period, then left running when the fault is cleared."""
+    check_plan(DrillPlan("slow", "replica-0", 5), "cpu", ["replica-0"])
+    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        throttle = DutyCycle([child.pid], running_fraction=0.25, period_s=0.2)
+        throttle.start()
+        seen: set[str] = set()
+        wait_for(lambda: seen.add(_state_of(child.pid)) or {"T", "R"} <= seen, timeout=30,
+                 what="the process both stopped and running", interval=0.01)
+        throttle.stop()
+        assert _state_of(child.pid) != "T"
+        with pytest.raises(ValueError, match="running_fraction"):
+            DutyCycle([child.pid], running_fraction=1.0)
+    finally:
+        child.kill()
+        child.wait(timeout=30)

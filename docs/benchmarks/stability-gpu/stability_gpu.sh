@@ -14,17 +14,28 @@
 #   bash docs/benchmarks/stability-gpu/stability_gpu.sh unequal    # replica-1 at
 #        max_num_seqs 64 against 256: 256 streams for ROW_S (120) s with every
 #        weight pinned at 50 (static least_conn), then with the controller
+#   bash docs/benchmarks/stability-gpu/stability_gpu.sh install PARTS  # the bundle,
+#        then this checkout's sources over the bundle's (the code measured)
+#   bash docs/benchmarks/stability-gpu/stability_gpu.sh slow       # on the equal
+#        fleet: `fleet drill slow replica-1` under Poisson load (DRILL_RATE, 12/s),
+#        then the same drill with --static (weights pinned: static least_conn)
+#   bash docs/benchmarks/stability-gpu/stability_gpu.sh eager      # replica-1 with
+#        --enforce-eager (no CUDA graphs: slower steps, same slots): 128 streams
+#        for ROW_S s pinned at 50, then with the controller
 #
 # Each phase fits one device command (at most 600 s) and leaves one archive in $OUT (the reports, the controller's log,
 # fleet status, the start and end of each window in unix seconds, and a pace
 # trace of each load: `fleet bench trace`, replayable in tests).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../../.." && pwd)
 chat_sh="$here/../chat-gpu/chat_gpu.sh"
 prefix=${PREFIX:-/opt/llm-fleet}
 out=${OUT:?OUT names the folder the archive goes to}
-# shellcheck disable=SC1091
-. "$prefix/env.sh"
+if [ "${1:-}" != install ]; then
+  # shellcheck disable=SC1091
+  . "$prefix/env.sh"
+fi
 export PYTHONUNBUFFERED=1
 
 stamp() { echo "$1 $(date +%s.%N)" >> "$work/windows.txt"; }
@@ -72,19 +83,59 @@ session() {
   finish session
 }
 
+install() {
+  local parts=${1:?install needs the folder holding the bundle parts}
+  bash "$chat_sh" install "$parts"
+  # The bundle's sources are the ones it was built from; measure this checkout's.
+  for dir in router nginx prometheus grafana deploy; do
+    rm -rf "${prefix:?}/llm-fleet/$dir"
+    cp -r "$repo/$dir" "$prefix/llm-fleet/$dir"
+  done
+  (cd "$repo" && git rev-parse HEAD 2>/dev/null) > "$prefix/llm-fleet/COMMIT"
+}
+
+rows() {  # TAG STREAMS: static least_conn (weights pinned at 50), then the controller
+  local names
+  names=$(python3 -c "import json; print(' '.join(r['name'] for r in json.load(open('$work/rt/state.json'))['replicas']))")
+  for name in $names; do fleet pin --spec "$work/spec.yaml" --for 3600 "$name" 50 >/dev/null; done
+  bench "static-$1" "$2" "${ROW_S:-120}"
+  for name in $names; do fleet pin --spec "$work/spec.yaml" --clear "$name" >/dev/null; done
+  bench "adaptive-$1" "$2" "${ROW_S:-120}"
+}
+
 unequal() {
   WORK=/root/stability-equal bash "$chat_sh" down >/dev/null 2>&1
   work=/root/stability-unequal
   mkdir -p "$work/results"
   WORK=$work VLLM_REPLICAS='[{}, {max_num_seqs: 64}]' bash "$chat_sh" up
-  local names
-  names=$(python3 -c "import json; print(' '.join(r['name'] for r in json.load(open('$work/rt/state.json'))['replicas']))")
-  for name in $names; do fleet pin --spec "$work/spec.yaml" --for 3600 "$name" 50 >/dev/null; done
-  bench static-256 256 "${ROW_S:-120}"
-  for name in $names; do fleet pin --spec "$work/spec.yaml" --clear "$name" >/dev/null; done
-  bench adaptive-256 256 "${ROW_S:-120}"
+  rows 256 256
   finish unequal
 }
 
-phase=${1:?give a phase: up | steady | equal | session | unequal}
-"$phase"
+slow() {  # the controller's drill, then the same with every weight pinned (static least_conn)
+  work=/root/stability-equal
+  mkdir -p "$work/results"
+  local static
+  for static in "" --static; do
+    stamp "slow${static}-start"
+    fleet drill slow replica-1 --spec "$work/spec.yaml" --load "${DRILL_RATE:-12}" $static \
+      --output-tokens 128-256 --before "${BEFORE_S:-40}" --hold "${HOLD_S:-60}" --after 30 \
+      --out "$work/results/drill-slow${static/--/-}" 2>&1 | tail -n 4
+    stamp "slow${static}-end"
+    fleet status --spec "$work/spec.yaml" > "$work/results/status-after-slow${static/--/-}.txt" 2>&1
+  done
+  finish slow
+}
+
+eager() {
+  WORK=/root/stability-equal bash "$chat_sh" down >/dev/null 2>&1
+  work=/root/stability-eager
+  mkdir -p "$work/results"
+  WORK=$work VLLM_REPLICAS='[{}, {extra_args: [--enforce-eager]}]' bash "$chat_sh" up
+  rows 128 128
+  finish eager
+}
+
+phase=${1:?give a phase: install | up | steady | equal | session | slow | unequal | eager}
+shift
+"$phase" "$@"
