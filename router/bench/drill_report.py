@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from router.bench import stats
-from router.bench.drill import SLOW_FACTOR, DrillResult, window_bounds
+from router.bench.drill import DUTY_PERIOD_S, SLOW_FACTOR, DrillResult, window_bounds
 from router.bench.report import Event, plot_timeline, targets_table
 
 _FAULT_TEXT = {
@@ -16,6 +16,8 @@ _FAULT_TEXT = {
     "hang": "the replica stops answering with its sockets open, then resumes",
     "slow": f"the replica runs at {SLOW_FACTOR:g} of its speed, then recovers",
 }
+_REAL_SLOW_TEXT = (f"the replica's engine processes run {SLOW_FACTOR:g} of every "
+                   f"{DUTY_PERIOD_S * 1000:g} ms (SIGSTOP, SIGCONT), then run freely again")
 
 
 def _secs(value: float | None) -> str:
@@ -84,7 +86,9 @@ def markdown(result: DrillResult, command: str, machine: dict[str, Any], plot: s
              "## What happened", "",
              f"- Load: streamed chat requests, {plan.output_tokens[0]}-{plan.output_tokens[1]} "
              f"output tokens, Poisson arrivals at {plan.rate:g} requests/s through the gateway.",
-             f"- Fault at {_secs(seen.fault_at)}: {_FAULT_TEXT[plan.fault]}"
+             f"- Fault at {_secs(seen.fault_at)}: "
+             + (_REAL_SLOW_TEXT if plan.fault == "slow" and result.engine != "sim"
+                else _FAULT_TEXT[plan.fault])
              + (f"; held {plan.hold_s:g} s." if plan.fault in ("hang", "slow") else "."),
              *_moments(result),
              f"- {result.summary['requests']:,} requests, {result.summary['failed']:,} failed: "

@@ -162,7 +162,8 @@ def cmd_drill(args: argparse.Namespace) -> int:
             raise SpecError(f"{flag} must be 0 seconds or more", hint=f"e.g. {flag} 10")
     plan = drill.DrillPlan(fault=args.fault, replica=args.replica, rate=args.load,
                            before_s=args.before, hold_s=args.hold, after_s=args.after,
-                           recover_timeout_s=args.recover_timeout, static=args.static)
+                           recover_timeout_s=args.recover_timeout, static=args.static,
+                           output_tokens=load.parse_range(args.output_tokens, "--output-tokens"))
     spec = load_spec(args.spec)
     result = drill.run_drill(spec, plan, os.environ.get("FLEET_API_KEY"), progress)
     name = f"drill-{args.fault}-{result.engine}" + ("-static" if args.static else "")
@@ -295,7 +296,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="rollout: N clients streaming back to back instead of --load's "
                         "Poisson arrivals")
     p.add_argument("--output-tokens", default="32-64", metavar="N[-M]",
-                   help="rollout: output tokens per request (default 32-64)")
+                   help="output tokens per request (default 32-64)")
     p.add_argument("--prompt-words", default="32", metavar="N[-M]",
                    help="rollout: prompt words per request (default 32)")
     p.add_argument("--load", type=float, default=10.0, metavar="RATE",

@@ -78,6 +78,8 @@ from router.upstream import BASE_WEIGHT, MAX_WEIGHT, MIN_WEIGHT, clamp_weight
 
 # How long an admin's pin lasts when no duration is given.
 DEFAULT_PIN_TTL_S = 600.0
+# An outlier is released below outlier_latency_ratio ** this (1.22x for 1.5x).
+OUTLIER_RELEASE_EXPONENT = 0.5
 
 
 @dataclass(frozen=True)
@@ -261,11 +263,19 @@ def _pressure(signals: ReplicaSignals, max_age_s: float) -> float | None:
 
 
 def _outlier(ratios: list[float], needed: int, median_pressure: float | None,
-             settings: ControllerSpec) -> str | None:
+             settings: ControllerSpec, was_outlier: bool) -> str | None:
     """Why a replica is a latency outlier, or None. From Prometheus both
     latencies must be slow (``needed`` 2), so one histogram's coarse buckets
-    cannot make an outlier alone; the pace is one exact reading."""
+    cannot make an outlier alone; the pace is one exact reading.
+
+    An outlier stays one until its ratio falls below the release ratio, half
+    way (in log) from even to the limit: a replica slowed to about the limit
+    reads a little above it one round and a little below the next, and
+    without this its weight jumped between the minimum and BASE / limit with
+    a reload each time (seen on an H100: 36, 1, 33, 1 within 20 s)."""
     limit = settings.outlier_latency_ratio
+    if limit and was_outlier:
+        limit = limit ** OUTLIER_RELEASE_EXPONENT
     if not limit or len(ratios) < needed or min(ratios) < limit:
         return None
     if median_pressure is None or median_pressure >= settings.outlier_max_pressure:
@@ -358,7 +368,8 @@ def decide(snapshot: Snapshot, previous: Decision | None, settings: ControllerSp
 
         latency = _latency(r, snapshot, signals[r], medians, len(in_rotation), settings)
         ratios, terms = latency.ratios, list(latency.terms)
-        outlier = _outlier(ratios, latency.outlier_needs, median_pressure, settings)
+        outlier = _outlier(ratios, latency.outlier_needs, median_pressure, settings,
+                           was_outlier=bool(before and before.outlier))
         if outlier:
             terms.append(outlier)
         room = snapshot.capacity.get(r)

@@ -85,7 +85,9 @@ def test_a_hung_replica_leaves_rotation_until_it_answers(sim_fleet: Path, tmp_pa
 
 
 def test_a_slow_replica_stays_in_rotation(sim_fleet: Path, tmp_path: Path) -> None:
-    result = _drill(sim_fleet, tmp_path, "slow", "replica-0", "--hold", "2")
+    result = _drill(sim_fleet, tmp_path, "slow", "replica-0", "--hold", "2",
+                    "--output-tokens", "16-24")
+    assert "16-24 output tokens" in (tmp_path / "README.md").read_text()
     assert result["moments_s"]["cleared"] is not None
     assert result["moments_s"]["out_of_rotation"] is None
     assert result["summary"]["failed"] == 0

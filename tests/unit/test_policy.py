@@ -64,6 +64,24 @@ def test_a_replica_slow_on_both_latencies_is_an_outlier_at_minimum_weight() -> N
     assert decision.down() == frozenset()  # still served a trickle, still measured
 
 
+def test_an_outlier_is_released_only_well_below_the_limit() -> None:
+    """About the limit, the ratio reads a little above and below it by turns:
+    the weight stays at the minimum instead of jumping with a reload each."""
+    def slowed(ratio: float) -> Snapshot:
+        return snap({r: fast() for r in R} | {"replica-3": fast(ttft=0.05 * ratio, e2e=ratio)})
+
+    first = decide(slowed(1.6), None, SETTINGS)
+    assert first.weights()["replica-3"] == 1
+    below_limit = decide(slowed(1.3), first, SETTINGS)
+    assert below_limit.weights()["replica-3"] == 1
+    assert "outlier" in below_limit.reasons()["replica-3"]
+    released = decide(slowed(1.15), below_limit, SETTINGS)
+    assert released.weights()["replica-3"] == round(50 / 1.15)
+    assert "outlier" not in released.reasons()["replica-3"]
+    # Never an outlier before: 1.3x is an ordinary slower replica.
+    assert decide(slowed(1.3), None, SETTINGS).weights()["replica-3"] == round(50 / 1.3)
+
+
 def test_a_busy_fleet_keeps_the_outliers_capacity() -> None:
     busy = {r: fast(kv=0.9) for r in R}
     signals = busy | {"replica-3": fast(ttft=0.15, e2e=3.0, kv=0.9)}

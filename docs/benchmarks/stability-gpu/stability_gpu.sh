@@ -18,7 +18,8 @@
 #        then this checkout's sources over the bundle's (the code measured)
 #   bash docs/benchmarks/stability-gpu/stability_gpu.sh slow       # on the equal
 #        fleet: `fleet drill slow replica-1` under Poisson load (DRILL_RATE, 12/s),
-#        then the same drill with --static (weights pinned: static least_conn)
+#        then the same drill with --static (weights pinned: static least_conn;
+#        STATIC_TOO=0 leaves it out), each with a pace trace beside it
 #   bash docs/benchmarks/stability-gpu/stability_gpu.sh eager      # replica-1 with
 #        --enforce-eager (no CUDA graphs: slower steps, same slots): 128 streams
 #        for ROW_S s pinned at 50, then with the controller
@@ -115,12 +116,16 @@ unequal() {
 slow() {  # the controller's drill, then the same with every weight pinned (static least_conn)
   work=/root/stability-equal
   mkdir -p "$work/results"
-  local static
-  for static in "" --static; do
+  local static variants=("" --static)
+  [ "${STATIC_TOO:-1}" = 1 ] || variants=("")
+  for static in "${variants[@]}"; do
     stamp "slow${static}-start"
+    fleet bench trace --spec "$work/spec.yaml" --duration $((${BEFORE_S:-40} + ${HOLD_S:-60} + 30)) \
+      --out "$work/results/trace-slow${static/--/-}.jsonl" > /dev/null 2>&1 &
     fleet drill slow replica-1 --spec "$work/spec.yaml" --load "${DRILL_RATE:-12}" $static \
       --output-tokens 128-256 --before "${BEFORE_S:-40}" --hold "${HOLD_S:-60}" --after 30 \
       --out "$work/results/drill-slow${static/--/-}" 2>&1 | tail -n 4
+    wait
     stamp "slow${static}-end"
     fleet status --spec "$work/spec.yaml" > "$work/results/status-after-slow${static/--/-}.txt" 2>&1
   done
