@@ -89,6 +89,9 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
     "pace-gpu-h200-equal-128.jsonl",
     # One H100, the same pair, 128 steady streams, probes twice a second.
     "pace-gpu-h100-equal-128.jsonl",
+    # A later H100 lease, after the noise was read around each replica's own
+    # median: 150 s of the same 128 streams (stability-gpu/runs/h100-b).
+    "pace-gpu-h100-equal-128-b.jsonl",
     # The same H100 lease: the chat scenario's conversations, least_conn then
     # session affinity, the load under which weights once swung 78 -> 1.
     "pace-gpu-h100-chat-96.jsonl",

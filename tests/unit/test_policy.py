@@ -13,6 +13,7 @@ from router.controller.policy import (
     Decision,
     Health,
     Override,
+    PaceSignal,
     ReplicaDecision,
     ReplicaSignals,
     Sample,
@@ -80,6 +81,26 @@ def test_an_outlier_is_released_only_well_below_the_limit() -> None:
     assert "outlier" not in released.reasons()["replica-3"]
     # Never an outlier before: 1.3x is an ordinary slower replica.
     assert decide(slowed(1.3), None, SETTINGS).weights()["replica-3"] == round(50 / 1.3)
+
+
+def test_pace_levels_about_the_outlier_limit_hold_the_minimum_weight() -> None:
+    """The levels an H100 replica slowed by the drill read, one alarm after
+    another (stability-gpu/runs/h100-b): before, weights 36, 1, 33, 1."""
+    pair = ("replica-0", "replica-1")
+
+    def pace(ratio: float) -> PaceSignal:
+        return PaceSignal(ratio=ratio, zone="slow" if ratio > 1 else "fast", deviation=ratio,
+                          statistic=0.0, threshold=0.1, rounds=4, moved_at=NOW,
+                          moved_on_rounds=4, seconds_per_token=0.01, batch=30.0, at=NOW)
+
+    weights, decision = [], None
+    for level in (1.40, 2.01, 1.495, 1.84):  # 1.495: logged as "1.50", weighted 33
+        snapshot = Snapshot(now=NOW, replicas=pair, signals={r: fast() for r in pair},
+                            pace={"replica-0": pace(1 / level), "replica-1": pace(level)},
+                            pacing=True)
+        decision = decide(snapshot, decision, SETTINGS)
+        weights.append(decision.weights()["replica-1"])
+    assert weights == [36, 1, 1, 1]
 
 
 def test_a_busy_fleet_keeps_the_outliers_capacity() -> None:
