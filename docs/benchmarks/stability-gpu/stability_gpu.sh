@@ -104,13 +104,17 @@ rows() {  # TAG STREAMS: static least_conn (weights pinned at 50), then the cont
   bench "adaptive-$1" "$2" "${ROW_S:-120}"
 }
 
-unequal() {
+unequal_pair() {  # NAME REPLICAS STREAMS: a fresh fleet with vllm.replicas REPLICAS, both rows
   WORK=/root/stability-equal bash "$chat_sh" down >/dev/null 2>&1
-  work=/root/stability-unequal
+  work=/root/stability-$1
   mkdir -p "$work/results"
-  WORK=$work VLLM_REPLICAS='[{}, {max_num_seqs: 64}]' bash "$chat_sh" up
-  rows 256 256
-  finish unequal
+  WORK=$work VLLM_REPLICAS=$2 bash "$chat_sh" up
+  rows "$3" "$3"
+  finish "$1"
+}
+
+unequal() {
+  unequal_pair unequal '[{}, {max_num_seqs: 64}]' 256
 }
 
 slow() {  # the controller's drill, then the same with every weight pinned (static least_conn)
@@ -133,12 +137,7 @@ slow() {  # the controller's drill, then the same with every weight pinned (stat
 }
 
 eager() {
-  WORK=/root/stability-equal bash "$chat_sh" down >/dev/null 2>&1
-  work=/root/stability-eager
-  mkdir -p "$work/results"
-  WORK=$work VLLM_REPLICAS='[{}, {extra_args: [--enforce-eager]}]' bash "$chat_sh" up
-  rows 128 128
-  finish eager
+  unequal_pair eager '[{}, {extra_args: [--enforce-eager]}]' 128
 }
 
 phase=${1:?give a phase: install | up | steady | equal | session | slow | unequal | eager}
