@@ -305,19 +305,6 @@ OVERVIEW = Dashboard(
                   "In rotation (the gateway sends them traffic), healthy (the controller's "
                   "probes pass) and scraped (Prometheus reaches /metrics).", width=24),
         )),
-        Row("Priority classes", (
-            Panel("Admitted and shed per class", "reqps",
-                  (Target('sum by (priority_class) (rate(fleet_gateway_class_requests_total'
-                          f'{{job="gateway_log",status!="429"}}[{RATE}]))',
-                          "{{priority_class}} admitted"),
-                   Target('sum by (priority_class) (rate(fleet_gateway_class_requests_total'
-                          f'{{job="gateway_log",status="429"}}[{RATE}]))',
-                          "{{priority_class}} shed (429)")),
-                  "Inference requests by priority class (spec priority; empty when classes "
-                  "are off). Shed: answered 429 at the gateway by the class's "
-                  "max_in_flight cap or a key limit; FleetClassShedding fires when it lasts "
-                  "ten minutes.", width=24),
-        )),
     ),
 )
 

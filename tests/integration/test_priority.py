@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +17,6 @@ from router.disk.keys import KeyStore, save_store
 from router.disk.paths import RuntimePaths
 from tests.support.backend import Backend
 from tests.support.harness import Running, free_port_block, gateway, plan_for, wait_for
-from tests.unit.test_mtail import one_shot
 
 pytestmark = pytest.mark.integration
 
@@ -138,8 +135,7 @@ def test_the_access_log_names_each_request_level(gw: tuple[Running, Backend, dic
         lines = running.paths.access_log.read_text().splitlines()
         return next((json.loads(line) for line in lines if request_id in line), None)
 
-    line = wait_for(logged, 30, "the request's access log line")
-    assert (line["priority"], line["class"]) == ("2", "batch")
+    assert wait_for(logged, 30, "the request's access log line")["priority"] == "2"
 
 
 def test_a_class_at_its_cap_is_refused_at_once_and_the_others_pass(
@@ -174,25 +170,3 @@ def test_a_class_at_its_cap_is_refused_at_once_and_the_others_pass(
     # The slot is free again once the stream ended.
     assert wait_for(lambda: _post(running, CHAT, secrets["jobs"]).status_code == 200, 30,
                     "the batch class's slot to be free")
-
-
-def test_the_log_exporter_counts_requests_per_class_and_status(
-        gw: tuple[Running, Backend, dict], tmp_path: Path) -> None:
-    """mtail over this gateway's own access log: what the dashboards' per-class
-    panel and FleetClassShedding read. Every inference line of the log is
-    counted under its class, and nothing else is."""
-    running, _, secrets = gw
-    ids = [_post(running, CHAT, secrets[key]).headers["X-Request-Id"] for key in ("chat", "jobs")]
-    wait_for(lambda: all(i in running.paths.access_log.read_text() for i in ids), 30,
-             "both requests' access log lines")
-    text = running.paths.access_log.read_text()
-    text = text[:text.rfind("\n") + 1]  # whole lines: the gateway keeps writing
-    lines = [json.loads(line) for line in text.splitlines()]
-    expected = Counter((line["class"], str(line["status"])) for line in lines
-                       if line["route"] in {"chat", "completions", "responses", "embeddings"})
-    assert expected[("batch", "200")] >= 1 and expected[("interactive", "200")] >= 1
-    log = tmp_path / "access.log"
-    log.write_text(text)
-    counted = one_shot(log)["fleet_gateway_class_requests_total"]
-    assert {(dict(k)["priority_class"], dict(k)["status"]): v
-            for k, v in counted.items()} == dict(expected)
