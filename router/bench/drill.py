@@ -41,7 +41,7 @@ from router.disk.paths import RuntimePaths
 from router.errors import ClusterError, SpecError
 from router.fleet_status import PublicFleetStatus
 from router.runtime.cluster import controller_call
-from router.runtime.procs import descendants
+from router.runtime.procs import cmdline, descendants
 from router.runtime.state import ClusterState
 from router.runtime.supervise import Supervisor
 from router.upstream import BASE_WEIGHT
@@ -54,7 +54,7 @@ SLOW_FACTOR = 0.33
 # the tokens arrive in bursts, a stall pattern rather than a slower card.
 DUTY_PERIOD_S = 0.02
 # vLLM names its engine processes (setproctitle) VLLM::EngineCore, ::Worker.
-ENGINE_TITLE = b"VLLM::"
+ENGINE_TITLE = "VLLM::"
 POLL_S = 0.2
 
 Progress = Callable[[str], None]
@@ -179,7 +179,7 @@ class FaultInjector:
         """The processes that run the model; the whole tree for an engine that
         runs inside its API server."""
         tree = self._tree()
-        engine = [pid for pid in tree if _cmdline(pid).startswith(ENGINE_TITLE)]
+        engine = [pid for pid in tree if cmdline(pid).startswith(ENGINE_TITLE)]
         return engine or tree
 
     def _sim_faults(self, **faults: object) -> None:
@@ -215,14 +215,6 @@ class FaultInjector:
         elif fault == "slow" and self.throttle is not None:
             self.throttle.stop()
             self.throttle = None
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            return cmdline.read()
-    except OSError:
-        return b""
 
 
 def _signal(pid: int, sig: int) -> None:
