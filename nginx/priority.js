@@ -13,6 +13,12 @@
 // answers them with its own 400, as without classes. When the body has no
 // `priority`, the field is added before the closing brace and every other
 // byte stays as the client sent it (no re-encoding of numbers or strings).
+//
+// `shed` answers a request of a class the controller sheds for the fleet's
+// saturation (priority.shed_queue_wait_s): nginx.conf found the class's flag
+// file, which holds the Retry-After and the controller's reason.
+
+import fs from 'fs';
 
 function withPriority(text, level) {
     if (!text) {
@@ -49,4 +55,42 @@ function body(r) {
     return withPriority(text, Number(r.variables.fleet_priority));
 }
 
-export default {body, withPriority};
+// The answer to a shed request, from the flag file's text (it may be gone
+// or half-read by now: a second then, with a generic reason).
+function shedAnswer(flagText, className) {
+    var retry = 1;
+    var reason = 'the fleet is saturated';
+    try {
+        var flag = JSON.parse(flagText);
+        if (flag.retry_after_s >= 1) {
+            retry = Math.round(flag.retry_after_s);
+        }
+        if (typeof flag.reason === 'string') {
+            reason = flag.reason;
+        }
+    } catch (e) {
+        // keep the defaults
+    }
+    var message = 'the fleet is full for priority class ' + className + ' (' + reason +
+        '); retry after the seconds in the Retry-After header';
+    return {retry: retry, body: JSON.stringify({error: {message: message,
+        type: 'ServiceUnavailableError', param: null, code: 503}}) + '\n'};
+}
+
+// js_content for the shed named location.
+function shed(r) {
+    var className = r.variables.fleet_class;
+    var text = '';
+    try {
+        text = fs.readFileSync(r.variables.fleet_shed_dir + '/' + className, 'utf8');
+    } catch (e) {
+        // the controller let the class back in since nginx tested the flag
+    }
+    var answer = shedAnswer(text, className);
+    r.headersOut['Content-Type'] = 'application/json';
+    r.headersOut['Retry-After'] = String(answer.retry);
+    r.headersOut['X-Request-Id'] = r.variables.request_id;
+    r.return(503, answer.body);
+}
+
+export default {body, withPriority, shed, shedAnswer};

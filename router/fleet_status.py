@@ -131,6 +131,27 @@ class PaceTestView(_Model):
     detection_rounds: dict[str, float]
 
 
+class ClassAdmission(_Model):
+    """One priority class the gateway may shed for the fleet's queue wait."""
+
+    name: str
+    limit_s: float
+    shed: bool
+    retry_after_s: int
+    reason: str
+
+
+class AdmissionView(_Model):
+    """Shedding from saturation (spec priority.shed_queue_wait_s): the fleet's
+    queue as last read, and each class's verdict."""
+
+    queue_wait_s: float | None
+    waiting: float | None
+    finished_per_s: float | None
+    error: str | None
+    classes: list[ClassAdmission]
+
+
 class FleetStatus(_Model):
     """The controller's GET /status."""
 
@@ -138,6 +159,8 @@ class FleetStatus(_Model):
     prometheus: PrometheusView
     pace_test: PaceTestView | None
     last_decision: DecisionRecord | None
+    # None when no class is shed for saturation.
+    admission: AdmissionView | None = None
 
     def replica(self, name: str) -> ReplicaStatus | None:
         return next((r for r in self.replicas if r.name == name), None)

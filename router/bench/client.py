@@ -165,7 +165,8 @@ async def run_request(conn: Connection, body: bytes, stream: bool, run_start: fl
             text = b""
         return RequestRecord(start, answer.status, replica, error_phase=HTTP_STATUS,
                              error=text[:300].decode(errors="replace"),
-                             refused_in=time.perf_counter() - sent)
+                             refused_in=time.perf_counter() - sent,
+                             retry_after=_seconds(answer.headers.get("retry-after")))
     if not stream:
         return await _whole(conn, answer, start, sent, replica)
     return await _streamed(conn, answer, start, sent, replica)
@@ -221,3 +222,11 @@ async def _streamed(conn: Connection, answer: _Answer, start: float, sent: float
     return RequestRecord(start, 200, replica, ttft=ttft, e2e=end - sent, itl=gaps,
                          output_tokens=usage_tokens if usage_tokens is not None
                          else len(token_times))
+
+
+def _seconds(header: str | None) -> float | None:
+    """A Retry-After in seconds; None when absent or an HTTP date."""
+    try:
+        return None if header is None else float(header)
+    except ValueError:
+        return None

@@ -52,6 +52,8 @@ class RequestRecord:
     error: str | None = None
     # A non-200's seconds from sending to its whole answer (a 429's speed).
     refused_in: float | None = None
+    # Its Retry-After header, in seconds.
+    retry_after: float | None = None
 
     @property
     def ok(self) -> bool:

@@ -15,6 +15,7 @@ from router.cli.common import progress, spec_arg, table
 from router.config.spec import load_spec
 from router.disk.paths import RuntimePaths
 from router.errors import ClusterError, SpecError
+from router.fleet_status import AdmissionView
 from router.host.machine import detect
 from router.render.programs import replica_program
 from router.runtime import apply, cluster
@@ -69,6 +70,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         done = status.rollout.done
         print(f"\nfleet apply to spec {status.rollout.generation} under way: "
               f"{status.rollout.step}" + (f" (done: {', '.join(done)})" if done else ""))
+    admission = status.controller.admission if status.controller else None
+    if admission is not None:
+        print("\n" + _admission_line(admission))
     paths = RuntimePaths(spec.runtime_dir)
     for r in status.replicas:
         if r.state in ("FATAL", "BACKOFF"):
@@ -86,6 +90,16 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"Prometheus {_size(disk.prometheus)}; bounded by logs.* and "
               "prometheus.retention_size)")
     return 0
+
+
+def _admission_line(admission: AdmissionView) -> str:
+    wait = ("unknown" if admission.waiting is None else
+            "no drain" if admission.queue_wait_s is None else f"{admission.queue_wait_s:g}s")
+    classes = ", ".join(
+        f"{c.name} {'SHED (Retry-After ' + str(c.retry_after_s) + 's)' if c.shed else 'admitted'}"
+        f" at {c.limit_s:g}s" for c in admission.classes)
+    line = f"queue wait: {wait}; {classes}"
+    return line + (f"\n  Prometheus: {admission.error}" if admission.error else "")
 
 
 def _unsupervised_report(status: cluster.ClusterStatus) -> str:

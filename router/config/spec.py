@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import itertools
 import os
 import re
 from dataclasses import dataclass
@@ -209,6 +210,22 @@ class PrioritySpec(_Model):
     # 429 with Retry-After at once, and the 4 slots batch cannot take stay
     # free for the higher classes (a replica does not preempt running work).
     max_in_flight: dict[str, int] = {}
+    # Shedding from the fleet's saturation, e.g. {batch: 10, default: 30}:
+    # while the fleet's queue wait (requests waiting in the replicas over the
+    # rate they finish, from Prometheus) is above a class's value, the
+    # gateway answers that class 503 at once, with a Retry-After of the time
+    # the queue needs to drain to half that value. Lower classes are shed
+    # first: a class listed needs every class below it listed, at a value no
+    # higher. A class left out is never shed this way.
+    shed_queue_wait_s: dict[str, float] = {}
+
+    @field_validator("shed_queue_wait_s")
+    @classmethod
+    def _positive_waits(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, wait in value.items():
+            if not 0 < wait <= 3600:
+                raise ValueError(f"{name}: {wait} s; give more than 0 and at most 3600")
+        return value
 
     @field_validator("max_in_flight")
     @classmethod
@@ -245,6 +262,23 @@ class PrioritySpec(_Model):
         if unknown:
             raise ValueError(f"max_in_flight names {', '.join(unknown)}, not a class; the "
                              f"classes are {', '.join(self.classes)}")
+        return self
+
+    @model_validator(mode="after")
+    def _lowest_shed_first(self) -> PrioritySpec:
+        waits = self.shed_queue_wait_s
+        unknown = sorted(set(waits) - set(self.classes))
+        if unknown:
+            raise ValueError(f"shed_queue_wait_s names {', '.join(unknown)}, not a class; "
+                             f"the classes are {', '.join(self.classes)}")
+        for higher, lower in itertools.pairwise(self.classes):
+            if higher in waits and lower not in waits:
+                raise ValueError(f"shed_queue_wait_s sheds {higher} but not {lower}, a lower "
+                                 f"class; give {lower} a value no higher than {higher}'s")
+            if higher in waits and waits[lower] > waits[higher]:
+                raise ValueError(f"shed_queue_wait_s: {lower} ({waits[lower]:g} s) would be "
+                                 f"shed after {higher} ({waits[higher]:g} s), a higher class; "
+                                 f"give {lower} at most {waits[higher]:g}")
         return self
 
     def level(self, name: str | None) -> int:
@@ -769,6 +803,16 @@ class ClusterSpec(_Model):
                                  f"{len(self.external_replicas)}; set replicas: auto")
         elif self.external_replicas:
             raise ValueError("external_replicas is only read with engine: external")
+        return self
+
+    @model_validator(mode="after")
+    def _shedding_reads_the_fleet(self) -> ClusterSpec:
+        if self.priority.shed_queue_wait_s and not (
+                self.priority.enabled and self.controller.enabled and self.prometheus.enabled):
+            raise ValueError("priority.shed_queue_wait_s needs priority.enabled, "
+                             "controller.enabled and prometheus.enabled: the controller "
+                             "reads the fleet's queue from Prometheus; turn them on or "
+                             "remove shed_queue_wait_s")
         return self
 
     def generation(self) -> str:

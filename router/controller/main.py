@@ -9,6 +9,7 @@ import uvicorn
 
 from router.config.spec import ClusterSpec
 from router.controller.actuator import Actuator
+from router.controller.admission import AdmissionInput, ShedBoard, queue_rate_window_s
 from router.controller.api import create_app
 from router.controller.inputs import Input, PaceInput, PrometheusInput
 from router.controller.metrics import ControllerMetrics
@@ -20,6 +21,7 @@ from router.controller.signals import PrometheusClient
 from router.disk.paths import RuntimePaths, read_admin_token
 from router.errors import ClusterError
 from router.fleet_status import PublicRollout
+from router.host.machine import nginx_run_user, shed_dir
 from router.runtime.applying import read_rollout
 from router.runtime.state import ClusterState
 from router.runtime.supervise import Supervisor
@@ -71,6 +73,15 @@ def run(spec: ClusterSpec) -> None:
             PrometheusClient(f"http://127.0.0.1:{spec.prometheus.port}",
                              spec.controller.query_timeout_s),
             spec.controller, time.time, metrics))
+    if spec.priority.shed_queue_wait_s:
+        # Its own client: closing one input must not close another's.
+        inputs.append(AdmissionInput(
+            PrometheusClient(f"http://127.0.0.1:{spec.prometheus.port}",
+                             spec.controller.query_timeout_s),
+            ShedBoard(shed_dir(paths.root, nginx_run_user(), paths.shed_dir)),
+            spec.priority.shed_queue_wait_s,
+            window=f"{queue_rate_window_s(spec.prometheus.scrape_interval_s)}s",
+            interval_s=spec.controller.evaluate_interval_s, clock=time.time, metrics=metrics))
     # A pooling model generates no tokens for the pace probes to time.
     if spec.controller.pace.enabled and spec.model.runner == "generate":
         slots = {r.name: r.max_num_seqs for r in state.replicas if r.max_num_seqs is not None}

@@ -77,6 +77,14 @@ class ControllerMetrics:
                               "(gateway.affinity's load bound: its pressure is well above the "
                               "fleet's median).",
                               ["replica"], registry=reg)
+        self.class_shed = Gauge("fleet_controller_class_shed",
+                                "1 while the gateway sheds the priority class for the "
+                                "fleet's queue wait (priority.shed_queue_wait_s), else 0.",
+                                ["priority_class"], registry=reg)
+        self.queue_wait = Gauge("fleet_controller_queue_wait_seconds",
+                                "Requests waiting in the replicas in rotation over the rate "
+                                "they finish: how long a new request waits to start, about.",
+                                registry=reg)
         for result in RELOAD_RESULTS:
             self.reloads.labels(result=result)
         for applied in ("true", "false"):

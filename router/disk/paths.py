@@ -144,6 +144,12 @@ class RuntimePaths:
         """Held by the one replica of a shared GPU that is starting."""
         return self.root / "run" / f"start-{device}.lock"
 
+    @property
+    def shed_dir(self) -> Path:
+        """The shed flags' folder when nginx's workers run as we do
+        (router.host.machine.shed_dir says where they are otherwise)."""
+        return self.root / "run" / "shed"
+
     def log(self, program: str) -> Path:
         return self.logs_dir / f"{program}.log"
 

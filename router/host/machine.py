@@ -28,6 +28,11 @@ MTAIL_PROGRAMS = REPO_ROOT / "nginx" / "mtail"
 # reach a checkout under /root or a private temp folder; the console is then
 # served from a root-owned, world-readable copy here, one folder per content.
 CONSOLE_STAGING = Path("/var/cache/llm-fleet/console")
+# The classes the controller sheds (spec priority.shed_queue_wait_s), one
+# flag file each, tested by nginx's workers on every request: with workers
+# running as nobody they live here, one folder per runtime directory, on
+# the tmpfs a reboot clears.
+SHED_STAGING = Path("/run/llm-fleet/shed")
 
 # Each system program a cluster runs, and the Debian package that brings it.
 PACKAGES: Mapping[str, str] = {
@@ -106,6 +111,16 @@ def console_root(run_user: str | None, source: Path = CONSOLE_SOURCE,
                  staging: Path = CONSOLE_STAGING) -> Path:
     """Where nginx serves the console from (see CONSOLE_STAGING)."""
     return source if run_user is None else staging / console_digest(source)
+
+
+def shed_dir(runtime_root: Path, run_user: str | None, own: Path,
+             staging: Path = SHED_STAGING) -> Path:
+    """Where the shed flags of the cluster in ``runtime_root`` live (see
+    SHED_STAGING); ``own``: the runtime directory's folder for them."""
+    if run_user is None:
+        return own
+    digest = hashlib.sha256(str(runtime_root.resolve()).encode()).hexdigest()[:12]
+    return staging / digest
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,8 @@ TAG = "llm-fleet"
 # Panels filter on the dashboard's replica variable; "All" matches any.
 REPLICA = 'replica=~"$replica"'
 RATE = "$__rate_interval"
+# What the gateway answers a request it sheds: a cap or key limit, or saturation.
+SHED_STATUSES = "429|503"
 
 
 @dataclass(frozen=True)
@@ -304,6 +306,31 @@ OVERVIEW = Dashboard(
                    Target('sum(up{job="vllm"})', "scraped")),
                   "In rotation (the gateway sends them traffic), healthy (the controller's "
                   "probes pass) and scraped (Prometheus reaches /metrics).", width=24),
+        )),
+        Row("Priority classes", (
+            Panel("Admitted and shed per class", "reqps",
+                  (Target('sum by (priority_class) (rate(fleet_gateway_class_requests_total'
+                          f'{{job="gateway_log",status!~"{SHED_STATUSES}"}}[{RATE}]))',
+                          "{{priority_class}} admitted"),
+                   Target('sum by (priority_class, status) (rate('
+                          'fleet_gateway_class_requests_total'
+                          f'{{job="gateway_log",status=~"{SHED_STATUSES}"}}[{RATE}]))',
+                          "{{priority_class}} shed ({{status}})")),
+                  "Inference requests by priority class (spec priority; empty when classes "
+                  "are off). Shed at the gateway: 429 by the class's max_in_flight cap or a "
+                  "key limit, 503 while the fleet's queue wait is above the class's "
+                  "shed_queue_wait_s. FleetClassShedding fires when it lasts ten minutes.",
+                  width=12),
+            Panel("Queue wait and classes shed", "s",
+                  (Target("max(fleet_controller_queue_wait_seconds)", "queue wait"),
+                   Target("max by (priority_class) (fleet_controller_class_shed) * "
+                          "scalar(max(fleet_controller_queue_wait_seconds))",
+                          "{{priority_class}} shed")),
+                  "The controller's estimate of how long a new request waits before a "
+                  "replica starts it: requests waiting in the replicas in rotation over the "
+                  "rate they finish. A class's line shows the wait while the class is shed "
+                  "(503 with Retry-After) and 0 while it is admitted "
+                  "(priority.shed_queue_wait_s; no data when that is not set).", width=12),
         )),
     ),
 )

@@ -10,7 +10,7 @@ from router.affinity import AffinityMode
 from router.config.plan import ClusterPlan
 from router.config.spec import ClusterSpec, GatewaySpec
 from router.disk.paths import RuntimePaths
-from router.host.machine import MachineFacts
+from router.host.machine import MachineFacts, shed_dir
 from router.render.templates import template
 from router.upstream import VERSION_PLACEHOLDER, stamp_version
 
@@ -80,9 +80,13 @@ class PriorityView:
     header_hint: str
     # (class, its level, requests in flight at most across the fleet).
     caps: tuple[tuple[str, int, int], ...] = ()
+    # The folder of the controller's shed flags, one file per class shed for
+    # the fleet's queue wait; None when no class is shed that way.
+    shed_dir: Path | None = None
 
 
-def priority_view(spec: ClusterSpec, script: Path) -> PriorityView | None:
+def priority_view(spec: ClusterSpec, script: Path,
+                  shed_dir: Path | None = None) -> PriorityView | None:
     priority = spec.priority
     if not priority.enabled:
         return None
@@ -95,6 +99,7 @@ def priority_view(spec: ClusterSpec, script: Path) -> PriorityView | None:
         script=script, classes=classes, levels=levels, unknown_key_level=len(classes) - 1,
         caps=tuple((name, classes.index(name), cap)
                    for name, cap in priority.max_in_flight.items()),
+        shed_dir=shed_dir if priority.shed_queue_wait_s else None,
         header_hint=(f"send one of {', '.join(classes)} (highest first); a request may lower "
                      "the class of its API key, never raise it"))
 
@@ -176,7 +181,8 @@ def nginx_view(plan: ClusterPlan, paths: RuntimePaths, machine: MachineFacts) ->
                    if spec.gateway.affinity.keyed or spec.priority.enabled else None),
         affinity_script=machine.affinity_script,
         routes=API_ROUTES[spec.model.runner],
-        priority=priority_view(spec, machine.priority_script),
+        priority=priority_view(spec, machine.priority_script,
+                               shed_dir(paths.root, machine.run_user, paths.shed_dir)),
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
@@ -33,6 +34,7 @@ from router.disk.paths import (
 from router.errors import ClusterError, ModelError
 from router.fleet_status import FleetStatus
 from router.host.devices import Inventory, discover
+from router.host.machine import nginx_run_user, shed_dir
 from router.models import store as model_store
 from router.runtime.applying import RolloutProgress, read_rollout
 from router.runtime.configs import write_checked
@@ -436,6 +438,8 @@ def down(spec: ClusterSpec, progress: Progress) -> list[int]:
             os.kill(leftover, 9)
         except ProcessLookupError:
             pass
+    # A class shed when the controller stopped must not be shed by the next gateway.
+    shutil.rmtree(shed_dir(paths.root, nginx_run_user(), paths.shed_dir), ignore_errors=True)
     progress("stopped")
     return left
 

@@ -51,6 +51,8 @@ RATE_INTERVAL = "10s"
 # Panels that may show no data here, each with the reason. Keep it empty
 # unless a panel truly cannot have data in a test fleet.
 EXCUSED: dict[tuple[str, str], str] = {}
+# Batch requests the live fleet lets in flight at once (priority.max_in_flight).
+BATCH_CAP = 1
 
 
 @dataclass
@@ -63,7 +65,13 @@ class Load:
     stop: threading.Event = field(default_factory=threading.Event)
 
     def _send(self, turn: int, session: requests.Session) -> requests.Response:
-        if turn % 10 == 0:
+        if turn % 10 == 8:
+            # The batch class's one slot (BATCH_CAP) is mostly held by
+            # hold_batch_slot: most of these are shed with 429, the rest admitted.
+            return session.post(f"{self.url}/v1/completions", timeout=30,
+                                headers={"X-Fleet-Priority": "batch"}, json={
+                                    "model": "sim-model", "prompt": "hi", "max_tokens": 4})
+        if turn % 10 == 4:
             # nginx answers this one itself: a 404 from "gateway".
             return session.get(f"{self.url}/v1/no-such-endpoint", timeout=10)
         if turn % 3 == 0:
@@ -77,6 +85,20 @@ class Load:
         if response.status_code == 200:
             self.served[response.headers["X-Fleet-Replica"]] += 1
         return response
+
+    def hold_batch_slot(self) -> None:
+        """Keep a long batch stream in flight, one after another."""
+        with requests.Session() as session:
+            while not self.stop.is_set():
+                response, _ = resend_on_reset(session, lambda s: s.post(
+                    f"{self.url}/v1/completions", timeout=60,
+                    headers={"X-Fleet-Priority": "batch"}, json={
+                        "model": "sim-model", "prompt": "hold", "max_tokens": 64,
+                        "stream": True}))
+                response.content  # noqa: B018
+                self.statuses[response.status_code] += 1
+                if response.status_code != 200:
+                    self.stop.wait(0.2)
 
     def run(self) -> None:
         with requests.Session() as session:
@@ -130,11 +152,19 @@ def _without_data(prometheus: str, panel_queries: list[Query], start: float) -> 
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveFleet]:
+    # Priority classes with a capped batch class, so the per-class panel has
+    # both admitted and shed requests to show.
     with running_fleet(tmp_path_factory.mktemp("observability"), 2,
                        controller={"evaluate_interval_s": 1, "latency_window": "10s",
-                                   "min_reload_interval_s": 2}) as running:
+                                   "min_reload_interval_s": 2},
+                       priority={"enabled": True,
+                                 "max_in_flight": {"batch": BATCH_CAP},
+                                 # Far above this fleet's queue: the controller
+                                 # reports the wait and sheds nothing.
+                                 "shed_queue_wait_s": {"batch": 600}}) as running:
         load = Load(running.url)
         workers = [threading.Thread(target=load.run, daemon=True) for _ in range(3)]
+        workers.append(threading.Thread(target=load.hold_batch_slot, daemon=True))
         started = time.time()
         try:
             for worker in workers:

@@ -6,17 +6,23 @@ client sent it. One lightweight backend stands in for the replica."""
 from __future__ import annotations
 
 import json
+import shutil
 import threading
+from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
+from router.controller.admission import ClassState, ShedBoard
 from router.disk.keys import KeyStore, save_store
 from router.disk.paths import RuntimePaths
+from router.host.machine import detect, shed_dir
 from tests.support.backend import Backend
 from tests.support.harness import Running, free_port_block, gateway, plan_for, wait_for
+from tests.unit.test_mtail import one_shot
 
 pytestmark = pytest.mark.integration
 
@@ -41,10 +47,14 @@ def gw(request: pytest.FixtureRequest,
     RuntimePaths(runtime).create()
     save_store(RuntimePaths(runtime).api_keys, store)
     plan = plan_for(runtime, 1, base, auth={"enabled": True},
-                    priority={"enabled": True, "max_in_flight": {"batch": 1}},
+                    priority={"enabled": True, "max_in_flight": {"batch": 1},
+                              "shed_queue_wait_s": {"batch": 10}},
                     gateway={"affinity": request.param})
     with Backend(base, "replica-0") as backend, gateway(plan) as running:
-        yield running, backend, secrets
+        try:
+            yield running, backend, secrets
+        finally:
+            shutil.rmtree(_board(running).folder, ignore_errors=True)
 
 
 def _post(gw: Running, body: bytes, key: str, stream: bool = False,
@@ -135,7 +145,8 @@ def test_the_access_log_names_each_request_level(gw: tuple[Running, Backend, dic
         lines = running.paths.access_log.read_text().splitlines()
         return next((json.loads(line) for line in lines if request_id in line), None)
 
-    assert wait_for(logged, 30, "the request's access log line")["priority"] == "2"
+    line = wait_for(logged, 30, "the request's access log line")
+    assert (line["priority"], line["class"]) == ("2", "batch")
 
 
 def test_a_class_at_its_cap_is_refused_at_once_and_the_others_pass(
@@ -170,3 +181,76 @@ def test_a_class_at_its_cap_is_refused_at_once_and_the_others_pass(
     # The slot is free again once the stream ended.
     assert wait_for(lambda: _post(running, CHAT, secrets["jobs"]).status_code == 200, 30,
                     "the batch class's slot to be free")
+
+
+def test_the_log_exporter_counts_requests_per_class_and_status(
+        gw: tuple[Running, Backend, dict], tmp_path: Path) -> None:
+    """mtail over this gateway's own access log: what the dashboards' per-class
+    panel and FleetClassShedding read. Every inference line of the log is
+    counted under its class, and nothing else is."""
+    running, _, secrets = gw
+    ids = [_post(running, CHAT, secrets[key]).headers["X-Request-Id"] for key in ("chat", "jobs")]
+    wait_for(lambda: all(i in running.paths.access_log.read_text() for i in ids), 30,
+             "both requests' access log lines")
+    text = running.paths.access_log.read_text()
+    text = text[:text.rfind("\n") + 1]  # whole lines: the gateway keeps writing
+    lines = [json.loads(line) for line in text.splitlines()]
+    expected = Counter((line["class"], str(line["status"])) for line in lines
+                       if line["route"] in {"chat", "completions", "responses", "embeddings"})
+    assert expected[("batch", "200")] >= 1 and expected[("interactive", "200")] >= 1
+    log = tmp_path / "access.log"
+    log.write_text(text)
+    counted = one_shot(log)["fleet_gateway_class_requests_total"]
+    assert {(dict(k)["priority_class"], dict(k)["status"]): v
+            for k, v in counted.items()} == dict(expected)
+
+
+def _board(running: Running) -> ShedBoard:
+    """The flags' folder as the controller finds it (a staged one when the
+    workers run as nobody)."""
+    return ShedBoard(shed_dir(running.paths.root, detect().run_user, running.paths.shed_dir))
+
+
+def test_a_shed_class_is_answered_503_at_once_with_the_controllers_retry_after(
+        gw: tuple[Running, Backend, dict]) -> None:
+    running, backend, secrets = gw
+    board = _board(running)
+    reason = "queue wait 14.0s (waiting 42, finishing 3.00/s) > limit 10s"
+    board.clear()
+    board.publish({"batch": ClassState("batch", 10.0, True, 9, reason)})
+    try:
+        before = backend.served
+        for answer in (_post(running, CHAT, secrets["jobs"]),
+                       # A request lowered to a shed class is shed too.
+                       _post(running, CHAT, secrets["chat"], **{"X-Fleet-Priority": "batch"})):
+            assert answer.status_code == 503, answer.text
+            assert answer.headers["Retry-After"] == "9"
+            assert answer.headers["X-Request-Id"]
+            error = answer.json()["error"]
+            assert (error["type"], error["code"]) == ("ServiceUnavailableError", 503)
+            assert "priority class batch" in error["message"] and reason in error["message"]
+        # The classes above it pass, and nothing shed reached the replica.
+        assert _post(running, CHAT, secrets["chat"]).status_code == 200
+        assert _post(running, CHAT, secrets["plain"]).status_code == 200
+        assert backend.served == before + 2
+    finally:
+        board.publish({"batch": ClassState("batch", 10.0, False, 1, "drained")})
+    assert _post(running, CHAT, secrets["jobs"]).status_code == 200
+
+
+def test_a_flag_gone_between_test_and_read_still_answers_503_with_a_second(
+        gw: tuple[Running, Backend, dict]) -> None:
+    """The controller may let the class in between nginx's test and njs's
+    read: the answer is still whole (Retry-After 1, a generic reason)."""
+    running, _, secrets = gw
+    board = _board(running)
+    board.clear()
+    flag = board.folder / "batch"
+    flag.write_text("not json")
+    try:
+        answer = _post(running, CHAT, secrets["jobs"])
+        assert answer.status_code == 503
+        assert answer.headers["Retry-After"] == "1"
+        assert "the fleet is saturated" in answer.json()["error"]["message"]
+    finally:
+        board.clear()

@@ -25,7 +25,7 @@ def _mtail() -> str:
     return binary
 
 
-def _one_shot(log: Path) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+def one_shot(log: Path) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
     proc = subprocess.run(
         [_mtail(), "-progs", str(MTAIL_PROGRAMS), "-logs", str(log), "-one_shot",
          "-one_shot_format", "prometheus", "-emit_prog_label=false",
@@ -59,7 +59,7 @@ def test_counters_match_the_log() -> None:
     assert retried, "the fixture holds retried requests"
     assert {status for _, _, status in expected} >= {"200", "400", "404", "413", "500"}
 
-    samples = _one_shot(ACCESS_LOG)
+    samples = one_shot(ACCESS_LOG)
     requests = {(dict(k)["replica"], dict(k)["route"], dict(k)["status"]): v
                 for k, v in samples["fleet_gateway_requests_total"].items()}
     assert requests == dict(expected)
@@ -85,5 +85,5 @@ def test_counters_match_the_log() -> None:
 def test_unknown_lines_are_ignored(tmp_path: Path) -> None:
     log = tmp_path / "access.log"
     log.write_text("not json at all\n" + ACCESS_LOG.read_text().splitlines()[0] + "\n")
-    samples = _one_shot(log)
+    samples = one_shot(log)
     assert sum(samples["fleet_gateway_requests_total"].values()) == 1

@@ -34,8 +34,14 @@ SLOTS = REPLICAS * int(OVERLOAD_SIM["max_num_seqs"])
 # The "reserved" contender's cap on the batch class: the rest of the slots
 # stay free for interactive requests (priority.max_in_flight).
 BATCH_CAP = SLOTS - 4
+# The "shed" contender's limit on the fleet's queue wait for the batch class
+# (priority.shed_queue_wait_s): past it, batch is answered 503 with Retry-After.
+SHED_WAIT_S = 5.0
 CONTENDERS = {"fcfs": "classes off (arrival order)", "classes": "priority classes",
-              "reserved": f"classes, batch capped at {BATCH_CAP} of {SLOTS} slots"}
+              "reserved": f"classes, batch capped at {BATCH_CAP} of {SLOTS} slots",
+              "shed": f"classes, batch shed past a {SHED_WAIT_S:g} s queue wait"}
+# What the gateway answers a request it sheds: a cap, or the fleet's saturation.
+SHED_STATUSES = (429, 503)
 # "Back to normal": an interactive request's TTFT within this factor of its
 # p50 with no flood.
 RECOVERED_WITHIN = 1.5
@@ -121,7 +127,8 @@ def _priority(contender: str) -> dict[str, Any]:
     if contender == "fcfs":
         return {"enabled": False}
     caps = {"batch": BATCH_CAP} if contender == "reserved" else {}
-    return {"enabled": True, "max_in_flight": caps}
+    waits = {"batch": SHED_WAIT_S} if contender == "shed" else {}
+    return {"enabled": True, "max_in_flight": caps, "shed_queue_wait_s": waits}
 
 
 def overload(ctx: Context) -> ScenarioResult:
@@ -184,7 +191,11 @@ def overload(ctx: Context) -> ScenarioResult:
                "the lowest priority first, running requests are not preempted); and true "
                f"with priority.max_in_flight {{batch: {BATCH_CAP}}} (past {BATCH_CAP} batch "
                f"requests in flight the gateway answers 429 with Retry-After, so "
-               f"{SLOTS - BATCH_CAP} of the {SLOTS} slots stay free for interactive ones).",
+               f"{SLOTS - BATCH_CAP} of the {SLOTS} slots stay free for interactive ones); "
+               f"and true with priority.shed_queue_wait_s {{batch: {SHED_WAIT_S:g}}} (while "
+               "the fleet's queue wait, read by the controller from Prometheus, is above "
+               f"{SHED_WAIT_S:g} s, the gateway answers batch 503 with a Retry-After of the "
+               "drain time the controller measured).",
                "The interactive rows count the requests sent while the flood ran; "
                f"recovery is when, after the flood stopped, an interactive TTFT was back "
                f"within {RECOVERED_WITHIN:g} x its no-flood p50 and stayed there."],
@@ -211,12 +222,31 @@ def _targets(rows: list[Row], own: OverloadSize) -> list[tuple[str, str, bool | 
             targets.append((f"{label}: every shed request answered in <= 50 ms",
                             f"{len(shed)} shed, the slowest in {_ms(slowest)}",
                             slowest <= 0.05))
+        base = _batch_throughput(rows, contender, 1.0)
+        for multiple in (m for m in own.floods if m > 1.0):
+            over = _batch_throughput(rows, contender, multiple)
+            if base and over is not None:
+                targets.append((f"{label}: batch requests completed per second at a "
+                                f"{multiple:g}x flood >= 0.95x at 1x (no collapse)",
+                                f"{over / base:.2f}x ({over:.2f} against {base:.2f})",
+                                over >= 0.95 * base))
         recovery = flooded.extra["recovery_s"]
         targets.append((f"{label}: interactive TTFT back to normal within 5 s of the flood "
                         "stopping",
                         "not within the run" if recovery is None else f"{recovery:.1f} s",
                         recovery is not None and recovery <= 5.0))
     return targets
+
+
+def _batch(rows: list[Row], contender: str, multiple: float) -> Row | None:
+    return next((r for r in rows if r.extra.get("tenant") == "batch"
+                 and r.extra["contender"] == contender and r.extra["multiple"] == multiple
+                 and r.summary), None)
+
+
+def _batch_throughput(rows: list[Row], contender: str, multiple: float) -> float | None:
+    row = _batch(rows, contender, multiple)
+    return None if row is None or row.summary is None else row.summary["request_throughput"]
 
 
 def _interactive(rows: list[Row], contender: str, multiple: float) -> Row | None:
@@ -226,11 +256,22 @@ def _interactive(rows: list[Row], contender: str, multiple: float) -> Row | None
 
 
 def _shed(row: Row | None) -> list[float]:
-    """How long each of a row's 429s took to arrive."""
+    """How long each of a row's sheds (429, 503) took to arrive."""
+    return [r.refused_in for r in _shed_records(row) if r.refused_in is not None]
+
+
+def _shed_records(row: Row | None) -> list[RequestRecord]:
     if row is None or row.run is None:
         return []
-    return [r.refused_in for r in row.run.records
-            if r.status == 429 and r.refused_in is not None]
+    return [r for r in row.run.records if r.status in SHED_STATUSES]
+
+
+def _retry_after_text(records: list[RequestRecord]) -> str:
+    seconds = sorted(r.retry_after for r in records if r.retry_after is not None)
+    if not seconds:
+        return "–"
+    low, high = seconds[0], seconds[-1]
+    return f"{low:g} s" if low == high else f"{low:g}-{high:g} s"
 
 
 def _ttft_p99(row: Row | None) -> float | None:
@@ -240,9 +281,9 @@ def _ttft_p99(row: Row | None) -> float | None:
 def _overload_table(rows: list[Row]) -> list[str]:
     lines = ["", "### The interactive tenant", "",
              "| contender | batch flood | interactive TTFT p50 / p99 | p99 against no flood | "
-             "back to normal after the flood | batch completed, req/s | batch shed (429) | "
-             "429 answered in, p99 |",
-             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+             "back to normal after the flood | batch completed, req/s | batch shed (429/503) "
+             "| shed answered in, p99 | Retry-After |",
+             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row in rows:
         if row.extra.get("tenant") != "interactive" or row.summary is None:
             continue
@@ -250,9 +291,7 @@ def _overload_table(rows: list[Row]) -> list[str]:
         alone = _ttft_p99(_interactive(rows, contender, 0.0))
         ttft = row.summary["ttft_s"]
         ratio = "–" if not alone or ttft["p99"] is None else f"{ttft['p99'] / alone:.1f}x"
-        batch = next((r for r in rows if r.extra.get("tenant") == "batch"
-                      and r.extra["contender"] == contender and r.extra["multiple"] == multiple
-                      and r.summary), None)
+        batch = _batch(rows, contender, multiple)
         recovery = row.extra["recovery_s"]
         flood = f"{multiple:g}x" if multiple else "none"
         back = ("–" if not multiple else "not within the run" if recovery is None
@@ -260,11 +299,14 @@ def _overload_table(rows: list[Row]) -> list[str]:
         served = ("–" if batch is None or batch.summary is None
                   else f"{batch.summary['request_throughput']:.2f}")
         shed = _shed(batch)
+        statuses = sorted({r.status for r in _shed_records(batch) if r.status is not None})
         shed_text = ("–" if batch is None or batch.run is None
-                     else f"{len(shed)} of {len(batch.run.records)}")
+                     else f"{len(shed)} of {len(batch.run.records)}"
+                     + (f" ({', '.join(map(str, statuses))})" if statuses else ""))
         lines.append(f"| {CONTENDERS[contender]} | {flood} | {_ms(ttft['p50'])} / "
                      f"{_ms(ttft['p99'])} | {ratio} | {back} | {served} | {shed_text} | "
-                     f"{_ms(percentile(shed, 99)) if shed else '–'} |")
+                     f"{_ms(percentile(shed, 99)) if shed else '–'} | "
+                     f"{_retry_after_text(_shed_records(batch))} |")
     return lines
 
 
