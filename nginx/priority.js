@@ -93,4 +93,15 @@ function shed(r) {
     r.return(503, answer.body);
 }
 
-export default {body, withPriority, shed, shedAnswer};
+// js_set $fleet_fair_share: the requests each key may have in flight now
+// (priority.fair_share), or "" while no share applies.
+function fairShare(r) {
+    try {
+        var text = fs.readFileSync(r.variables.fleet_fair_file, 'utf8').trim();
+        return /^[0-9]+$/.test(text) ? text : '';
+    } catch (e) {
+        return '';
+    }
+}
+
+export default {body, withPriority, shed, shedAnswer, fairShare};

@@ -141,6 +141,16 @@ class ClassAdmission(_Model):
     reason: str
 
 
+class FairShareView(_Model):
+    """Fair shares between API keys (spec priority.fair_share)."""
+
+    # Requests each key may hold in flight now; None: no cap.
+    per_key: int | None
+    keys_in_use: int | None
+    slots: int
+    reason: str
+
+
 class AdmissionView(_Model):
     """Shedding from saturation (spec priority.shed_queue_wait_s): the fleet's
     queue as last read, and each class's verdict."""
@@ -150,6 +160,7 @@ class AdmissionView(_Model):
     finished_per_s: float | None
     error: str | None
     classes: list[ClassAdmission]
+    fair_share: FairShareView | None = None
 
 
 class FleetStatus(_Model):
@@ -230,6 +241,8 @@ class PublicFleetStatus(_Model):
     last_decision: PublicDecision | None
     dashboards: list[DashboardLink]
     rollout: PublicRollout | None = None
+    # Shedding and fair shares (spec priority); None when neither is on.
+    admission: AdmissionView | None = None
 
     def routed_weights(self) -> dict[str, int]:
         return {r.name: r.routed_weight for r in self.replicas}

@@ -357,6 +357,17 @@ function renderFleet(status) {
     parts.push(`fleet apply to spec ${status.rollout.generation || "?"} under way: ` +
                `${status.rollout.step}${done}`);
   }
+  const admission = status.admission;
+  if (admission) {
+    const wait = admission.queue_wait_s === null ? "unknown" : `${admission.queue_wait_s} s`;
+    const shed = admission.classes.filter((c) => c.shed).map((c) => c.name);
+    parts.push(`queue wait ${wait}` +
+               (shed.length ? `; shedding ${shed.join(", ")} (503)` : ""));
+    const share = admission.fair_share;
+    if (share && share.per_key !== null) {
+      parts.push(`fair share: ${share.per_key} in flight per key (${share.keys_in_use} keys)`);
+    }
+  }
   if (status.last_decision) {
     const at = new Date(status.last_decision.at * 1000).toLocaleTimeString();
     parts.push(`last decision ${at}: ${status.last_decision.why}`);

@@ -118,10 +118,14 @@ class Arrivals:
     mode: Literal["poisson", "closed"]
     rate: float = 0.0         # requests/s (poisson)
     concurrency: int = 0      # clients (closed)
+    # Closed loop: a client told Retry-After waits that long before its next
+    # request, as the openai SDK does, instead of asking again at once.
+    honour_retry_after: bool = False
 
     def describe(self) -> str:
         return (f"Poisson arrivals at {self.rate:g} requests/s" if self.mode == "poisson"
-                else f"closed loop, {self.concurrency} concurrent clients")
+                else f"closed loop, {self.concurrency} concurrent clients"
+                + (", each waiting out a Retry-After" if self.honour_retry_after else ""))
 
 
 @dataclass
@@ -243,8 +247,12 @@ async def run(url: str, workload: Workload, arrivals: Arrivals, duration_s: floa
                 conn = Connection(target)
                 try:
                     while time.perf_counter() < deadline and not (stop and stop.is_set()):
-                        records.append(await run_request(conn, workload.body(rng),
-                                                         workload.stream, run_start))
+                        record = await run_request(conn, workload.body(rng), workload.stream,
+                                                   run_start)
+                        records.append(record)
+                        if arrivals.honour_retry_after and record.retry_after:
+                            await asyncio.sleep(min(record.retry_after,
+                                                    max(0.0, deadline - time.perf_counter())))
                 finally:
                     conn.close()
 

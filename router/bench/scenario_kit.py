@@ -109,6 +109,11 @@ class Context:
             yield fleet
 
 
+def whole_ms(value: float | None) -> str:
+    """Seconds as whole milliseconds for a report, e.g. "1,234 ms"; "–" for none."""
+    return "–" if value is None else f"{value * 1000:,.0f} ms"
+
+
 def run_load(endpoint: Endpoint, workload: load.Workload, arrivals: load.Arrivals,
              duration_s: float, sample_weights: bool = False) -> load.RunResult:
     return asyncio.run(load.run(endpoint.url, workload, arrivals, duration_s, endpoint.key,

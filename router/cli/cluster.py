@@ -98,7 +98,13 @@ def _admission_line(admission: AdmissionView) -> str:
     classes = ", ".join(
         f"{c.name} {'SHED (Retry-After ' + str(c.retry_after_s) + 's)' if c.shed else 'admitted'}"
         f" at {c.limit_s:g}s" for c in admission.classes)
-    line = f"queue wait: {wait}; {classes}"
+    share = admission.fair_share
+    parts = [f"queue wait: {wait}", classes] if classes else [f"queue wait: {wait}"]
+    if share is not None:
+        parts.append(f"fair share: {share.per_key} in flight per key ({share.keys_in_use} keys "
+                     f"in use, {share.slots} slots)" if share.per_key is not None
+                     else "fair share: no cap")
+    line = "; ".join(parts)
     return line + (f"\n  Prometheus: {admission.error}" if admission.error else "")
 
 

@@ -188,7 +188,20 @@ class LimitsSpec(_Model):
 
 
 PRIORITY_HEADER = "X-Fleet-Priority"
+# A key's fair share (priority.fair_share) snaps down to one of these:
+# nginx has a counting zone per level, not per possible number.
+FAIR_SHARE_LEVELS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512,
+                     768, 1024)
+# The file in the shed folder nginx reads the fair share from; the dot keeps
+# it apart from every class's flag.
+FAIR_SHARE_FILE = "fair.level"
 _CLASS_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+def _listed(names: list[str]) -> str:
+    """Names for an error line: a valid class name as it is, anything else quoted
+    (a newline in a YAML key must not break the one-line error)."""
+    return ", ".join(n if _CLASS_NAME.match(n) else repr(n) for n in names)
 
 
 class PrioritySpec(_Model):
@@ -218,13 +231,20 @@ class PrioritySpec(_Model):
     # first: a class listed needs every class below it listed, at a value no
     # higher. A class left out is never shed this way.
     shed_queue_wait_s: dict[str, float] = {}
+    # Fair shares between API keys: while the replicas in rotation have every
+    # slot taken (requests running and waiting at least their max_num_seqs),
+    # each key that sent requests in the last 30 s may hold at most an equal
+    # share of those slots in flight (at least 1); past it that key gets 429
+    # with Retry-After while the other keys' requests pass, so one client's
+    # flood cannot starve the others. Lifted below 3/4 of what the shares let in.
+    fair_share: bool = False
 
     @field_validator("shed_queue_wait_s")
     @classmethod
     def _positive_waits(cls, value: dict[str, float]) -> dict[str, float]:
         for name, wait in value.items():
             if not 0 < wait <= 3600:
-                raise ValueError(f"{name}: {wait} s; give more than 0 and at most 3600")
+                raise ValueError(f"{name!r}: {wait} s; give more than 0 and at most 3600")
         return value
 
     @field_validator("max_in_flight")
@@ -232,7 +252,7 @@ class PrioritySpec(_Model):
     def _positive_caps(cls, value: dict[str, int]) -> dict[str, int]:
         for name, cap in value.items():
             if not 1 <= cap <= 1_000_000:
-                raise ValueError(f"{name}: {cap} requests; give 1 to 1000000")
+                raise ValueError(f"{name!r}: {cap} requests; give 1 to 1000000")
         return value
 
     @field_validator("classes")
@@ -260,7 +280,7 @@ class PrioritySpec(_Model):
     def _caps_name_classes(self) -> PrioritySpec:
         unknown = sorted(set(self.max_in_flight) - set(self.classes))
         if unknown:
-            raise ValueError(f"max_in_flight names {', '.join(unknown)}, not a class; the "
+            raise ValueError(f"max_in_flight names {_listed(unknown)}, not a class; the "
                              f"classes are {', '.join(self.classes)}")
         return self
 
@@ -269,7 +289,7 @@ class PrioritySpec(_Model):
         waits = self.shed_queue_wait_s
         unknown = sorted(set(waits) - set(self.classes))
         if unknown:
-            raise ValueError(f"shed_queue_wait_s names {', '.join(unknown)}, not a class; "
+            raise ValueError(f"shed_queue_wait_s names {_listed(unknown)}, not a class; "
                              f"the classes are {', '.join(self.classes)}")
         for higher, lower in itertools.pairwise(self.classes):
             if higher in waits and lower not in waits:
@@ -813,6 +833,14 @@ class ClusterSpec(_Model):
                              "controller.enabled and prometheus.enabled: the controller "
                              "reads the fleet's queue from Prometheus; turn them on or "
                              "remove shed_queue_wait_s")
+        if self.priority.fair_share and not (
+                self.priority.enabled and self.auth.enabled and self.controller.enabled
+                and self.prometheus.enabled and self.gateway_metrics.enabled):
+            raise ValueError("priority.fair_share needs priority.enabled, "
+                             "auth.enabled, controller.enabled, prometheus.enabled and "
+                             "gateway_metrics.enabled: shares are per API key, and the "
+                             "controller counts the keys in use from the gateway's log "
+                             "through Prometheus; turn them on or remove the setting")
         return self
 
     def generation(self) -> str:

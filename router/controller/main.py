@@ -9,7 +9,12 @@ import uvicorn
 
 from router.config.spec import ClusterSpec
 from router.controller.actuator import Actuator
-from router.controller.admission import AdmissionInput, ShedBoard, queue_rate_window_s
+from router.controller.admission import (
+    AdmissionInput,
+    FairShareSettings,
+    ShedBoard,
+    queue_rate_window_s,
+)
 from router.controller.api import create_app
 from router.controller.inputs import Input, PaceInput, PrometheusInput
 from router.controller.metrics import ControllerMetrics
@@ -73,7 +78,7 @@ def run(spec: ClusterSpec) -> None:
             PrometheusClient(f"http://127.0.0.1:{spec.prometheus.port}",
                              spec.controller.query_timeout_s),
             spec.controller, time.time, metrics))
-    if spec.priority.shed_queue_wait_s:
+    if spec.priority.shed_queue_wait_s or spec.priority.fair_share:
         # Its own client: closing one input must not close another's.
         inputs.append(AdmissionInput(
             PrometheusClient(f"http://127.0.0.1:{spec.prometheus.port}",
@@ -81,7 +86,10 @@ def run(spec: ClusterSpec) -> None:
             ShedBoard(shed_dir(paths.root, nginx_run_user(), paths.shed_dir)),
             spec.priority.shed_queue_wait_s,
             window=f"{queue_rate_window_s(spec.prometheus.scrape_interval_s)}s",
-            interval_s=spec.controller.evaluate_interval_s, clock=time.time, metrics=metrics))
+            interval_s=spec.controller.evaluate_interval_s, clock=time.time, metrics=metrics,
+            fair=FairShareSettings({r.name: r.max_num_seqs for r in state.replicas
+                                    if r.max_num_seqs is not None})
+            if spec.priority.fair_share else None))
     # A pooling model generates no tokens for the pace probes to time.
     if spec.controller.pace.enabled and spec.model.runner == "generate":
         slots = {r.name: r.max_num_seqs for r in state.replicas if r.max_num_seqs is not None}

@@ -85,6 +85,10 @@ class ControllerMetrics:
                                 "Requests waiting in the replicas in rotation over the rate "
                                 "they finish: how long a new request waits to start, about.",
                                 registry=reg)
+        self.fair_share = Gauge("fleet_controller_fair_share_per_key",
+                                "Requests each API key may hold in flight while the fleet is "
+                                "saturated (priority.fair_share); 0: no cap.",
+                                registry=reg)
         for result in RELOAD_RESULTS:
             self.reloads.labels(result=result)
         for applied in ("true", "false"):

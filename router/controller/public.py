@@ -48,6 +48,7 @@ def public_status(status: FleetStatus, grafana_url: str | None,
             generation=records.generations.get(r.name))
             for r in status.replicas],
         rollout=records.rollout,
+        admission=status.admission,
         prometheus_ok=status.prometheus.ok,
         last_decision=None if last is None else PublicDecision(
             at=last.at, trigger=last.trigger, applied=last.applied, why=last.why),

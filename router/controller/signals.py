@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any
 
 import httpx
 
@@ -61,6 +62,15 @@ class PrometheusClient:
 
     async def query(self, promql: str) -> dict[str, float]:
         """An instant query -> {replica: value}; raises MetricsUnavailable."""
+        values = {}
+        for item in await self._results(promql):
+            replica = item["metric"].get("replica")
+            if replica is not None:
+                # The API encodes NaN and infinities as strings; float() reads them.
+                values[replica] = float(item["value"][1])
+        return values
+
+    async def _results(self, promql: str) -> list[dict[str, Any]]:
         try:
             response = await self._client.post("/api/v1/query", data={"query": promql})
             body = response.json()
@@ -69,13 +79,13 @@ class PrometheusClient:
         if body.get("status") != "success":
             raise MetricsUnavailable(
                 f"Prometheus refused a query ({body.get('errorType')}: {body.get('error')})")
-        values = {}
-        for item in body["data"]["result"]:
-            replica = item["metric"].get("replica")
-            if replica is not None:
-                # The API encodes NaN and infinities as strings; float() reads them.
-                values[replica] = float(item["value"][1])
-        return values
+        results: list[dict[str, Any]] = body["data"]["result"]
+        return results
+
+    async def query_total(self, promql: str) -> float | None:
+        """An instant query whose answer is one number; None when it is empty."""
+        values = await self._results(promql)
+        return None if not values else sum(float(item["value"][1]) for item in values)
 
     async def signals(self, window: str) -> dict[str, ReplicaSignals]:
         ages = await self.query(AGE_QUERY)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from router.affinity import AffinityMode
 from router.config.plan import ClusterPlan
-from router.config.spec import ClusterSpec, GatewaySpec
+from router.config.spec import FAIR_SHARE_FILE, FAIR_SHARE_LEVELS, ClusterSpec, GatewaySpec
 from router.disk.paths import RuntimePaths
 from router.host.machine import MachineFacts, shed_dir
 from router.render.templates import template
@@ -80,13 +80,27 @@ class PriorityView:
     header_hint: str
     # (class, its level, requests in flight at most across the fleet).
     caps: tuple[tuple[str, int, int], ...] = ()
-    # The folder of the controller's shed flags, one file per class shed for
-    # the fleet's queue wait; None when no class is shed that way.
+    # The folder of the controller's flags: one file per class shed for the
+    # fleet's queue wait, and the fair share per key; None when neither is on.
     shed_dir: Path | None = None
+    # Whether any class is shed for the queue wait (priority.shed_queue_wait_s).
+    sheds: bool = False
+    # Fair shares per key (priority.fair_share): the levels a
+    # share may take, a counting zone each; empty when off.
+    fair_levels: tuple[int, ...] = ()
+    fair_file: str = FAIR_SHARE_FILE
 
 
-def priority_view(spec: ClusterSpec, script: Path,
-                  shed_dir: Path | None = None) -> PriorityView | None:
+def fair_levels(slots: int | None) -> tuple[int, ...]:
+    """The shares a key may be given: at most half the fleet's slots (two keys
+    in use at least); every level when the slots are unknown."""
+    if slots is None:
+        return FAIR_SHARE_LEVELS
+    return tuple(level for level in FAIR_SHARE_LEVELS if level <= max(1, slots // 2))
+
+
+def priority_view(spec: ClusterSpec, script: Path, shed_dir: Path | None = None,
+                  slots: int | None = None) -> PriorityView | None:
     priority = spec.priority
     if not priority.enabled:
         return None
@@ -99,7 +113,10 @@ def priority_view(spec: ClusterSpec, script: Path,
         script=script, classes=classes, levels=levels, unknown_key_level=len(classes) - 1,
         caps=tuple((name, classes.index(name), cap)
                    for name, cap in priority.max_in_flight.items()),
-        shed_dir=shed_dir if priority.shed_queue_wait_s else None,
+        shed_dir=(shed_dir if priority.shed_queue_wait_s
+                  or priority.fair_share else None),
+        sheds=bool(priority.shed_queue_wait_s),
+        fair_levels=fair_levels(slots) if priority.fair_share else (),
         header_hint=(f"send one of {', '.join(classes)} (highest first); a request may lower "
                      "the class of its API key, never raise it"))
 
@@ -144,6 +161,9 @@ def limits_view(spec: ClusterSpec) -> LimitsView:
     if spec.priority.enabled:
         texts += [f"class {name}: {cap} in flight across the fleet"
                   for name, cap in spec.priority.max_in_flight.items()]
+        if spec.priority.fair_share:
+            texts.append("while the fleet is saturated, each key: its equal share of the "
+                         "slots in flight")
     return LimitsView(
         # Empty keys are not counted by nginx, so with auth on a request
         # without a valid key (already refused) never uses a slot.
@@ -182,8 +202,16 @@ def nginx_view(plan: ClusterPlan, paths: RuntimePaths, machine: MachineFacts) ->
         affinity_script=machine.affinity_script,
         routes=API_ROUTES[spec.model.runner],
         priority=priority_view(spec, machine.priority_script,
-                               shed_dir(paths.root, machine.run_user, paths.shed_dir)),
+                               shed_dir(paths.root, machine.run_user, paths.shed_dir),
+                               slots=plan_slots(plan)),
     )
+
+
+def plan_slots(plan: ClusterPlan) -> int | None:
+    """The fleet's sequences at once (max_num_seqs summed); None when a
+    replica's is unknown."""
+    counts = [r.max_num_seqs for r in plan.replicas]
+    return None if any(c is None for c in counts) else sum(c for c in counts if c)
 
 
 def render_nginx(plan: ClusterPlan, paths: RuntimePaths, machine: MachineFacts) -> str:

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 import requests
 
-from router.controller.admission import ClassState, ShedBoard
+from router.config.spec import FAIR_SHARE_FILE
+from router.controller.admission import ClassState, FairShare, ShedBoard
 from router.disk.keys import KeyStore, save_store
 from router.disk.paths import RuntimePaths
 from router.host.machine import detect, shed_dir
@@ -48,7 +49,8 @@ def gw(request: pytest.FixtureRequest,
     save_store(RuntimePaths(runtime).api_keys, store)
     plan = plan_for(runtime, 1, base, auth={"enabled": True},
                     priority={"enabled": True, "max_in_flight": {"batch": 1},
-                              "shed_queue_wait_s": {"batch": 10}},
+                              "shed_queue_wait_s": {"batch": 10},
+                              "fair_share": True},
                     gateway={"affinity": request.param})
     with Backend(base, "replica-0") as backend, gateway(plan) as running:
         try:
@@ -253,4 +255,37 @@ def test_a_flag_gone_between_test_and_read_still_answers_503_with_a_second(
         assert answer.headers["Retry-After"] == "1"
         assert "the fleet is saturated" in answer.json()["error"]["message"]
     finally:
+        board.clear()
+
+
+def test_a_key_past_its_fair_share_is_refused_while_other_keys_pass(
+        gw: tuple[Running, Backend, dict]) -> None:
+    """The controller caps each key at 1 in flight: the key's second request
+    is refused at once, another key's passes; without the cap both pass."""
+    running, backend, secrets = gw
+    board = _board(running)
+    board.clear()
+    board.publish_share(FairShare(1, 2, 2, "2 requests running and waiting on 2 slots"))
+    assert (board.folder / FAIR_SHARE_FILE).read_text() == "1\n"
+    held = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                       "stream": True}).encode()
+    gate = threading.Event()
+    backend.stream_gate = gate
+    try:
+        with _post(running, held, secrets["chat"], stream=True) as stream:
+            lines = stream.iter_lines()
+            assert next(line for line in lines if line)
+            refused = _post(running, CHAT, secrets["chat"])
+            assert refused.status_code == 429
+            assert refused.headers["Retry-After"] and refused.headers["X-Request-Id"]
+            assert "each key: its equal share" in refused.json()["error"]["message"]
+            assert _post(running, CHAT, secrets["plain"]).status_code == 200
+            # No cap: the same key's second request passes beside its stream.
+            board.publish_share(FairShare(None, 2, 2, "1 running and waiting: no cap"))
+            assert _post(running, CHAT, secrets["chat"]).status_code == 200
+            gate.set()
+            assert [line for line in lines if line][-1] == b"data: [DONE]"
+    finally:
+        gate.set()
+        backend.stream_gate = None
         board.clear()

@@ -221,3 +221,19 @@ def test_overload_tiny_runs_every_contender_and_reports_the_interactive_tenant(
     readme = (tmp_path / "README.md").read_text()
     assert "### The interactive tenant" in readme
     assert (tmp_path / "interactive-ttft.png").stat().st_size > 5_000
+
+
+def test_fairness_tiny_runs_both_contenders_and_reports_each_keys_share(
+        tmp_path: Path) -> None:
+    result = _scenario("fairness", tmp_path)
+    rows = {r["label"]: r for r in result["rows"]}
+    assert len(rows) == 4
+    for contender in ("no shares (arrival order)", "fair shares per key"):
+        for key in ("light key (10 streams)", "heavy key (40 streams)"):
+            summary = rows[f"{contender}: {key}"]["summary"]
+            assert summary["succeeded"] > 0
+            # A key past its share is refused with 429; nothing else fails.
+            assert all(kind.startswith("http_status 429")
+                       for kind in summary["failure_examples"]), summary["failure_examples"]
+    assert len(result["targets"]) == 2
+    assert "### Tokens served per key" in (tmp_path / "README.md").read_text()

@@ -9,13 +9,18 @@ from pathlib import Path
 
 import pytest
 
+from router.config.spec import FAIR_SHARE_FILE
 from router.controller.admission import (
     MAX_RETRY_AFTER_S,
     AdmissionInput,
     ClassState,
+    FairShare,
+    FairShareSettings,
     FleetQueue,
     ShedBoard,
     assess,
+    assess_fair_share,
+    fair_share_level,
     finished_query,
     queue_rate_window_s,
     retry_after,
@@ -107,18 +112,76 @@ def test_a_start_clears_flags_a_stopped_controller_left(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(("slots", "keys", "level"), [
+    (16, 1, None),     # one key alone: nobody to be fair to
+    (16, 0, None),
+    (16, 2, 8),
+    (16, 3, 4),        # 5 snaps down to a level nginx has a zone for
+    (16, 40, 1),       # never below one request
+    (100, 2, 48),
+])
+def test_a_keys_share_is_the_slots_over_the_keys_snapped_down(
+        slots: int, keys: int, level: int | None) -> None:
+    assert fair_share_level(slots, keys) == level
+
+
+@pytest.mark.parametrize(("held", "was", "keys", "slots", "per_key", "why"), [
+    # (requests running and waiting, capped before, keys in use, slots, cap, reason)
+    (12, False, 2, 16, None, "12 requests running and waiting on 16 slots: not full"),
+    (16, False, 2, 16, 8, "on 16 slots over 2 keys in use"),
+    (40, False, 3, 16, 4, "over 3 keys in use"),
+    # Capped keys holding every slot between them leave no queue: still capped.
+    (13, True, 2, 16, 8, "over 2 keys"),
+    (11, True, 2, 16, None, "below 75% of the 16 the shares let in; no cap"),
+    # 9 keys at 1 each let 9 of 16 in: held at 7, still capped.
+    (7, True, 9, 16, 1, "over 9 keys"),
+    (16, False, 1, 16, None, "1 key(s) in use: no cap"),
+    (16, False, None, 16, None, "no count of key(s) in use"),
+    (16, False, 2, 0, None, "slots (max_num_seqs) are unknown"),
+])
+def test_keys_are_capped_at_their_share_only_while_every_slot_is_taken(
+        held: float, was: bool, keys: int | None, slots: int, per_key: int | None,
+        why: str) -> None:
+    reading = FleetQueue(waiting=max(0.0, held - 10), finished_per_s=4.0, age_s=0.0,
+                         running=min(held, 10.0))
+    share = assess_fair_share(reading, was, keys, slots, max_age_s=10)
+    assert share.per_key == per_key
+    assert why in share.reason
+
+
+def test_no_fresh_reading_caps_no_key() -> None:
+    stale = FleetQueue(waiting=40, finished_per_s=4, age_s=30.0, running=16)
+    assert assess_fair_share(stale, True, 2, 16, max_age_s=10).per_key is None
+
+
+def test_the_board_holds_the_share_while_there_is_one(tmp_path: Path) -> None:
+    board = ShedBoard(tmp_path)
+    board.publish_share(FairShare(8, 2, 16, "saturated"))
+    assert (tmp_path / FAIR_SHARE_FILE).read_text() == "8\n"
+    board.publish_share(FairShare(None, 2, 16, "drained"))
+    assert not (tmp_path / FAIR_SHARE_FILE).exists()
+
+
 class FakePrometheus:
-    """Answers the two queue queries per replica; fails on demand."""
+    """Answers the queue queries per replica and the keys in use; fails on demand."""
 
     def __init__(self) -> None:
         self.waiting = {"replica-0": 30.0, "replica-1": 10.0, "replica-2": 500.0}
         self.finished = {"replica-0": 1.0, "replica-1": 1.0, "replica-2": 0.0}
+        self.running = {"replica-0": 8.0, "replica-1": 8.0, "replica-2": 8.0}
+        self.keys: float | None = 3.0
         self.down = False
 
     async def query(self, promql: str) -> dict[str, float]:
         if self.down:
             raise MetricsUnavailable("Prometheus did not answer: connection refused")
-        return self.waiting if "num_requests_waiting" in promql else self.finished
+        if "num_requests_waiting" in promql:
+            return self.waiting
+        return self.running if "num_requests_running" in promql else self.finished
+
+    async def query_total(self, promql: str) -> float | None:
+        assert "fleet_gateway_key_requests_total" in promql
+        return self.keys
 
     async def close(self) -> None:
         pass
@@ -137,7 +200,7 @@ def test_the_input_sheds_on_the_replicas_in_rotation_and_fails_open_when_blind(
 
     # replica-2 is out of rotation: its queue is not one a new request joins.
     assert poll() is False  # never a weight decision
-    assert admission.queue == FleetQueue(40.0, 2.0, 0.0)
+    assert admission.queue == FleetQueue(40.0, 2.0, 0.0, running=16.0)
     assert admission.shed == {"batch"}
     assert (tmp_path / "batch").exists()
     assert metrics.class_shed.labels(priority_class="batch")._value.get() == 1
@@ -166,3 +229,24 @@ def test_a_flag_that_cannot_be_written_keeps_the_last_verdict(tmp_path: Path) ->
     board.folder.write_text("a file where the folder should be")
     asyncio.run(admission.poll(["replica-0", "replica-1"]))
     assert admission.shed == frozenset()
+
+
+def test_the_input_caps_keys_from_the_slots_in_rotation(tmp_path: Path) -> None:
+    source = FakePrometheus()
+    metrics = ControllerMetrics()
+    admission = AdmissionInput(source, ShedBoard(tmp_path), {}, "20s", interval_s=2.0,
+                               clock=lambda: 1000.0, metrics=metrics,
+                               fair=FairShareSettings({"replica-0": 8, "replica-1": 8,
+                                                       "replica-2": 8}))
+    # 56 held on the 16 slots in rotation, over 3 keys: 5, snapped to 4.
+    asyncio.run(admission.poll(["replica-0", "replica-1"]))
+    assert admission.share is not None and admission.share.per_key == 4
+    assert (tmp_path / FAIR_SHARE_FILE).read_text() == "4\n"
+    assert metrics.fair_share._value.get() == 4
+    view = admission.view().fair_share
+    assert view is not None and (view.per_key, view.keys_in_use, view.slots) == (4, 3, 16)
+    # No key logged lately (an empty answer): nobody to share with.
+    source.keys = None
+    asyncio.run(admission.poll(["replica-0", "replica-1"]))
+    assert admission.share.per_key is None
+    assert not (tmp_path / FAIR_SHARE_FILE).exists()

@@ -13,6 +13,7 @@ import heapq
 import itertools
 import json
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -21,6 +22,7 @@ import pytest
 
 from router.config.spec import ControllerSpec, PaceSpec
 from router.controller.actuator import ApplyResult
+from router.controller.admission import AdmissionInput, ShedBoard
 from router.controller.inputs import PaceInput, PrometheusInput
 from router.controller.pace import PaceProber
 from router.controller.policy import Decision
@@ -124,6 +126,8 @@ class Fleet:
             return self._vector(self.kv)
         if "num_requests" in query:
             return self._vector({n: 2.0 for n in names})
+        if "request_success" in query:
+            return self._vector({n: 1.0 for n in names})
         return self._vector({})
 
 
@@ -190,6 +194,32 @@ def test_status_has_one_json_form_that_every_reader_parses_back() -> None:
         assert not status.all_in_rotation
 
     _run(scenario)
+
+
+def test_the_admission_state_is_in_the_status_and_the_public_summary(tmp_path: Path) -> None:
+    async def main() -> None:
+        fleet, clock = Fleet(), VirtualClock()
+        transport = httpx.MockTransport(fleet)
+        admission = AdmissionInput(PrometheusClient("http://prometheus", 1.0, transport=transport),
+                                   ShedBoard(tmp_path), {"batch": 1.0}, "20s", 2.0, clock)
+        controller = Controller(MEMBERS, SETTINGS, FakeActuator(), [admission],
+                                transport=transport, clock=clock)
+        try:
+            await controller.prober.probe_all()
+            await admission.poll(controller.in_rotation())
+            status = controller.status()
+        finally:
+            await controller.prober.close()
+            await admission.close()
+        # 6 waiting on 3 replicas finishing 1 a second each: 2 s > 1 s.
+        assert status.admission is not None and status.admission.queue_wait_s == 2.0
+        assert [(c.name, c.shed, c.retry_after_s) for c in status.admission.classes] == [
+            ("batch", True, 2)]
+        public = PublicFleetStatus.model_validate_json(
+            public_status(status, None).model_dump_json())
+        assert public.admission == status.admission
+
+    asyncio.run(main())
 
 
 def test_a_slow_replica_loses_weight_once_the_reload_interval_allows() -> None:

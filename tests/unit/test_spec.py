@@ -124,6 +124,8 @@ def test_all_commented_section_means_defaults() -> None:
          "needs priority.enabled"),
         ({"priority": {"enabled": True, "shed_queue_wait_s": {"batch": 10}},
           "prometheus": {"enabled": False}}, "(top level)", "prometheus.enabled"),
+        ({"priority": {"enabled": True, "fair_share": True}}, "(top level)",
+         "auth.enabled"),
         ({"vllm": {"extra_args": ["--scheduling-policy=priority"]}}, "vllm.extra_args",
          "priority.enabled: true"),
     ],

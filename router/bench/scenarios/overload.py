@@ -13,6 +13,7 @@ the flood against its TTFT alone, and how soon after the flood it is back.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,14 @@ from typing import Any
 from router.bench import fleets, load, stats
 from router.bench.fleets import Endpoint, Fleet
 from router.bench.report import pyplot
-from router.bench.scenario_kit import Context, Row, Scenario, ScenarioResult, sim_text
+from router.bench.scenario_kit import (
+    Context,
+    Row,
+    Scenario,
+    ScenarioResult,
+    sim_text,
+    whole_ms,
+)
 from router.bench.stats import RequestRecord, percentile
 from router.disk.keys import KeyStore, save_store
 from router.disk.paths import RuntimePaths
@@ -61,11 +69,12 @@ TINY = OverloadSize(flood_s=4.0, after_s=1.0, floods=(0.0, 2.0), interactive_tok
                     batch_tokens=16)
 
 
-def _keys(runtime_dir: Path) -> dict[str, str]:
-    """A key per tenant, in its class, written where `fleet up` reads keys."""
+def tenant_keys(runtime_dir: Path, tenants: Mapping[str, str | None]) -> dict[str, str]:
+    """A key per tenant, in its class (None: the default class), written where
+    `fleet up` reads keys."""
     store, secrets = KeyStore(), {}
-    for tenant in ("interactive", "batch"):
-        store, key = store.add(tenant, priority_class=tenant)
+    for tenant, priority_class in tenants.items():
+        store, key = store.add(tenant, priority_class=priority_class)
         assert key.secret is not None
         secrets[tenant] = key.secret
     paths = RuntimePaths(runtime_dir)
@@ -74,7 +83,7 @@ def _keys(runtime_dir: Path) -> dict[str, str]:
     return secrets
 
 
-def _capacity(fleet: Fleet, workload: load.Workload, seconds: float) -> float:
+def measure_capacity(fleet: Fleet, workload: load.Workload, seconds: float) -> float:
     """Batch requests/s the fleet completes with every replica's batch full,
     each replica driven directly."""
     seqs = int(OVERLOAD_SIM["max_num_seqs"])
@@ -144,13 +153,14 @@ def overload(ctx: Context) -> ScenarioResult:
         data, path = ctx.fleet_spec(f"overload/{contender}", REPLICAS, {"defaults": OVERLOAD_SIM},
                                     auth={"enabled": True},
                                     priority=_priority(contender))
-        keys = _keys(Path(data["runtime_dir"]))
+        keys = tenant_keys(Path(data["runtime_dir"]),
+                           {"interactive": "interactive", "batch": "batch"})
         ctx.progress(f"overload/{contender}: fleet up ({REPLICAS} simulated replicas)")
         with fleets.running_fleet(data, path, lambda _msg: None) as fleet:
             if not capacity:
                 ctx.progress("overload: the fleet's capacity for batch requests, "
                              "each replica driven directly")
-                capacity = _capacity(fleet, batch, ctx.size.calibrate_s)
+                capacity = measure_capacity(fleet, batch, ctx.size.calibrate_s)
             alone_p50: float | None = None
             for multiple in own.floods:
                 rate = multiple * capacity
@@ -213,14 +223,15 @@ def _targets(rows: list[Row], own: OverloadSize) -> list[tuple[str, str, bool | 
         if before and during is not None:
             targets.append((f"{label}: interactive TTFT p99 under a {worst:g}x batch flood "
                             "<= 1.5x its value with no flood",
-                            f"{during / before:.1f}x ({_ms(during)} against {_ms(before)})",
+                            f"{during / before:.1f}x ({whole_ms(during)} against "
+                            f"{whole_ms(before)})",
                             during <= 1.5 * before))
         shed = [s for r in rows if r.extra.get("tenant") == "batch"
                 and r.extra["contender"] == contender for s in _shed(r)]
         if shed:
             slowest = max(shed)
             targets.append((f"{label}: every shed request answered in <= 50 ms",
-                            f"{len(shed)} shed, the slowest in {_ms(slowest)}",
+                            f"{len(shed)} shed, the slowest in {whole_ms(slowest)}",
                             slowest <= 0.05))
         base = _batch_throughput(rows, contender, 1.0)
         for multiple in (m for m in own.floods if m > 1.0):
@@ -303,15 +314,11 @@ def _overload_table(rows: list[Row]) -> list[str]:
         shed_text = ("–" if batch is None or batch.run is None
                      else f"{len(shed)} of {len(batch.run.records)}"
                      + (f" ({', '.join(map(str, statuses))})" if statuses else ""))
-        lines.append(f"| {CONTENDERS[contender]} | {flood} | {_ms(ttft['p50'])} / "
-                     f"{_ms(ttft['p99'])} | {ratio} | {back} | {served} | {shed_text} | "
-                     f"{_ms(percentile(shed, 99)) if shed else '–'} | "
+        lines.append(f"| {CONTENDERS[contender]} | {flood} | {whole_ms(ttft['p50'])} / "
+                     f"{whole_ms(ttft['p99'])} | {ratio} | {back} | {served} | {shed_text} | "
+                     f"{whole_ms(percentile(shed, 99)) if shed else '–'} | "
                      f"{_retry_after_text(_shed_records(batch))} |")
     return lines
-
-
-def _ms(value: float | None) -> str:
-    return "–" if value is None else f"{value * 1000:,.0f} ms"
 
 
 def _overload_plot(out: Path, rows: list[Row]) -> list[str]:
