@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,6 +26,8 @@ from typing import Any, TypeVar
 from router.affinity import AffinityMode
 from router.bench import fleets, load, stats
 from router.bench.fleets import Endpoint, Fleet, Progress
+from router.disk.keys import KeyStore, save_store
+from router.disk.paths import RuntimePaths
 
 # The replicas of the policy and scaling scenarios: a GPU-like step time
 # (20 ms plus 0.4 ms per sequence in the batch) and 32 sequences at most,
@@ -107,6 +109,20 @@ class Context:
         self.progress(f"{name}: fleet up ({replicas} simulated replicas)")
         with fleets.running_fleet(data, path, lambda _msg: None) as fleet:
             yield fleet
+
+
+def tenant_keys(runtime_dir: Path, tenants: Mapping[str, str | None]) -> dict[str, str]:
+    """A key per tenant, in its class (None: the default class), written where
+    `fleet up` reads keys."""
+    store, secrets = KeyStore(), {}
+    for tenant, priority_class in tenants.items():
+        store, key = store.add(tenant, priority_class=priority_class)
+        assert key.secret is not None
+        secrets[tenant] = key.secret
+    paths = RuntimePaths(runtime_dir)
+    paths.create()
+    save_store(paths.api_keys, store)
+    return secrets
 
 
 def whole_ms(value: float | None) -> str:

@@ -5,6 +5,7 @@ client sent it. One lightweight backend stands in for the replica."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import threading
@@ -64,6 +65,27 @@ def _post(gw: Running, body: bytes, key: str, stream: bool = False,
     return requests.post(f"{gw.url}/v1/chat/completions", data=body, timeout=10, stream=stream,
                          headers={"Content-Type": "application/json",
                                   "Authorization": f"Bearer {key}", **headers})
+
+
+@contextlib.contextmanager
+def _held_stream(gw: Running, backend: Backend, key: str) -> Iterator[None]:
+    """A stream of ``key`` held open after its first chunk until the block ends,
+    then read to its end."""
+    held = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                       "stream": True}).encode()
+    gate = threading.Event()
+    backend.stream_gate = gate
+    try:
+        with _post(gw, held, key, stream=True) as stream:
+            # The line iterator is kept: dropping it mid-stream closes the connection.
+            lines = stream.iter_lines()
+            assert next(line for line in lines if line)
+            yield
+            gate.set()
+            assert [line for line in lines if line][-1] == b"data: [DONE]"
+    finally:
+        gate.set()
+        backend.stream_gate = None
 
 
 def _with_priority(body: bytes, level: int) -> bytes:
@@ -154,32 +176,17 @@ def test_the_access_log_names_each_request_level(gw: tuple[Running, Backend, dic
 def test_a_class_at_its_cap_is_refused_at_once_and_the_others_pass(
         gw: tuple[Running, Backend, dict]) -> None:
     running, backend, secrets = gw
-    held = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}],
-                       "stream": True}).encode()
-    gate = threading.Event()
-    backend.stream_gate = gate
-    try:
-        with _post(running, held, secrets["jobs"], stream=True) as stream:
-            # Its first chunk is here: the batch class's one slot is taken.
-            # (The line iterator is kept: dropping it mid-stream closes the
-            # connection.)
-            lines = stream.iter_lines()
-            assert next(line for line in lines if line)
-            refused = _post(running, CHAT, secrets["jobs"])
-            assert refused.status_code == 429
-            assert refused.headers["Retry-After"] and refused.headers["X-Request-Id"]
-            assert "class batch: 1 in flight across the fleet" in \
-                refused.json()["error"]["message"]
-            # A request that lowers itself to batch is batch.
-            lowered = _post(running, CHAT, secrets["chat"], **{"X-Fleet-Priority": "batch"})
-            assert lowered.status_code == 429
-            assert _post(running, CHAT, secrets["chat"]).status_code == 200
-            assert _post(running, CHAT, secrets["plain"]).status_code == 200
-            gate.set()
-            assert [line for line in lines if line][-1] == b"data: [DONE]"
-    finally:
-        gate.set()
-        backend.stream_gate = None
+    # Its first chunk is here: the batch class's one slot is taken.
+    with _held_stream(running, backend, secrets["jobs"]):
+        refused = _post(running, CHAT, secrets["jobs"])
+        assert refused.status_code == 429
+        assert refused.headers["Retry-After"] and refused.headers["X-Request-Id"]
+        assert "class batch: 1 in flight across the fleet" in refused.json()["error"]["message"]
+        # A request that lowers itself to batch is batch.
+        lowered = _post(running, CHAT, secrets["chat"], **{"X-Fleet-Priority": "batch"})
+        assert lowered.status_code == 429
+        assert _post(running, CHAT, secrets["chat"]).status_code == 200
+        assert _post(running, CHAT, secrets["plain"]).status_code == 200
     # The slot is free again once the stream ended.
     assert wait_for(lambda: _post(running, CHAT, secrets["jobs"]).status_code == 200, 30,
                     "the batch class's slot to be free")
@@ -267,14 +274,8 @@ def test_a_key_past_its_fair_share_is_refused_while_other_keys_pass(
     board.clear()
     board.publish_share(FairShare(1, 2, 2, "2 requests running and waiting on 2 slots"))
     assert (board.folder / FAIR_SHARE_FILE).read_text() == "1\n"
-    held = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}],
-                       "stream": True}).encode()
-    gate = threading.Event()
-    backend.stream_gate = gate
     try:
-        with _post(running, held, secrets["chat"], stream=True) as stream:
-            lines = stream.iter_lines()
-            assert next(line for line in lines if line)
+        with _held_stream(running, backend, secrets["chat"]):
             refused = _post(running, CHAT, secrets["chat"])
             assert refused.status_code == 429
             assert refused.headers["Retry-After"] and refused.headers["X-Request-Id"]
@@ -283,9 +284,5 @@ def test_a_key_past_its_fair_share_is_refused_while_other_keys_pass(
             # No cap: the same key's second request passes beside its stream.
             board.publish_share(FairShare(None, 2, 2, "1 running and waiting: no cap"))
             assert _post(running, CHAT, secrets["chat"]).status_code == 200
-            gate.set()
-            assert [line for line in lines if line][-1] == b"data: [DONE]"
     finally:
-        gate.set()
-        backend.stream_gate = None
         board.clear()

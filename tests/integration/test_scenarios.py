@@ -47,7 +47,8 @@ def _check_row(row: dict) -> None:
 def test_overhead(tmp_path: Path) -> None:
     result = _scenario("overhead", tmp_path)
     assert [r["label"] for r in result["rows"]] == [
-        "direct", "llm-fleet (nginx)", "vllm-router", "LiteLLM proxy"]
+        "direct", "llm-fleet (nginx)", "llm-fleet, overload controls on", "vllm-router",
+        "LiteLLM proxy"]
     for row in result["rows"]:
         _check_row(row)
         if row["summary"] is not None:
@@ -56,7 +57,9 @@ def test_overhead(tmp_path: Path) -> None:
     gateway = result["rows"][1]
     assert set(gateway["extra"]["added_e2e_s"]) == {"p50", "p99"}
     assert [t["target"] for t in result["targets"]] == [
-        "gateway adds under 1 ms at p50", "gateway adds under 5 ms at p99"]
+        "gateway adds under 1 ms at p50", "gateway adds under 5 ms at p99",
+        "gateway with the overload controls on adds under 1 ms at p50",
+        "gateway with the overload controls on adds under 5 ms at p99"]
 
 
 @pytest.mark.parametrize("name", ["heterogeneous", "homogeneous"])

@@ -24,9 +24,10 @@ from router.bench.scenario_kit import (
     Scenario,
     ScenarioResult,
     sim_text,
+    tenant_keys,
     whole_ms,
 )
-from router.bench.scenarios.overload import OVERLOAD_SIM, REPLICAS, SLOTS, tenant_keys
+from router.bench.scenarios.overload import OVERLOAD_SIM, REPLICAS, SLOTS
 
 CONTENDERS = {"shared": "no shares (arrival order)", "fair": "fair shares per key"}
 # Closed-loop streams per key: the 1:4.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from router.bench import fleets, load, stats
@@ -23,6 +24,7 @@ from router.bench.scenario_kit import (
     run_load,
     s_text,
     sim_text,
+    tenant_keys,
 )
 from router.bench.scenario_report import ms_cell
 
@@ -31,6 +33,16 @@ OVERHEAD_SIM: dict[str, Any] = {"decode_step_s": 0.002, "decode_s_per_seq": 0.00
                                 "max_num_seqs": 512}
 OVERHEAD_ROUNDS = 10
 OVERHEAD_WARMUP_S = 1.0
+# The second llm-fleet row: a gateway with every overload control on, none
+# of them acting (the fleet is far from full), so what it adds is their cost
+# on every request: the key check, the class map and priority.js's body
+# rewrite, the shed flag's stat, the fair-share read and its limit_conn zones.
+CONTROLS = "llm-fleet, overload controls on"
+CONTROLS_SPEC: dict[str, Any] = {
+    "auth": {"enabled": True},
+    "priority": {"enabled": True, "max_in_flight": {"batch": 100_000},
+                 "shed_queue_wait_s": {"batch": 30}, "fair_share": True},
+}
 
 
 @dataclass(frozen=True)
@@ -50,14 +62,19 @@ def overhead(ctx: Context) -> ScenarioResult:
     latency_load = load.Workload(model="sim-model", prompt_words=(16, 16),
                                  output_tokens=(16, 16), seed=ctx.seed)
     capacity_load = replace(latency_load, stream=False)
-    labels = ["direct", "llm-fleet (nginx)", "vllm-router", "LiteLLM proxy"]
+    labels = ["direct", "llm-fleet (nginx)", CONTROLS, "vllm-router", "LiteLLM proxy"]
     missing = peer_rows(labels)
     slice_s = size.seconds / OVERHEAD_ROUNDS
+    controlled_spec, controlled_path = ctx.fleet_spec("overhead-controls", 1,
+                                                      {"defaults": OVERHEAD_SIM}, **CONTROLS_SPEC)
+    key = tenant_keys(Path(controlled_spec["runtime_dir"]), {"client": None})["client"]
     with ctx.fleet("overhead", 1, {"defaults": OVERHEAD_SIM}) as fleet, \
-            contextlib.ExitStack() as peers:
+            fleets.running_fleet(controlled_spec, controlled_path, lambda _msg: None) as \
+            controlled, contextlib.ExitStack() as peers:
         work = ctx.work_dir / "overhead"
         endpoints = {"direct": Endpoint(fleet.replica_urls[0]),
-                     "llm-fleet (nginx)": Endpoint(fleet.gateway_url)}
+                     "llm-fleet (nginx)": Endpoint(fleet.gateway_url),
+                     CONTROLS: Endpoint(controlled.gateway_url, key)}
         if not missing["vllm-router"]:
             endpoints["vllm-router"] = peers.enter_context(
                 fleets.vllm_router(fleet.replica_urls, "round_robin", work))
@@ -100,9 +117,10 @@ def overhead(ctx: Context) -> ScenarioResult:
         added = {q: _added(row.summary, direct, "e2e_s", q) for q in ("p50", "p99")}
         row.extra["added_e2e_s"] = added
         if row.label.startswith("llm-fleet"):
-            targets.append(("gateway adds under 1 ms at p50", ms_text(added["p50"]),
+            which = " with the overload controls on" if row.label == CONTROLS else ""
+            targets.append((f"gateway{which} adds under 1 ms at p50", ms_text(added["p50"]),
                             added["p50"] is not None and added["p50"] < 0.001))
-            targets.append(("gateway adds under 5 ms at p99", ms_text(added["p99"]),
+            targets.append((f"gateway{which} adds under 5 ms at p99", ms_text(added["p99"]),
                             added["p99"] is not None and added["p99"] < 0.005))
     return ScenarioResult(
         name="overhead", title="What a gateway adds to every request",
@@ -120,6 +138,10 @@ def overhead(ctx: Context) -> ScenarioResult:
                + f" requests/s for {size.capacity_level_s:g} s each, stopping at the first "
                "level that fails. Sustained: no failed request and p99 E2E under 1 s (a "
                "gateway that falls behind queues, and its p99 grows past that at once).",
+               f"{CONTROLS}: a second fleet of one such replica, its gateway with API keys, "
+               "priority classes, a batch cap, shedding for the queue wait and fair shares "
+               "per key on (none acting: the fleet is far from full), reached with a key; "
+               "its added latency is against the first fleet's replica, an identical one.",
                "vllm-router runs its round_robin policy (one worker); LiteLLM its default "
                "simple-shuffle router with one worker process, authenticated with a master "
                "key (it refuses to start without one)."],

@@ -13,7 +13,6 @@ the flood against its TTFT alone, and how soon after the flood it is back.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,11 +26,10 @@ from router.bench.scenario_kit import (
     Scenario,
     ScenarioResult,
     sim_text,
+    tenant_keys,
     whole_ms,
 )
 from router.bench.stats import RequestRecord, percentile
-from router.disk.keys import KeyStore, save_store
-from router.disk.paths import RuntimePaths
 
 # A replica of the issue's measurements: 8 sequences, a GPU-like step time.
 OVERLOAD_SIM: dict[str, Any] = {"decode_step_s": 0.02, "decode_s_per_seq": 0.0004,
@@ -67,20 +65,6 @@ class OverloadSize:
 FULL = OverloadSize()
 TINY = OverloadSize(flood_s=4.0, after_s=1.0, floods=(0.0, 2.0), interactive_tokens=8,
                     batch_tokens=16)
-
-
-def tenant_keys(runtime_dir: Path, tenants: Mapping[str, str | None]) -> dict[str, str]:
-    """A key per tenant, in its class (None: the default class), written where
-    `fleet up` reads keys."""
-    store, secrets = KeyStore(), {}
-    for tenant, priority_class in tenants.items():
-        store, key = store.add(tenant, priority_class=priority_class)
-        assert key.secret is not None
-        secrets[tenant] = key.secret
-    paths = RuntimePaths(runtime_dir)
-    paths.create()
-    save_store(paths.api_keys, store)
-    return secrets
 
 
 def measure_capacity(fleet: Fleet, workload: load.Workload, seconds: float) -> float:
