@@ -175,6 +175,11 @@ class AuthSpec(_Model):
     enabled: bool = False
 
 
+# nginx's limit_conn counts up to this many requests per key (it refuses
+# more at `nginx -t`): the bound of every in-flight cap in the spec.
+LIMIT_CONN_MAX = 65535
+
+
 class LimitsSpec(_Model):
     """Per-client limits on the OpenAI API: per API key when auth is on, per
     client address otherwise. Unset means no limit. Over a limit: 429 with
@@ -184,7 +189,7 @@ class LimitsSpec(_Model):
     # Requests above the rate that are still served at once, as a burst.
     burst: int = Field(default=0, ge=0, le=100_000)
     # Requests (streams included) in flight at once.
-    concurrent: int | None = Field(default=None, ge=1, le=100_000)
+    concurrent: int | None = Field(default=None, ge=1, le=LIMIT_CONN_MAX)
 
 
 PRIORITY_HEADER = "X-Fleet-Priority"
@@ -251,8 +256,8 @@ class PrioritySpec(_Model):
     @classmethod
     def _positive_caps(cls, value: dict[str, int]) -> dict[str, int]:
         for name, cap in value.items():
-            if not 1 <= cap <= 1_000_000:
-                raise ValueError(f"{name!r}: {cap} requests; give 1 to 1000000")
+            if not 1 <= cap <= LIMIT_CONN_MAX:
+                raise ValueError(f"{name!r}: {cap} requests; give 1 to {LIMIT_CONN_MAX}")
         return value
 
     @field_validator("classes")

@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from router.config.spec import LIMIT_CONN_MAX
+from router.disk.paths import RuntimePaths
+from router.runtime.configs import write_checked
 from tests.support.backend import Backend
 from tests.support.harness import Running, free_port_block, gateway, plan_for, wait_for
 
@@ -134,6 +137,18 @@ def test_every_answer_the_gateway_makes_carries_a_request_id(
         assert REQUEST_ID.fullmatch(response.headers.get("X-Request-Id", "")), name
     assert answers["429"].headers["Retry-After"] == "1"
     assert answers["405"].headers["Allow"] == "POST"
+
+
+def test_every_in_flight_cap_at_the_specs_bound_passes_nginx(tmp_path: Path) -> None:
+    """The spec's largest in-flight caps are ones nginx's limit_conn takes: a
+    spec that validates never fails at `nginx -t`."""
+    plan = plan_for(tmp_path / "rt", 2, free_port_block(2), auth={"enabled": True},
+                    limits={"concurrent": LIMIT_CONN_MAX},
+                    priority={"enabled": True, "max_in_flight": {"batch": LIMIT_CONN_MAX},
+                              "shed_queue_wait_s": {"batch": 3600}, "fair_share": True})
+    paths = RuntimePaths(plan.spec.runtime_dir)
+    write_checked(plan, paths)
+    assert f"limit_conn fleet_class_batch {LIMIT_CONN_MAX};" in paths.nginx_conf.read_text()
 
 
 def test_refused_replica_is_skipped_without_client_error(tmp_path: Path) -> None:

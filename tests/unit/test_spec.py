@@ -111,6 +111,10 @@ def test_all_commented_section_means_defaults() -> None:
          "interactive, default, batch"),
         ({"priority": {"max_in_flight": {"bulk": 4}}}, "priority", "names bulk, not a class"),
         ({"priority": {"max_in_flight": {"batch": 0}}}, "priority.max_in_flight", "1 to"),
+        # nginx's limit_conn refuses more than 65535 at `nginx -t`.
+        ({"priority": {"max_in_flight": {"batch": 65536}}}, "priority.max_in_flight",
+         "1 to 65535"),
+        ({"limits": {"concurrent": 65536}}, "limits.concurrent", "65535"),
         ({"priority": {"shed_queue_wait_s": {"bulk": 4}}}, "priority",
          "names bulk, not a class"),
         ({"priority": {"shed_queue_wait_s": {"batch": 0}}}, "priority.shed_queue_wait_s",

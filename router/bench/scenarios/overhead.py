@@ -40,7 +40,7 @@ OVERHEAD_WARMUP_S = 1.0
 CONTROLS = "llm-fleet, overload controls on"
 CONTROLS_SPEC: dict[str, Any] = {
     "auth": {"enabled": True},
-    "priority": {"enabled": True, "max_in_flight": {"batch": 100_000},
+    "priority": {"enabled": True, "max_in_flight": {"batch": 10_000},
                  "shed_queue_wait_s": {"batch": 30}, "fair_share": True},
 }
 
