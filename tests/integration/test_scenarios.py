@@ -47,8 +47,8 @@ def _check_row(row: dict) -> None:
 def test_overhead(tmp_path: Path) -> None:
     result = _scenario("overhead", tmp_path)
     assert [r["label"] for r in result["rows"]] == [
-        "direct", "llm-fleet (nginx)", "llm-fleet, overload controls on", "vllm-router",
-        "LiteLLM proxy"]
+        "direct", "llm-fleet (nginx)", "direct, second fleet", "llm-fleet, overload controls on",
+        "vllm-router", "LiteLLM proxy"]
     for row in result["rows"]:
         _check_row(row)
         if row["summary"] is not None:
