@@ -146,13 +146,16 @@ class MachineFacts:
             raise _missing(name)
         return found
 
-    def nginx_module(self, name: str) -> str:
+    def nginx_module(self, name: str, needed_by: tuple[str, ...]) -> str:
+        """The module's .so; ``needed_by``: the spec settings that need it,
+        each as the setting that turns it off (e.g. "gateway.affinity: off")."""
         found = self.nginx_modules.get(name)
         if found is None:
             raise EnvironmentError_(
-                f"the nginx module {name} is not installed (gateway.affinity needs it)",
+                f"the nginx module {name} is not installed (needed by "
+                f"{' and '.join(s.split(':')[0] for s in needed_by)})",
                 hint="run `make up` or `sudo deploy/setup.sh` (installs the Debian package "
-                     f"{NGINX_MODULES.get(name, name)}), or set gateway.affinity: off")
+                     f"{NGINX_MODULES.get(name, name)}), or set {' and '.join(needed_by)}")
         return found
 
 

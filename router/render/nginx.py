@@ -197,7 +197,10 @@ def nginx_view(plan: ClusterPlan, paths: RuntimePaths, machine: MachineFacts) ->
         upstream_conf=paths.upstream_conf,
         api_keys_conf=paths.api_keys_conf,
         affinity=spec.gateway.affinity,
-        js_module=(machine.nginx_module("ngx_http_js_module")
+        js_module=(machine.nginx_module("ngx_http_js_module", tuple(
+                       setting for setting, on in (
+                           ("gateway.affinity: off", spec.gateway.affinity.keyed),
+                           ("priority.enabled: false", spec.priority.enabled)) if on))
                    if spec.gateway.affinity.keyed or spec.priority.enabled else None),
         affinity_script=machine.affinity_script,
         routes=API_ROUTES[spec.model.runner],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,11 @@ from router.render.files import render_all
 from router.render.programs import programs
 from router.runtime.apply import in_flight
 from tests.support.fakes import cpu_inventory, gpu_inventory
-from tests.unit.test_render import MACHINE
+from tests.unit.test_render import MACHINE as MACHINE_WITHOUT_NJS
+
+# Priority classes and affinity need njs: the renderer checks it is there.
+MACHINE = replace(MACHINE_WITHOUT_NJS, nginx_modules={
+    "ngx_http_js_module": "/usr/lib/nginx/modules/ngx_http_js_module.so"})
 
 ROOT = Path("/var/lib/llm-fleet")
 PATHS = RuntimePaths(ROOT)
@@ -86,6 +91,16 @@ def test_a_program_setting_restarts_that_program_alone() -> None:
 def test_a_controller_setting_restarts_only_the_controller() -> None:
     plan = change({}, {"controller": {"evaluate_interval_s": 5}})
     assert plan.controller and plan.roll == () and plan.restart == ()
+
+
+def test_shedding_and_shares_reload_the_gateway_and_restart_the_controller() -> None:
+    """nginx reads the flags the controller writes: both take the change."""
+    classes = {"priority": {"enabled": True}, "auth": {"enabled": True}}
+    shed = {**classes, "priority": {"enabled": True, "shed_queue_wait_s": {"batch": 5}}}
+    shares = {**classes, "priority": {"enabled": True, "fair_share": True}}
+    for old, new in ((classes, shed), (shed, classes), (classes, shares)):
+        plan = change(old, new)
+        assert plan.gateway and plan.controller and plan.roll == (), (old, new)
 
 
 @pytest.mark.parametrize(("new", "named"), [

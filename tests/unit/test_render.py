@@ -197,3 +197,13 @@ def test_affinity_renders_the_ring_and_an_upstream_per_replica_and_needs_njs() -
     with pytest.raises(EnvironmentError_, match="ngx_http_js_module is not installed") as caught:
         render_nginx(plan, RuntimePaths(ROOT), MACHINE)
     assert "libnginx-mod-http-js" in caught.value.hint
+    assert "gateway.affinity: off" in caught.value.hint
+
+
+def test_a_missing_js_module_names_each_setting_that_needs_it() -> None:
+    plan = _plan({"engine": "sim", "replicas": 2, "priority": {"enabled": True},
+                  "gateway": {"affinity": "session"}}, cpu_inventory(2))
+    with pytest.raises(EnvironmentError_) as caught:
+        render_nginx(plan, RuntimePaths(ROOT), MACHINE)
+    assert "(needed by gateway.affinity and priority.enabled)" in caught.value.message
+    assert caught.value.hint.endswith("gateway.affinity: off and priority.enabled: false")
