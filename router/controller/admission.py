@@ -32,6 +32,7 @@ from typing import Protocol
 from router.config.spec import FAIR_SHARE_FILE, FAIR_SHARE_LEVELS
 from router.controller.metrics import ControllerMetrics
 from router.controller.policy import Snapshot
+from router.controller.signals import JOB, RUNNING_QUERY, WAITING_QUERY
 from router.disk.paths import write_atomic
 from router.errors import MetricsUnavailable
 from router.fleet_status import AdmissionView, ClassAdmission, FairShareView
@@ -49,12 +50,9 @@ MAX_RETRY_AFTER_S = 60
 KEYS_IN_USE_WINDOW = "30s"
 KEYS_IN_USE_QUERY = ("count(sum by (key) (rate(fleet_gateway_key_requests_total"
                      f'{{job="gateway_log"}}[{KEYS_IN_USE_WINDOW}])) > 0)')
-JOB = 'job="vllm"'
 # The finish rate is read over this many seconds at least: short enough to
 # follow a flood's start and end, long enough to smooth a batch's finish.
 MIN_RATE_WINDOW_S = 20
-WAITING_QUERY = f"sum by (replica) (vllm:num_requests_waiting{{{JOB}}})"
-RUNNING_QUERY = f"sum by (replica) (vllm:num_requests_running{{{JOB}}})"
 # Fair shares apply once the slots in rotation are all taken, and are lifted
 # once the requests in flight are below this share of them.
 FAIR_RELEASE_OCCUPANCY = 0.75
@@ -221,20 +219,27 @@ class ShedBoard:
 
     def publish(self, states: Mapping[str, ClassState]) -> None:
         for name, state in states.items():
-            flag = self.folder / name
-            if state.shed:
-                write_atomic(flag, json.dumps({"retry_after_s": state.retry_after_s,
-                                               "reason": state.reason}) + "\n")
-            else:
-                flag.unlink(missing_ok=True)
+            self._put(name, json.dumps({"retry_after_s": state.retry_after_s,
+                                        "reason": state.reason}) + "\n"
+                      if state.shed else None)
 
     def publish_share(self, share: FairShare) -> None:
-        """The cap per key, as nginx reads it (priority.js fairLevel)."""
-        flag = self.folder / FAIR_SHARE_FILE
-        if share.per_key is None:
+        """The cap per key, as nginx reads it (priority.js fairShare)."""
+        self._put(FAIR_SHARE_FILE, None if share.per_key is None else f"{share.per_key}\n")
+
+    def _put(self, name: str, text: str | None) -> None:
+        """The flag ``name`` holds ``text``, or is gone for None. Written only
+        when its text changes: every round would fsync the same bytes."""
+        flag = self.folder / name
+        if text is None:
             flag.unlink(missing_ok=True)
-        elif not flag.exists() or flag.read_text(encoding="utf-8").strip() != str(share.per_key):
-            write_atomic(flag, f"{share.per_key}\n")
+            return
+        try:
+            if flag.read_text(encoding="utf-8") == text:
+                return
+        except FileNotFoundError:
+            pass
+        write_atomic(flag, text)
 
 
 class QueueSource(Protocol):
@@ -267,13 +272,6 @@ async def read_queue(source: QueueSource, window: str,
                       running=total(running))
 
 
-@dataclass(frozen=True)
-class FairShareSettings:
-    """priority.fair_share is on: each replica's slots (max_num_seqs)."""
-
-    slots: Mapping[str, int]
-
-
 class AdmissionInput:
     """Sheds classes and caps keys at their fair share from the fleet's
     saturation; asks for no weight decision."""
@@ -283,7 +281,9 @@ class AdmissionInput:
     def __init__(self, source: QueueSource, board: ShedBoard, limits: Mapping[str, float],
                  window: str, interval_s: float, clock: Callable[[], float],
                  metrics: ControllerMetrics | None = None,
-                 fair: FairShareSettings | None = None) -> None:
+                 fair_slots: Mapping[str, int] | None = None) -> None:
+        """``fair_slots``: each replica's slots (max_num_seqs) when
+        priority.fair_share is on, else None."""
         self.source = source
         self.board = board
         self.limits = dict(limits)
@@ -291,7 +291,7 @@ class AdmissionInput:
         self._interval_s = interval_s
         self.clock = clock
         self.metrics = metrics
-        self.fair = fair
+        self.fair_slots = fair_slots
         self.queue: FleetQueue | None = None
         self.queue_at: float | None = None
         self.keys_in_use: int | None = None
@@ -315,7 +315,7 @@ class AdmissionInput:
     async def _read(self, in_rotation: Sequence[str], now: float) -> None:
         try:
             self.queue = await read_queue(self.source, self.window, in_rotation)
-            if self.fair is not None:
+            if self.fair_slots is not None:
                 self.keys_in_use = int(await self.source.query_total(KEYS_IN_USE_QUERY) or 0)
             self.queue_at, self.error = now, None
         except MetricsUnavailable as exc:
@@ -335,8 +335,8 @@ class AdmissionInput:
                          "shed" if state.shed else "admit", state.reason,
                          state.retry_after_s)
         share = None
-        if self.fair is not None:
-            slots = sum(self.fair.slots.get(name, 0) for name in in_rotation)
+        if self.fair_slots is not None:
+            slots = sum(self.fair_slots.get(name, 0) for name in in_rotation)
             was = self.share is not None and self.share.per_key is not None
             share = assess_fair_share(queue, was, self.keys_in_use, slots, max_age_s)
             if share.per_key != (None if self.share is None else self.share.per_key):

@@ -9,12 +9,7 @@ import uvicorn
 
 from router.config.spec import ClusterSpec
 from router.controller.actuator import Actuator
-from router.controller.admission import (
-    AdmissionInput,
-    FairShareSettings,
-    ShedBoard,
-    queue_rate_window_s,
-)
+from router.controller.admission import AdmissionInput, ShedBoard, queue_rate_window_s
 from router.controller.api import create_app
 from router.controller.inputs import Input, PaceInput, PrometheusInput
 from router.controller.metrics import ControllerMetrics
@@ -78,6 +73,8 @@ def run(spec: ClusterSpec) -> None:
             PrometheusClient(f"http://127.0.0.1:{spec.prometheus.port}",
                              spec.controller.query_timeout_s),
             spec.controller, time.time, metrics))
+    # Each replica's batch slots: what the pace probes and fair shares weigh.
+    slots = {r.name: r.max_num_seqs for r in state.replicas if r.max_num_seqs is not None}
     if spec.priority.shed_queue_wait_s or spec.priority.fair_share:
         # Its own client: closing one input must not close another's.
         inputs.append(AdmissionInput(
@@ -87,12 +84,9 @@ def run(spec: ClusterSpec) -> None:
             spec.priority.shed_queue_wait_s,
             window=f"{queue_rate_window_s(spec.prometheus.scrape_interval_s)}s",
             interval_s=spec.controller.evaluate_interval_s, clock=time.time, metrics=metrics,
-            fair=FairShareSettings({r.name: r.max_num_seqs for r in state.replicas
-                                    if r.max_num_seqs is not None})
-            if spec.priority.fair_share else None))
+            fair_slots=slots if spec.priority.fair_share else None))
     # A pooling model generates no tokens for the pace probes to time.
     if spec.controller.pace.enabled and spec.model.runner == "generate":
-        slots = {r.name: r.max_num_seqs for r in state.replicas if r.max_num_seqs is not None}
         inputs.append(PaceInput(PaceProber({m.name: m.url for m in members},
                                            state.served_model_name, spec.controller.pace,
                                            slots=slots), metrics))

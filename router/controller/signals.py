@@ -19,6 +19,9 @@ from router.controller.policy import ReplicaSignals, Sample
 from router.errors import MetricsUnavailable
 
 JOB = 'job="vllm"'
+# Requests each replica queues and runs (also the admission input's queue).
+WAITING_QUERY = f"sum by (replica) (vllm:num_requests_waiting{{{JOB}}})"
+RUNNING_QUERY = f"sum by (replica) (vllm:num_requests_running{{{JOB}}})"
 
 
 def queries(window: str) -> dict[str, str]:
@@ -30,8 +33,8 @@ def queries(window: str) -> dict[str, str]:
     return {
         "ttft_p99": p99("time_to_first_token_seconds"),
         "e2e_p99": p99("e2e_request_latency_seconds"),
-        "waiting": f"sum by (replica) (vllm:num_requests_waiting{{{JOB}}})",
-        "running": f"sum by (replica) (vllm:num_requests_running{{{JOB}}})",
+        "waiting": WAITING_QUERY,
+        "running": RUNNING_QUERY,
         "kv_usage": f"max by (replica) (vllm:kv_cache_usage_perc{{{JOB}}})",
         # From the GPU exporter when it runs; absent otherwise.
         "gpu_util": "max by (replica) (fleet_gpu_utilization_percent)",

@@ -182,6 +182,10 @@ def listen_address(gw: GatewaySpec) -> str:
 
 def nginx_view(plan: ClusterPlan, paths: RuntimePaths, machine: MachineFacts) -> NginxView:
     spec = plan.spec
+    # The settings that need njs, each as the setting that turns it off.
+    needs_js = tuple(setting for setting, on in (
+        ("gateway.affinity: off", spec.gateway.affinity.keyed),
+        ("priority.enabled: false", spec.priority.enabled)) if on)
     return NginxView(
         run_user=machine.run_user,
         paths=NginxPaths(pid=paths.nginx_pid, error_log=paths.log("nginx-error"),
@@ -197,11 +201,7 @@ def nginx_view(plan: ClusterPlan, paths: RuntimePaths, machine: MachineFacts) ->
         upstream_conf=paths.upstream_conf,
         api_keys_conf=paths.api_keys_conf,
         affinity=spec.gateway.affinity,
-        js_module=(machine.nginx_module("ngx_http_js_module", tuple(
-                       setting for setting, on in (
-                           ("gateway.affinity: off", spec.gateway.affinity.keyed),
-                           ("priority.enabled: false", spec.priority.enabled)) if on))
-                   if spec.gateway.affinity.keyed or spec.priority.enabled else None),
+        js_module=machine.nginx_module("ngx_http_js_module", needs_js) if needs_js else None,
         affinity_script=machine.affinity_script,
         routes=API_ROUTES[spec.model.runner],
         priority=priority_view(spec, machine.priority_script,

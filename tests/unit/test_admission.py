@@ -15,7 +15,6 @@ from router.controller.admission import (
     AdmissionInput,
     ClassState,
     FairShare,
-    FairShareSettings,
     FleetQueue,
     ShedBoard,
     assess,
@@ -236,8 +235,7 @@ def test_the_input_caps_keys_from_the_slots_in_rotation(tmp_path: Path) -> None:
     metrics = ControllerMetrics()
     admission = AdmissionInput(source, ShedBoard(tmp_path), {}, "20s", interval_s=2.0,
                                clock=lambda: 1000.0, metrics=metrics,
-                               fair=FairShareSettings({"replica-0": 8, "replica-1": 8,
-                                                       "replica-2": 8}))
+                               fair_slots={"replica-0": 8, "replica-1": 8, "replica-2": 8})
     # 56 held on the 16 slots in rotation, over 3 keys: 5, snapped to 4.
     asyncio.run(admission.poll(["replica-0", "replica-1"]))
     assert admission.share is not None and admission.share.per_key == 4
