@@ -163,6 +163,26 @@ class AdmissionView(_Model):
     fair_share: FairShareView | None = None
 
 
+class KeyBudgetView(_Model):
+    """One API key's tokens against its budget (spec budgets)."""
+
+    key: str
+    name: str | None
+    used: int
+    budget: int
+    over: bool
+    retry_after_s: int | None
+
+
+class BudgetsView(_Model):
+    """Token budgets: each budgeted key's tokens over the window."""
+
+    window_s: float
+    # Why the counters could not be read; None when they were.
+    error: str | None
+    keys: list[KeyBudgetView]
+
+
 class FleetStatus(_Model):
     """The controller's GET /status."""
 
@@ -172,6 +192,8 @@ class FleetStatus(_Model):
     last_decision: DecisionRecord | None
     # None when no class is shed for saturation.
     admission: AdmissionView | None = None
+    # None when budgets are off.
+    budgets: BudgetsView | None = None
 
     def replica(self, name: str) -> ReplicaStatus | None:
         return next((r for r in self.replicas if r.name == name), None)
@@ -243,6 +265,9 @@ class PublicFleetStatus(_Model):
     rollout: PublicRollout | None = None
     # Shedding and fair shares (spec priority); None when neither is on.
     admission: AdmissionView | None = None
+    # Token budgets: how many keys are over theirs (which ones is for the
+    # operator's `fleet status`, not every key holder); None when off.
+    keys_over_budget: int | None = None
 
     def routed_weights(self) -> dict[str, int]:
         return {r.name: r.routed_weight for r in self.replicas}

@@ -368,6 +368,9 @@ function renderFleet(status) {
       parts.push(`fair share: ${share.per_key} in flight per key (${share.keys_in_use} keys)`);
     }
   }
+  if (status.keys_over_budget) {
+    parts.push(`${status.keys_over_budget} API key(s) over their token budget (429)`);
+  }
   if (status.last_decision) {
     const at = new Date(status.last_decision.at * 1000).toLocaleTimeString();
     parts.push(`last decision ${at}: ${status.last_decision.why}`);

@@ -15,7 +15,7 @@ from router.cli.common import progress, spec_arg, table
 from router.config.spec import load_spec
 from router.disk.paths import RuntimePaths
 from router.errors import ClusterError, SpecError
-from router.fleet_status import AdmissionView
+from router.fleet_status import AdmissionView, BudgetsView
 from router.host.machine import detect
 from router.render.programs import replica_program
 from router.runtime import apply, cluster
@@ -73,6 +73,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     admission = status.controller.admission if status.controller else None
     if admission is not None:
         print("\n" + _admission_line(admission))
+    budgets = status.controller.budgets if status.controller else None
+    if budgets is not None:
+        print("\n" + _budgets_lines(budgets))
     paths = RuntimePaths(spec.runtime_dir)
     for r in status.replicas:
         if r.state in ("FATAL", "BACKOFF"):
@@ -90,6 +93,18 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"Prometheus {_size(disk.prometheus)}; bounded by logs.* and "
               "prometheus.retention_size)")
     return 0
+
+
+def _budgets_lines(budgets: BudgetsView) -> str:
+    over = [k for k in budgets.keys if k.over]
+    lines = [f"token budgets: {len(budgets.keys)} keys with one, {len(over)} over "
+             f"(tokens in the last {budgets.window_s:g}s)"]
+    lines += [f"  {k.name or k.key} ({k.key}): {k.used} of {k.budget}"
+              + (f", OVER: 429 for {k.retry_after_s}s more" if k.over else "")
+              for k in budgets.keys]
+    if budgets.error:
+        lines.append(f"  counters: {budgets.error}")
+    return "\n".join(lines)
 
 
 def _admission_line(admission: AdmissionView) -> str:

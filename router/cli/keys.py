@@ -49,6 +49,35 @@ def _priority_class(spec: ClusterSpec, name: str | None) -> str | None:
     return name
 
 
+def _budget(value: str | None) -> keys.Budget:
+    """A --tokens-per-min or `fleet keys budget` value: a count, `unlimited`,
+    or `default` (None: the spec's budgets.tokens_per_min)."""
+    if value is None or value == "default":
+        return None
+    if value == keys.UNLIMITED:
+        return keys.UNLIMITED
+    try:
+        tokens = int(value)
+    except ValueError:
+        tokens = 0
+    if not 1 <= tokens <= 10**12:
+        raise SpecError(f"tokens per minute {value!r} is not a budget",
+                        hint="give a whole number of tokens from 1, `unlimited` for none, "
+                             "or `default` for the spec's budgets.tokens_per_min")
+    return tokens
+
+
+def _budget_shown(spec: ClusterSpec, key: keys.ApiKey) -> str:
+    budget = key.budget(spec.budgets.tokens_per_min)
+    return "-" if budget is None else f"{budget}/min"
+
+
+def _budget_note(spec: ClusterSpec) -> str:
+    return ("" if spec.budgets.enabled else
+            "; note: budgets.enabled is false in this spec, so tokens are not counted "
+            "until you set it to true")
+
+
 def _class_note(spec: ClusterSpec) -> str:
     return ("" if spec.priority.enabled else
             "; note: priority.enabled is false in this spec, so classes are not applied "
@@ -58,12 +87,15 @@ def _class_note(spec: ClusterSpec) -> str:
 def cmd_keys_add(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     priority_class = _priority_class(spec, args.priority_class)
+    budget = _budget(args.tokens_per_min)
     store, key = keys.load_store(RuntimePaths(spec.runtime_dir).api_keys).add(
-        args.name, priority_class=priority_class)
+        args.name, priority_class=priority_class, tokens_per_min=budget)
     outcome = _apply_keys(spec, store)
     shown_class = key.priority_class or spec.priority.default_class
-    progress(f"created {key.id} ({key.name}, class {shown_class}); "
-             f"{outcome}{_class_note(spec) if priority_class else ''}")
+    progress(f"created {key.id} ({key.name}, class {shown_class}, budget "
+             f"{_budget_shown(spec, key)}); {outcome}"
+             f"{_class_note(spec) if priority_class else ''}"
+             f"{_budget_note(spec) if budget is not None else ''}")
     progress("the key is shown only now; store it where the client can read it")
     print(key.secret)
     return 0
@@ -75,7 +107,8 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([{"id": k.id, "name": k.name, "created_at": k.created_at,
                            "revoked_at": k.revoked_at, "key": k.shown,
-                           "class": k.priority_class or spec.priority.default_class}
+                           "class": k.priority_class or spec.priority.default_class,
+                           "tokens_per_min": k.budget(spec.budgets.tokens_per_min)}
                           for k in store.keys],
                          indent=2))
         return 0
@@ -86,9 +119,10 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     def stamp(at: float | None) -> str:
         return "-" if at is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(at))
 
-    rows = [["ID", "NAME", "KEY", "CLASS", "CREATED", "REVOKED"]]
+    rows = [["ID", "NAME", "KEY", "CLASS", "BUDGET", "CREATED", "REVOKED"]]
     rows += [[k.id, k.name, k.shown, k.priority_class or spec.priority.default_class,
-              stamp(k.created_at), stamp(k.revoked_at)] for k in store.keys]
+              _budget_shown(spec, k), stamp(k.created_at), stamp(k.revoked_at)]
+             for k in store.keys]
     print(table(rows))
     return 0
 
@@ -101,6 +135,20 @@ def cmd_keys_class(args: argparse.Namespace) -> int:
     outcome = _apply_keys(spec, store)
     progress(f"{key.id} ({key.name}) is in class "
              f"{key.priority_class or spec.priority.default_class}; {outcome}{_class_note(spec)}")
+    return 0
+
+
+def cmd_keys_budget(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec)
+    budget = _budget(args.tokens_per_min)
+    paths = RuntimePaths(spec.runtime_dir)
+    store, key = keys.load_store(paths.api_keys).with_budget(args.key, budget)
+    # The budget is the controller's to enforce (it reads the store when it
+    # changes); nginx's key map does not hold it.
+    keys.save_store(paths.api_keys, store)
+    progress(f"{key.id} ({key.name}) has a budget of {_budget_shown(spec, key)} "
+             f"(tokens per minute, prompt and completion); the controller applies it "
+             f"within a second{_budget_note(spec)}")
     return 0
 
 
@@ -121,6 +169,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     pk.add_argument("--class", dest="priority_class", metavar="CLASS",
                     help="its priority class, one of the spec's priority.classes "
                          "(default: priority.default_class)")
+    pk.add_argument("--tokens-per-min", metavar="N",
+                    help="its token budget: tokens per minute (prompt and completion), "
+                         "`unlimited`, or `default` for the spec's budgets.tokens_per_min "
+                         "(the default)")
     pk.set_defaults(func=cmd_keys_add)
     pk = keys_sub.add_parser("class", help="move a key to another priority class; "
                                            "its next request has it")
@@ -129,6 +181,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     pk.add_argument("priority_class", metavar="CLASS",
                     help="one of the spec's priority.classes")
     pk.set_defaults(func=cmd_keys_class)
+    pk = keys_sub.add_parser("budget", help="set a key's tokens per minute; "
+                                            "the controller applies it within a second")
+    spec_arg(pk)
+    pk.add_argument("key", metavar="ID|NAME")
+    pk.add_argument("tokens_per_min", metavar="N|unlimited|default",
+                    help="tokens per minute (prompt and completion), `unlimited`, or "
+                         "`default` for the spec's budgets.tokens_per_min")
+    pk.set_defaults(func=cmd_keys_budget)
     pk = keys_sub.add_parser("list", help="every key: id, name, prefix, created, revoked")
     spec_arg(pk)
     pk.add_argument("--json", action="store_true", help="machine-readable output")

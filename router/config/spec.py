@@ -192,6 +192,27 @@ class LimitsSpec(_Model):
     concurrent: int | None = Field(default=None, ge=1, le=LIMIT_CONN_MAX)
 
 
+# A key's token budget is its tokens (prompt + completion, as the replicas'
+# `usage` reports them) over this sliding window.
+BUDGET_WINDOW_S = 60.0
+# The folder in the shed folder that holds one flag per API key over its
+# token budget, named as the key's id.
+BUDGET_FOLDER = "budget"
+
+
+class BudgetsSpec(_Model):
+    """Token budgets per API key (docs/overload.md, "Token budgets"): the
+    gateway counts each key's tokens from the replicas' `usage` (streams
+    included: it asks the replica for the usage chunk and keeps it from a
+    client that did not ask), and past a key's tokens per minute answers 429
+    with the Retry-After until the last minute's tokens are below it."""
+
+    enabled: bool = False
+    # Tokens per minute of a key without its own (`fleet keys budget`);
+    # None: such a key has no budget, its tokens are still counted.
+    tokens_per_min: int | None = Field(default=None, ge=1, le=10**12)
+
+
 PRIORITY_HEADER = "X-Fleet-Priority"
 # A key's fair share (priority.fair_share) snaps down to one of these:
 # nginx has a counting zone per level, not per possible number.
@@ -751,6 +772,7 @@ class ClusterSpec(_Model):
     gateway: GatewaySpec = GatewaySpec()
     auth: AuthSpec = AuthSpec()
     limits: LimitsSpec = LimitsSpec()
+    budgets: BudgetsSpec = BudgetsSpec()
     priority: PrioritySpec = PrioritySpec()
     console: ConsoleSpec = ConsoleSpec()
     model: ModelSpec = Field(default_factory=ModelSpec)
@@ -846,6 +868,17 @@ class ClusterSpec(_Model):
                              "gateway_metrics.enabled: shares are per API key, and the "
                              "controller counts the keys in use from the gateway's log "
                              "through Prometheus; turn them on or remove the setting")
+        return self
+
+    @model_validator(mode="after")
+    def _budgets_count_keys(self) -> ClusterSpec:
+        if self.budgets.enabled and not (
+                self.auth.enabled and self.controller.enabled
+                and self.gateway_metrics.enabled):
+            raise ValueError("budgets.enabled needs auth.enabled, controller.enabled and "
+                             "gateway_metrics.enabled: budgets are per API key, and the "
+                             "controller counts each key's tokens from the gateway's log; "
+                             "turn them on or set budgets.enabled: false")
         return self
 
     def generation(self) -> str:

@@ -214,7 +214,8 @@ class ShedBoard:
         """No class shed: at a start, so flags a stopped controller left never shed."""
         self.folder.mkdir(parents=True, exist_ok=True)
         for flag in self.folder.iterdir():
-            if not flag.name.startswith("."):
+            # Folders hold other flags (the budget ledger's).
+            if flag.is_file() and not flag.name.startswith("."):
                 flag.unlink(missing_ok=True)
 
     def publish(self, states: Mapping[str, ClassState]) -> None:

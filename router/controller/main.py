@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 
 import uvicorn
 
-from router.config.spec import ClusterSpec
+from router.config.spec import BUDGET_FOLDER, ClusterSpec
 from router.controller.actuator import Actuator
 from router.controller.admission import AdmissionInput, ShedBoard, queue_rate_window_s
 from router.controller.api import create_app
+from router.controller.budget import (
+    SEED_QUERY,
+    BudgetBoard,
+    BudgetInput,
+    KeyBudgets,
+    MtailCounters,
+)
 from router.controller.inputs import Input, PaceInput, PrometheusInput
 from router.controller.metrics import ControllerMetrics
 from router.controller.pace import PaceProber
@@ -60,6 +69,28 @@ def _records(paths: RuntimePaths) -> ClusterRecords:
         rollout=rollout)
 
 
+def _budget_input(spec: ClusterSpec, paths: RuntimePaths, folder: Path,
+                  metrics: ControllerMetrics) -> BudgetInput:
+    budgets = KeyBudgets(paths.api_keys, spec.budgets.tokens_per_min)
+    seeder: Callable[[], Awaitable[Mapping[str, float]]] | None = None
+    if spec.prometheus.enabled:
+        prometheus = PrometheusClient(f"http://127.0.0.1:{spec.prometheus.port}",
+                                      spec.controller.query_timeout_s)
+
+        async def seed() -> dict[str, float]:
+            try:
+                return await prometheus.query(SEED_QUERY, label="key")
+            finally:
+                await prometheus.close()
+        seeder = seed
+
+    return BudgetInput(
+        MtailCounters(f"http://127.0.0.1:{spec.gateway_metrics.log_exporter_port}/metrics",
+                      spec.controller.query_timeout_s),
+        budgets, BudgetBoard(folder), time.time, metrics, names=lambda: budgets.names,
+        seeder=seeder)
+
+
 def run(spec: ClusterSpec) -> None:
     # One line per probe is noise; decisions and reloads are what to read.
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -73,6 +104,9 @@ def run(spec: ClusterSpec) -> None:
             PrometheusClient(f"http://127.0.0.1:{spec.prometheus.port}",
                              spec.controller.query_timeout_s),
             spec.controller, time.time, metrics))
+    flags = shed_dir(paths.root, nginx_run_user(), paths.shed_dir)
+    if spec.budgets.enabled:
+        inputs.append(_budget_input(spec, paths, flags / BUDGET_FOLDER, metrics))
     # Each replica's batch slots: what the pace probes and fair shares weigh.
     slots = {r.name: r.max_num_seqs for r in state.replicas if r.max_num_seqs is not None}
     if spec.priority.shed_queue_wait_s or spec.priority.fair_share:
@@ -80,7 +114,7 @@ def run(spec: ClusterSpec) -> None:
         inputs.append(AdmissionInput(
             PrometheusClient(f"http://127.0.0.1:{spec.prometheus.port}",
                              spec.controller.query_timeout_s),
-            ShedBoard(shed_dir(paths.root, nginx_run_user(), paths.shed_dir)),
+            ShedBoard(flags),
             spec.priority.shed_queue_wait_s,
             window=f"{queue_rate_window_s(spec.prometheus.scrape_interval_s)}s",
             interval_s=spec.controller.evaluate_interval_s, clock=time.time, metrics=metrics,

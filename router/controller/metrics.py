@@ -89,6 +89,14 @@ class ControllerMetrics:
                                 "Requests each API key may hold in flight while the fleet is "
                                 "saturated (priority.fair_share); 0: no cap.",
                                 registry=reg)
+        self.key_tokens = Gauge("fleet_controller_key_tokens",
+                                "Tokens of the API key's answers over the budget window "
+                                "(budgets), as the ledger counts them.",
+                                ["key"], registry=reg)
+        self.key_over_budget = Gauge("fleet_controller_key_over_budget",
+                                     "1 while the gateway answers the API key 429 for its "
+                                     "token budget (budgets), else 0.",
+                                     ["key"], registry=reg)
         for result in RELOAD_RESULTS:
             self.reloads.labels(result=result)
         for applied in ("true", "false"):

@@ -49,6 +49,8 @@ def public_status(status: FleetStatus, grafana_url: str | None,
             for r in status.replicas],
         rollout=records.rollout,
         admission=status.admission,
+        keys_over_budget=None if status.budgets is None
+        else sum(k.over for k in status.budgets.keys),
         prometheus_ok=status.prometheus.ok,
         last_decision=None if last is None else PublicDecision(
             at=last.at, trigger=last.trigger, applied=last.applied, why=last.why),

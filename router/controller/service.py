@@ -27,6 +27,7 @@ from router.config.plan import WarmupPlan
 from router.config.spec import ControllerSpec
 from router.controller.actuator import ApplyResult
 from router.controller.admission import AdmissionInput
+from router.controller.budget import BudgetInput
 from router.controller.inputs import Input, PaceInput, PrometheusInput
 from router.controller.metrics import ControllerMetrics
 from router.controller.policy import (
@@ -373,6 +374,7 @@ class Controller:
         last = self.history[-1] if self.history else None
         prometheus = self._input(PrometheusInput)
         admission = self._input(AdmissionInput)
+        budgets = self._input(BudgetInput)
         return FleetStatus(
             replicas=[self._replica_status(member, snapshot, now) for member in self.members],
             prometheus=PrometheusView(ok=prometheus is not None and prometheus.ok,
@@ -380,7 +382,8 @@ class Controller:
                                       last_success=None if prometheus is None
                                       else prometheus.signals_at),
             pace_test=self._pace_test(), last_decision=last,
-            admission=None if admission is None else admission.view())
+            admission=None if admission is None else admission.view(),
+            budgets=None if budgets is None else budgets.view())
 
     def _replica_status(self, member: Member, snapshot: Snapshot, now: float) -> ReplicaStatus:
         probe = self.prober.states[member.name]

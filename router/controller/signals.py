@@ -63,14 +63,14 @@ class PrometheusClient:
     async def close(self) -> None:
         await self._client.aclose()
 
-    async def query(self, promql: str) -> dict[str, float]:
-        """An instant query -> {replica: value}; raises MetricsUnavailable."""
+    async def query(self, promql: str, label: str = "replica") -> dict[str, float]:
+        """An instant query -> {the series' ``label``: value}; raises MetricsUnavailable."""
         values = {}
         for item in await self._results(promql):
-            replica = item["metric"].get("replica")
-            if replica is not None:
+            name = item["metric"].get(label)
+            if name is not None:
                 # The API encodes NaN and infinities as strings; float() reads them.
-                values[replica] = float(item["value"][1])
+                values[name] = float(item["value"][1])
         return values
 
     async def _results(self, promql: str) -> list[dict[str, Any]]:

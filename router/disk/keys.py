@@ -18,11 +18,16 @@ import secrets
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Final, Literal
 
 from router.disk.paths import write_atomic
 from router.errors import SpecError
 
 KEY_PREFIX = "sk-fleet-"
+# A key's own budget (`fleet keys budget`): tokens per minute, this word for
+# none even where the spec gives keys a default, or None for that default.
+UNLIMITED: Final = "unlimited"
+Budget = int | Literal["unlimited"] | None
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -36,6 +41,14 @@ class ApiKey:
     revoked_at: float | None = None
     # The spec's priority class of its requests; None: priority.default_class.
     priority_class: str | None = None
+    # Tokens per minute (budgets); None: the spec's budgets.tokens_per_min.
+    tokens_per_min: Budget = None
+
+    def budget(self, default: int | None) -> int | None:
+        """Its tokens per minute, at most; None for no budget."""
+        if isinstance(self.tokens_per_min, int):
+            return self.tokens_per_min
+        return default if self.tokens_per_min is None else None
 
     @property
     def active(self) -> bool:
@@ -63,7 +76,8 @@ class KeyStore:
                         hint=f"active keys: {known}; see `fleet keys list`")
 
     def add(self, name: str, now: float | None = None,
-            priority_class: str | None = None) -> tuple[KeyStore, ApiKey]:
+            priority_class: str | None = None,
+            tokens_per_min: Budget = None) -> tuple[KeyStore, ApiKey]:
         if not _NAME.match(name):
             raise SpecError(f"key name {name!r} is not allowed",
                             hint="use 1-64 letters, digits, '.', '_' or '-', starting with a "
@@ -74,20 +88,30 @@ class KeyStore:
         taken = {k.id for k in self.keys}
         key_id = _new_id(taken)
         key = ApiKey(id=key_id, name=name, created_at=time.time() if now is None else now,
-                     secret=KEY_PREFIX + secrets.token_urlsafe(32), priority_class=priority_class)
+                     secret=KEY_PREFIX + secrets.token_urlsafe(32), priority_class=priority_class,
+                     tokens_per_min=tokens_per_min)
         return KeyStore(self.keys + (key,)), key
 
     def with_class(self, id_or_name: str, priority_class: str | None) -> tuple[KeyStore, ApiKey]:
         """The store with key ``id_or_name`` in ``priority_class`` (None: the default)."""
-        target = self.find(id_or_name)
-        changed = replace(target, priority_class=priority_class)
+        return self._changed(self.find(id_or_name), priority_class=priority_class)
+
+    def with_budget(self, id_or_name: str, tokens_per_min: Budget) -> tuple[KeyStore, ApiKey]:
+        """The store with key ``id_or_name`` on budget ``tokens_per_min``."""
+        return self._changed(self.find(id_or_name), tokens_per_min=tokens_per_min)
+
+    def _changed(self, target: ApiKey, **fields: object) -> tuple[KeyStore, ApiKey]:
+        changed = replace(target, **fields)  # type: ignore[arg-type]
         return KeyStore(tuple(changed if k is target else k for k in self.keys)), changed
 
+    def budgets(self, default: int | None) -> dict[str, int]:
+        """Active key id -> its tokens per minute, for the keys that have one."""
+        return {k.id: budget for k in self.active()
+                if (budget := k.budget(default)) is not None}
+
     def revoke(self, id_or_name: str, now: float | None = None) -> tuple[KeyStore, ApiKey]:
-        target = self.find(id_or_name)
-        revoked = replace(target, secret=None,
-                          revoked_at=time.time() if now is None else now)
-        return KeyStore(tuple(revoked if k is target else k for k in self.keys)), revoked
+        return self._changed(self.find(id_or_name), secret=None,
+                             revoked_at=time.time() if now is None else now)
 
 
 def _new_id(taken: set[str]) -> str:

@@ -49,8 +49,10 @@ NGINX_MODULES_DIR = Path("/usr/lib/nginx/modules")
 NGINX_MODULES: Mapping[str, str] = {"ngx_http_js_module": "libnginx-mod-http-js"}
 # The njs script that reads affinity keys (gateway.affinity).
 AFFINITY_SCRIPT = REPO_ROOT / "nginx" / "affinity.js"
-# The njs script that writes a request's priority class into its body (priority).
-PRIORITY_SCRIPT = REPO_ROOT / "nginx" / "priority.js"
+# The njs scripts of priority classes and token budgets: body.js (fields
+# written into a request's body), flags.js (answers from the controller's
+# flags), usage.js (each answer's tokens).
+NJS_SCRIPTS = REPO_ROOT / "nginx"
 
 
 def find_nginx_module(name: str, folders: tuple[Path, ...] | None = None) -> str | None:
@@ -138,7 +140,7 @@ class MachineFacts:
     # Dynamic nginx module name -> its .so; None where it is not installed.
     nginx_modules: Mapping[str, str | None] = field(default_factory=dict)
     affinity_script: Path = AFFINITY_SCRIPT
-    priority_script: Path = PRIORITY_SCRIPT
+    njs_scripts: Path = NJS_SCRIPTS
 
     def binary(self, name: str) -> str:
         found = self.binaries.get(name)

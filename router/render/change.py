@@ -38,7 +38,7 @@ UPSTREAM_KEYS = ("gateway.affinity", "gateway.balance", "gateway.keepalive",
 # What the controller reads at its start besides the replicas it is given.
 CONTROLLER_KEYS = ("controller.", "prometheus.scrape_interval_s", "console.grafana_url",
                    "model.runner", "priority.shed_queue_wait_s",
-                   "priority.shed_queue_wait_s.", "priority.fair_share")
+                   "priority.shed_queue_wait_s.", "priority.fair_share", "budgets.")
 PROMETHEUS_FILES = ("prometheus.yml", RECORDING_RULES, ALERT_RULES)
 REPLICA_PREFIX = "replica-"
 

@@ -332,6 +332,28 @@ OVERVIEW = Dashboard(
                   "(503 with Retry-After) and 0 while it is admitted "
                   "(priority.shed_queue_wait_s; no data when that is not set).", width=12),
         )),
+        Row("API keys", (
+            Panel("Requests per key", "reqps",
+                  (Target('sum by (key, status) (rate(fleet_gateway_key_requests_total'
+                          f'{{job="gateway_log"}}[{RATE}]))', "{{key}} {{status}}"),),
+                  "Inference requests by API key id (`fleet keys list` names them) and "
+                  "status: 429 is a key limit, its class's cap, its fair share or its token "
+                  "budget. Empty when auth is off.", width=8),
+            Panel("Tokens per key", "short",
+                  (Target('sum by (key) (rate(fleet_gateway_key_tokens_total'
+                          f'{{job="gateway_log"}}[{RATE}]))', "{{key}}"),),
+                  "Tokens per second of each key's answers, prompt and completion, as the "
+                  "replicas' usage reports them; a stream cut before its usage counts the "
+                  "events it got. Counted while budgets.enabled is on.", width=8),
+            Panel("Token budgets", "short",
+                  (Target('max by (key) (fleet_controller_key_tokens{job="controller"})',
+                          "{{key}} in the last minute"),
+                   Target('sum(fleet_controller_key_over_budget{job="controller"})',
+                          "keys over budget")),
+                  "Each budgeted key's tokens over the last minute, as the controller's "
+                  "ledger counts them, and how many keys the gateway answers 429 for their "
+                  "budget now (`fleet keys budget`, budgets.tokens_per_min).", width=8),
+        )),
     ),
 )
 

@@ -8,7 +8,13 @@ from pathlib import Path
 
 from router.affinity import AffinityMode
 from router.config.plan import ClusterPlan
-from router.config.spec import FAIR_SHARE_FILE, FAIR_SHARE_LEVELS, ClusterSpec, GatewaySpec
+from router.config.spec import (
+    BUDGET_FOLDER,
+    FAIR_SHARE_FILE,
+    FAIR_SHARE_LEVELS,
+    ClusterSpec,
+    GatewaySpec,
+)
 from router.disk.paths import RuntimePaths
 from router.host.machine import MachineFacts, shed_dir
 from router.render.templates import template
@@ -44,9 +50,14 @@ class ApiRoute:
     method: str
     # The short label of its metrics and access log lines.
     name: str
-    # Whether conversation affinity keys it (gateway.affinity): only requests
-    # whose prompts a replica's prefix cache can hold.
+    # Whether conversation affinity keys it (gateway.affinity) and priority
+    # classes apply: only requests whose prompts a replica's prefix cache can hold.
     keyed: bool
+    # Whether its answers cost tokens that count against a key's budget.
+    counted: bool = False
+    # Whether a stream of it ends with a usage chunk only when the request asks
+    # (stream_options.include_usage); the gateway asks when it counts tokens.
+    usage_asked: bool = False
 
 
 _MODELS = ApiRoute("/v1/models", "GET", "models", keyed=False)
@@ -55,11 +66,14 @@ _TOKENIZER = (ApiRoute("/tokenize", "POST", "tokenize", keyed=False),
 # The allowlist: these paths and no other reach a replica, by what the model
 # runs (model.runner); vLLM serves only the one kind's endpoints.
 API_ROUTES: dict[str, tuple[ApiRoute, ...]] = {
-    "generate": (ApiRoute("/v1/chat/completions", "POST", "chat", keyed=True),
-                 ApiRoute("/v1/completions", "POST", "completions", keyed=True),
-                 ApiRoute("/v1/responses", "POST", "responses", keyed=True),
+    "generate": (ApiRoute("/v1/chat/completions", "POST", "chat", keyed=True, counted=True,
+                          usage_asked=True),
+                 ApiRoute("/v1/completions", "POST", "completions", keyed=True, counted=True,
+                          usage_asked=True),
+                 # A Responses stream always ends with its usage.
+                 ApiRoute("/v1/responses", "POST", "responses", keyed=True, counted=True),
                  *_TOKENIZER, _MODELS),
-    "pooling": (ApiRoute("/v1/embeddings", "POST", "embeddings", keyed=False),
+    "pooling": (ApiRoute("/v1/embeddings", "POST", "embeddings", keyed=False, counted=True),
                 *_TOKENIZER, _MODELS),
 }
 
@@ -69,7 +83,6 @@ class PriorityView:
     """Priority classes (spec priority): how nginx.conf turns a request's key
     class and X-Fleet-Priority header into vLLM's priority level."""
 
-    script: Path
     classes: tuple[str, ...]
     # "key class:header" -> level, for every key class ("" for a key with none,
     # or no key) and header ("" for none): the lower of the two classes.
@@ -99,7 +112,7 @@ def fair_levels(slots: int | None) -> tuple[int, ...]:
     return tuple(level for level in FAIR_SHARE_LEVELS if level <= max(1, slots // 2))
 
 
-def priority_view(spec: ClusterSpec, script: Path, shed_dir: Path | None = None,
+def priority_view(spec: ClusterSpec, shed_dir: Path | None = None,
                   slots: int | None = None) -> PriorityView | None:
     priority = spec.priority
     if not priority.enabled:
@@ -110,7 +123,7 @@ def priority_view(spec: ClusterSpec, script: Path, shed_dir: Path | None = None,
          max(priority.level(key_class or None), classes.index(header) if header else 0))
         for key_class in ("", *classes) for header in ("", *classes))
     return PriorityView(
-        script=script, classes=classes, levels=levels, unknown_key_level=len(classes) - 1,
+        classes=classes, levels=levels, unknown_key_level=len(classes) - 1,
         caps=tuple((name, classes.index(name), cap)
                    for name, cap in priority.max_in_flight.items()),
         shed_dir=(shed_dir if priority.shed_queue_wait_s
@@ -119,6 +132,15 @@ def priority_view(spec: ClusterSpec, script: Path, shed_dir: Path | None = None,
         fair_levels=fair_levels(slots) if priority.fair_share else (),
         header_hint=(f"send one of {', '.join(classes)} (highest first); a request may lower "
                      "the class of its API key, never raise it"))
+
+
+@dataclass(frozen=True)
+class BudgetsView:
+    """Token budgets (spec budgets): each answer's tokens are counted into the
+    access log, and a key the controller flags as over its budget gets 429."""
+
+    # One flag per key over its budget, named as the key's id.
+    folder: Path
 
 
 @dataclass(frozen=True)
@@ -144,9 +166,13 @@ class NginxView:
     affinity: AffinityMode
     js_module: str | None
     affinity_script: Path
+    # The folder of body.js, flags.js and usage.js.
+    njs_scripts: Path
     routes: tuple[ApiRoute, ...]
     # Priority classes (spec priority); None when off.
     priority: PriorityView | None
+    # Token budgets (spec budgets); None when off.
+    budgets: BudgetsView | None
 
 
 def limits_view(spec: ClusterSpec) -> LimitsView:
@@ -185,7 +211,9 @@ def nginx_view(plan: ClusterPlan, paths: RuntimePaths, machine: MachineFacts) ->
     # The settings that need njs, each as the setting that turns it off.
     needs_js = tuple(setting for setting, on in (
         ("gateway.affinity: off", spec.gateway.affinity.keyed),
-        ("priority.enabled: false", spec.priority.enabled)) if on)
+        ("priority.enabled: false", spec.priority.enabled),
+        ("budgets.enabled: false", spec.budgets.enabled)) if on)
+    flags = shed_dir(paths.root, machine.run_user, paths.shed_dir)
     return NginxView(
         run_user=machine.run_user,
         paths=NginxPaths(pid=paths.nginx_pid, error_log=paths.log("nginx-error"),
@@ -203,10 +231,10 @@ def nginx_view(plan: ClusterPlan, paths: RuntimePaths, machine: MachineFacts) ->
         affinity=spec.gateway.affinity,
         js_module=machine.nginx_module("ngx_http_js_module", needs_js) if needs_js else None,
         affinity_script=machine.affinity_script,
+        njs_scripts=machine.njs_scripts,
         routes=API_ROUTES[spec.model.runner],
-        priority=priority_view(spec, machine.priority_script,
-                               shed_dir(paths.root, machine.run_user, paths.shed_dir),
-                               slots=plan_slots(plan)),
+        priority=priority_view(spec, flags, slots=plan_slots(plan)),
+        budgets=BudgetsView(flags / BUDGET_FOLDER) if spec.budgets.enabled else None,
     )
 
 

@@ -57,9 +57,10 @@ BATCH_CAP = 1
 
 @dataclass
 class Load:
-    """A client driving the gateway from a background thread."""
+    """A client driving the gateway from a background thread, with an API key."""
 
     url: str
+    key: str
     served: Counter[str] = field(default_factory=Counter)
     statuses: Counter[int] = field(default_factory=Counter)
     stop: threading.Event = field(default_factory=threading.Event)
@@ -86,9 +87,14 @@ class Load:
             self.served[response.headers["X-Fleet-Replica"]] += 1
         return response
 
+    def session(self) -> requests.Session:
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {self.key}"
+        return session
+
     def hold_batch_slot(self) -> None:
         """Keep a long batch stream in flight, one after another."""
-        with requests.Session() as session:
+        with self.session() as session:
             while not self.stop.is_set():
                 response, _ = resend_on_reset(session, lambda s: s.post(
                     f"{self.url}/v1/completions", timeout=60,
@@ -101,7 +107,7 @@ class Load:
                     self.stop.wait(0.2)
 
     def run(self) -> None:
-        with requests.Session() as session:
+        with self.session() as session:
             turn = 0
             while not self.stop.is_set():
                 turn += 1
@@ -154,8 +160,19 @@ def _without_data(prometheus: str, panel_queries: list[Query], start: float,
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveFleet]:
     # Priority classes with a capped batch class, so the per-class panel has
-    # both admitted and shed requests to show.
+    # both admitted and shed requests to show; keys and budgets, so the
+    # per-key panels do (the client's key has a budget it never reaches).
+    secrets: list[str] = []
+
+    def key_before_up(spec: Path) -> None:
+        done = fleet("keys", "add", "dashboards", "--tokens-per-min", "1000000000",
+                     "--spec", str(spec))
+        assert done.returncode == 0, done.stderr
+        secrets.append(done.stdout.strip())
+
     with running_fleet(tmp_path_factory.mktemp("observability"), 2,
+                       before_up=key_before_up,
+                       auth={"enabled": True}, budgets={"enabled": True},
                        controller={"evaluate_interval_s": 1, "latency_window": "10s",
                                    "min_reload_interval_s": 2},
                        priority={"enabled": True,
@@ -163,7 +180,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveFleet]:
                                  # Far above this fleet's queue: the controller
                                  # reports the wait and sheds nothing.
                                  "shed_queue_wait_s": {"batch": 600}}) as running:
-        load = Load(running.url)
+        load = Load(running.url, secrets[0])
         workers = [threading.Thread(target=load.run, daemon=True) for _ in range(3)]
         workers.append(threading.Thread(target=load.hold_batch_slot, daemon=True))
         started = time.time()
@@ -290,7 +307,7 @@ def test_a_log_rotation_under_traffic_keeps_mtails_counts(live: LiveFleet) -> No
     rotated = paths.access_log.with_name(paths.access_log.name + ".1")
     assert rotated.stat().st_size > 0
     def burst() -> None:
-        with requests.Session() as session:
+        with live.load.session() as session:
             for turn in range(1, 41, 2):  # odd turns: chat or completions, not streamed
                 assert live.load._send(turn, session).status_code == 200
 

@@ -131,6 +131,13 @@ def test_a_body_that_is_no_json_object_passes_unchanged(
     assert backend.last_body == body
 
 
+def test_an_empty_body_stays_empty(gw: tuple[Running, Backend, dict]) -> None:
+    """njs has no body buffer then; the replica must not get a word in its place."""
+    running, backend, secrets = gw
+    _post(running, b"", secrets["chat"])
+    assert backend.last_body == b""
+
+
 def test_an_empty_object_gets_the_field_alone(gw: tuple[Running, Backend, dict]) -> None:
     running, backend, secrets = gw
     _post(running, b"{ }", secrets["plain"])

@@ -1,5 +1,7 @@
-"""Keys, limits and hostile input at the real gateway, in front of a simulated
-fleet started by `fleet up` (supervisord, nginx, Prometheus, the controller).
+"""Keys, limits, token budgets and hostile input at the real gateway, in front
+of a simulated fleet started by `fleet up` (supervisord, nginx, mtail,
+Prometheus, the controller). Budgets are on: every answer passes the gateway's
+token counting, the hostile ones included.
 
 Every bad request must get its expected status with a clear message, and
 none may cost anything: afterwards every replica is still in rotation, a
@@ -48,6 +50,7 @@ class Secured:
     admin: str
     token: str
     keys: dict[str, str] = field(default_factory=dict)
+    log_exporter_port: int = 0
 
     @property
     def url(self) -> str:
@@ -56,11 +59,23 @@ class Secured:
     def cli(self, *args: str) -> Any:
         return fleet(*args, "--spec", str(self.spec))
 
-    def add_key(self, name: str) -> str:
-        done = self.cli("keys", "add", name)
+    def add_key(self, name: str, *options: str) -> str:
+        done = self.cli("keys", "add", name, *options)
         assert done.returncode == 0, done.stderr
         self.keys[name] = done.stdout.strip()
         return self.keys[name]
+
+    def key_id(self, name: str) -> str:
+        listed = json.loads(self.cli("keys", "list", "--json").stdout)
+        return next(k["id"] for k in listed if k["name"] == name and k["revoked_at"] is None)
+
+    def counted_tokens(self, name: str) -> float:
+        """The gateway's count of the key's tokens (mtail, as the ledger reads it)."""
+        text = requests.get(f"http://127.0.0.1:{self.log_exporter_port}/metrics",
+                            timeout=5).text
+        line = f'fleet_gateway_key_tokens_total{{key="{self.key_id(name)}"}} '
+        return next((float(row.split()[-1]) for row in text.splitlines()
+                     if row.startswith(line)), 0.0)
 
     def status(self) -> dict[str, Any]:
         response = requests.get(f"{self.admin}/status", timeout=5,
@@ -92,9 +107,11 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
             controller={"evaluate_interval_s": 1, "pace": {"enabled": False}},
             auth={"enabled": True},
             limits={"requests_per_s": RATE, "burst": BURST, "concurrent": CONCURRENT},
+            budgets={"enabled": True},
     ) as running:
         yield Secured(running.spec, running.paths, running.data["gateway"]["port"],
-                      running.admin_url, running.admin_token, keys)
+                      running.admin_url, running.admin_token, keys,
+                      running.data["gateway_metrics"]["log_exporter_port"])
 
 
 def _json_request(key: str | None, body: bytes, path: str = "/v1/chat/completions",
@@ -437,3 +454,93 @@ def test_responses_carry_no_internal_detail(secured: Secured) -> None:
     assert "uvicorn" not in json.dumps(dict(response.headers)).lower()
     # One request id, the gateway's.
     assert "," not in response.headers["X-Request-Id"]
+
+
+def _stream(secured: Secured, key: str, **fields: Any) -> requests.Response:
+    return requests.post(f"{secured.url}/v1/chat/completions", stream=True, timeout=30,
+                         headers={"Authorization": f"Bearer {key}"}, json={
+                             "model": "sim-model", "stream": True, "max_tokens": 12,
+                             "ignore_eos": True,
+                             "messages": [{"role": "user", "content": "count to twelve"}],
+                             **fields})
+
+
+def _events(response: requests.Response) -> list[Any]:
+    return [json.loads(line[6:]) if line != b"data: [DONE]" else "[DONE]"
+            for line in response.iter_lines() if line.startswith(b"data: ")]
+
+
+def test_streams_are_counted_and_the_usage_chunk_reaches_only_who_asked(
+        secured: Secured) -> None:
+    key = secured.add_key("streamer")
+    asked = _events(_stream(secured, key, stream_options={"include_usage": True}))
+    usage = asked[-2]["usage"]
+    assert asked[-1] == "[DONE]" and asked[-2]["choices"] == [] and usage["completion_tokens"] == 12
+    # The gateway asked the replica for it too; this client never sees it.
+    plain = _events(_stream(secured, key))
+    assert plain[-1] == "[DONE]" and all("usage" not in e for e in plain[:-1])
+    assert len(plain) == len(asked) - 1
+    # Both streams counted at the replica's usage, neither at zero.
+    wait_for(lambda: secured.counted_tokens("streamer") == 2 * usage["total_tokens"], 15,
+             "both streams to be counted")
+    # A client that leaves after two events is counted at what it got.
+    before = secured.counted_tokens("streamer")
+    with _stream(secured, key, max_tokens=400) as cut:
+        lines = cut.iter_lines()
+        assert next(line for line in lines if line) and next(line for line in lines if line)
+    wait_for(lambda: secured.counted_tokens("streamer") > before, 15,
+             "the cut stream to be counted")
+
+
+def test_a_key_over_its_token_budget_gets_429_until_it_has_room(secured: Secured) -> None:
+    budget = 150
+    key = secured.add_key("metered", "--tokens-per-min", str(budget))
+    other = secured.keys["catalogue"]
+    body = {"model": "sim-model", "prompt": "hi", "max_tokens": 16, "ignore_eos": True}
+
+    def send(secret: str) -> requests.Response:
+        return requests.post(f"{secured.url}/v1/completions", json=body, timeout=10,
+                             headers={"Authorization": f"Bearer {secret}"})
+
+    answers: list[requests.Response] = []
+
+    def limited() -> bool:
+        answers.append(send(key))
+        return answers[-1].status_code == 429
+
+    wait_for(limited, 30, "the metered key to reach its budget", interval=0.2)
+    served = sum(a.status_code == 200 for a in answers)
+    cost = answers[0].json()["usage"]["total_tokens"]
+    # Not cut off before the counted tokens reached the budget (how far past
+    # it a key gets is measured by `fleet bench scenario budget`).
+    assert served * cost >= budget, (served, cost)
+    refused = answers[-1]
+    error = refused.json()["error"]
+    assert error["type"] == "RateLimitError" and "tokens per minute" in error["message"]
+    assert f"of its {budget} tokens" in error["message"]
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    assert refused.headers["X-Request-Id"]
+    assert send(other).status_code == 200
+    # The operator sees it; every key holder only sees how many keys are over.
+    status = requests.get(f"{secured.admin}/status", timeout=5,
+                          headers={"Authorization": f"Bearer {secured.token}"}).json()
+    metered = next(k for k in status["budgets"]["keys"] if k["name"] == "metered")
+    assert metered["over"] and metered["used"] >= budget and metered["budget"] == budget
+    public = requests.get(f"{secured.url}/fleet/status", timeout=5,
+                          headers={"Authorization": f"Bearer {other}"}).json()
+    assert public["keys_over_budget"] == 1 and "budgets" not in public
+    listed = secured.cli("keys", "list")
+    assert f"{budget}/min" in listed.stdout
+    # A bigger budget takes effect without a reload.
+    raised = secured.cli("keys", "budget", "metered", "unlimited")
+    assert raised.returncode == 0, raised.stderr
+    wait_for(lambda: send(key).status_code == 200, 15, "the raised budget to apply")
+
+
+def test_a_bad_budget_says_what_to_give(secured: Secured) -> None:
+    for value in ("lots", "0", "-5"):
+        done = secured.cli("keys", "add", "spendthrift", "--tokens-per-min", value)
+        assert done.returncode != 0 and "is not a budget" in done.stderr, done.stderr
+        assert "unlimited" in done.stderr
+    unknown = secured.cli("keys", "budget", "nobody", "100")
+    assert unknown.returncode != 0 and "no active key" in unknown.stderr

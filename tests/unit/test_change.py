@@ -103,6 +103,18 @@ def test_shedding_and_shares_reload_the_gateway_and_restart_the_controller() -> 
         assert plan.gateway and plan.controller and plan.roll == (), (old, new)
 
 
+def test_budgets_reload_the_gateway_and_restart_the_controller() -> None:
+    keyed = {"auth": {"enabled": True}}
+    counted = {**keyed, "budgets": {"enabled": True}}
+    capped = {**keyed, "budgets": {"enabled": True, "tokens_per_min": 10_000}}
+    for old, new in ((keyed, counted), (counted, keyed)):
+        plan = change(old, new)
+        assert plan.gateway and plan.controller and plan.roll == (), (old, new)
+    # The default budget is the ledger's alone: nginx.conf does not change.
+    plan = change(counted, capped)
+    assert plan.controller and not plan.gateway and plan.roll == ()
+
+
 @pytest.mark.parametrize(("new", "named"), [
     ({"gateway": {"port": 9999}}, "gateway.port: 8080 -> 9999"),
     ({"ports": {"replica_base": 9100}}, "ports.replica_base: 8100 -> 9100"),

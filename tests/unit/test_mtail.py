@@ -87,3 +87,18 @@ def test_unknown_lines_are_ignored(tmp_path: Path) -> None:
     log.write_text("not json at all\n" + ACCESS_LOG.read_text().splitlines()[0] + "\n")
     samples = one_shot(log)
     assert sum(samples["fleet_gateway_requests_total"].values()) == 1
+
+
+def test_tokens_are_summed_per_key(tmp_path: Path) -> None:
+    """budgets: the log's tokens field, per key; lines without either add nothing."""
+    base = json.loads(ACCESS_LOG.read_text().splitlines()[0])
+    entries = [(key, tokens) for key, tokens in (("key-0a1b", 84), ("key-0a1b", 12),
+                                                  ("key-ffff", 0), ("key-ffff", 300))]
+    lines = [json.dumps({**base, "key": key, "tokens": tokens}, separators=(",", ":"))
+             for key, tokens in entries]
+    lines.append(json.dumps({**base, "key": ""}, separators=(",", ":")))
+    log = tmp_path / "access.log"
+    log.write_text("\n".join(lines) + "\n")
+    tokens = {dict(k)["key"]: v
+              for k, v in one_shot(log)["fleet_gateway_key_tokens_total"].items()}
+    assert tokens == {"key-0a1b": 96, "key-ffff": 300}

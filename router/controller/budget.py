@@ -1,0 +1,342 @@
+"""Token budgets per API key (spec budgets): the controller's ledger.
+
+The gateway counts each answer's tokens (nginx/usage.js: the replica's
+`usage`, or the events a cut stream got) into its access log; mtail sums
+them per key (``fleet_gateway_key_tokens_total``). Every ``POLL_S`` the
+ledger reads those counters straight from mtail, not through Prometheus,
+whose scrape would let a key run a scrape interval past its budget; the
+increments since the last reading go into a sliding window per key. A key
+whose window holds its budget or more is flagged: one file per key, named
+as its id, in a folder nginx tests before any limit counts a request
+(nginx/flags.js answers 429 from it). The flag says when the window falls
+below the budget again, which is the Retry-After; it is lifted then.
+
+Tokens are counted when an answer ends, so requests in flight when a key
+reaches its budget still finish: a key goes over by what it had in flight
+(docs/overload.md says how much that was in the benchmark).
+
+``TokenWindow`` and ``assess`` are pure; ``BudgetBoard`` writes files;
+``BudgetInput`` joins them to mtail and the key store on the controller's
+schedule.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from router.config.spec import BUDGET_WINDOW_S
+from router.controller.metrics import ControllerMetrics
+from router.controller.policy import Snapshot
+from router.disk.keys import load_store
+from router.disk.paths import write_atomic
+from router.errors import MetricsUnavailable
+from router.fleet_status import BudgetsView, KeyBudgetView
+
+log = logging.getLogger(__name__)
+
+# How often the ledger reads mtail: a key at 1,000 tokens/s goes about this
+# share of a second past its budget before the flag is up.
+POLL_S = 0.25
+TOKENS_METRIC = "fleet_gateway_key_tokens_total"
+# At a start, the last minute's tokens from Prometheus (the ledger's own
+# window went with the process that held it).
+SEED_QUERY = (f'sum by (key) (increase({TOKENS_METRIC}{{job="gateway_log"}}'
+              f'[{int(BUDGET_WINDOW_S)}s]))')
+
+
+class TokenWindow:
+    """Each key's tokens over the last ``window_s`` seconds."""
+
+    def __init__(self, window_s: float = BUDGET_WINDOW_S) -> None:
+        self.window_s = window_s
+        self._spent: dict[str, deque[tuple[float, float]]] = {}
+
+    def add(self, key: str, tokens: float, at: float) -> None:
+        if tokens > 0:
+            self._spent.setdefault(key, deque()).append((at, tokens))
+
+    def _expire(self, key: str, now: float) -> deque[tuple[float, float]]:
+        spent = self._spent.get(key, deque())
+        while spent and spent[0][0] <= now - self.window_s:
+            spent.popleft()
+        return spent
+
+    def used(self, key: str, now: float) -> float:
+        return sum(tokens for _at, tokens in self._expire(key, now))
+
+    def below_at(self, key: str, budget: float, now: float) -> float:
+        """When the window will hold less than ``budget`` with no new tokens:
+        ``now`` if it already does."""
+        spent = self._expire(key, now)
+        used = sum(tokens for _at, tokens in spent)
+        for at, tokens in spent:
+            if used < budget:
+                break
+            used -= tokens
+            now = at + self.window_s
+        return now
+
+    def keys(self) -> list[str]:
+        return list(self._spent)
+
+
+@dataclass(frozen=True)
+class KeyBudget:
+    key: str
+    used: int
+    budget: int
+    # When the window falls below the budget (epoch seconds); None: it is below.
+    over_until: float | None
+
+    @property
+    def over(self) -> bool:
+        return self.over_until is not None
+
+
+def assess(window: TokenWindow, budgets: Mapping[str, int], now: float) -> dict[str, KeyBudget]:
+    """Each budgeted key's use; a key is over from the token that reaches its
+    budget until enough of the window's tokens age out."""
+    out = {}
+    for key, budget in budgets.items():
+        used = window.used(key, now)
+        out[key] = KeyBudget(key, int(used), budget,
+                             window.below_at(key, budget, now) if used >= budget else None)
+    return out
+
+
+class CounterDeltas:
+    """What a labelled counter gained between readings. The first reading only
+    sets the baseline (when those tokens were spent is unknown); a counter
+    lower than before was reset (mtail restarted), so all of it is new."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] | None = None
+
+    def update(self, values: Mapping[str, float]) -> dict[str, float]:
+        last, self._last = self._last, dict(values)
+        if last is None:
+            return {}
+        return {key: value - last.get(key, 0.0) if value >= last.get(key, 0.0) else value
+                for key, value in values.items()}
+
+
+def parse_token_counters(text: str) -> dict[str, float]:
+    """Key id -> tokens so far, from mtail's /metrics."""
+    counters: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == TOKENS_METRIC and "key" in sample.labels:
+                counters[sample.labels["key"]] = sample.value
+    return counters
+
+
+class CounterSource(Protocol):
+    async def token_counters(self) -> dict[str, float]:
+        """Key id -> tokens so far; raises MetricsUnavailable."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class MtailCounters:
+    """The gateway log exporter's counters, read over HTTP."""
+
+    def __init__(self, url: str, timeout_s: float,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.url = url
+        self._client = httpx.AsyncClient(timeout=timeout_s, transport=transport)
+
+    async def token_counters(self) -> dict[str, float]:
+        try:
+            response = await self._client.get(self.url)
+            response.raise_for_status()
+            return parse_token_counters(response.text)
+        except (httpx.HTTPError, ValueError) as exc:
+            raise MetricsUnavailable(f"the gateway's log exporter did not answer at "
+                                     f"{self.url}: {exc}") from exc
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+class BudgetBoard:
+    """The folder nginx tests for keys over their budget: a file per key,
+    named as its id, saying until when and why."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._written: dict[str, str] = {}
+
+    def clear(self) -> None:
+        """No key flagged: at a start, so flags a stopped controller left never hold."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for flag in self.folder.iterdir():
+            if flag.is_file() and not flag.name.startswith("."):
+                flag.unlink(missing_ok=True)
+        self._written.clear()
+
+    def publish(self, states: Mapping[str, KeyBudget]) -> None:
+        """Flags for the keys over budget; every other flag lifted. A flag is
+        written only when its text changes (a key over budget spends nothing,
+        so its flag stays as it was)."""
+        for key, state in states.items():
+            text = None if state.over_until is None else json.dumps(
+                {"until": round(state.over_until, 3), "used": state.used,
+                 "budget": state.budget}) + "\n"
+            if text == self._written.get(key):
+                continue
+            if text is None:
+                (self.folder / key).unlink(missing_ok=True)
+                self._written.pop(key, None)
+            else:
+                write_atomic(self.folder / key, text)
+                self._written[key] = text
+        for key in [k for k in self._written if k not in states]:
+            (self.folder / key).unlink(missing_ok=True)
+            del self._written[key]
+
+
+class KeyBudgets:
+    """Each active key's tokens per minute, from the key store, read again
+    when `fleet keys` changed it."""
+
+    def __init__(self, store: Path, default: int | None) -> None:
+        self.store = store
+        self.default = default
+        self._stamp: tuple[int, int] | None = None
+        self._budgets: dict[str, int] = {}
+        self.names: dict[str, str] = {}
+
+    def __call__(self) -> dict[str, int]:
+        try:
+            stat = self.store.stat()
+            stamp = (stat.st_mtime_ns, stat.st_size)
+        except FileNotFoundError:
+            stamp = (0, 0)
+        if stamp != self._stamp:
+            keys = load_store(self.store)
+            self._budgets = keys.budgets(self.default)
+            self.names = {k.id: k.name for k in keys.active()}
+            self._stamp = stamp
+        return self._budgets
+
+
+class BudgetInput:
+    """Flags API keys over their token budgets; asks for no weight decision."""
+
+    name = "budgets"
+
+    def __init__(self, counters: CounterSource, budgets: Callable[[], dict[str, int]],
+                 board: BudgetBoard, clock: Callable[[], float],
+                 metrics: ControllerMetrics | None = None,
+                 names: Callable[[], Mapping[str, str]] = dict,
+                 seeder: Callable[[], Awaitable[Mapping[str, float]]] | None = None,
+                 window_s: float = BUDGET_WINDOW_S) -> None:
+        """``seeder``: the last window's tokens per key from before this
+        process (Prometheus), asked once at the first poll."""
+        self.counters = counters
+        self.budgets = budgets
+        self.board = board
+        self.clock = clock
+        self.metrics = metrics
+        self.names = names
+        self.seeder = seeder
+        self.window = TokenWindow(window_s)
+        self.deltas = CounterDeltas()
+        self.states: dict[str, KeyBudget] = {}
+        self.error: str | None = None
+        try:
+            self.board.clear()
+        except OSError as exc:
+            log.error("budgets decision=hold reason=cannot clear the budget flags in %s: %s",
+                      board.folder, exc.strerror or exc)
+
+    @property
+    def interval_s(self) -> float:
+        return POLL_S
+
+    async def _seed(self, now: float) -> None:
+        """The last window's tokens per key, from before this process started,
+        taken as spent half a window ago: they age out in half a window."""
+        seeder, self.seeder = self.seeder, None
+        if seeder is None:
+            return
+        try:
+            spent = await seeder()
+        except MetricsUnavailable as exc:
+            log.warning("budgets decision=start reason=no tokens from before this start: %s",
+                        exc.message)
+            return
+        for key, tokens in spent.items():
+            if math.isfinite(tokens):
+                self.window.add(key, tokens, now - self.window.window_s / 2)
+
+    async def poll(self, in_rotation: Sequence[str] = ()) -> bool:
+        now = self.clock()
+        await self._seed(now)
+        try:
+            gained = self.deltas.update(await self.counters.token_counters())
+            self.error = None
+        except MetricsUnavailable as exc:
+            # No new tokens seen: flags stay as the window says, aging out.
+            gained = {}
+            self.error = exc.message
+        for key, tokens in gained.items():
+            self.window.add(key, tokens, now)
+        try:
+            budgets = self.budgets()
+        except Exception as exc:  # a key store mid-edit or unreadable: keep the last
+            log.error("budgets decision=hold reason=cannot read the key store: %s", exc)
+            budgets = {key: state.budget for key, state in self.states.items()}
+        states = assess(self.window, budgets, now)
+        for key, state in states.items():
+            before = self.states.get(key)
+            if state.over != (before is not None and before.over):
+                log.info("budgets key=%s decision=%s reason=%d of %d tokens in the last %gs%s",
+                         key, "over" if state.over else "within", state.used, state.budget,
+                         self.window.window_s,
+                         f" retry_after={state.over_until - now:.1f}s"
+                         if state.over_until is not None else "")
+        try:
+            self.board.publish(states)
+        except OSError as exc:
+            log.error("budgets decision=hold reason=cannot write the budget flags in %s: %s",
+                      self.board.folder, exc.strerror or exc)
+            return False
+        self.states = states
+        self._export(now)
+        return False
+
+    def _export(self, now: float) -> None:
+        if self.metrics is None:
+            return
+        for key in set(self.states) | set(self.window.keys()):
+            self.metrics.key_tokens.labels(key=key).set(self.window.used(key, now))
+        for key, state in self.states.items():
+            self.metrics.key_over_budget.labels(key=key).set(int(state.over))
+
+    def view(self) -> BudgetsView:
+        now = self.clock()
+        names = self.names()
+        return BudgetsView(window_s=self.window.window_s, error=self.error, keys=[
+            KeyBudgetView(key=s.key, name=names.get(s.key), used=s.used, budget=s.budget,
+                          over=s.over,
+                          retry_after_s=None if s.over_until is None
+                          else max(1, math.ceil(s.over_until - now)))
+            for s in sorted(self.states.values(), key=lambda s: s.key)])
+
+    def observe(self, snapshot: Snapshot) -> Snapshot:
+        return snapshot
+
+    async def close(self) -> None:
+        await self.counters.close()

@@ -1,0 +1,176 @@
+"""The token budget ledger: a sliding window per key from mtail's counters,
+flags for nginx, and the key store's budgets; no servers, virtual time."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from router.controller.budget import (
+    BudgetBoard,
+    BudgetInput,
+    CounterDeltas,
+    KeyBudget,
+    KeyBudgets,
+    TokenWindow,
+    assess,
+    parse_token_counters,
+)
+from router.disk.keys import UNLIMITED, KeyStore, save_store
+from router.errors import MetricsUnavailable
+
+
+def test_the_window_forgets_tokens_older_than_a_minute() -> None:
+    window = TokenWindow(60)
+    window.add("k", 100, at=0)
+    window.add("k", 50, at=30)
+    assert window.used("k", now=59) == 150
+    assert window.used("k", now=60) == 50
+    assert window.used("k", now=90) == 0
+    assert window.used("other", now=0) == 0
+
+
+def test_a_key_is_over_until_enough_tokens_age_out() -> None:
+    window = TokenWindow(60)
+    for at in (0, 10, 20):
+        window.add("k", 400, at=at)
+    states = assess(window, {"k": 1000}, now=25)
+    assert states["k"] == KeyBudget("k", 1200, 1000, over_until=60)
+    # Exactly the budget is over: the next request would pass it.
+    assert assess(window, {"k": 1200}, now=25)["k"].over_until == 60
+    # At 60 the first 400 is gone: 800 < 1000.
+    assert not assess(window, {"k": 1000}, now=60)["k"].over
+
+
+def test_counter_increments_skip_the_first_reading_and_survive_a_reset() -> None:
+    deltas = CounterDeltas()
+    assert deltas.update({"a": 500}) == {}
+    assert deltas.update({"a": 620, "b": 30}) == {"a": 120, "b": 30}
+    # mtail restarted: its counters began again at zero.
+    assert deltas.update({"a": 40, "b": 30}) == {"a": 40, "b": 0}
+
+
+def test_mtail_metrics_give_the_token_counters() -> None:
+    text = ("# HELP fleet_gateway_key_tokens_total defined at gateway.mtail\n"
+            "# TYPE fleet_gateway_key_tokens_total counter\n"
+            'fleet_gateway_key_tokens_total{key="key-0a1b"} 1234\n'
+            'fleet_gateway_key_tokens_total{key="key-ffff"} 0\n'
+            "# TYPE fleet_gateway_key_requests_total counter\n"
+            'fleet_gateway_key_requests_total{key="key-0a1b",status="200"} 9\n')
+    assert parse_token_counters(text) == {"key-0a1b": 1234, "key-ffff": 0}
+
+
+def test_the_board_writes_a_flag_per_key_over_and_only_when_it_changes(tmp_path: Path) -> None:
+    board = BudgetBoard(tmp_path / "budget")
+    board.clear()
+    over = KeyBudget("key-1", 1200, 1000, over_until=1060.5)
+    board.publish({"key-1": over, "key-2": KeyBudget("key-2", 10, 1000, None)})
+    flag = tmp_path / "budget" / "key-1"
+    assert json.loads(flag.read_text()) == {"until": 1060.5, "used": 1200, "budget": 1000}
+    assert not (tmp_path / "budget" / "key-2").exists()
+    stamp = flag.stat().st_mtime_ns
+    board.publish({"key-1": over})
+    assert flag.stat().st_mtime_ns == stamp
+    # A key no longer budgeted (revoked, or its budget lifted) loses its flag.
+    board.publish({})
+    assert not flag.exists()
+
+
+def test_a_start_clears_flags_a_stopped_ledger_left(tmp_path: Path) -> None:
+    (tmp_path / "key-9").write_text("{}")
+    (tmp_path / ".keep").write_text("")
+    BudgetBoard(tmp_path).clear()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".keep"]
+
+
+def test_budgets_come_from_the_store_and_follow_its_changes(tmp_path: Path) -> None:
+    path = tmp_path / "api-keys.json"
+    store, own = KeyStore().add("own", tokens_per_min=500)
+    store, plain = store.add("plain")
+    store, free = store.add("free", tokens_per_min=UNLIMITED)
+    save_store(path, store)
+    budgets = KeyBudgets(path, default=2000)
+    assert budgets() == {own.id: 500, plain.id: 2000}
+    assert budgets.names[free.id] == "free"
+    store, _ = store.revoke("own")
+    save_store(path, store)
+    assert budgets() == {plain.id: 2000}
+    assert KeyBudgets(tmp_path / "none.json", default=None)() == {}
+
+
+class Counters:
+    def __init__(self) -> None:
+        self.values: dict[str, float] = {}
+        self.down = False
+
+    async def token_counters(self) -> dict[str, float]:
+        if self.down:
+            raise MetricsUnavailable("mtail did not answer")
+        return dict(self.values)
+
+    async def close(self) -> None:
+        pass
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _ledger(tmp_path: Path, budgets: dict[str, int],
+            seeded: dict[str, float] | None = None) -> tuple[BudgetInput, Counters, Clock]:
+    counters, clock = Counters(), Clock()
+
+    async def seeder() -> dict[str, float]:
+        if seeded is None:
+            raise MetricsUnavailable("Prometheus did not answer")
+        return seeded
+
+    ledger = BudgetInput(counters, lambda: budgets, BudgetBoard(tmp_path), clock,
+                         names=lambda: {"key-a": "team-a"}, seeder=seeder)
+    return ledger, counters, clock
+
+
+def test_the_ledger_flags_a_key_at_its_budget_and_lifts_it_as_tokens_age(
+        tmp_path: Path) -> None:
+    ledger, counters, clock = _ledger(tmp_path, {"key-a": 1000})
+    counters.values = {"key-a": 5000}
+    asyncio.run(ledger.poll())  # the baseline: tokens spent before are not this minute's
+    assert not (tmp_path / "key-a").exists()
+    for step in range(1, 5):
+        clock.now += 5
+        counters.values = {"key-a": 5000 + 300 * step}
+        asyncio.run(ledger.poll())
+    # 1,200 tokens in the last minute at 1020; below 1,000 once the first 300
+    # (at 1005) is a minute old.
+    assert ledger.states["key-a"].over
+    flag = json.loads((tmp_path / "key-a").read_text())
+    assert flag == {"until": 1065.0, "used": 1200, "budget": 1000}
+    view = ledger.view()
+    assert view.keys[0].name == "team-a" and view.keys[0].retry_after_s == 45
+    # mtail down: no new tokens read, and the window still ages.
+    counters.down = True
+    clock.now = 1065.0
+    asyncio.run(ledger.poll())
+    assert ledger.error == "mtail did not answer"
+    assert not ledger.states["key-a"].over and not (tmp_path / "key-a").exists()
+
+
+def test_a_start_takes_the_last_minute_from_prometheus(tmp_path: Path) -> None:
+    ledger, counters, clock = _ledger(tmp_path, {"key-a": 1000}, seeded={"key-a": 1500})
+    asyncio.run(ledger.poll())
+    assert ledger.states["key-a"].over
+    # Taken as spent half a window ago.
+    assert ledger.states["key-a"].over_until == pytest.approx(clock.now + 30)
+
+
+def test_no_prometheus_at_a_start_counts_from_zero(tmp_path: Path) -> None:
+    ledger, counters, _clock = _ledger(tmp_path, {"key-a": 1000}, seeded=None)
+    asyncio.run(ledger.poll())
+    assert not ledger.states["key-a"].over
