@@ -171,6 +171,8 @@ class KeyBudgetView(_Model):
     used: int
     budget: int
     over: bool
+    # Near the budget: one request in flight at most.
+    near: bool
     retry_after_s: int | None
 
 

@@ -181,10 +181,12 @@ async def _whole(conn: Connection, answer: _Answer, start: float, sent: float,
         return RequestRecord(start, 200, replica, error_phase=MID_STREAM, error=str(exc))
     done = time.perf_counter() - sent
     try:
-        tokens = int(json.loads(raw)["usage"]["completion_tokens"])
+        usage = json.loads(raw)["usage"]
+        tokens, total = int(usage["completion_tokens"]), int(usage["total_tokens"])
     except (ValueError, KeyError, TypeError):
-        tokens = 0
-    return RequestRecord(start, 200, replica, ttft=done, e2e=done, output_tokens=tokens)
+        tokens, total = 0, None
+    return RequestRecord(start, 200, replica, ttft=done, e2e=done, output_tokens=tokens,
+                         total_tokens=total)
 
 
 async def _streamed(conn: Connection, answer: _Answer, start: float, sent: float,
@@ -192,6 +194,7 @@ async def _streamed(conn: Connection, answer: _Answer, start: float, sent: float
     buffer = b""
     token_times: list[float] = []
     usage_tokens: int | None = None
+    total_tokens: int | None = None
     finished = False
     try:
         async for chunk in conn.body(answer):
@@ -208,6 +211,7 @@ async def _streamed(conn: Connection, answer: _Answer, start: float, sent: float
                 parsed = json.loads(data)
                 if parsed.get("usage"):
                     usage_tokens = int(parsed["usage"]["completion_tokens"])
+                    total_tokens = int(parsed["usage"]["total_tokens"])
                 if _content(parsed):
                     token_times.append(now)
     except (ConnectionLost, ConnectionError, asyncio.IncompleteReadError, ValueError) as exc:
@@ -221,7 +225,7 @@ async def _streamed(conn: Connection, answer: _Answer, start: float, sent: float
     gaps = tuple(b - a for a, b in zip(token_times, token_times[1:], strict=False))
     return RequestRecord(start, 200, replica, ttft=ttft, e2e=end - sent, itl=gaps,
                          output_tokens=usage_tokens if usage_tokens is not None
-                         else len(token_times))
+                         else len(token_times), total_tokens=total_tokens)
 
 
 def _seconds(header: str | None) -> float | None:

@@ -83,6 +83,8 @@ class Workload:
     # Requests carry one of this many session keys (the body's `user`), for a
     # gateway with affinity; 0: none.
     sessions: int = 0
+    # Streams ask for their usage chunk (stream_options.include_usage).
+    ask_usage: bool = True
 
     @property
     def path(self) -> str:
@@ -109,7 +111,8 @@ class Workload:
             data["prompt"] = prompt
         if self.stream:
             data["stream"] = True
-            data["stream_options"] = {"include_usage": True}
+            if self.ask_usage:
+                data["stream_options"] = {"include_usage": True}
         return json.dumps(data).encode()
 
 

@@ -48,6 +48,8 @@ class RequestRecord:
     e2e: float | None = None
     itl: tuple[float, ...] = ()
     output_tokens: int = 0
+    # Prompt + completion, as the answer's usage says; None without a usage.
+    total_tokens: int | None = None
     error_phase: str | None = None
     error: str | None = None
     # A non-200's seconds from sending to its whole answer (a 429's speed).

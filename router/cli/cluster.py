@@ -100,7 +100,8 @@ def _budgets_lines(budgets: BudgetsView) -> str:
     lines = [f"token budgets: {len(budgets.keys)} keys with one, {len(over)} over "
              f"(tokens in the last {budgets.window_s:g}s)"]
     lines += [f"  {k.name or k.key} ({k.key}): {k.used} of {k.budget}"
-              + (f", OVER: 429 for {k.retry_after_s}s more" if k.over else "")
+              + (f", OVER: 429 for {k.retry_after_s}s more" if k.over else
+                 ", near: one request in flight" if k.near else "")
               for k in budgets.keys]
     if budgets.error:
         lines.append(f"  counters: {budgets.error}")

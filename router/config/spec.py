@@ -196,8 +196,14 @@ class LimitsSpec(_Model):
 # `usage` reports them) over this sliding window.
 BUDGET_WINDOW_S = 60.0
 # The folder in the shed folder that holds one flag per API key over its
-# token budget, named as the key's id.
+# token budget, named as the key's id; its folder BUDGET_NEAR_FOLDER holds
+# one per key near it.
 BUDGET_FOLDER = "budget"
+BUDGET_NEAR_FOLDER = "near"
+# From this share of its budget on, a key has one request in flight at most:
+# tokens are counted when an answer ends, so the requests a key has in flight
+# when it reaches its budget pass it; one at a time, it passes it by one answer.
+BUDGET_NEAR_FRACTION = 0.9
 
 
 class BudgetsSpec(_Model):
@@ -205,7 +211,8 @@ class BudgetsSpec(_Model):
     gateway counts each key's tokens from the replicas' `usage` (streams
     included: it asks the replica for the usage chunk and keeps it from a
     client that did not ask), and past a key's tokens per minute answers 429
-    with the Retry-After until the last minute's tokens are below it."""
+    with the Retry-After until the last minute's tokens are below it. From
+    90 % of its budget a key has one request in flight at most."""
 
     enabled: bool = False
     # Tokens per minute of a key without its own (`fleet keys budget`);

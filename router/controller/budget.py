@@ -12,8 +12,11 @@ as its id, in a folder nginx tests before any limit counts a request
 below the budget again, which is the Retry-After; it is lifted then.
 
 Tokens are counted when an answer ends, so requests in flight when a key
-reaches its budget still finish: a key goes over by what it had in flight
-(docs/overload.md says how much that was in the benchmark).
+reaches its budget still finish and pass it. A key near its budget
+(BUDGET_NEAR_FRACTION) is flagged in a second folder, and nginx lets it have
+one request in flight (a limit_conn zone keyed by it): the last tenth of a
+budget is spent one answer at a time, so a key passes its budget by one
+answer, plus what it had in flight when it came near.
 
 ``TokenWindow`` and ``assess`` are pure; ``BudgetBoard`` writes files;
 ``BudgetInput`` joins them to mtail and the key store on the controller's
@@ -34,7 +37,7 @@ from typing import Protocol
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from router.config.spec import BUDGET_WINDOW_S
+from router.config.spec import BUDGET_NEAR_FOLDER, BUDGET_NEAR_FRACTION, BUDGET_WINDOW_S
 from router.controller.metrics import ControllerMetrics
 from router.controller.policy import Snapshot
 from router.disk.keys import load_store
@@ -97,20 +100,26 @@ class KeyBudget:
     budget: int
     # When the window falls below the budget (epoch seconds); None: it is below.
     over_until: float | None
+    # Near the budget, not over it: one request in flight at most.
+    near: bool = False
 
     @property
     def over(self) -> bool:
         return self.over_until is not None
 
 
-def assess(window: TokenWindow, budgets: Mapping[str, int], now: float) -> dict[str, KeyBudget]:
+def assess(window: TokenWindow, budgets: Mapping[str, int], now: float,
+           near_fraction: float = BUDGET_NEAR_FRACTION) -> dict[str, KeyBudget]:
     """Each budgeted key's use; a key is over from the token that reaches its
-    budget until enough of the window's tokens age out."""
+    budget until enough of the window's tokens age out, and near from
+    ``near_fraction`` of it until then."""
     out = {}
     for key, budget in budgets.items():
         used = window.used(key, now)
+        over = used >= budget
         out[key] = KeyBudget(key, int(used), budget,
-                             window.below_at(key, budget, now) if used >= budget else None)
+                             window.below_at(key, budget, now) if over else None,
+                             near=not over and used >= near_fraction * budget)
     return out
 
 
@@ -170,40 +179,42 @@ class MtailCounters:
 
 
 class BudgetBoard:
-    """The folder nginx tests for keys over their budget: a file per key,
-    named as its id, saying until when and why."""
+    """The folders nginx tests for keys over their budget (a file per key,
+    named as its id, saying until when and why) and near it (an empty file)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self._written: dict[str, str] = {}
+        self.near = folder / BUDGET_NEAR_FOLDER
+        self._written: dict[Path, str] = {}
 
     def clear(self) -> None:
         """No key flagged: at a start, so flags a stopped controller left never hold."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        for flag in self.folder.iterdir():
-            if flag.is_file() and not flag.name.startswith("."):
-                flag.unlink(missing_ok=True)
+        for folder in (self.folder, self.near):
+            folder.mkdir(parents=True, exist_ok=True)
+            for flag in folder.iterdir():
+                if flag.is_file() and not flag.name.startswith("."):
+                    flag.unlink(missing_ok=True)
         self._written.clear()
 
     def publish(self, states: Mapping[str, KeyBudget]) -> None:
-        """Flags for the keys over budget; every other flag lifted. A flag is
-        written only when its text changes (a key over budget spends nothing,
-        so its flag stays as it was)."""
+        """Flags for the keys over and near their budget; every other flag
+        lifted. A flag is written only when its text changes (a key over
+        budget spends nothing, so its flag stays as it was)."""
+        wanted: dict[Path, str] = {}
         for key, state in states.items():
-            text = None if state.over_until is None else json.dumps(
-                {"until": round(state.over_until, 3), "used": state.used,
-                 "budget": state.budget}) + "\n"
-            if text == self._written.get(key):
-                continue
-            if text is None:
-                (self.folder / key).unlink(missing_ok=True)
-                self._written.pop(key, None)
-            else:
-                write_atomic(self.folder / key, text)
-                self._written[key] = text
-        for key in [k for k in self._written if k not in states]:
-            (self.folder / key).unlink(missing_ok=True)
-            del self._written[key]
+            if state.over_until is not None:
+                wanted[self.folder / key] = json.dumps(
+                    {"until": round(state.over_until, 3), "used": state.used,
+                     "budget": state.budget}) + "\n"
+            elif state.near:
+                wanted[self.near / key] = ""
+        for flag in [f for f in self._written if f not in wanted]:
+            flag.unlink(missing_ok=True)
+            del self._written[flag]
+        for flag, text in wanted.items():
+            if self._written.get(flag) != text:
+                write_atomic(flag, text)
+                self._written[flag] = text
 
 
 class KeyBudgets:
@@ -301,9 +312,9 @@ class BudgetInput:
         states = assess(self.window, budgets, now)
         for key, state in states.items():
             before = self.states.get(key)
-            if state.over != (before is not None and before.over):
+            if before is None or (state.over, state.near) != (before.over, before.near):
                 log.info("budgets key=%s decision=%s reason=%d of %d tokens in the last %gs%s",
-                         key, "over" if state.over else "within", state.used, state.budget,
+                         key, _verdict(state), state.used, state.budget,
                          self.window.window_s,
                          f" retry_after={state.over_until - now:.1f}s"
                          if state.over_until is not None else "")
@@ -330,7 +341,7 @@ class BudgetInput:
         names = self.names()
         return BudgetsView(window_s=self.window.window_s, error=self.error, keys=[
             KeyBudgetView(key=s.key, name=names.get(s.key), used=s.used, budget=s.budget,
-                          over=s.over,
+                          over=s.over, near=s.near,
                           retry_after_s=None if s.over_until is None
                           else max(1, math.ceil(s.over_until - now)))
             for s in sorted(self.states.values(), key=lambda s: s.key)])
@@ -340,3 +351,7 @@ class BudgetInput:
 
     async def close(self) -> None:
         await self.counters.close()
+
+
+def _verdict(state: KeyBudget) -> str:
+    return "over" if state.over else "near (one request in flight)" if state.near else "within"

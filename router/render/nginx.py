@@ -10,6 +10,8 @@ from router.affinity import AffinityMode
 from router.config.plan import ClusterPlan
 from router.config.spec import (
     BUDGET_FOLDER,
+    BUDGET_NEAR_FOLDER,
+    BUDGET_NEAR_FRACTION,
     FAIR_SHARE_FILE,
     FAIR_SHARE_LEVELS,
     ClusterSpec,
@@ -141,6 +143,8 @@ class BudgetsView:
 
     # One flag per key over its budget, named as the key's id.
     folder: Path
+    # One per key near it (BUDGET_NEAR_FRACTION): one request in flight.
+    near_folder: Path
 
 
 @dataclass(frozen=True)
@@ -190,6 +194,9 @@ def limits_view(spec: ClusterSpec) -> LimitsView:
         if spec.priority.fair_share:
             texts.append("while the fleet is saturated, each key: its equal share of the "
                          "slots in flight")
+    if spec.budgets.enabled:
+        texts.append(f"a key past {BUDGET_NEAR_FRACTION:.0%} of its token budget: one request "
+                     "in flight")
     return LimitsView(
         # Empty keys are not counted by nginx, so with auth on a request
         # without a valid key (already refused) never uses a slot.
@@ -234,7 +241,8 @@ def nginx_view(plan: ClusterPlan, paths: RuntimePaths, machine: MachineFacts) ->
         njs_scripts=machine.njs_scripts,
         routes=API_ROUTES[spec.model.runner],
         priority=priority_view(spec, flags, slots=plan_slots(plan)),
-        budgets=BudgetsView(flags / BUDGET_FOLDER) if spec.budgets.enabled else None,
+        budgets=(BudgetsView(flags / BUDGET_FOLDER, flags / BUDGET_FOLDER / BUDGET_NEAR_FOLDER)
+                 if spec.budgets.enabled else None),
     )
 
 

@@ -240,3 +240,18 @@ def test_fairness_tiny_runs_both_contenders_and_reports_each_keys_share(
                        for kind in summary["failure_examples"]), summary["failure_examples"]
     assert len(result["targets"]) == 2
     assert "### Tokens served per key" in (tmp_path / "README.md").read_text()
+
+
+def test_budget_tiny_counts_every_token_and_refuses_past_the_budget(tmp_path: Path) -> None:
+    result = _scenario("budget", tmp_path)
+    rows = {r["label"]: r for r in result["rows"]}
+    assert len(rows) == 2
+    for row in rows.values():
+        extra = row["extra"]
+        # The key reached its budget and was refused; nothing else failed.
+        assert extra["refused"] > 0 and extra["other_failures"] == 0, extra
+        assert extra["gateway_tokens"] == extra["replica_tokens"] > 0, extra
+    asked, unasked = (r["extra"] for r in result["rows"])
+    assert asked["usage_chunks_seen"] == asked["answered"]
+    assert unasked["usage_chunks_seen"] == 0
+    assert "### The key against its budget" in (tmp_path / "README.md").read_text()

@@ -41,8 +41,24 @@ def test_a_key_is_over_until_enough_tokens_age_out() -> None:
     assert states["k"] == KeyBudget("k", 1200, 1000, over_until=60)
     # Exactly the budget is over: the next request would pass it.
     assert assess(window, {"k": 1200}, now=25)["k"].over_until == 60
-    # At 60 the first 400 is gone: 800 < 1000.
-    assert not assess(window, {"k": 1000}, now=60)["k"].over
+    # At 60 the first 400 is gone: 800 < 1000, and not near it (900).
+    assert assess(window, {"k": 1000}, now=60)["k"] == KeyBudget("k", 800, 1000, None)
+    # Near: 90 % of the budget, not over it.
+    assert assess(window, {"k": 850}, now=60)["k"].near
+    assert not assess(window, {"k": 700}, now=60)["k"].near
+
+
+def test_near_and_over_flags_are_apart(tmp_path: Path) -> None:
+    board = BudgetBoard(tmp_path / "budget")
+    board.clear()
+    board.publish({"key-1": KeyBudget("key-1", 950, 1000, None, near=True)})
+    assert (tmp_path / "budget" / "near" / "key-1").exists()
+    assert not (tmp_path / "budget" / "key-1").exists()
+    board.publish({"key-1": KeyBudget("key-1", 1010, 1000, 1060.0)})
+    assert not (tmp_path / "budget" / "near" / "key-1").exists()
+    assert (tmp_path / "budget" / "key-1").exists()
+    board.clear()
+    assert not any(p.is_file() for p in (tmp_path / "budget").rglob("*"))
 
 
 def test_counter_increments_skip_the_first_reading_and_survive_a_reset() -> None:
@@ -83,7 +99,7 @@ def test_a_start_clears_flags_a_stopped_ledger_left(tmp_path: Path) -> None:
     (tmp_path / "key-9").write_text("{}")
     (tmp_path / ".keep").write_text("")
     BudgetBoard(tmp_path).clear()
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".keep"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".keep", "near"]
 
 
 def test_budgets_come_from_the_store_and_follow_its_changes(tmp_path: Path) -> None:

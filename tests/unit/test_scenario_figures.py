@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from router.bench.scenario_kit import metric_sum, weight_changes
+from router.bench.scenarios.budget import most_in_a_window
 from router.bench.scenarios.reloads import imbalance
 
 
@@ -35,3 +36,10 @@ def test_a_metric_sums_every_series_of_the_gauge() -> None:
             'vllm:num_requests_running{engine="1",model_name="m"} 2.0\n'
             'vllm:num_requests_waiting{engine="0",model_name="m"} 7.0\n')
     assert metric_sum(text, "vllm:num_requests_running") == 5.0
+
+
+def test_the_busiest_minute_of_a_budgeted_key() -> None:
+    done = [(1.0, 100), (30.0, 200), (61.0, 50), (62.0, 400), (200.0, 10)]
+    # (30, 61, 62] hold 650; 1.0 left the window at 61.
+    assert most_in_a_window(done, 60.0) == 650
+    assert most_in_a_window([], 60.0) == 0
