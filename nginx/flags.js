@@ -55,8 +55,13 @@ function budgetAnswer(flagText, nowS) {
         if (!(flag.used >= 0 && flag.budget >= 1)) {
             return null;
         }
-        return 'this API key used ' + flag.used + ' of its ' + flag.budget +
+        var said = 'this API key used ' + flag.used + ' of its ' + flag.budget +
             ' tokens per minute (prompt and completion)';
+        if (flag.used < flag.budget && flag.answer >= 1) {
+            said += '; its answers average ' + flag.answer + ' tokens, so the next would ' +
+                'pass it';
+        }
+        return said;
     }, 'this API key is over its tokens per minute');
 }
 

@@ -12,11 +12,14 @@ as its id, in a folder nginx tests before any limit counts a request
 below the budget again, which is the Retry-After; it is lifted then.
 
 Tokens are counted when an answer ends, so requests in flight when a key
-reaches its budget still finish and pass it. A key near its budget
+reaches its budget still finish and pass it. So the next answer is charged
+before it starts, at the key's tokens per answer over the window: a key is
+over once that answer would pass its budget. A key near its budget
 (BUDGET_NEAR_FRACTION) is flagged in a second folder, and nginx lets it have
 one request in flight (a limit_conn zone keyed by it): the last tenth of a
-budget is spent one answer at a time, so a key passes its budget by one
-answer, plus what it had in flight when it came near.
+budget is spent one answer at a time. What is left: the answer that ended
+since the last reading, while the next one already started, and answers
+longer than the key's average.
 
 ``TokenWindow`` and ``assess`` are pure; ``BudgetBoard`` writes files;
 ``BudgetInput`` joins them to mtail and the key store on the controller's
@@ -51,6 +54,7 @@ log = logging.getLogger(__name__)
 # share of a second past its budget before the flag is up.
 POLL_S = 0.25
 TOKENS_METRIC = "fleet_gateway_key_tokens_total"
+ANSWERS_METRIC = "fleet_gateway_key_requests_total"
 # At a start, the last minute's tokens from Prometheus (the ledger's own
 # window went with the process that held it).
 SEED_QUERY = (f'sum by (key) (increase({TOKENS_METRIC}{{job="gateway_log"}}'
@@ -58,32 +62,40 @@ SEED_QUERY = (f'sum by (key) (increase({TOKENS_METRIC}{{job="gateway_log"}}'
 
 
 class TokenWindow:
-    """Each key's tokens over the last ``window_s`` seconds."""
+    """Each key's tokens, and the answers they came in, over the last
+    ``window_s`` seconds."""
 
     def __init__(self, window_s: float = BUDGET_WINDOW_S) -> None:
         self.window_s = window_s
-        self._spent: dict[str, deque[tuple[float, float]]] = {}
+        # (when, tokens, answers) per reading that saw any.
+        self._spent: dict[str, deque[tuple[float, float, float]]] = {}
 
-    def add(self, key: str, tokens: float, at: float) -> None:
-        if tokens > 0:
-            self._spent.setdefault(key, deque()).append((at, tokens))
+    def add(self, key: str, tokens: float, at: float, answers: float = 0.0) -> None:
+        if tokens > 0 or answers > 0:
+            self._spent.setdefault(key, deque()).append((at, tokens, answers))
 
-    def _expire(self, key: str, now: float) -> deque[tuple[float, float]]:
+    def _expire(self, key: str, now: float) -> deque[tuple[float, float, float]]:
         spent = self._spent.get(key, deque())
         while spent and spent[0][0] <= now - self.window_s:
             spent.popleft()
         return spent
 
     def used(self, key: str, now: float) -> float:
-        return sum(tokens for _at, tokens in self._expire(key, now))
+        return sum(tokens for _at, tokens, _answers in self._expire(key, now))
 
-    def below_at(self, key: str, budget: float, now: float) -> float:
-        """When the window will hold less than ``budget`` with no new tokens:
+    def answer_size(self, key: str, now: float) -> float:
+        """The key's tokens per answer in the window; 0 without answers."""
+        spent = self._expire(key, now)
+        answers = sum(n for _at, _tokens, n in spent)
+        return sum(tokens for _at, tokens, _n in spent) / answers if answers else 0.0
+
+    def below_at(self, key: str, limit: float, now: float) -> float:
+        """When the window will hold less than ``limit`` with no new tokens:
         ``now`` if it already does."""
         spent = self._expire(key, now)
-        used = sum(tokens for _at, tokens in spent)
-        for at, tokens in spent:
-            if used < budget:
+        used = sum(tokens for _at, tokens, _n in spent)
+        for at, tokens, _n in spent:
+            if used < limit:
                 break
             used -= tokens
             now = at + self.window_s
@@ -98,10 +110,12 @@ class KeyBudget:
     key: str
     used: int
     budget: int
-    # When the window falls below the budget (epoch seconds); None: it is below.
+    # When the window has room for another answer (epoch seconds); None: it has.
     over_until: float | None
     # Near the budget, not over it: one request in flight at most.
     near: bool = False
+    # The key's tokens per answer in the window: what the next one is charged.
+    answer_size: int = 0
 
     @property
     def over(self) -> bool:
@@ -110,17 +124,29 @@ class KeyBudget:
 
 def assess(window: TokenWindow, budgets: Mapping[str, int], now: float,
            near_fraction: float = BUDGET_NEAR_FRACTION) -> dict[str, KeyBudget]:
-    """Each budgeted key's use; a key is over from the token that reaches its
-    budget until enough of the window's tokens age out, and near from
-    ``near_fraction`` of it until then."""
+    """Each budgeted key's use. The next answer is charged before it starts,
+    at the key's tokens per answer in the window: a key is over once that
+    answer would pass its budget, until enough of the window's tokens age
+    out, and near from ``near_fraction`` of it until then."""
     out = {}
     for key, budget in budgets.items():
         used = window.used(key, now)
-        over = used >= budget
+        size = window.answer_size(key, now)
+        # At its budget, or the next answer would pass it.
+        over = used > 0 and (used >= budget or used + size > budget)
         out[key] = KeyBudget(key, int(used), budget,
-                             window.below_at(key, budget, now) if over else None,
-                             near=not over and used >= near_fraction * budget)
+                             window.below_at(key, budget - size, now) if over else None,
+                             near=not over and used >= near_fraction * budget,
+                             answer_size=round(size))
     return out
+
+
+@dataclass(frozen=True)
+class KeyCounters:
+    """mtail's counters per key id: tokens, and answers (status 200)."""
+
+    tokens: dict[str, float]
+    answers: dict[str, float]
 
 
 class CounterDeltas:
@@ -139,19 +165,24 @@ class CounterDeltas:
                 for key, value in values.items()}
 
 
-def parse_token_counters(text: str) -> dict[str, float]:
-    """Key id -> tokens so far, from mtail's /metrics."""
-    counters: dict[str, float] = {}
+def parse_key_counters(text: str) -> KeyCounters:
+    """Each key's tokens and answers so far, from mtail's /metrics."""
+    counters = KeyCounters({}, {})
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == TOKENS_METRIC and "key" in sample.labels:
-                counters[sample.labels["key"]] = sample.value
+            key = sample.labels.get("key")
+            if key is None:
+                continue
+            if sample.name == TOKENS_METRIC:
+                counters.tokens[key] = sample.value
+            elif sample.name == ANSWERS_METRIC and sample.labels.get("status") == "200":
+                counters.answers[key] = sample.value
     return counters
 
 
 class CounterSource(Protocol):
-    async def token_counters(self) -> dict[str, float]:
-        """Key id -> tokens so far; raises MetricsUnavailable."""
+    async def key_counters(self) -> KeyCounters:
+        """Raises MetricsUnavailable."""
         ...
 
     async def close(self) -> None: ...
@@ -165,11 +196,11 @@ class MtailCounters:
         self.url = url
         self._client = httpx.AsyncClient(timeout=timeout_s, transport=transport)
 
-    async def token_counters(self) -> dict[str, float]:
+    async def key_counters(self) -> KeyCounters:
         try:
             response = await self._client.get(self.url)
             response.raise_for_status()
-            return parse_token_counters(response.text)
+            return parse_key_counters(response.text)
         except (httpx.HTTPError, ValueError) as exc:
             raise MetricsUnavailable(f"the gateway's log exporter did not answer at "
                                      f"{self.url}: {exc}") from exc
@@ -205,16 +236,18 @@ class BudgetBoard:
             if state.over_until is not None:
                 wanted[self.folder / key] = json.dumps(
                     {"until": round(state.over_until, 3), "used": state.used,
-                     "budget": state.budget}) + "\n"
+                     "budget": state.budget, "answer": state.answer_size}) + "\n"
             elif state.near:
                 wanted[self.near / key] = ""
-        for flag in [f for f in self._written if f not in wanted]:
-            flag.unlink(missing_ok=True)
-            del self._written[flag]
+        # New flags first: a key going from over to near is never unflagged
+        # for a moment in between.
         for flag, text in wanted.items():
             if self._written.get(flag) != text:
                 write_atomic(flag, text)
                 self._written[flag] = text
+        for flag in [f for f in self._written if f not in wanted]:
+            flag.unlink(missing_ok=True)
+            del self._written[flag]
 
 
 class KeyBudgets:
@@ -263,7 +296,8 @@ class BudgetInput:
         self.names = names
         self.seeder = seeder
         self.window = TokenWindow(window_s)
-        self.deltas = CounterDeltas()
+        self.token_deltas = CounterDeltas()
+        self.answer_deltas = CounterDeltas()
         self.states: dict[str, KeyBudget] = {}
         self.error: str | None = None
         try:
@@ -296,14 +330,16 @@ class BudgetInput:
         now = self.clock()
         await self._seed(now)
         try:
-            gained = self.deltas.update(await self.counters.token_counters())
+            counters = await self.counters.key_counters()
+            gained = self.token_deltas.update(counters.tokens)
+            answered = self.answer_deltas.update(counters.answers)
             self.error = None
         except MetricsUnavailable as exc:
             # No new tokens seen: flags stay as the window says, aging out.
-            gained = {}
+            gained, answered = {}, {}
             self.error = exc.message
-        for key, tokens in gained.items():
-            self.window.add(key, tokens, now)
+        for key in gained.keys() | answered.keys():
+            self.window.add(key, gained.get(key, 0.0), now, answered.get(key, 0.0))
         try:
             budgets = self.budgets()
         except Exception as exc:  # a key store mid-edit or unreadable: keep the last

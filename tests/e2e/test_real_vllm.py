@@ -20,6 +20,7 @@ from router.runtime.supervise import Supervisor
 from tests.e2e.conftest import Cluster
 from tests.support.cli import fleet
 from tests.support.harness import wait_for
+from tests.support.njs import count_answers
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -161,6 +162,32 @@ def test_priority_classes_reach_real_vllm(cluster: Cluster) -> None:
                             headers={"X-Fleet-Priority": "urgent"}, timeout=30)
     assert refused.status_code == 400
     assert "interactive, default, batch" in refused.json()["error"]["message"]
+
+
+def test_real_vllm_answers_are_counted_as_the_gateway_counts_them(
+        cluster: Cluster, tmp_path: Path) -> None:
+    """Token budgets read vLLM's own bytes: a stream's usage chunk (asked for,
+    and taken out for a client that did not ask) and a JSON answer's usage,
+    fed through nginx/usage.js as vLLM sent them."""
+    body = {"model": cluster.model, "max_tokens": 6, **GREEDY,
+            "messages": [{"role": "user", "content": "Say hi."}]}
+    with requests.post(f"{cluster.replica_urls[0]}/v1/chat/completions", timeout=120,
+                       stream=True, json={**body, "stream": True,
+                                          "stream_options": {"include_usage": True}}) as answer:
+        assert answer.status_code == 200, answer.text
+        buffers = [chunk.decode() for chunk in answer.iter_content(chunk_size=None) if chunk]
+    streamed = "".join(buffers)
+    events = [e for e in streamed.split("\n\n") if e]
+    usage = json.loads(events[-2].removeprefix("data: "))["usage"]
+    whole = requests.post(f"{cluster.replica_urls[0]}/v1/chat/completions", json=body,
+                          timeout=120)
+    counted = count_answers([{"buffers": buffers, "hidden": False},
+                             {"buffers": buffers, "hidden": True},
+                             {"buffers": [whole.text], "hidden": False}], tmp_path)
+    assert counted[0] == {"sent": streamed, "tokens": usage["total_tokens"]}
+    assert counted[1] == {"sent": "\n\n".join(events[:-2] + events[-1:]) + "\n\n",
+                          "tokens": usage["total_tokens"]}
+    assert counted[2]["tokens"] == whole.json()["usage"]["total_tokens"]
 
 
 def test_drill_kill_real_replica_restarts_and_no_request_fails_before_streaming(

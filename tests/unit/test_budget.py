@@ -15,9 +15,10 @@ from router.controller.budget import (
     CounterDeltas,
     KeyBudget,
     KeyBudgets,
+    KeyCounters,
     TokenWindow,
     assess,
-    parse_token_counters,
+    parse_key_counters,
 )
 from router.disk.keys import UNLIMITED, KeyStore, save_store
 from router.errors import MetricsUnavailable
@@ -61,6 +62,21 @@ def test_near_and_over_flags_are_apart(tmp_path: Path) -> None:
     assert not any(p.is_file() for p in (tmp_path / "budget").rglob("*"))
 
 
+def test_the_next_answer_is_charged_before_it_starts() -> None:
+    """A key whose answers average 100 tokens is over past 900 of 1,000: the
+    next answer would pass its budget."""
+    window = TokenWindow(60)
+    for at in range(9):
+        window.add("k", 100, at=at, answers=1)
+    assert window.answer_size("k", now=10) == 100
+    assert not assess(window, {"k": 1000}, now=10)["k"].over
+    window.add("k", 5, at=9.5, answers=0)  # a stream cut before any token: no answer
+    state = assess(window, {"k": 1000}, now=10)["k"]
+    assert state.over and state.answer_size == 101
+    # Room for one more once the first 100 age out (805 + 101 < 1000).
+    assert state.over_until == 60
+
+
 def test_counter_increments_skip_the_first_reading_and_survive_a_reset() -> None:
     deltas = CounterDeltas()
     assert deltas.update({"a": 500}) == {}
@@ -69,14 +85,16 @@ def test_counter_increments_skip_the_first_reading_and_survive_a_reset() -> None
     assert deltas.update({"a": 40, "b": 30}) == {"a": 40, "b": 0}
 
 
-def test_mtail_metrics_give_the_token_counters() -> None:
+def test_mtail_metrics_give_each_keys_tokens_and_answers() -> None:
     text = ("# HELP fleet_gateway_key_tokens_total defined at gateway.mtail\n"
             "# TYPE fleet_gateway_key_tokens_total counter\n"
             'fleet_gateway_key_tokens_total{key="key-0a1b"} 1234\n'
             'fleet_gateway_key_tokens_total{key="key-ffff"} 0\n'
             "# TYPE fleet_gateway_key_requests_total counter\n"
-            'fleet_gateway_key_requests_total{key="key-0a1b",status="200"} 9\n')
-    assert parse_token_counters(text) == {"key-0a1b": 1234, "key-ffff": 0}
+            'fleet_gateway_key_requests_total{key="key-0a1b",status="200"} 9\n'
+            'fleet_gateway_key_requests_total{key="key-0a1b",status="429"} 4\n')
+    assert parse_key_counters(text) == KeyCounters({"key-0a1b": 1234, "key-ffff": 0},
+                                                   {"key-0a1b": 9})
 
 
 def test_the_board_writes_a_flag_per_key_over_and_only_when_it_changes(tmp_path: Path) -> None:
@@ -85,7 +103,8 @@ def test_the_board_writes_a_flag_per_key_over_and_only_when_it_changes(tmp_path:
     over = KeyBudget("key-1", 1200, 1000, over_until=1060.5)
     board.publish({"key-1": over, "key-2": KeyBudget("key-2", 10, 1000, None)})
     flag = tmp_path / "budget" / "key-1"
-    assert json.loads(flag.read_text()) == {"until": 1060.5, "used": 1200, "budget": 1000}
+    assert json.loads(flag.read_text()) == {"until": 1060.5, "used": 1200, "budget": 1000,
+                                            "answer": 0}
     assert not (tmp_path / "budget" / "key-2").exists()
     stamp = flag.stat().st_mtime_ns
     board.publish({"key-1": over})
@@ -120,12 +139,13 @@ def test_budgets_come_from_the_store_and_follow_its_changes(tmp_path: Path) -> N
 class Counters:
     def __init__(self) -> None:
         self.values: dict[str, float] = {}
+        self.answers: dict[str, float] = {}
         self.down = False
 
-    async def token_counters(self) -> dict[str, float]:
+    async def key_counters(self) -> KeyCounters:
         if self.down:
             raise MetricsUnavailable("mtail did not answer")
-        return dict(self.values)
+        return KeyCounters(dict(self.values), dict(self.answers))
 
     async def close(self) -> None:
         pass
@@ -156,20 +176,21 @@ def _ledger(tmp_path: Path, budgets: dict[str, int],
 def test_the_ledger_flags_a_key_at_its_budget_and_lifts_it_as_tokens_age(
         tmp_path: Path) -> None:
     ledger, counters, clock = _ledger(tmp_path, {"key-a": 1000})
-    counters.values = {"key-a": 5000}
+    counters.values, counters.answers = {"key-a": 5000}, {"key-a": 50}
     asyncio.run(ledger.poll())  # the baseline: tokens spent before are not this minute's
     assert not (tmp_path / "key-a").exists()
-    for step in range(1, 5):
+    for step in range(1, 4):
         clock.now += 5
         counters.values = {"key-a": 5000 + 300 * step}
+        counters.answers = {"key-a": 50 + step}
         asyncio.run(ledger.poll())
-    # 1,200 tokens in the last minute at 1020; below 1,000 once the first 300
-    # (at 1005) is a minute old.
+    # 900 tokens in 3 answers at 1015: the next answer (300) would pass 1,000.
+    # Room again once the first 300 (at 1005) is a minute old: 600 + 300 < 1000.
     assert ledger.states["key-a"].over
     flag = json.loads((tmp_path / "key-a").read_text())
-    assert flag == {"until": 1065.0, "used": 1200, "budget": 1000}
+    assert flag == {"until": 1065.0, "used": 900, "budget": 1000, "answer": 300}
     view = ledger.view()
-    assert view.keys[0].name == "team-a" and view.keys[0].retry_after_s == 45
+    assert view.keys[0].name == "team-a" and view.keys[0].retry_after_s == 50
     # mtail down: no new tokens read, and the window still ages.
     counters.down = True
     clock.now = 1065.0

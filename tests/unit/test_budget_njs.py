@@ -8,30 +8,20 @@ from __future__ import annotations
 
 import functools
 import json
-import shutil
-import subprocess
 from typing import Any
 
 import pytest
 
 from router import REPO_ROOT
+from tests.support.njs import BUDGET_RUNNER, run_table
 
 CASES_FILE = REPO_ROOT / "tests" / "fixtures" / "budget-cases.json"
 CASES: dict[str, list[dict[str, Any]]] = json.loads(CASES_FILE.read_text(encoding="utf-8"))
-RUNNER = REPO_ROOT / "tests" / "support" / "budget_cases.js"
 
 
 @functools.cache
 def njs_answers() -> dict[str, list[Any]]:
-    njs = shutil.which("njs")
-    if njs is None:
-        pytest.fail("the njs interpreter is missing; `make test` installs it "
-                    "(deploy/setup.sh --dev, Debian package njs)")
-    done = subprocess.run([njs, "-p", str(REPO_ROOT / "nginx"), str(RUNNER), str(CASES_FILE)],
-                          capture_output=True, text=True, timeout=60, check=False)
-    assert done.returncode == 0, f"njs failed: {done.stderr or done.stdout}"
-    answers: dict[str, list[Any]] = json.loads(done.stdout)
-    return answers
+    return run_table(BUDGET_RUNNER, CASES_FILE)
 
 
 @pytest.mark.parametrize(("table", "index"), [

@@ -35,8 +35,10 @@ OVERHEAD_ROUNDS = 10
 OVERHEAD_WARMUP_S = 1.0
 # The second llm-fleet row: a gateway with every overload control on, none
 # of them acting (the fleet is far from full), so what it adds is their cost
-# on every request: the key check, the class map and priority.js's body
-# rewrite, the shed flag's stat, the fair-share read and its limit_conn zones.
+# on every request: the key check, the class map and body.js's body rewrite
+# (the class, and the stream's usage request), the shed flag's stat, the
+# fair-share read and its limit_conn zones, the budget flags' stats and
+# usage.js reading every buffer of the answer for its tokens.
 CONTROLS = "llm-fleet, overload controls on"
 # Its fleet's replica reached directly: what the controls row is measured
 # against (two sim processes on one machine do not answer alike).
@@ -45,6 +47,8 @@ CONTROLS_SPEC: dict[str, Any] = {
     "auth": {"enabled": True},
     "priority": {"enabled": True, "max_in_flight": {"batch": 10_000},
                  "shed_queue_wait_s": {"batch": 30}, "fair_share": True},
+    # A budget the key never comes near: counted, never refused.
+    "budgets": {"enabled": True, "tokens_per_min": 10**12},
 }
 
 
@@ -145,8 +149,9 @@ def overhead(ctx: Context) -> ScenarioResult:
                "level that fails. Sustained: no failed request and p99 E2E under 1 s (a "
                "gateway that falls behind queues, and its p99 grows past that at once).",
                f"{CONTROLS}: a second fleet of one such replica, its gateway with API keys, "
-               "priority classes, a batch cap, shedding for the queue wait and fair shares "
-               "per key on (none acting: the fleet is far from full), reached with a key; "
+               "priority classes, a batch cap, shedding for the queue wait, fair shares "
+               "per key and token budgets on (none acting: the fleet is far from full and "
+               "the key's budget far away), reached with a key; "
                "its added latency is against its own replica reached directly "
                f"({CONTROLS_DIRECT}).",
                "vllm-router runs its round_robin policy (one worker); LiteLLM its default "
