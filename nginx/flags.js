@@ -58,8 +58,8 @@ function budgetAnswer(flagText, nowS) {
         var said = 'this API key used ' + flag.used + ' of its ' + flag.budget +
             ' tokens per minute (prompt and completion)';
         if (flag.used < flag.budget && flag.answer >= 1) {
-            said += '; its answers average ' + flag.answer + ' tokens, so the next would ' +
-                'pass it';
+            said += '; answers are charged before they start, at this key\'s average of ' +
+                flag.answer + ' tokens';
         }
         return said;
     }, 'this API key is over its tokens per minute');

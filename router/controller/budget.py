@@ -12,14 +12,16 @@ as its id, in a folder nginx tests before any limit counts a request
 below the budget again, which is the Retry-After; it is lifted then.
 
 Tokens are counted when an answer ends, so requests in flight when a key
-reaches its budget still finish and pass it. So the next answer is charged
-before it starts, at the key's tokens per answer over the window: a key is
-over once that answer would pass its budget. A key near its budget
+reaches its budget still finish and pass it. So answers are charged before
+they start, at the key's tokens per answer over the window: a key is over
+once the next two would pass its budget (RESERVED_ANSWERS). A key near its budget
 (BUDGET_NEAR_FRACTION) is flagged in a second folder, and nginx lets it have
 one request in flight (a limit_conn zone keyed by it): the last tenth of a
-budget is spent one answer at a time. What is left: the answer that ended
-since the last reading, while the next one already started, and answers
-longer than the key's average.
+budget is spent one answer at a time, and the two answers charged ahead
+are the one in flight and the one that may have ended since the last
+reading (its client's next request starts before the ledger sees it end).
+What is left: answers longer than the key's average, and what a key had in
+flight when it came near.
 
 ``TokenWindow`` and ``assess`` are pure; ``BudgetBoard`` writes files;
 ``BudgetInput`` joins them to mtail and the key store on the controller's
@@ -50,6 +52,11 @@ from router.fleet_status import BudgetsView, KeyBudgetView
 
 log = logging.getLogger(__name__)
 
+# Answers charged before they start: the next one, and the one that may have
+# ended since the last reading (its client's next request starts at once,
+# before the ledger sees it end). A key ends its minute between its budget
+# less two of its answers and its budget.
+RESERVED_ANSWERS = 2
 # How often the ledger reads mtail: a key at 1,000 tokens/s goes about this
 # share of a second past its budget before the flag is up.
 POLL_S = 0.25
@@ -124,18 +131,20 @@ class KeyBudget:
 
 def assess(window: TokenWindow, budgets: Mapping[str, int], now: float,
            near_fraction: float = BUDGET_NEAR_FRACTION) -> dict[str, KeyBudget]:
-    """Each budgeted key's use. The next answer is charged before it starts,
-    at the key's tokens per answer in the window: a key is over once that
-    answer would pass its budget, until enough of the window's tokens age
-    out, and near from ``near_fraction`` of it until then."""
+    """Each budgeted key's use. Answers are charged before they start
+    (RESERVED_ANSWERS of them, at the key's tokens per answer in the
+    window): a key is over once they would pass its budget, until enough of
+    the window's tokens age out, and near from ``near_fraction`` of it
+    until then."""
     out = {}
     for key, budget in budgets.items():
         used = window.used(key, now)
         size = window.answer_size(key, now)
-        # At its budget, or the next answer would pass it.
-        over = used > 0 and (used >= budget or used + size > budget)
+        reserved = RESERVED_ANSWERS * size
+        # At its budget, or the answers charged ahead would pass it.
+        over = used > 0 and (used >= budget or used + reserved > budget)
         out[key] = KeyBudget(key, int(used), budget,
-                             window.below_at(key, budget - size, now) if over else None,
+                             window.below_at(key, budget - reserved, now) if over else None,
                              near=not over and used >= near_fraction * budget,
                              answer_size=round(size))
     return out

@@ -62,18 +62,18 @@ def test_near_and_over_flags_are_apart(tmp_path: Path) -> None:
     assert not any(p.is_file() for p in (tmp_path / "budget").rglob("*"))
 
 
-def test_the_next_answer_is_charged_before_it_starts() -> None:
-    """A key whose answers average 100 tokens is over past 900 of 1,000: the
-    next answer would pass its budget."""
+def test_two_answers_are_charged_before_they_start() -> None:
+    """A key whose answers average 100 tokens is over past 800 of 1,000: the
+    next answer and one that may have ended unseen would pass its budget."""
     window = TokenWindow(60)
-    for at in range(9):
+    for at in range(8):
         window.add("k", 100, at=at, answers=1)
     assert window.answer_size("k", now=10) == 100
     assert not assess(window, {"k": 1000}, now=10)["k"].over
     window.add("k", 5, at=9.5, answers=0)  # a stream cut before any token: no answer
     state = assess(window, {"k": 1000}, now=10)["k"]
     assert state.over and state.answer_size == 101
-    # Room for one more once the first 100 age out (805 + 101 < 1000).
+    # Room again once the first 100 age out (705 + 2 x 100.6 < 1000).
     assert state.over_until == 60
 
 
@@ -184,16 +184,17 @@ def test_the_ledger_flags_a_key_at_its_budget_and_lifts_it_as_tokens_age(
         counters.values = {"key-a": 5000 + 300 * step}
         counters.answers = {"key-a": 50 + step}
         asyncio.run(ledger.poll())
-    # 900 tokens in 3 answers at 1015: the next answer (300) would pass 1,000.
-    # Room again once the first 300 (at 1005) is a minute old: 600 + 300 < 1000.
+    # 900 tokens in 3 answers at 1015: two more answers (300 each) would pass
+    # 1,000. Room again once the first two 300s (at 1005, 1010) are a minute
+    # old: 300 + 600 <= 1000.
     assert ledger.states["key-a"].over
     flag = json.loads((tmp_path / "key-a").read_text())
-    assert flag == {"until": 1065.0, "used": 900, "budget": 1000, "answer": 300}
+    assert flag == {"until": 1070.0, "used": 900, "budget": 1000, "answer": 300}
     view = ledger.view()
-    assert view.keys[0].name == "team-a" and view.keys[0].retry_after_s == 50
+    assert view.keys[0].name == "team-a" and view.keys[0].retry_after_s == 55
     # mtail down: no new tokens read, and the window still ages.
     counters.down = True
-    clock.now = 1065.0
+    clock.now = 1070.0
     asyncio.run(ledger.poll())
     assert ledger.error == "mtail did not answer"
     assert not ledger.states["key-a"].over and not (tmp_path / "key-a").exists()

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from router.bench import fleets, load, stats
-from router.bench.fleets import Endpoint, Fleet
+from router.bench.fleets import Endpoint
 from router.bench.report import pyplot
 from router.bench.scenario_kit import (
     Context,
@@ -67,21 +67,21 @@ TINY = OverloadSize(flood_s=4.0, after_s=1.0, floods=(0.0, 2.0), interactive_tok
                     batch_tokens=16)
 
 
-def measure_capacity(fleet: Fleet, workload: load.Workload, seconds: float) -> float:
-    """Batch requests/s the fleet completes with every replica's batch full,
-    each replica driven directly."""
-    seqs = int(OVERLOAD_SIM["max_num_seqs"])
+def measure_capacity(replica_urls: list[str], workload: load.Workload, seconds: float,
+                     seqs: int = int(OVERLOAD_SIM["max_num_seqs"])) -> float:
+    """Batch requests/s the fleet completes with every replica's batch full
+    (``seqs`` each), each replica driven directly."""
 
     async def all_at_once() -> list[load.RunResult]:
         return list(await asyncio.gather(*(
             load.run(url, workload, load.Arrivals("closed", concurrency=seqs), seconds,
-                     sample_weights=False) for url in fleet.replica_urls)))
+                     sample_weights=False) for url in replica_urls)))
 
     return sum(sum(1 for r in run.records if r.ok) / run.duration_s
                for run in asyncio.run(all_at_once()))
 
 
-def _cell(gateway: str, keys: dict[str, str], interactive: load.Workload,
+def run_cell(gateway: str, keys: dict[str, str], interactive: load.Workload,
           batch: load.Workload, batch_rate: float, own: OverloadSize
           ) -> tuple[load.RunResult, load.RunResult | None]:
     async def both() -> tuple[load.RunResult, load.RunResult | None]:
@@ -97,7 +97,7 @@ def _cell(gateway: str, keys: dict[str, str], interactive: load.Workload,
     return asyncio.run(both())
 
 
-def _recovery_s(records: list[RequestRecord], flood_s: float, normal_ttft: float) -> float | None:
+def recovery_s(records: list[RequestRecord], flood_s: float, normal_ttft: float) -> float | None:
     """Seconds after the flood stopped until an interactive request's TTFT was
     back within RECOVERED_WITHIN x its no-flood p50 and stayed there."""
     after = sorted((r for r in records if r.start >= flood_s), key=lambda r: r.start)
@@ -111,7 +111,7 @@ def _recovery_s(records: list[RequestRecord], flood_s: float, normal_ttft: float
     return recovered
 
 
-def _interactive_summary(run: load.RunResult, flood_s: float) -> dict[str, Any]:
+def interactive_summary(run: load.RunResult, flood_s: float) -> dict[str, Any]:
     during = [r for r in run.records if r.start < flood_s]
     return stats.summarize(during, flood_s, stats.Slo())
 
@@ -144,20 +144,20 @@ def overload(ctx: Context) -> ScenarioResult:
             if not capacity:
                 ctx.progress("overload: the fleet's capacity for batch requests, "
                              "each replica driven directly")
-                capacity = measure_capacity(fleet, batch, ctx.size.calibrate_s)
+                capacity = measure_capacity(fleet.replica_urls, batch, ctx.size.calibrate_s)
             alone_p50: float | None = None
             for multiple in own.floods:
                 rate = multiple * capacity
                 cell = (f"{CONTENDERS[contender]}, "
                         + (f"batch at {multiple:g}x capacity" if multiple else "no flood"))
                 ctx.progress(f"overload: {cell}")
-                tenant, flood = _cell(Endpoint(fleet.gateway_url).url, keys, interactive,
+                tenant, flood = run_cell(Endpoint(fleet.gateway_url).url, keys, interactive,
                                       batch, rate, own)
-                summary = _interactive_summary(tenant, own.flood_s)
+                summary = interactive_summary(tenant, own.flood_s)
                 if not multiple:
                     alone_p50 = summary["ttft_s"]["p50"]
                 recovery = (None if not multiple or alone_p50 is None
-                            else _recovery_s(tenant.records, own.flood_s, alone_p50))
+                            else recovery_s(tenant.records, own.flood_s, alone_p50))
                 rows.append(Row(f"{cell}: interactive", summary=summary, run=tenant, extra={
                     "contender": contender, "multiple": multiple, "tenant": "interactive",
                     "alone_ttft_p50_s": alone_p50, "recovery_s": recovery}))
