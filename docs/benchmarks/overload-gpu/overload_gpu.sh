@@ -17,7 +17,7 @@
 # gateway's batch cap, not in the replicas (which run --scheduling-policy
 # priority throughout). fcfs: both keys in one class, so each replica admits
 # in arrival order, as with classes off; classes: interactive and batch;
-# reserved: classes, and batch capped at the fleet's slots minus 16.
+# reserved: classes, and batch capped at the fleet's slots less an eighth.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 prefix=${PREFIX:-/opt/llm-fleet}
@@ -107,10 +107,11 @@ contender() {  # NAME: the keys' classes and the gateway's cap for it
              fleet keys class batch batch --spec "$spec" ;;
     reserved) fleet keys class interactive interactive --spec "$spec"
               fleet keys class batch batch --spec "$spec"
-              local replicas
-              replicas=$(state "len(s['replicas'])")
-              write_spec $((replicas * slots - 16))
-              fleet apply --spec "$spec" 2>&1 | tail -n 3 ;;
+              local total reserve
+              total=$(( $(state "len(s['replicas'])") * slots ))
+              reserve=$(( total / 8 > 4 ? total / 8 : 4 ))
+              write_spec $((total - reserve))
+              fleet apply --spec "$spec" ;;
     *) echo "no contender $1: fcfs, classes or reserved" >&2; return 2 ;;
   esac
 }
@@ -122,7 +123,10 @@ run() {
   model=$(state "s['served_model_name']")
   replicas=$(state "','.join(r['url'] for r in s['replicas'])")
   for name in "$@"; do
-    contender "$name" 2>&1 | tee -a "$work/overload-gpu.log"
+    contender "$name" >> "$work/overload-gpu.log" 2>&1 || {
+      log "contender $name: could not be set up (overload-gpu.log says why); skipped"
+      continue
+    }
     log "contender $name"
     python3 "$here/overload_gpu.py" --gateway "$gateway" --keys "$work/keys.json" \
       --replicas "$replicas" --slots "$slots" --model "$model" \
