@@ -7,7 +7,8 @@
 //   (priority.shed_queue_wait_s): 503 with the flag's Retry-After and reason.
 // - `overBudget`: a request of an API key over its tokens per minute
 //   (budgets): 429 with a Retry-After until the flag's time, the tokens used
-//   and the budget.
+//   and the budget; `budgetCap`: how many requests a key near it may have in
+//   flight.
 // - `fairShare`: the requests each key may have in flight now
 //   (priority.fair_share).
 
@@ -84,6 +85,14 @@ function overBudget(r) {
                                     r.variables.fleet_api_key), Date.now() / 1000));
 }
 
+// js_set $fleet_budget_cap_file: the requests a key near its token budget
+// may have in flight (budgets), from its file; "" when it has none.
+function budgetCap(r) {
+    var text = readFlag(r.variables.fleet_budget_dir + '/cap/' + r.variables.fleet_api_key);
+    text = text.trim();
+    return /^[0-9]+$/.test(text) ? text : '';
+}
+
 // js_set $fleet_fair_share: the requests each key may have in flight now
 // (priority.fair_share), or "" while no share applies.
 function fairShare(r) {
@@ -91,4 +100,4 @@ function fairShare(r) {
     return /^[0-9]+$/.test(text) ? text : '';
 }
 
-export default {shed, shedAnswer, overBudget, budgetAnswer, fairShare};
+export default {shed, shedAnswer, overBudget, budgetAnswer, budgetCap, fairShare};

@@ -171,8 +171,9 @@ class KeyBudgetView(_Model):
     used: int
     budget: int
     over: bool
-    # Near the budget: one request in flight at most.
-    near: bool
+    # Requests it may have in flight while its minute has room for few
+    # answers; None: no cap.
+    in_flight_cap: int | None
     retry_after_s: int | None
 
 

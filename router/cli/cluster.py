@@ -101,7 +101,7 @@ def _budgets_lines(budgets: BudgetsView) -> str:
              f"(tokens in the last {budgets.window_s:g}s)"]
     lines += [f"  {k.name or k.key} ({k.key}): {k.used} of {k.budget}"
               + (f", OVER: 429 for {k.retry_after_s}s more" if k.over else
-                 ", near: one request in flight" if k.near else "")
+                 f", {k.in_flight_cap} in flight at most" if k.in_flight_cap else "")
               for k in budgets.keys]
     if budgets.error:
         lines.append(f"  counters: {budgets.error}")

@@ -196,14 +196,17 @@ class LimitsSpec(_Model):
 # `usage` reports them) over this sliding window.
 BUDGET_WINDOW_S = 60.0
 # The folder in the shed folder that holds one flag per API key over its
-# token budget, named as the key's id; its folder BUDGET_NEAR_FOLDER holds
-# one per key near it.
+# token budget, named as the key's id; its folder BUDGET_CAP_FOLDER holds one
+# per key whose minute has room for few answers: how many it may have in
+# flight, one of BUDGET_CAP_LEVELS.
 BUDGET_FOLDER = "budget"
-BUDGET_NEAR_FOLDER = "near"
-# From this share of its budget on, a key has one request in flight at most:
-# tokens are counted when an answer ends, so the requests a key has in flight
-# when it reaches its budget pass it; one at a time, it passes it by one answer.
-BUDGET_NEAR_FRACTION = 0.9
+BUDGET_CAP_FOLDER = "cap"
+# A cap per key snaps down to one of these: nginx has a counting zone per
+# level, not per possible number (fair shares and budget caps alike).
+IN_FLIGHT_LEVELS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512,
+                    768, 1024)
+# A key with room for more answers than this has no budget cap.
+BUDGET_CAP_LEVELS = tuple(level for level in IN_FLIGHT_LEVELS if level <= 64)
 
 
 class BudgetsSpec(_Model):
@@ -211,8 +214,8 @@ class BudgetsSpec(_Model):
     gateway counts each key's tokens from the replicas' `usage` (streams
     included: it asks the replica for the usage chunk and keeps it from a
     client that did not ask), and past a key's tokens per minute answers 429
-    with the Retry-After until the last minute's tokens are below it. From
-    90 % of its budget a key has one request in flight at most."""
+    with the Retry-After until the last minute's tokens are below it. A key
+    whose minute has room for few answers may have only that many in flight."""
 
     enabled: bool = False
     # Tokens per minute of a key without its own (`fleet keys budget`);
@@ -221,10 +224,6 @@ class BudgetsSpec(_Model):
 
 
 PRIORITY_HEADER = "X-Fleet-Priority"
-# A key's fair share (priority.fair_share) snaps down to one of these:
-# nginx has a counting zone per level, not per possible number.
-FAIR_SHARE_LEVELS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512,
-                     768, 1024)
 # The file in the shed folder nginx reads the fair share from; the dot keeps
 # it apart from every class's flag.
 FAIR_SHARE_FILE = "fair.level"

@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
-from router.config.spec import FAIR_SHARE_FILE, FAIR_SHARE_LEVELS
+from router.config.spec import FAIR_SHARE_FILE, IN_FLIGHT_LEVELS
 from router.controller.metrics import ControllerMetrics
 from router.controller.policy import Snapshot
 from router.controller.signals import JOB, RUNNING_QUERY, WAITING_QUERY
@@ -171,7 +171,7 @@ def fair_share_level(slots: int, keys: int) -> int | None:
     if keys < 2:
         return None
     share = max(1, slots // keys)
-    return max(level for level in FAIR_SHARE_LEVELS if level <= share)
+    return max(level for level in IN_FLIGHT_LEVELS if level <= share)
 
 
 def assess_fair_share(queue: FleetQueue | None, was_capped: bool, keys: int | None,

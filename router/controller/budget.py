@@ -11,17 +11,17 @@ as its id, in a folder nginx tests before any limit counts a request
 (nginx/flags.js answers 429 from it). The flag says when the window falls
 below the budget again, which is the Retry-After; it is lifted then.
 
-Tokens are counted when an answer ends, so requests in flight when a key
-reaches its budget still finish and pass it. So answers are charged before
-they start, at the key's tokens per answer over the window: a key is over
-once the next two would pass its budget (RESERVED_ANSWERS). A key near its budget
-(BUDGET_NEAR_FRACTION) is flagged in a second folder, and nginx lets it have
-one request in flight (a limit_conn zone keyed by it): the last tenth of a
-budget is spent one answer at a time, and the two answers charged ahead
-are the one in flight and the one that may have ended since the last
-reading (its client's next request starts before the ledger sees it end).
-What is left: answers longer than the key's average, and what a key had in
-flight when it came near.
+Tokens are counted when an answer ends, so the answers a key has in flight
+count only once they end: left alone, a key with many in flight passes its
+budget by all of them. So each answer is charged before it starts, at the
+key's tokens per answer over the window. A key's minute with room for N
+more answers lets it have N - 1 in flight (snapped down to a level nginx
+keeps a `limit_conn` zone for, BUDGET_CAP_LEVELS), a file per key in a
+second folder; one is held back for the answer that may have ended since
+the last reading while its client's next request already started. With
+room for fewer than two answers the key is over. So a key ends its minute
+between its budget less two of its answers and its budget, whatever its
+concurrency, and a key far from its budget has no cap.
 
 ``TokenWindow`` and ``assess`` are pure; ``BudgetBoard`` writes files;
 ``BudgetInput`` joins them to mtail and the key store on the controller's
@@ -42,7 +42,7 @@ from typing import Protocol
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from router.config.spec import BUDGET_NEAR_FOLDER, BUDGET_NEAR_FRACTION, BUDGET_WINDOW_S
+from router.config.spec import BUDGET_CAP_FOLDER, BUDGET_CAP_LEVELS, BUDGET_WINDOW_S
 from router.controller.metrics import ControllerMetrics
 from router.controller.policy import Snapshot
 from router.disk.keys import load_store
@@ -52,11 +52,10 @@ from router.fleet_status import BudgetsView, KeyBudgetView
 
 log = logging.getLogger(__name__)
 
-# Answers charged before they start: the next one, and the one that may have
-# ended since the last reading (its client's next request starts at once,
-# before the ledger sees it end). A key ends its minute between its budget
-# less two of its answers and its budget.
-RESERVED_ANSWERS = 2
+# Room held back in answers: the one that may have ended since the last
+# reading (its client's next request starts at once, before the ledger sees
+# it end).
+UNSEEN_ANSWERS = 1
 # How often the ledger reads mtail: a key at 1,000 tokens/s goes about this
 # share of a second past its budget before the flag is up.
 POLL_S = 0.25
@@ -119,9 +118,9 @@ class KeyBudget:
     budget: int
     # When the window has room for another answer (epoch seconds); None: it has.
     over_until: float | None
-    # Near the budget, not over it: one request in flight at most.
-    near: bool = False
-    # The key's tokens per answer in the window: what the next one is charged.
+    # Requests it may have in flight (a level of BUDGET_CAP_LEVELS); None: no cap.
+    cap: int | None = None
+    # The key's tokens per answer in the window: what each is charged.
     answer_size: int = 0
 
     @property
@@ -130,22 +129,32 @@ class KeyBudget:
 
 
 def assess(window: TokenWindow, budgets: Mapping[str, int], now: float,
-           near_fraction: float = BUDGET_NEAR_FRACTION) -> dict[str, KeyBudget]:
-    """Each budgeted key's use. Answers are charged before they start
-    (RESERVED_ANSWERS of them, at the key's tokens per answer in the
-    window): a key is over once they would pass its budget, until enough of
-    the window's tokens age out, and near from ``near_fraction`` of it
-    until then."""
+           levels: tuple[int, ...] = BUDGET_CAP_LEVELS) -> dict[str, KeyBudget]:
+    """Each budgeted key's use. Answers are charged before they start, at the
+    key's tokens per answer in the window: a key whose minute has room for N
+    more may have N - UNSEEN_ANSWERS in flight (snapped down to ``levels``;
+    no cap past the largest), and with none it is over until enough of the
+    window's tokens age out."""
     out = {}
     for key, budget in budgets.items():
         used = window.used(key, now)
         size = window.answer_size(key, now)
-        reserved = RESERVED_ANSWERS * size
-        # At its budget, or the answers charged ahead would pass it.
-        over = used > 0 and (used >= budget or used + reserved > budget)
-        out[key] = KeyBudget(key, int(used), budget,
-                             window.below_at(key, budget - reserved, now) if over else None,
-                             near=not over and used >= near_fraction * budget,
+        fits: float
+        if used >= budget:
+            fits = 0
+        elif size > 0:
+            fits = math.floor((budget - used) / size) - UNSEEN_ANSWERS
+        else:
+            fits = math.inf  # nothing answered in the window: no size to charge
+        if fits >= 1:
+            cap = max((level for level in levels if level <= fits), default=None)
+            out[key] = KeyBudget(key, int(used), budget, None,
+                                 cap=None if fits > max(levels) else cap,
+                                 answer_size=round(size))
+            continue
+        # Over until the window has room for one answer and the unseen one.
+        limit = budget - (1 + UNSEEN_ANSWERS) * size
+        out[key] = KeyBudget(key, int(used), budget, window.below_at(key, limit, now),
                              answer_size=round(size))
     return out
 
@@ -220,16 +229,17 @@ class MtailCounters:
 
 class BudgetBoard:
     """The folders nginx tests for keys over their budget (a file per key,
-    named as its id, saying until when and why) and near it (an empty file)."""
+    named as its id, saying until when and why) and capped near it (a file
+    per key holding the requests it may have in flight)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.near = folder / BUDGET_NEAR_FOLDER
+        self.caps = folder / BUDGET_CAP_FOLDER
         self._written: dict[Path, str] = {}
 
     def clear(self) -> None:
         """No key flagged: at a start, so flags a stopped controller left never hold."""
-        for folder in (self.folder, self.near):
+        for folder in (self.folder, self.caps):
             folder.mkdir(parents=True, exist_ok=True)
             for flag in folder.iterdir():
                 if flag.is_file() and not flag.name.startswith("."):
@@ -237,18 +247,18 @@ class BudgetBoard:
         self._written.clear()
 
     def publish(self, states: Mapping[str, KeyBudget]) -> None:
-        """Flags for the keys over and near their budget; every other flag
-        lifted. A flag is written only when its text changes (a key over
-        budget spends nothing, so its flag stays as it was)."""
+        """Flags for the keys over their budget and the caps of those near it;
+        every other flag lifted. A flag is written only when its text changes
+        (a key over budget spends nothing, so its flag stays as it was)."""
         wanted: dict[Path, str] = {}
         for key, state in states.items():
             if state.over_until is not None:
                 wanted[self.folder / key] = json.dumps(
                     {"until": round(state.over_until, 3), "used": state.used,
                      "budget": state.budget, "answer": state.answer_size}) + "\n"
-            elif state.near:
-                wanted[self.near / key] = ""
-        # New flags first: a key going from over to near is never unflagged
+            elif state.cap is not None:
+                wanted[self.caps / key] = f"{state.cap}\n"
+        # New flags first: a key going from over to capped is never unflagged
         # for a moment in between.
         for flag, text in wanted.items():
             if self._written.get(flag) != text:
@@ -357,7 +367,7 @@ class BudgetInput:
         states = assess(self.window, budgets, now)
         for key, state in states.items():
             before = self.states.get(key)
-            if before is None or (state.over, state.near) != (before.over, before.near):
+            if before is None or (state.over, state.cap) != (before.over, before.cap):
                 log.info("budgets key=%s decision=%s reason=%d of %d tokens in the last %gs%s",
                          key, _verdict(state), state.used, state.budget,
                          self.window.window_s,
@@ -386,7 +396,7 @@ class BudgetInput:
         names = self.names()
         return BudgetsView(window_s=self.window.window_s, error=self.error, keys=[
             KeyBudgetView(key=s.key, name=names.get(s.key), used=s.used, budget=s.budget,
-                          over=s.over, near=s.near,
+                          over=s.over, in_flight_cap=s.cap,
                           retry_after_s=None if s.over_until is None
                           else max(1, math.ceil(s.over_until - now)))
             for s in sorted(self.states.values(), key=lambda s: s.key)])
@@ -399,4 +409,6 @@ class BudgetInput:
 
 
 def _verdict(state: KeyBudget) -> str:
-    return "over" if state.over else "near (one request in flight)" if state.near else "within"
+    if state.over:
+        return "over"
+    return "within" if state.cap is None else f"{state.cap} in flight at most"

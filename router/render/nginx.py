@@ -9,11 +9,11 @@ from pathlib import Path
 from router.affinity import AffinityMode
 from router.config.plan import ClusterPlan
 from router.config.spec import (
+    BUDGET_CAP_FOLDER,
+    BUDGET_CAP_LEVELS,
     BUDGET_FOLDER,
-    BUDGET_NEAR_FOLDER,
-    BUDGET_NEAR_FRACTION,
     FAIR_SHARE_FILE,
-    FAIR_SHARE_LEVELS,
+    IN_FLIGHT_LEVELS,
     ClusterSpec,
     GatewaySpec,
 )
@@ -110,8 +110,8 @@ def fair_levels(slots: int | None) -> tuple[int, ...]:
     """The shares a key may be given: at most half the fleet's slots (two keys
     in use at least); every level when the slots are unknown."""
     if slots is None:
-        return FAIR_SHARE_LEVELS
-    return tuple(level for level in FAIR_SHARE_LEVELS if level <= max(1, slots // 2))
+        return IN_FLIGHT_LEVELS
+    return tuple(level for level in IN_FLIGHT_LEVELS if level <= max(1, slots // 2))
 
 
 def priority_view(spec: ClusterSpec, shed_dir: Path | None = None,
@@ -143,8 +143,10 @@ class BudgetsView:
 
     # One flag per key over its budget, named as the key's id.
     folder: Path
-    # One per key near it (BUDGET_NEAR_FRACTION): one request in flight.
-    near_folder: Path
+    # One per key whose minute has room for few answers: the requests it may
+    # have in flight, one of cap_levels (a counting zone each).
+    cap_folder: Path
+    cap_levels: tuple[int, ...] = BUDGET_CAP_LEVELS
 
 
 @dataclass(frozen=True)
@@ -195,8 +197,8 @@ def limits_view(spec: ClusterSpec) -> LimitsView:
             texts.append("while the fleet is saturated, each key: its equal share of the "
                          "slots in flight")
     if spec.budgets.enabled:
-        texts.append(f"a key past {BUDGET_NEAR_FRACTION:.0%} of its token budget: one request "
-                     "in flight")
+        texts.append("a key near its token budget: as many requests in flight as the rest "
+                     "of its minute has room for")
     return LimitsView(
         # Empty keys are not counted by nginx, so with auth on a request
         # without a valid key (already refused) never uses a slot.
@@ -241,7 +243,7 @@ def nginx_view(plan: ClusterPlan, paths: RuntimePaths, machine: MachineFacts) ->
         njs_scripts=machine.njs_scripts,
         routes=API_ROUTES[spec.model.runner],
         priority=priority_view(spec, flags, slots=plan_slots(plan)),
-        budgets=(BudgetsView(flags / BUDGET_FOLDER, flags / BUDGET_FOLDER / BUDGET_NEAR_FOLDER)
+        budgets=(BudgetsView(flags / BUDGET_FOLDER, flags / BUDGET_FOLDER / BUDGET_CAP_FOLDER)
                  if spec.budgets.enabled else None),
     )
 

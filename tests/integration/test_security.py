@@ -511,9 +511,10 @@ def test_a_key_over_its_token_budget_gets_429_until_it_has_room(secured: Secured
     wait_for(limited, 30, "the metered key to reach its budget", interval=0.2)
     served = sum(a.status_code == 200 for a in answers)
     cost = answers[0].json()["usage"]["total_tokens"]
-    # Not cut off before the counted tokens reached the budget (how far past
-    # it a key gets is measured by `fleet bench scenario budget`).
-    assert served * cost >= budget, (served, cost)
+    # Cut off once two more answers would pass the budget (one charged ahead,
+    # one held back for an answer not yet counted), not before; how close to
+    # it a key gets under load is measured by `fleet bench scenario budget`.
+    assert served * cost > budget - 2 * cost, (served, cost)
     refused = answers[-1]
     error = refused.json()["error"]
     assert error["type"] == "RateLimitError" and "tokens per minute" in error["message"]
@@ -525,7 +526,8 @@ def test_a_key_over_its_token_budget_gets_429_until_it_has_room(secured: Secured
     status = requests.get(f"{secured.admin}/status", timeout=5,
                           headers={"Authorization": f"Bearer {secured.token}"}).json()
     metered = next(k for k in status["budgets"]["keys"] if k["name"] == "metered")
-    assert metered["over"] and metered["used"] >= budget and metered["budget"] == budget
+    assert metered["over"] and metered["used"] > budget - 2 * cost
+    assert metered["budget"] == budget
     public = requests.get(f"{secured.url}/fleet/status", timeout=5,
                           headers={"Authorization": f"Bearer {other}"}).json()
     assert public["keys_over_budget"] == 1 and "budgets" not in public

@@ -42,21 +42,35 @@ def test_a_key_is_over_until_enough_tokens_age_out() -> None:
     assert states["k"] == KeyBudget("k", 1200, 1000, over_until=60)
     # Exactly the budget is over: the next request would pass it.
     assert assess(window, {"k": 1200}, now=25)["k"].over_until == 60
-    # At 60 the first 400 is gone: 800 < 1000, and not near it (900).
+    # At 60 the first 400 is gone: 800 < 1000; no answers counted, no cap.
     assert assess(window, {"k": 1000}, now=60)["k"] == KeyBudget("k", 800, 1000, None)
-    # Near: 90 % of the budget, not over it.
-    assert assess(window, {"k": 850}, now=60)["k"].near
-    assert not assess(window, {"k": 700}, now=60)["k"].near
 
 
-def test_near_and_over_flags_are_apart(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("used", "cap"), [
+    # Answers of 10 tokens, a budget of 1,000: room for (1000 - used) / 10
+    # answers, one held back for an answer that may have ended unseen.
+    (100, None),   # room for 90: more than the largest cap level (64)
+    (500, 48),     # room for 50 -> 49, snapped down
+    (950, 4),      # room for 5 -> 4
+    (970, 2),      # room for 3 -> 2
+    (980, 1),      # room for 2 -> 1
+])
+def test_a_key_near_its_budget_may_have_what_its_minute_has_room_for(
+        used: int, cap: int | None) -> None:
+    window = TokenWindow(60)
+    window.add("k", used, at=0, answers=used // 10)
+    state = assess(window, {"k": 1000}, now=1)["k"]
+    assert (state.over, state.cap) == (False, cap)
+
+
+def test_cap_and_over_flags_are_apart(tmp_path: Path) -> None:
     board = BudgetBoard(tmp_path / "budget")
     board.clear()
-    board.publish({"key-1": KeyBudget("key-1", 950, 1000, None, near=True)})
-    assert (tmp_path / "budget" / "near" / "key-1").exists()
+    board.publish({"key-1": KeyBudget("key-1", 950, 1000, None, cap=4)})
+    assert (tmp_path / "budget" / "cap" / "key-1").read_text() == "4\n"
     assert not (tmp_path / "budget" / "key-1").exists()
     board.publish({"key-1": KeyBudget("key-1", 1010, 1000, 1060.0)})
-    assert not (tmp_path / "budget" / "near" / "key-1").exists()
+    assert not (tmp_path / "budget" / "cap" / "key-1").exists()
     assert (tmp_path / "budget" / "key-1").exists()
     board.clear()
     assert not any(p.is_file() for p in (tmp_path / "budget").rglob("*"))
@@ -69,7 +83,8 @@ def test_two_answers_are_charged_before_they_start() -> None:
     for at in range(8):
         window.add("k", 100, at=at, answers=1)
     assert window.answer_size("k", now=10) == 100
-    assert not assess(window, {"k": 1000}, now=10)["k"].over
+    state = assess(window, {"k": 1000}, now=10)["k"]
+    assert not state.over and state.cap == 1
     window.add("k", 5, at=9.5, answers=0)  # a stream cut before any token: no answer
     state = assess(window, {"k": 1000}, now=10)["k"]
     assert state.over and state.answer_size == 101
@@ -118,7 +133,7 @@ def test_a_start_clears_flags_a_stopped_ledger_left(tmp_path: Path) -> None:
     (tmp_path / "key-9").write_text("{}")
     (tmp_path / ".keep").write_text("")
     BudgetBoard(tmp_path).clear()
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".keep", "near"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".keep", "cap"]
 
 
 def test_budgets_come_from_the_store_and_follow_its_changes(tmp_path: Path) -> None:
