@@ -14,14 +14,16 @@ below the budget again, which is the Retry-After; it is lifted then.
 Tokens are counted when an answer ends, so the answers a key has in flight
 count only once they end: left alone, a key with many in flight passes its
 budget by all of them. So each answer is charged before it starts, at the
-key's tokens per answer over the window. A key's minute with room for N
-more answers lets it have N - 1 in flight (snapped down to a level nginx
-keeps a `limit_conn` zone for, BUDGET_CAP_LEVELS), a file per key in a
-second folder; one is held back for the answer that may have ended since
-the last reading while its client's next request already started. With
-room for fewer than two answers the key is over. So a key ends its minute
-between its budget less two of its answers and its budget, whatever its
-concurrency, and a key far from its budget has no cap.
+key's tokens per answer over the window. A key whose minute has room for N
+more answers may have N / 2 in flight (snapped down to a level nginx keeps
+a `limit_conn` zone for, BUDGET_CAP_LEVELS), a file per key in a second
+folder: each of them may end between two readings while its client's next
+request already started, and both must fit. With room for fewer than two
+answers the key is over. So a key ends its minute between its budget less
+two of its answers and its budget, as long as its answers take longer than
+a reading (POLL_S) and it had at most the largest cap in flight when its
+minute came within twice that many answers of its budget; a key far from
+its budget has no cap.
 
 ``TokenWindow`` and ``assess`` are pure; ``BudgetBoard`` writes files;
 ``BudgetInput`` joins them to mtail and the key store on the controller's
@@ -52,13 +54,12 @@ from router.fleet_status import BudgetsView, KeyBudgetView
 
 log = logging.getLogger(__name__)
 
-# Room held back in answers: the one that may have ended since the last
-# reading (its client's next request starts at once, before the ledger sees
-# it end).
-UNSEEN_ANSWERS = 1
 # How often the ledger reads mtail: a key at 1,000 tokens/s goes about this
 # share of a second past its budget before the flag is up.
 POLL_S = 0.25
+# How long a cap is remembered as bounding what a key may still have running:
+# answers that take longer than this can outlive the cap that let them in.
+RUNNING_MEMORY_S = 30.0
 TOKENS_METRIC = "fleet_gateway_key_tokens_total"
 ANSWERS_METRIC = "fleet_gateway_key_requests_total"
 # At a start, the last minute's tokens from Prometheus (the ledger's own
@@ -129,12 +130,17 @@ class KeyBudget:
 
 
 def assess(window: TokenWindow, budgets: Mapping[str, int], now: float,
+           running: Mapping[str, int] | None = None,
            levels: tuple[int, ...] = BUDGET_CAP_LEVELS) -> dict[str, KeyBudget]:
     """Each budgeted key's use. Answers are charged before they start, at the
     key's tokens per answer in the window: a key whose minute has room for N
-    more may have N - UNSEEN_ANSWERS in flight (snapped down to ``levels``;
-    no cap past the largest), and with none it is over until enough of the
-    window's tokens age out."""
+    more may have N / 2 in flight (each may end unseen and be followed by
+    another before the next reading; snapped down to ``levels``, no cap past
+    the largest), and no more than the room left by what may still run
+    (``running``: the largest cap the key had lately, when it had one). With
+    room for fewer than two it is over until enough of the window's tokens
+    age out."""
+    running = running or {}
     out = {}
     for key, budget in budgets.items():
         used = window.used(key, now)
@@ -143,7 +149,10 @@ def assess(window: TokenWindow, budgets: Mapping[str, int], now: float,
         if used >= budget:
             fits = 0
         elif size > 0:
-            fits = math.floor((budget - used) / size) - UNSEEN_ANSWERS
+            room = math.floor((budget - used) / size)
+            fits = room // 2
+            if key in running:
+                fits = min(fits, room - running[key])
         else:
             fits = math.inf  # nothing answered in the window: no size to charge
         if fits >= 1:
@@ -152,8 +161,8 @@ def assess(window: TokenWindow, budgets: Mapping[str, int], now: float,
                                  cap=None if fits > max(levels) else cap,
                                  answer_size=round(size))
             continue
-        # Over until the window has room for one answer and the unseen one.
-        limit = budget - (1 + UNSEEN_ANSWERS) * size
+        # Over until the window has room for two answers.
+        limit = budget - 2 * size
         out[key] = KeyBudget(key, int(used), budget, window.below_at(key, limit, now),
                              answer_size=round(size))
     return out
@@ -269,6 +278,35 @@ class BudgetBoard:
             del self._written[flag]
 
 
+class RecentCaps:
+    """The caps each key had over the last ``memory_s``: what a cap let in may
+    still be running when the cap goes down, so the largest of them bounds a
+    key's requests in flight. What a key let in while it had no cap is taken
+    to be within half the room it had when its first cap came (that cap's
+    own rule); a key with no cap in that time has no bound."""
+
+    def __init__(self, memory_s: float = RUNNING_MEMORY_S) -> None:
+        self.memory_s = memory_s
+        self._caps: dict[str, deque[tuple[float, int | None]]] = {}
+
+    def record(self, states: Mapping[str, KeyBudget], now: float) -> None:
+        for key, state in states.items():
+            self._caps.setdefault(key, deque()).append(
+                (now, 0 if state.over else state.cap))
+        for key in [k for k in self._caps if k not in states]:
+            del self._caps[key]
+
+    def running(self, now: float) -> dict[str, int]:
+        out = {}
+        for key, caps in self._caps.items():
+            while caps and caps[0][0] <= now - self.memory_s:
+                caps.popleft()
+            bounded = [cap for _at, cap in caps if cap is not None]
+            if bounded:
+                out[key] = max(bounded)
+        return out
+
+
 class KeyBudgets:
     """Each active key's tokens per minute, from the key store, read again
     when `fleet keys` changed it."""
@@ -315,6 +353,7 @@ class BudgetInput:
         self.names = names
         self.seeder = seeder
         self.window = TokenWindow(window_s)
+        self.caps = RecentCaps()
         self.token_deltas = CounterDeltas()
         self.answer_deltas = CounterDeltas()
         self.states: dict[str, KeyBudget] = {}
@@ -364,7 +403,7 @@ class BudgetInput:
         except Exception as exc:  # a key store mid-edit or unreadable: keep the last
             log.error("budgets decision=hold reason=cannot read the key store: %s", exc)
             budgets = {key: state.budget for key, state in self.states.items()}
-        states = assess(self.window, budgets, now)
+        states = assess(self.window, budgets, now, self.caps.running(now))
         for key, state in states.items():
             before = self.states.get(key)
             if before is None or (state.over, state.cap) != (before.over, before.cap):
@@ -380,6 +419,7 @@ class BudgetInput:
                       self.board.folder, exc.strerror or exc)
             return False
         self.states = states
+        self.caps.record(states, now)
         self._export(now)
         return False
 

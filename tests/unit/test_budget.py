@@ -16,6 +16,7 @@ from router.controller.budget import (
     KeyBudget,
     KeyBudgets,
     KeyCounters,
+    RecentCaps,
     TokenWindow,
     assess,
     parse_key_counters,
@@ -47,19 +48,19 @@ def test_a_key_is_over_until_enough_tokens_age_out() -> None:
 
 
 @pytest.mark.parametrize(("used", "cap"), [
-    # Answers of 10 tokens, a budget of 1,000: room for (1000 - used) / 10
-    # answers, one held back for an answer that may have ended unseen.
-    (100, None),   # room for 90: more than the largest cap level (64)
-    (500, 48),     # room for 50 -> 49, snapped down
-    (950, 4),      # room for 5 -> 4
-    (970, 2),      # room for 3 -> 2
-    (980, 1),      # room for 2 -> 1
+    # Answers of 10 tokens, a budget of 2,000: room for (2000 - used) / 10
+    # answers, half of them in flight (each may end unseen and be followed).
+    (100, None),   # room for 190 -> 95: more than the largest cap level (64)
+    (1000, 48),    # room for 100 -> 50, snapped down
+    (1900, 4),     # room for 10 -> 5 -> 4
+    (1950, 2),     # room for 5 -> 2
+    (1970, 1),     # room for 3 -> 1
 ])
 def test_a_key_near_its_budget_may_have_what_its_minute_has_room_for(
         used: int, cap: int | None) -> None:
     window = TokenWindow(60)
     window.add("k", used, at=0, answers=used // 10)
-    state = assess(window, {"k": 1000}, now=1)["k"]
+    state = assess(window, {"k": 2000}, now=1)["k"]
     assert (state.over, state.cap) == (False, cap)
 
 
@@ -227,3 +228,19 @@ def test_no_prometheus_at_a_start_counts_from_zero(tmp_path: Path) -> None:
     ledger, counters, _clock = _ledger(tmp_path, {"key-a": 1000}, seeded=None)
     asyncio.run(ledger.poll())
     assert not ledger.states["key-a"].over
+
+
+def test_what_a_higher_cap_let_in_still_counts_when_the_cap_comes_down() -> None:
+    """Caps 12 then 6: up to 12 may still run, so room for 14 answers leaves
+    2 to admit, not 7; with no cap remembered there is no bound."""
+    caps = RecentCaps(memory_s=30)
+    caps.record({"k": KeyBudget("k", 0, 1000, None)}, now=0)
+    assert caps.running(now=1) == {}
+    caps.record({"k": KeyBudget("k", 400, 1000, None, cap=12)}, now=1)
+    caps.record({"k": KeyBudget("k", 700, 1000, None, cap=6)}, now=2)
+    assert caps.running(now=3) == {"k": 12}
+    assert caps.running(now=31.5) == {"k": 6}
+    window = TokenWindow(60)
+    window.add("k", 860, at=0, answers=86)  # answers of 10: room for 14
+    assert assess(window, {"k": 1000}, now=3, running={"k": 12})["k"].cap == 2
+    assert assess(window, {"k": 1000}, now=3)["k"].cap == 6
