@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import functools
 import json
-import shutil
-import subprocess
 from typing import Any
 
 import pytest
@@ -26,6 +24,7 @@ from router.affinity import (
     ring_text,
     route,
 )
+from tests.support.njs import run_table
 
 CASES_FILE = REPO_ROOT / "tests" / "fixtures" / "affinity-cases.json"
 CASES: dict[str, list[dict[str, Any]]] = json.loads(CASES_FILE.read_text(encoding="utf-8"))
@@ -34,15 +33,7 @@ RUNNER = REPO_ROOT / "tests" / "support" / "affinity_cases.js"
 
 @functools.cache
 def njs_answers() -> dict[str, list[Any]]:
-    njs = shutil.which("njs")
-    if njs is None:
-        pytest.fail("the njs interpreter is missing; `make test` installs it "
-                    "(deploy/setup.sh --dev, Debian package njs)")
-    done = subprocess.run([njs, "-p", str(REPO_ROOT / "nginx"), str(RUNNER), str(CASES_FILE)],
-                          capture_output=True, text=True, timeout=60, check=False)
-    assert done.returncode == 0, f"njs failed: {done.stderr or done.stdout}"
-    answers: dict[str, list[Any]] = json.loads(done.stdout)
-    return answers
+    return run_table(RUNNER, CASES_FILE)
 
 
 def _ids(table: str) -> list[str]:
