@@ -511,10 +511,11 @@ def test_a_key_over_its_token_budget_gets_429_until_it_has_room(secured: Secured
     wait_for(limited, 30, "the metered key to reach its budget", interval=0.2)
     served = sum(a.status_code == 200 for a in answers)
     cost = answers[0].json()["usage"]["total_tokens"]
-    # Cut off once two more answers would pass the budget (one charged ahead,
-    # one held back for an answer not yet counted), not before; how close to
-    # it a key gets under load is measured by `fleet bench scenario budget`.
-    assert served * cost > budget - 2 * cost, (served, cost)
+    # Cut off once the caps the ledger remembers leave its minute no room:
+    # not before half its budget less an answer (each cap is at most half the
+    # room the key had); how close to the budget a key gets is measured by
+    # `fleet bench scenario budget` (docs/overload.md: it refuses early).
+    assert served * cost >= budget // 2 - cost, (served, cost)
     refused = answers[-1]
     error = refused.json()["error"]
     assert error["type"] == "RateLimitError" and "tokens per minute" in error["message"]
@@ -526,7 +527,7 @@ def test_a_key_over_its_token_budget_gets_429_until_it_has_room(secured: Secured
     status = requests.get(f"{secured.admin}/status", timeout=5,
                           headers={"Authorization": f"Bearer {secured.token}"}).json()
     metered = next(k for k in status["budgets"]["keys"] if k["name"] == "metered")
-    assert metered["over"] and metered["used"] > budget - 2 * cost
+    assert metered["over"] and metered["used"] >= budget // 2 - cost
     assert metered["budget"] == budget
     public = requests.get(f"{secured.url}/fleet/status", timeout=5,
                           headers={"Authorization": f"Bearer {other}"}).json()
