@@ -3,8 +3,8 @@
 # already there:
 #   - system packages (apt-get): nginx, Prometheus (with promtool), the nginx
 #     exporter and mtail (gateway metrics), logrotate (nginx's logs), nginx's njs module
-#     (affinity keys); with --dev also docker-compose,
-#     systemd (systemd-analyze) and keepalived, which the tests validate the
+#     (affinity keys), keepalived and curl (a gateway pair); with --dev also
+#     docker-compose and systemd (systemd-analyze), which the tests validate the
 #     production files with, and chromium, which the console's browser tests
 #     drive
 #   - a virtual environment at .venv with llm-fleet and the vLLM build that
@@ -37,14 +37,14 @@ command -v mtail >/dev/null 2>&1 || need+=(mtail)
 command -v logrotate >/dev/null 2>&1 || [ -x /usr/sbin/logrotate ] || need+=(logrotate)
 # nginx's JavaScript module: reads affinity keys from request bodies (gateway.affinity).
 [ -f /usr/lib/nginx/modules/ngx_http_js_module.so ] || need+=(libnginx-mod-http-js)
+# A gateway pair (ha.enabled): keepalived holds the virtual IP, curl is its health check.
+command -v keepalived >/dev/null 2>&1 || [ -x /usr/sbin/keepalived ] || need+=(keepalived)
+command -v curl >/dev/null 2>&1 || need+=(curl)
 if [ "$dev" -eq 1 ]; then
   # What the test suite checks the production files with (no Docker engine:
   # docker-compose only parses and validates).
   command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
   command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
-  command -v keepalived >/dev/null 2>&1 || [ -x /usr/sbin/keepalived ] || need+=(keepalived)
-  # deploy/keepalived/check_gateway.sh, run against a live server by the tests.
-  command -v curl >/dev/null 2>&1 || need+=(curl)
   # The njs interpreter runs nginx/affinity.js's table tests (tests/unit/test_affinity.py).
   command -v njs >/dev/null 2>&1 || need+=(njs)
   # The web console's browser tests drive Debian's Chromium with Playwright.

@@ -151,6 +151,8 @@ def cmd_drill(args: argparse.Namespace) -> int:
 
     if args.fault == "rollout":
         return _rollout_drill(args)
+    if args.fault in PAIR_DRILLS:
+        return _pair_drill(args)
     if args.to is not None:
         raise SpecError("--to is read only by `fleet drill rollout`",
                         hint=f"`fleet drill {args.fault} REPLICA` injects a fault; leave --to out")
@@ -194,6 +196,45 @@ def _rollout_drill(args: argparse.Namespace) -> int:
     announce(rollout_report.write(out, result, command_line(args), load.machine()),
              result.targets)
     return 0 if result.error is None else 1
+
+
+PAIR_DRILLS = ("gateway-failover", "replica-host-loss")
+
+
+def _pair_drill(args: argparse.Namespace) -> int:
+    from router.bench import load, netlab, pair_drill, pair_report
+
+    if args.replica is not None or args.to is not None or args.spec is not None:
+        raise SpecError(f"`fleet drill {args.fault}` builds its own hosts and takes no "
+                        "replica, --to or --spec",
+                        hint=f"fleet drill {args.fault} --load 20")
+    if args.kill is not None and args.fault != "gateway-failover":
+        raise SpecError("--kill is read only by `fleet drill gateway-failover`",
+                        hint="fleet drill gateway-failover --kill link")
+    for flag, value in (("--before", args.before), ("--hold", args.hold), ("--after", args.after),
+                        ("--load", args.load)):
+        if value <= 0:
+            raise SpecError(f"{flag} must be more than 0", hint=f"e.g. {flag} 10")
+    why_not = netlab.available()
+    if why_not is not None:
+        raise ClusterError(f"`fleet drill {args.fault}` runs its hosts as network namespaces: "
+                           f"{why_not}", hint="run it as root on a Linux machine with iproute2")
+    times = pair_drill.DrillTimes(before_s=args.before, hold_s=args.hold, after_s=args.after)
+    kills = [args.kill] if args.kill else list(pair_drill.GATEWAY_KILLS)
+    results = []
+    with pair_drill.running_lab(None, pair_drill.LabShape(), progress) as lab:
+        if args.fault == "gateway-failover":
+            for kill in kills:
+                results.append(pair_drill.gateway_failover(
+                    lab, kill, args.load, times, lab.workdir / f"load-{kill}.jsonl", progress))
+                pair_drill.settle(lab, progress)
+        else:
+            results.append(pair_drill.replica_host_loss(
+                lab, args.load, times, lab.workdir / "load.jsonl", progress))
+    out = args.out or REPO_ROOT / "docs" / "benchmarks" / f"drill-{args.fault}"
+    written = pair_report.write(out, results, command_line(args), load.machine())
+    announce(written, [t for result in results for t in pair_report.targets(result)])
+    return 0
 
 
 def _served_model(url: str, key: str | None) -> str | None:
@@ -284,10 +325,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("drill", help="inject a fault into one replica, or apply a new spec, "
                                      "under load and report what clients saw")
     spec_arg(p)
-    p.add_argument("fault", choices=("kill", "hang", "slow", "restart", "rollout"),
+    p.add_argument("fault", choices=("kill", "hang", "slow", "restart", "rollout",
+                                      *PAIR_DRILLS),
                    help="kill: SIGKILL; restart: SIGTERM; hang: stop answering; "
                         "slow: a third of the speed (vLLM: its engine stopped two thirds "
-                        "of the time); rollout: `fleet apply --spec` the --to file under load")
+                        "of the time); rollout: `fleet apply --spec` the --to file under "
+                        "load; gateway-failover, replica-host-loss: a gateway pair and "
+                        "replica hosts built as network namespaces (root), the active "
+                        "gateway or a replica host pulled under load")
+    p.add_argument("--kill", choices=("nginx", "link"),
+                   help="gateway-failover: kill only nginx or only the link (default: both, "
+                        "one after the other)")
     p.add_argument("replica", nargs="?", help="e.g. replica-1 (see `fleet status`); "
                                               "none for rollout")
     p.add_argument("--to", type=Path, metavar="FILE",

@@ -209,7 +209,8 @@ def external_replicas(spec: ClusterSpec, inventory: Inventory) -> tuple[ReplicaP
         replicas.append(ReplicaPlan(
             name=f"replica-{i}", index=i, port=int(port), host=host,
             device=gpu.uuid if gpu else f"external:{external.address}", argv=(), env={},
-            gpu_uuid=gpu.uuid if gpu else None, gpu_index=gpu.index if gpu else None))
+            gpu_uuid=gpu.uuid if gpu else None, gpu_index=gpu.index if gpu else None,
+            max_num_seqs=external.max_num_seqs))
     return tuple(replicas)
 
 
@@ -243,6 +244,11 @@ def build_plan(spec: ClusterSpec, settings: EngineSettings, inventory: Inventory
         raise SpecError(f"vllm.replicas lists {len(spec.vllm.replicas)} replicas, but the "
                         f"fleet has {count}",
                         hint=f"list at most {count} (replica-0 first), or raise replicas")
+    # A replica host's replicas listen where the gateway hosts reach them;
+    # on one box they stay on loopback, behind the gateway.
+    bind, reach = REPLICA_HOST, REPLICA_HOST
+    if spec.topology.role == "replicas":
+        bind, reach = spec.topology.listen, spec.topology.advertised_host
     common_env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                   "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
     replicas = []
@@ -253,10 +259,10 @@ def build_plan(spec: ClusterSpec, settings: EngineSettings, inventory: Inventory
             if spec.priority.enabled:
                 sim = sim.model_copy(update={"scheduling_policy": "priority"})
             argv: tuple[str, ...] = (
-                python, "-m", "router.cli", "sim", "serve", "--host", REPLICA_HOST,
+                python, "-m", "router.cli", "sim", "serve", "--host", bind,
                 "--port", str(port), "--model", settings.served_model_name,
                 "--settings", sim.model_dump_json())
-            replicas.append(ReplicaPlan(name=f"replica-{i}", index=i, port=port,
+            replicas.append(ReplicaPlan(name=f"replica-{i}", index=i, port=port, host=reach,
                                         device=f"sim:speed={sim.speed * sim.faults.slow:g}",
                                         argv=argv, env=env, max_num_seqs=sim.max_num_seqs))
             continue
@@ -267,19 +273,20 @@ def build_plan(spec: ClusterSpec, settings: EngineSettings, inventory: Inventory
         if settings.engine == "gpu":
             per_gpu = spec.gpu.replicas_per_gpu
             gpu = inventory.gpus[i // per_gpu]
-            argv = vllm_argv(python, mine, model_path, port, extra_args,
+            argv = vllm_argv(python, mine, model_path, port, extra_args, host=bind,
                              memory_utilization=own.gpu_memory_utilization
                              or memory_share(settings, per_gpu),
                              by_priority=spec.priority.enabled)
             env.update(CUDA_VISIBLE_DEVICES=gpu.uuid, CUDA_DEVICE_ORDER="PCI_BUS_ID")
             replicas.append(ReplicaPlan(
-                name=f"replica-{i}", index=i, port=port, device=gpu.uuid, argv=argv, env=env,
+                name=f"replica-{i}", index=i, port=port, host=reach, device=gpu.uuid,
+                argv=argv, env=env,
                 gpu_uuid=gpu.uuid, gpu_index=gpu.index,
                 shares_gpu=sum(1 for j in range(count) if j // per_gpu == i // per_gpu) > 1,
                 max_num_seqs=mine.max_num_seqs,
             ))
             continue
-        argv = vllm_argv(python, mine, model_path, port, extra_args,
+        argv = vllm_argv(python, mine, model_path, port, extra_args, host=bind,
                          memory_utilization=own.gpu_memory_utilization,
                          by_priority=spec.priority.enabled)
         # One core per replica, the CPU twin of one GPU per replica:
@@ -292,7 +299,7 @@ def build_plan(spec: ClusterSpec, settings: EngineSettings, inventory: Inventory
             CUDA_VISIBLE_DEVICES="",
         )
         replicas.append(ReplicaPlan(
-            name=f"replica-{i}", index=i, port=port, device=f"cpu:{core}", argv=argv,
+            name=f"replica-{i}", index=i, port=port, host=reach, device=f"cpu:{core}", argv=argv,
             env=env, cpu_core=core, max_num_seqs=mine.max_num_seqs,
         ))
     return ClusterPlan(spec=spec, engine=settings, model_path=model_path,

@@ -610,6 +610,11 @@ class ControllerSpec(_Model):
     # within about a second plus the reload.
     probe_interval_s: float = Field(default=0.5, gt=0.0, le=60.0)
     probe_timeout_s: float = Field(default=1.0, gt=0.0, le=60.0)
+    # Each probe opens its own connection, and one not accepted within this
+    # long fails at once: a replica host whose link is gone answers no SYN,
+    # while a busy replica's kernel still accepts in microseconds. Keep it
+    # above the network's round trip (on a LAN, well under a millisecond).
+    probe_connect_timeout_s: float = Field(default=0.25, gt=0.0, le=60.0)
     # Consecutive failures that take a replica out, successes that bring it back.
     fail_threshold: int = Field(default=2, ge=1, le=100)
     recover_threshold: int = Field(default=2, ge=1, le=100)
@@ -751,6 +756,9 @@ class ExternalReplicaSpec(_Model):
     address: str
     # NVML index of the GPU it runs on, so GPU readings carry its name.
     gpu_index: int | None = Field(default=None, ge=0)
+    # Its batch slots (vLLM --max-num-seqs), where known: the controller
+    # weighs replicas of unequal slots by them.
+    max_num_seqs: int | None = Field(default=None, ge=1)
 
     @field_validator("address")
     @classmethod
@@ -759,6 +767,151 @@ class ExternalReplicaSpec(_Model):
         if not host or not port.isdigit() or not 1 <= int(port) <= 65535 or "/" in value:
             raise ValueError("write host:port, e.g. 172.28.0.10:8000")
         return value
+
+
+Role = Literal["both", "gateway", "replicas"]
+# A host name, an IPv4 address or a bracketed IPv6 one, with an optional :port.
+_HOST_ENTRY = re.compile(r"^[A-Za-z0-9._\[\]:-]{1,255}$")
+# Where a replica host lists its replicas for the gateway hosts (GET).
+REPLICA_LISTING_PATH = "/fleet/replicas"
+
+
+def _ip_address(value: str, what: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"{what} {value!r} is not an IP address; write e.g. 10.0.0.21") from None
+    return value
+
+
+class TopologySpec(_Model):
+    """Which tier of the fleet this host runs (docs/production.md).
+
+    both: the gateway and the replicas on one box. replicas: only the
+    replicas, with a listing of them that gateway hosts read. gateway:
+    nginx, the controller, Prometheus and the exporters, routing to the
+    replicas of every host in ``replica_hosts``.
+    """
+
+    role: Role = "both"
+    # replicas role: the address this host's replicas and their listing
+    # listen on: this host's address on the network the gateways share, or
+    # 0.0.0.0 for every interface.
+    listen: str = "127.0.0.1"
+    # replicas role: GET /fleet/replicas on this port lists the replicas.
+    listing_port: Port = 8099
+    # gateway role: the replica hosts, as an address or a DNS name, with
+    # :port where a host's listing_port is not the default. Their replicas
+    # are found at `fleet up` and `fleet apply`, in this order.
+    replica_hosts: tuple[str, ...] = ()
+    # gateway role: how long each replica host's listing may take to answer.
+    discovery_timeout_s: float = Field(default=5.0, gt=0.0, le=120.0)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_address(cls, value: str) -> str:
+        return _ip_address(value, "topology.listen")
+
+    @field_validator("replica_hosts")
+    @classmethod
+    def _hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for host in value:
+            name, _, port = host.rpartition(":") if ":" in host else (host, "", "")
+            if (not _HOST_ENTRY.match(host) or not name
+                    or (port and not (port.isdigit() and 1 <= int(port) <= 65535))):
+                raise ValueError(f"{host!r}: write an address or name, with :port where the "
+                                 "host's listing_port is not the default, e.g. 10.0.0.21 or "
+                                 "gpu-box-2:8099")
+        repeated = sorted({h for h in value if value.count(h) > 1})
+        if repeated:
+            raise ValueError(f"each replica host once; repeated: {', '.join(repeated)}")
+        return value
+
+    @property
+    def advertised_host(self) -> str:
+        """The address this host's replicas are reached at from itself."""
+        return "127.0.0.1" if self.listen in ("0.0.0.0", "::") else self.listen
+
+
+class HaSpec(_Model):
+    """A pair of gateway hosts sharing one virtual IP through keepalived (VRRP).
+
+    Both hosts run the same spec but for ``priority`` and ``unicast_src``;
+    the address moves to the other host when this one's gateway stops
+    answering /health end to end, and does not move back by itself.
+    """
+
+    enabled: bool = False
+    # The address clients use, with its prefix length, e.g. 10.0.0.10/24.
+    virtual_ip: str | None = None
+    # The interface the virtual IP and the VRRP adverts live on.
+    interface: str = "eth0"
+    # The higher wins the first election; after that the address stays
+    # where it is (nopreempt) until its host fails.
+    priority: int = Field(default=100, ge=1, le=254)
+    # This host's own address on that interface, and the other gateways'
+    # addresses: VRRP adverts go to them only, so networks without
+    # multicast (clouds, some switches) work too.
+    unicast_src: str | None = None
+    peers: tuple[str, ...] = ()
+    # The same on every host of the pair, unique on the network segment.
+    virtual_router_id: int = Field(default=51, ge=1, le=255)
+    # VRRPv3 adverts, in seconds (fractions allowed): a backup takes the
+    # address after three missed ones, when its peer's link is gone.
+    advert_int_s: float = Field(default=0.5, ge=0.01, le=40.0)
+    # The local gateway's /health, through nginx to a replica, every this
+    # many seconds; `fall` failures in a row give the address up, `rise`
+    # successes make the host a candidate again.
+    check_interval_s: int = Field(default=1, ge=1, le=60)
+    check_timeout_s: int = Field(default=1, ge=1, le=60)
+    fall: int = Field(default=2, ge=1, le=10)
+    rise: int = Field(default=2, ge=1, le=10)
+
+    @field_validator("virtual_ip")
+    @classmethod
+    def _interface_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ipaddress.ip_interface(value)
+            except ValueError:
+                raise ValueError(f"{value!r} is not an address with a prefix length; write "
+                                 "e.g. 10.0.0.10/24") from None
+            if "/" not in value:
+                raise ValueError(f"{value!r} needs its prefix length, e.g. {value}/24")
+        return value
+
+    @field_validator("unicast_src")
+    @classmethod
+    def _source(cls, value: str | None) -> str | None:
+        return None if value is None else _ip_address(value, "ha.unicast_src")
+
+    @field_validator("peers")
+    @classmethod
+    def _peers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_ip_address(peer, "ha.peers entry") for peer in value)
+
+    @field_validator("interface")
+    @classmethod
+    def _interface(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.@-]{1,15}", value):
+            raise ValueError(f"{value!r} is not an interface name; `ip link` lists them")
+        return value
+
+    @model_validator(mode="after")
+    def _complete(self) -> HaSpec:
+        if not self.enabled:
+            return self
+        missing = [name for name in ("virtual_ip", "unicast_src") if getattr(self, name) is None]
+        if not self.peers:
+            missing.append("peers")
+        if missing:
+            raise ValueError(f"ha.enabled needs {', '.join(missing)}: the address clients use "
+                             "(virtual_ip), this host's own address (unicast_src) and the "
+                             "other gateway's (peers)")
+        if self.unicast_src in self.peers:
+            raise ValueError(f"ha.peers lists this host's own address {self.unicast_src}; "
+                             "list the other gateways only")
+        return self
 
 
 class RolloutSpec(_Model):
@@ -794,6 +947,8 @@ class ClusterSpec(_Model):
     alerts: AlertsSpec = AlertsSpec()
     compose: ComposeSpec = ComposeSpec()
     rollout: RolloutSpec = RolloutSpec()
+    topology: TopologySpec = TopologySpec()
+    ha: HaSpec = HaSpec()
     # engine: external only: the replicas, in order (replica-0 first).
     external_replicas: tuple[ExternalReplicaSpec, ...] = ()
     runtime_dir: Path = Field(default_factory=default_runtime_dir)
@@ -887,12 +1042,42 @@ class ClusterSpec(_Model):
                              "turn them on or set budgets.enabled: false")
         return self
 
+    @model_validator(mode="after")
+    def _roles(self) -> ClusterSpec:
+        role = self.topology.role
+        if role == "gateway":
+            if not self.topology.replica_hosts:
+                raise ValueError("topology.role: gateway needs topology.replica_hosts: the "
+                                 "hosts whose replicas this gateway routes to")
+            if self.engine not in ("auto", "external"):
+                raise ValueError(f"topology.role: gateway runs no replicas, but engine is "
+                                 f"{self.engine}; the replica hosts choose theirs: remove engine")
+        elif self.topology.replica_hosts:
+            raise ValueError("topology.replica_hosts is read only with topology.role: gateway")
+        if role == "replicas" and self.engine == "external":
+            raise ValueError("topology.role: replicas starts replicas, but engine: external "
+                             "runs none; choose gpu, cpu, sim or auto")
+        if self.ha.enabled:
+            if role == "replicas":
+                raise ValueError("ha is for gateway hosts; a replicas host has no gateway "
+                                 "address to share: set ha.enabled: false")
+            if self.gateway.host not in ("0.0.0.0", "::", "[::]"):
+                raise ValueError(f"ha.enabled needs gateway.host: 0.0.0.0, so nginx answers "
+                                 f"on the virtual IP when it moves here (it is "
+                                 f"{self.gateway.host})")
+        return self
+
     def generation(self) -> str:
         """A short hash of the whole spec: which spec a replica was started with."""
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:GENERATION_LENGTH]
 
     def service_ports(self) -> dict[str, int]:
-        """Every fixed port the cluster listens on, keyed by its spec key."""
+        """Every fixed port this host listens on, keyed by its spec key."""
+        if self.topology.role == "replicas":
+            ports = {"topology.listing_port": self.topology.listing_port}
+            if self.gpu_exporter.enabled is not False:
+                ports["gpu_exporter.port"] = self.gpu_exporter.port
+            return ports
         ports = {"gateway.port": self.gateway.port, "gateway.status_port": self.gateway.status_port}
         if self.prometheus.enabled:
             ports["prometheus.port"] = self.prometheus.port

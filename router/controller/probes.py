@@ -74,7 +74,13 @@ class Prober:
         self.settings = settings
         self.states = {name: ProbeState() for name in urls}
         self._clock = clock
-        self._client = httpx.AsyncClient(timeout=settings.probe_timeout_s, transport=transport)
+        # A new connection per probe: on a kept-alive one a host whose link
+        # is gone shows only as a read timeout, never as a failed connect.
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.probe_timeout_s,
+                                  connect=min(settings.probe_connect_timeout_s,
+                                              settings.probe_timeout_s)),
+            limits=httpx.Limits(max_keepalive_connections=0), transport=transport)
 
     @property
     def interval_s(self) -> float:
@@ -90,6 +96,9 @@ class Prober:
             ok = response.status_code == 200
             if not ok:
                 error = f"/health answered {response.status_code}"
+        except httpx.ConnectTimeout:
+            ok, error = False, (f"no connection within "
+                                f"{self.settings.probe_connect_timeout_s:g}s")
         except httpx.TimeoutException:
             ok, error = False, f"no answer within {self.settings.probe_timeout_s:g}s"
         except httpx.HTTPError as exc:

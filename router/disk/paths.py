@@ -72,6 +72,14 @@ class RuntimePaths:
         return self.root / "run" / "logrotate.status"
 
     @property
+    def keepalived_conf(self) -> Path:
+        return self.config_dir / "keepalived.conf"
+
+    def pid_file(self, program: str) -> Path:
+        """The pid file a daemon that insists on one writes (keepalived)."""
+        return self.root / "run" / f"{program}.pid"
+
+    @property
     def supervisord_conf(self) -> Path:
         return self.config_dir / "supervisord.conf"
 

@@ -41,6 +41,9 @@ PACKAGES: Mapping[str, str] = {
     "prometheus-nginx-exporter": "prometheus-nginx-exporter",
     "mtail": "mtail",
     "logrotate": "logrotate",
+    # A gateway pair (ha.enabled): VRRP, and the health check it runs.
+    "keepalived": "keepalived",
+    "curl": "curl",
 }
 
 

@@ -8,6 +8,7 @@ from router.config.plan import ClusterPlan
 from router.disk.keys import KeyStore
 from router.disk.paths import RuntimePaths
 from router.host.machine import MachineFacts
+from router.render.keepalived import render_keepalived
 from router.render.keys import render_keys_conf
 from router.render.logrotate import render_logrotate
 from router.render.nginx import render_nginx
@@ -35,6 +36,8 @@ def render_all(plan: ClusterPlan, paths: RuntimePaths, machine: MachineFacts,
         paths.logrotate_conf.name: render_logrotate(plan, paths, machine),
         paths.spec_json.name: plan.spec.model_dump_json(indent=2) + "\n",
     }
+    if plan.spec.ha.enabled:
+        files[paths.keepalived_conf.name] = render_keepalived(plan.spec, machine.binary("curl"))
     if plan.spec.prometheus.enabled:
         files[paths.prometheus_yml.name] = render_prometheus(plan)
         files[paths.recording_rules.name] = recording_rules()

@@ -160,9 +160,44 @@ def log_rotation_program(plan: ClusterPlan, paths: RuntimePaths,
     )
 
 
+def keepalived_program(paths: RuntimePaths, machine: MachineFacts) -> Program:
+    return Program(
+        name="keepalived",
+        comment="VRRP: holds the gateway pair's virtual IP while this gateway answers",
+        argv=(machine.binary("keepalived"), "--dont-fork", "--log-console", "--log-detail",
+              "--no-syslog", "--vrrp", "--use-file", str(paths.keepalived_conf),
+              "--pid", str(paths.pid_file("keepalived")),
+              "--vrrp_pid", str(paths.pid_file("keepalived-vrrp"))),
+        startsecs=1,
+        # TERM gives the address up with a priority-0 advert: the other
+        # gateway takes it at once instead of after three missed adverts.
+        stopwaitsecs=10,
+    )
+
+
+def listing_program(plan: ClusterPlan, paths: RuntimePaths, machine: MachineFacts) -> Program:
+    topology = plan.spec.topology
+    return Program(
+        name="replica-listing",
+        comment=f"lists this host's replicas for the gateway hosts, port "
+                f"{topology.listing_port}",
+        argv=(machine.python, "-m", "router.replica_listing", "--state", str(paths.state_json),
+              "--host", topology.listen, "--port", str(topology.listing_port)),
+        env={"PYTHONUNBUFFERED": "1"},
+        startsecs=1,
+    )
+
+
 def programs(plan: ClusterPlan, paths: RuntimePaths, machine: MachineFacts) -> list[Program]:
     progs = [replica_program(r, paths, machine) for r in plan.replicas if not r.external]
+    if plan.spec.topology.role == "replicas":
+        progs.append(listing_program(plan, paths, machine))
+        if plan.gpu_exporter:
+            progs.append(gpu_exporter_program(plan, paths, machine))
+        return progs
     progs.append(gateway_program(paths, machine))
+    if plan.spec.ha.enabled:
+        progs.append(keepalived_program(paths, machine))
     progs.append(log_rotation_program(plan, paths, machine))
     if plan.spec.prometheus.enabled:
         progs.append(prometheus_program(plan, paths, machine))

@@ -23,7 +23,12 @@ import requests
 from pydantic import ValidationError
 
 from router.config.plan import ClusterPlan, build_plan, choose_engine
-from router.config.spec import ClusterSpec, load_spec, resolve_engine_settings
+from router.config.spec import (
+    REPLICA_LISTING_PATH,
+    ClusterSpec,
+    load_spec,
+    resolve_engine_settings,
+)
 from router.disk.paths import (
     DiskUse,
     RuntimePaths,
@@ -36,6 +41,7 @@ from router.fleet_status import FleetStatus
 from router.host.devices import Inventory, discover
 from router.host.machine import nginx_run_user, shed_dir
 from router.models import store as model_store
+from router.runtime import discovery
 from router.runtime.applying import RolloutProgress, read_rollout
 from router.runtime.configs import write_checked
 from router.runtime.health import Probe, port_in_use, probe
@@ -64,6 +70,8 @@ def make_plan(spec: ClusterSpec, inventory: Inventory | None = None,
     yet is named as the spec gives it instead of failing.
     """
     inventory = inventory or discover()
+    # A gateway host routes to what its replica hosts list right now.
+    spec = discovery.discover(spec)
     engine = choose_engine(spec, inventory)
     settings = resolve_engine_settings(spec, engine)
     model_path = settings.model
@@ -80,10 +88,12 @@ def make_plan(spec: ClusterSpec, inventory: Inventory | None = None,
 def busy_ports(plan: ClusterPlan) -> list[str]:
     """The plan's ports that another program holds, as "port (spec key)"."""
     spec = plan.spec
-    wanted = [(spec.gateway.host if key == "gateway.port" else "127.0.0.1", port, key)
+    hosts = {"gateway.port": spec.gateway.host,
+             "topology.listing_port": spec.topology.advertised_host}
+    wanted = [(hosts.get(key, "127.0.0.1"), port, key)
               for key, port in spec.service_ports().items()
               if key != "gpu_exporter.port" or plan.gpu_exporter]
-    wanted += [("127.0.0.1", r.port, f"{r.name} (ports.replica_base + {r.index})")
+    wanted += [(r.host, r.port, f"{r.name} (ports.replica_base + {r.index})")
                for r in plan.replicas if not r.external]
     return [f"{port} ({key})" for host, port, key in wanted if port_in_use(host, port)]
 
@@ -277,7 +287,14 @@ def _wait_healthy(plan: ClusterPlan, paths: RuntimePaths, supervisor: Supervisor
             if replica.name not in healthy and probe(replica.url + "/health").ok:
                 healthy[replica.name] = elapsed
                 progress(f"{replica.name} on {replica.device} healthy after {elapsed:.0f}s")
-        if len(healthy) == len(plan.replicas):
+        if len(healthy) == len(plan.replicas) and plan.spec.topology.role == "replicas":
+            listing = _listing_url(plan)
+            if probe(listing).ok:
+                progress(f"replica host ready after {elapsed:.0f}s: gateway hosts list "
+                         f"{listing.removesuffix(REPLICA_LISTING_PATH)} in "
+                         "topology.replica_hosts")
+                return
+        elif len(healthy) == len(plan.replicas):
             # With keys on, /v1/ refuses a keyless probe; /health still goes
             # through the upstream to a replica.
             route = "/health" if plan.spec.auth.enabled else "/v1/models"
@@ -299,6 +316,11 @@ def _wait_healthy(plan: ClusterPlan, paths: RuntimePaths, supervisor: Supervisor
                 progress(f"waiting for {', '.join(waiting)} ({elapsed:.0f}s)")
             last_note = elapsed
         time.sleep(0.5)
+
+
+def _listing_url(plan: ClusterPlan) -> str:
+    topology = plan.spec.topology
+    return f"http://{topology.advertised_host}:{topology.listing_port}{REPLICA_LISTING_PATH}"
 
 
 def _controller_ready(plan: ClusterPlan, paths: RuntimePaths) -> bool:
@@ -328,6 +350,9 @@ def _prepare(spec_path: Path | None, progress: Progress,
     _check_ports_free(plan)
     progress(f"engine {plan.engine.engine}: {len(plan.replicas)} replica(s) of "
              f"{plan.engine.model} as '{plan.engine.served_model_name}'")
+    if spec.topology.role != "both":
+        progress(f"role {spec.topology.role}: "
+                 + ", ".join(f"{r.name} at {r.address}" for r in plan.replicas))
     if plan.engine.dummy:
         for line in DUMMY_BANNER:
             progress(line)

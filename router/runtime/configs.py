@@ -34,6 +34,18 @@ def check_prometheus(config: Path) -> None:
         raise RenderError(f"promtool rejected {config}: {detail[-1] if detail else ''}")
 
 
+def check_keepalived(config: Path, keepalived: str) -> None:
+    """Run `keepalived -t` on the rendered config: its own words on a bad one."""
+    proc = subprocess.run([keepalived, "-t", "-l", "-f", str(config)], capture_output=True,
+                          text=True, timeout=30, check=False)
+    if proc.returncode != 0:
+        lines = [line for line in (proc.stderr + proc.stdout).splitlines() if line.strip()]
+        last = lines[-1] if lines else f"exit status {proc.returncode}"
+        raise RenderError(f"keepalived rejected {config}: {last}",
+                          hint="fix the ha value it names in the spec; the running pair was "
+                               "left as it was")
+
+
 def write_rendered(rendered: RenderedConfig, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, text in rendered.files.items():
@@ -67,4 +79,7 @@ def write_checked(plan: ClusterPlan, paths: RuntimePaths,
             hint="the running gateway was left as it was; fix the spec value named above")
     if plan.spec.prometheus.enabled:
         check_prometheus(paths.prometheus_yml)
+    if plan.spec.ha.enabled:
+        check_keepalived(paths.keepalived_conf, machine.binary("keepalived"))
+        paths.pid_file("keepalived").parent.mkdir(parents=True, exist_ok=True)
     return rendered

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import http.server
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import threading
@@ -16,14 +18,23 @@ import yaml
 
 from router import REPO_ROOT
 from router.config.plan import build_plan
-from router.config.spec import EXAMPLE_SPEC, load_spec, parse_spec, resolve_engine_settings
+from router.config.spec import (
+    EXAMPLE_SPEC,
+    ClusterSpec,
+    GatewaySpec,
+    load_spec,
+    parse_spec,
+    resolve_engine_settings,
+)
 from router.disk.paths import DiskUse, RuntimePaths, disk_use
+from router.errors import RenderError, SpecError
 from router.host.machine import detect
 from router.render import compose
+from router.render.keepalived import render_keepalived
 from router.render.logrotate import render_logrotate
 from router.render.programs import programs
 from router.runtime import units
-from router.runtime.configs import write_checked
+from router.runtime.configs import check_keepalived, write_checked
 from tests.support.cli import fleet
 from tests.support.fakes import cpu_inventory, gpu_inventory
 from tests.support.fleet import gateway_metrics_ports
@@ -144,20 +155,46 @@ def test_systemd_units_verify(tmp_path: Path, engine: str) -> None:
     assert "llm-fleet" not in proc.stderr, proc.stderr
 
 
-@pytest.mark.parametrize("role", ["primary", "backup"])
-def test_keepalived_config_passes_keepalived_t(tmp_path: Path, role: str) -> None:
-    source = REPO_ROOT / "deploy" / "keepalived"
-    # keepalived checks the script it tracks; point it at a root-only copy.
-    scripts = tmp_path / "scripts"
-    scripts.mkdir(mode=0o755)
-    shutil.copy(source / "check_gateway.sh", scripts / "check_gateway.sh")
+def _interface() -> str:
+    """An interface of this machine keepalived accepts (it refuses loopback)."""
+    names = sorted(name for name in os.listdir("/sys/class/net") if name != "lo")
+    return names[0] if names else "eth0"
+
+
+def _pair_spec(priority: int, me: str, peer: str) -> ClusterSpec:
+    return parse_spec({"gateway": {"host": "0.0.0.0", "port": 8080},
+                       "ha": {"enabled": True, "virtual_ip": "192.0.2.10/24",
+                              "interface": _interface(), "priority": priority,
+                              "unicast_src": me, "peers": [peer]}})
+
+
+PAIR = {"primary": _pair_spec(150, "192.0.2.11", "192.0.2.12"),
+        "backup": _pair_spec(100, "192.0.2.12", "192.0.2.11")}
+
+
+@pytest.mark.parametrize("role", sorted(PAIR))
+def test_rendered_keepalived_config_passes_keepalived_t(tmp_path: Path, role: str) -> None:
     config = tmp_path / "keepalived.conf"
-    config.write_text((source / f"keepalived-{role}.conf").read_text().replace(
-        "/etc/keepalived/check_gateway.sh", str(scripts / "check_gateway.sh")))
-    proc = subprocess.run([_tool("keepalived"), "-t", "-l", "-f", str(config)],
-                          capture_output=True, text=True, timeout=60, check=False)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "not found" not in proc.stdout + proc.stderr
+    config.write_text(render_keepalived(PAIR[role], _tool("curl")))
+    check_keepalived(config, _tool("keepalived"))
+    text = config.read_text()
+    assert "nopreempt" in text and "state BACKUP" in text
+    assert f"priority {PAIR[role].ha.priority}" in text
+    assert f"unicast_src_ip {PAIR[role].ha.unicast_src}" in text
+
+
+def test_keepalived_t_failure_is_one_line_and_keeps_the_running_pair(tmp_path: Path) -> None:
+    config = tmp_path / "keepalived.conf"
+    config.write_text(render_keepalived(PAIR["primary"], _tool("curl"))
+                      .replace("virtual_router_id 51", "virtual_router_id 300"))
+    with pytest.raises(RenderError) as caught:
+        check_keepalived(config, _tool("keepalived"))
+    assert "\n" not in caught.value.message and caught.value.hint
+
+
+def test_keepalived_render_needs_a_pair() -> None:
+    with pytest.raises(SpecError, match="ha.enabled is false"):
+        render_keepalived(parse_spec({}), "/usr/bin/curl")
 
 
 class _Health(http.server.BaseHTTPRequestHandler):
@@ -172,10 +209,14 @@ class _Health(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def _check_gateway(address: str) -> int:
-    script = REPO_ROOT / "deploy" / "keepalived" / "check_gateway.sh"
-    return subprocess.run(["sh", str(script)], env={**os.environ, "LLM_FLEET_GATEWAY": address},
-                          capture_output=True, timeout=30, check=False).returncode
+def _rendered_check(port: int) -> int:
+    """Run the health check keepalived runs, as rendered for a gateway on ``port``."""
+    spec = PAIR["primary"].model_copy(update={"gateway": GatewaySpec(host="0.0.0.0", port=port)})
+    text = render_keepalived(spec, _tool("curl"))
+    command = re.search(r'^\s*script "(.*)"$', text, re.MULTILINE)
+    assert command is not None, text
+    return subprocess.run(shlex.split(command.group(1)), capture_output=True, timeout=30,
+                          check=False).returncode
 
 
 @pytest.mark.parametrize(("status", "healthy"), [(200, True), (503, False)])
@@ -185,7 +226,7 @@ def test_keepalived_check_follows_the_gateway_health(status: int, healthy: bool)
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         try:
-            code = _check_gateway(f"127.0.0.1:{server.server_address[1]}")
+            code = _rendered_check(server.server_address[1])
         finally:
             server.shutdown()
             thread.join(timeout=5)
@@ -193,16 +234,7 @@ def test_keepalived_check_follows_the_gateway_health(status: int, healthy: bool)
 
 
 def test_keepalived_check_fails_when_nothing_answers() -> None:
-    assert _check_gateway(f"127.0.0.1:{free_port()}") != 0
-
-
-def test_keepalived_t_rejects_a_broken_pair(tmp_path: Path) -> None:
-    config = tmp_path / "keepalived.conf"
-    config.write_text((REPO_ROOT / "deploy" / "keepalived" / "keepalived-primary.conf")
-                      .read_text().replace("virtual_router_id 51", "virtual_router_id 300"))
-    proc = subprocess.run([_tool("keepalived"), "-t", "-l", "-f", str(config)],
-                          capture_output=True, text=True, timeout=60, check=False)
-    assert proc.returncode != 0
+    assert _rendered_check(free_port()) != 0
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -1,0 +1,98 @@
+"""The gateway-pair drills' report: result.json and README.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+# The issue's targets (docs/production.md repeats them).
+FAILOVER_TARGET_S = 3.0
+OUT_OF_ROTATION_TARGET_S = 2.0
+
+Target = tuple[str, str, bool | None]
+
+
+def _secs(value: float | None) -> str:
+    return "not seen" if value is None else f"{value:.2f} s"
+
+
+def targets(result: dict[str, Any]) -> list[Target]:
+    failed = result["failed_before_first_byte"]
+    rows: list[Target] = [("0 requests failed before their first byte (SDK retries)",
+                           str(failed), failed == 0)]
+    if result["drill"] == "gateway-failover":
+        answered = result["answered_again_s"]
+        rows.insert(0, (f"the address answers from the other gateway within "
+                        f"{FAILOVER_TARGET_S:g} s", _secs(answered),
+                        answered is not None and answered <= FAILOVER_TARGET_S))
+        rows.append(("no flap back once the first gateway returns",
+                     f"{result['flaps']} move(s) after the failover", result["flaps"] == 0))
+        return rows
+    for gateway in ("gw-a", "gw-b"):
+        out = result[f"{gateway}_out_of_rotation_s"]
+        rows.insert(0, (f"{gateway}: the host's replicas out of rotation within "
+                        f"{OUT_OF_ROTATION_TARGET_S:g} s", _secs(out),
+                        out is not None and out <= OUT_OF_ROTATION_TARGET_S))
+    return rows
+
+
+def _failover_lines(result: dict[str, Any]) -> list[str]:
+    kill = ("its nginx killed (SIGKILL of master and workers, kept down)" if result["kill"] ==
+            "nginx" else "its link pulled (the bridge's end of its veth down)")
+    timeline = ", ".join(f"{at:+.2f} s {held or 'nobody'}"
+                         for at, held in result["holder_timeline"])
+    return [
+        f"- {result['active']}, which held the address, had {kill} at 0 s; it was put back "
+        "after the hold.",
+        f"- The address moved to {result['backup']} after {_secs(result['address_moved_s'])} "
+        f"(polled every 50 ms); a new connection streamed again after "
+        f"{_secs(result['answered_again_s'])}.",
+        f"- {result['active']} announced BACKUP {_secs(result['back_as_backup_s'])} after it "
+        f"was put back; the address moved {result['flaps']} time(s) after the failover.",
+        f"- Who held the address (seconds from the kill): {timeline}.",
+    ]
+
+
+def _host_loss_lines(result: dict[str, Any]) -> list[str]:
+    lines = [f"- {result['host']}'s link was pulled at 0 s with its replicas "
+             f"{', '.join(result['replicas'])} serving, and put back after the hold."]
+    for gateway in ("gw-a", "gw-b"):
+        lines.append(f"- {gateway} stopped routing to them after "
+                     f"{_secs(result[f'{gateway}_out_of_rotation_s'])} and routed to them "
+                     f"again {_secs(result[f'{gateway}_back_s'])} after the link was back "
+                     "(its upstream file, which the controller writes before it reloads).")
+    return lines
+
+
+def write(out: Path, results: list[dict[str, Any]], command: str,
+          machine: dict[str, Any]) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    result_path = out / "result.json"
+    result_path.write_text(json.dumps({"command": command, "machine": machine,
+                                       "runs": results}, indent=2) + "\n", encoding="utf-8")
+    lines = [f"# Drill: {results[0]['drill']}", "", f"Repeat with `{command}` (as root: the "
+             "hosts are network namespaces).", "",
+             f"Machine: {machine['cpus']} CPUs ({machine['cpu_model']}), "
+             f"{machine['memory_gib']} GiB, Python {machine['python']}; every host of the lab "
+             "(two gateways, two replica hosts of two simulated replicas each, the client) "
+             "runs on it.", ""]
+    for result in results:
+        title = (f"kill: {result['kill']}" if result["drill"] == "gateway-failover"
+                 else f"host: {result['host']}")
+        lines += [f"## {title}", "",
+                  f"{result['requests']} streaming requests at {result['rate']:g}/s through "
+                  f"the virtual IP: {result['ok']} completed, "
+                  f"{result['failed_before_first_byte']} failed before their first byte, "
+                  f"{result['streams_cut']} streams cut, {result['retried']} retried.", ""]
+        lines += (_failover_lines(result) if result["drill"] == "gateway-failover"
+                  else _host_loss_lines(result))
+        if result["errors"]:
+            lines.append(f"- What failed or cut requests saw: {', '.join(result['errors'])}.")
+        lines += ["", "| target | measured | verdict |", "| --- | --- | --- |"]
+        lines += [f"| {text} | {figure} | {'met' if met else 'missed'} |"
+                  for text, figure, met in targets(result)]
+        lines.append("")
+    readme = out / "README.md"
+    readme.write_text("\n".join(lines), encoding="utf-8")
+    return [result_path, readme]
