@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -35,6 +36,7 @@ from router.bench.netlab import NetLab
 from router.config.spec import SIM_SERVED_MODEL_NAME
 from router.disk.paths import RuntimePaths
 from router.errors import ClusterError
+from router.runtime.pair import KEYS_DIFFER
 from router.runtime.procs import descendants
 from router.runtime.supervise import Supervisor
 from router.upstream import serving_addresses
@@ -73,6 +75,7 @@ class PairLab:
         self.net = NetLab(GATEWAYS + self.replica_hosts + (CLIENT,), tag=tag)
         self.vip = self.net.address(VIP_OCTET)
         self.started: list[str] = []
+        self.key = ""
 
     def address(self, host: str) -> str:
         return self.net.hosts[host].address
@@ -96,13 +99,19 @@ class PairLab:
                          "replica_hosts": [self.address(h) for h in self.replica_hosts]},
             "ha": {"enabled": True, "virtual_ip": f"{self.vip}/24", "interface": "eth0",
                    "priority": PRIORITIES[host], "unicast_src": self.address(host),
-                   "peers": [self.address(peer)]},
+                   "peers": [self.address(peer)],
+                   "pair_token_file": str(self.pair_token)},
             # What a lab of six hosts on two cores can carry: the pair's
             # failover needs nginx, the controller's probes and keepalived.
+            "auth": {"enabled": True},
             "prometheus": {"enabled": False}, "gateway_metrics": {"enabled": False},
             "console": {"enabled": False},
             "controller": {"pace": {"enabled": False}},
         }
+
+    @property
+    def pair_token(self) -> Path:
+        return self.workdir / "pair-token"
 
     def spec_path(self, host: str) -> Path:
         return self.workdir / f"{host}.yaml"
@@ -119,6 +128,8 @@ class PairLab:
 
     def start(self, progress: Progress) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.pair_token.write_text(secrets.token_hex(32) + "\n", encoding="utf-8")
+        self.pair_token.chmod(0o600)
         self.net.create()
         progress(f"lab {self.net.tag}: hosts " + ", ".join(
             f"{h.name} {h.address}" for h in self.net.hosts.values()) + f", virtual IP {self.vip}")
@@ -129,6 +140,7 @@ class PairLab:
             self.started.append(host)
             self.fleet(host, "up")
             progress(f"{host}: fleet up done")
+        self.key = self.add_key("drill")
         deadline = time.monotonic() + 30
         while self.holder() is None:
             if time.monotonic() > deadline:
@@ -136,6 +148,24 @@ class PairLab:
                                    hint=f"see {self.workdir}/gw-a/logs/keepalived.log")
             time.sleep(0.2)
         progress(f"{self.holder()} holds {self.vip}")
+
+    def add_key(self, name: str, on: str = "gw-a") -> str:
+        """`fleet keys add NAME` on one gateway (the pair sends it to the other)."""
+        output = self.fleet(on, "keys", "add", name)
+        return next(line for line in output.splitlines() if line.startswith("sk-fleet-"))
+
+    def status_code(self, url: str, key: str) -> int:
+        """One authenticated GET of /v1/models at ``url``, from the client host."""
+        proc = subprocess.run(
+            self.net.run_in(CLIENT) + ["curl", "--silent", "--output", "/dev/null",
+                                       "--max-time", "5", "--write-out", "%{http_code}",
+                                       "--header", f"Authorization: Bearer {key}",
+                                       url + "/v1/models"],
+            capture_output=True, text=True, timeout=30, check=False)
+        return int(proc.stdout or 0)
+
+    def gateway_url(self, gateway: str) -> str:
+        return f"http://{self.address(gateway)}:8080"
 
     def stop(self) -> None:
         """`fleet down` on every host started, then the namespaces; never raises."""
@@ -185,7 +215,8 @@ class PairLab:
     def load(self, rate: float, seconds: float, out: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             self.net.run_in(CLIENT) + [self.python, "-m", "router.bench.vip_load", "--url",
-                                       self.url, "--model", SIM_SERVED_MODEL_NAME, "--rate",
+                                       self.url, "--key", self.key,
+                                       "--model", SIM_SERVED_MODEL_NAME, "--rate",
                                        str(rate), "--seconds", str(seconds), "--out", str(out)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
@@ -389,3 +420,56 @@ def settle(lab: PairLab, progress: Progress, timeout_s: float = 60.0) -> None:
     raise ClusterError(f"the pair did not settle within {timeout_s:g}s "
                        f"(holder: {lab.holder()})",
                        hint=f"see {lab.workdir}/gw-*/logs/keepalived.log")
+
+
+def key_fan_out(lab: PairLab, timeout_s: float = 30.0) -> dict[str, Any]:
+    """A key added on the gateway that holds the address, timed until the other
+    gateway answers it (its own address, not the virtual IP)."""
+    holder = lab.holder()
+    if holder not in GATEWAYS:
+        raise ClusterError(f"the virtual IP is held by {holder!r}, not one gateway")
+    other = next(g for g in GATEWAYS if g != holder)
+    started = time.time()
+    key = lab.add_key(f"fan-out-{int(started)}", on=holder)
+    added = time.time()
+    while lab.status_code(lab.gateway_url(other), key) != 200:
+        if time.time() - started > timeout_s:
+            return {"added_on": holder, "works_through": other, "works_after_s": None}
+        time.sleep(0.05)
+    return {"added_on": holder, "works_through": other,
+            "command_s": round(added - started, 2),
+            "works_after_s": round(time.time() - started, 2)}
+
+
+def pair_differences(lab: PairLab, gateway: str) -> list[str]:
+    """What `fleet status` on ``gateway`` says differs from its peer."""
+    argv = lab.net.run_in(gateway) + [lab.python, "-m", "router.cli", "status", "--json",
+                                      "--spec", str(lab.spec_path(gateway))]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    pair = json.loads(proc.stdout).get("pair", {})
+    return [line for peer in pair.get("peers", []) for line in peer["differences"]]
+
+
+def diverged_pair(lab: PairLab, timeout_s: float = 60.0) -> dict[str, Any]:
+    """Diverge the pair on purpose (a key added while the peer's controller is
+    down), read `fleet status`, then mend it with `fleet keys push`."""
+    lab.supervisor("gw-b").stop_process("controller")
+    try:
+        lab.add_key(f"diverged-{int(time.time())}")
+        refused = None
+    except ClusterError as exc:
+        lines = exc.message.splitlines()
+        refused = next((line for line in lines if line.startswith("error:")), lines[-1])
+    finally:
+        lab.supervisor("gw-b").start_process("controller")
+    # Until the peer's controller answers again: before that, status says only
+    # that it does not answer.
+    deadline = time.monotonic() + timeout_s
+    flagged = pair_differences(lab, "gw-a")
+    while (not any(KEYS_DIFFER in line for line in flagged)
+           and time.monotonic() < deadline):
+        time.sleep(0.5)
+        flagged = pair_differences(lab, "gw-a")
+    lab.fleet("gw-a", "keys", "push")
+    return {"add_refused": refused, "status_flagged": flagged,
+            "after_push": pair_differences(lab, "gw-a")}

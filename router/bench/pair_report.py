@@ -37,6 +37,41 @@ def targets(result: dict[str, Any]) -> list[Target]:
     return rows
 
 
+KEY_FAN_OUT_TARGET_S = 2.0
+
+
+def admin_targets(admin: dict[str, Any]) -> list[Target]:
+    fan = admin["key_fan_out"]["works_after_s"]
+    diverged = admin["diverged"]
+    return [(f"a key added on one gateway works through the other within "
+             f"{KEY_FAN_OUT_TARGET_S:g} s", _secs(fan),
+             fan is not None and fan <= KEY_FAN_OUT_TARGET_S),
+            ("`fleet status` flags a deliberately diverged pair",
+             "; ".join(diverged["status_flagged"]) or "nothing flagged",
+             bool(diverged["status_flagged"]))]
+
+
+def _admin_lines(admin: dict[str, Any]) -> list[str]:
+    fan, diverged = admin["key_fan_out"], admin["diverged"]
+    return [
+        "## Admin actions across the pair", "",
+        f"- `fleet keys add` on {fan['added_on']} (the command took "
+        f"{_secs(fan.get('command_s'))}, its reload included): the key answered 200 through "
+        f"{fan['works_through']}'s own address {_secs(fan['works_after_s'])} after the "
+        "command started (polled every 50 ms).",
+        "- With gw-b's controller stopped, `fleet keys add` on gw-a said: "
+        f"{diverged['add_refused'] or 'nothing (it was not refused)'}.",
+        "- `fleet status` on gw-a then said: " + ("; ".join(diverged["status_flagged"])
+                                                  or "nothing") + ".",
+        "- After `fleet keys push` on gw-a it said: " + ("; ".join(diverged["after_push"])
+                                                          or "the pair agrees") + ".",
+        "", "| target | measured | verdict |", "| --- | --- | --- |",
+        *[f"| {text} | {figure} | {'met' if met else 'missed'} |"
+          for text, figure, met in admin_targets(admin)],
+        "",
+    ]
+
+
 def _failover_lines(result: dict[str, Any]) -> list[str]:
     kill = ("its nginx killed (SIGKILL of master and workers, kept down)" if result["kill"] ==
             "nginx" else "its link pulled (the bridge's end of its veth down)")
@@ -66,11 +101,12 @@ def _host_loss_lines(result: dict[str, Any]) -> list[str]:
 
 
 def write(out: Path, results: list[dict[str, Any]], command: str,
-          machine: dict[str, Any]) -> list[Path]:
+          machine: dict[str, Any], admin: dict[str, Any] | None = None) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     result_path = out / "result.json"
     result_path.write_text(json.dumps({"command": command, "machine": machine,
-                                       "runs": results}, indent=2) + "\n", encoding="utf-8")
+                                       "runs": results, "admin": admin}, indent=2) + "\n",
+                           encoding="utf-8")
     lines = [f"# Drill: {results[0]['drill']}", "", f"Repeat with `{command}` (as root: the "
              "hosts are network namespaces).", "",
              f"Machine: {machine['cpus']} CPUs ({machine['cpu_model']}), "
@@ -93,6 +129,8 @@ def write(out: Path, results: list[dict[str, Any]], command: str,
         lines += [f"| {text} | {figure} | {'met' if met else 'missed'} |"
                   for text, figure, met in targets(result)]
         lines.append("")
+    if admin is not None:
+        lines += _admin_lines(admin)
     readme = out / "README.md"
     readme.write_text("\n".join(lines), encoding="utf-8")
     return [result_path, readme]

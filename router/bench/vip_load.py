@@ -1,8 +1,8 @@
 """Streaming load at one address, retried as the openai SDK retries, one JSON
 line per request: the client side of the gateway-pair drills.
 
-Usage: python -m router.bench.vip_load --url URL --model NAME --rate R
-           --seconds S --out FILE [--max-tokens N]
+Usage: python -m router.bench.vip_load --url URL [--key KEY] --model NAME
+           --rate R --seconds S --out FILE [--max-tokens N]
 
 Run on a lab host (router.bench.netlab) while a drill pulls a gateway. Each
 request is a chat completion stream on a new connection. Before its first
@@ -97,8 +97,8 @@ async def _read_stream(response: httpx.Response, outcome: Outcome, stall_s: floa
     return outcome
 
 
-async def run(url: str, model: str, rate: float, seconds: float, max_tokens: int,
-              stall_s: float, out: Path) -> None:
+async def run(url: str, key: str | None, model: str, rate: float, seconds: float,
+              max_tokens: int, stall_s: float, out: Path) -> None:
     body = {"model": model, "stream": True, "max_tokens": max_tokens,
             "messages": [{"role": "user", "content": "Count slowly from one to one hundred."}]}
     timeout = httpx.Timeout(stall_s + 1, connect=SDK_CONNECT_TIMEOUT_S)
@@ -106,7 +106,8 @@ async def run(url: str, model: str, rate: float, seconds: float, max_tokens: int
     # waits out the read timeout instead of retrying.
     limits = httpx.Limits(max_keepalive_connections=0, max_connections=None)
     tasks: list[asyncio.Task[Outcome]] = []
-    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    async with httpx.AsyncClient(timeout=timeout, limits=limits, headers=headers) as client:
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             tasks.append(asyncio.create_task(
@@ -122,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m router.bench.vip_load", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", required=True)
+    parser.add_argument("--key", help="API key, where the gateway wants one")
     parser.add_argument("--model", required=True)
     parser.add_argument("--rate", type=float, required=True)
     parser.add_argument("--seconds", type=float, required=True)
@@ -129,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stall", type=float, default=5.0)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    asyncio.run(run(args.url.rstrip("/"), args.model, args.rate, args.seconds, args.max_tokens,
-                    args.stall, args.out))
+    asyncio.run(run(args.url.rstrip("/"), args.key, args.model, args.rate, args.seconds,
+                    args.max_tokens, args.stall, args.out))
     return 0
 
 

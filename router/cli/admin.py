@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from router.cli.common import spec_arg
+from router.cli.common import progress, spec_arg
 from router.config.spec import load_spec
 from router.controller.policy import DEFAULT_PIN_TTL_S
 from router.disk.paths import RuntimePaths
 from router.errors import ClusterError, SpecError
-from router.runtime import cluster
+from router.runtime import cluster, pair
 from router.runtime.state import ClusterState
 from router.upstream import MAX_WEIGHT, MIN_WEIGHT
 
@@ -37,6 +37,7 @@ def _admin(args: argparse.Namespace, path: str, body: dict[str, object] | None =
                            + decision["error"],
                            hint="the controller retries on its own; `fleet logs controller` "
                                 "says when it succeeds")
+    pair.fan_out(spec, paths, "POST", path, body, progress)
     return 0
 
 

@@ -224,6 +224,9 @@ def _pair_drill(args: argparse.Namespace) -> int:
     results = []
     with pair_drill.running_lab(None, pair_drill.LabShape(), progress) as lab:
         if args.fault == "gateway-failover":
+            admin = {"key_fan_out": pair_drill.key_fan_out(lab),
+                     "diverged": pair_drill.diverged_pair(lab)}
+            progress(f"admin fan-out: {admin['key_fan_out']}")
             for kill in kills:
                 results.append(pair_drill.gateway_failover(
                     lab, kill, args.load, times, lab.workdir / f"load-{kill}.jsonl", progress))
@@ -232,8 +235,10 @@ def _pair_drill(args: argparse.Namespace) -> int:
             results.append(pair_drill.replica_host_loss(
                 lab, args.load, times, lab.workdir / "load.jsonl", progress))
     out = args.out or REPO_ROOT / "docs" / "benchmarks" / f"drill-{args.fault}"
-    written = pair_report.write(out, results, command_line(args), load.machine())
-    announce(written, [t for result in results for t in pair_report.targets(result)])
+    written = pair_report.write(out, results, command_line(args), load.machine(),
+                                admin if args.fault == "gateway-failover" else None)
+    announce(written, [t for result in results for t in pair_report.targets(result)]
+             + (pair_report.admin_targets(admin) if args.fault == "gateway-failover" else []))
     return 0
 
 

@@ -7,18 +7,20 @@ import json
 import os
 import subprocess
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import requests
 
 from router.cli.common import progress, spec_arg, table
-from router.config.spec import load_spec
+from router.config.spec import ClusterSpec, load_spec
+from router.disk import keys
 from router.disk.paths import RuntimePaths
 from router.errors import ClusterError, SpecError
 from router.fleet_status import AdmissionView, BudgetsView
 from router.host.machine import detect
 from router.render.programs import replica_program
-from router.runtime import apply, cluster
+from router.runtime import apply, cluster, pair
+from router.runtime.health import holds_address
 from router.runtime.state import ClusterState
 
 
@@ -57,7 +59,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     status = cluster.status(spec)
     if args.json:
-        print(json.dumps(status.to_json(), indent=2))
+        shown = status.to_json()
+        if spec.ha.enabled and status.running:
+            shown["pair"] = _pair_view(spec, status)
+        print(json.dumps(shown, indent=2))
         return 0 if status.running else 1
     if status.unsupervised:
         print(_unsupervised_report(status))
@@ -87,12 +92,45 @@ def cmd_status(args: argparse.Namespace) -> int:
     gw = status.gateway_health
     print(f"\ngateway: {status.gateway_url}  /health: "
           f"{gw.status if gw and gw.status else (gw.error if gw else '-')}")
+    if spec.ha.enabled:
+        print(_pair_lines(spec, _pair_view(spec, status)))
     if status.disk is not None:
         disk = status.disk
         print(f"disk: {spec.runtime_dir} holds {_size(disk.total)} (logs {_size(disk.logs)}, "
               f"Prometheus {_size(disk.prometheus)}; bounded by logs.* and "
               "prometheus.retention_size)")
     return 0
+
+
+def _pair_view(spec: ClusterSpec, status: cluster.ClusterStatus) -> dict[str, Any]:
+    """This gateway of a pair beside its peers: who holds the address, what differs."""
+    paths = RuntimePaths(spec.runtime_dir)
+    assert spec.ha.virtual_ip is not None
+    address = spec.ha.virtual_ip.split("/", 1)[0]
+    view: dict[str, Any] = {"virtual_ip": address, "held_here": holds_address(address),
+                            "peers": []}
+    if status.controller is None:
+        view["error"] = "this gateway's controller does not answer; nothing was compared"
+        return view
+    digest = keys.store_digest(keys.load_store(paths.api_keys))
+    view["peers"] = [{"peer": peer.peer, "differences": pair.differences(status.controller,
+                                                                         digest, peer)}
+                     for peer in pair.peer_views(spec, paths)]
+    return view
+
+
+def _pair_lines(spec: ClusterSpec, view: dict[str, Any]) -> str:
+    lines = [f"pair: virtual IP {view['virtual_ip']} "
+             + ("held by this gateway" if view["held_here"] else "held elsewhere (the peer, "
+                                                                  "or nobody)")]
+    if "error" in view:
+        lines.append(f"  {view['error']}")
+    for peer in view["peers"]:
+        found = peer["differences"]
+        lines.append(f"  peer {peer['peer']}: " + (
+            "agrees (keys, drains, pins, rotation, weights)" if not found else
+            "DIFFERS\n" + "\n".join(f"    {line}" for line in found)))
+    return "\n".join(lines)
 
 
 def _budgets_lines(budgets: BudgetsView) -> str:

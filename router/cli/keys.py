@@ -9,33 +9,15 @@ import time
 from router.cli.common import progress, spec_arg, table
 from router.config.spec import ClusterSpec, load_spec
 from router.disk import keys
-from router.disk.paths import RuntimePaths, write_atomic
+from router.disk.paths import RuntimePaths
 from router.errors import SpecError
-from router.render.keys import render_keys_conf
-from router.runtime import gateway as gateway_reload
+from router.runtime import pair
+from router.runtime.keys import apply_keys
 
 
-def _apply_keys(spec: ClusterSpec, store: keys.KeyStore) -> str:
-    """Make ``store`` the gateway's keys; say how it took effect. The store is
-    saved only once the running gateway accepted it, so a failed reload
-    leaves keys and gateway as they were."""
-    paths = RuntimePaths(spec.runtime_dir)
-    rendered = render_keys_conf(store)
-    if gateway_reload.gateway_pid(paths) is not None:
-        seconds = gateway_reload.apply_gateway_file(
-            paths, paths.api_keys_conf, rendered.text, version=rendered.version,
-            version_url=gateway_reload.status_url(spec.gateway.status_port, "keys"),
-            mode=0o600)
-        outcome = f"the running gateway uses it (reloaded in {seconds:.2f}s)"
-    else:
-        outcome = "the gateway is not running; it applies at the next `fleet up`"
-        if paths.config_dir.is_dir():
-            write_atomic(paths.api_keys_conf, rendered.text, mode=0o600)
-    keys.save_store(paths.api_keys, store)
-    if not spec.auth.enabled:
-        outcome += ("; note: auth.enabled is false in this spec, so keys are not checked "
-                    "until you set it to true")
-    return outcome
+def _send_to_peers(spec: ClusterSpec, store: keys.KeyStore, expect: str | None) -> None:
+    pair.fan_out(spec, RuntimePaths(spec.runtime_dir), "PUT", "/keys",
+                 {**keys.store_to_json(store), "expect": expect}, progress)
 
 
 def _priority_class(spec: ClusterSpec, name: str | None) -> str | None:
@@ -88,16 +70,18 @@ def cmd_keys_add(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     priority_class = _priority_class(spec, args.priority_class)
     budget = _budget(args.tokens_per_min)
-    store, key = keys.load_store(RuntimePaths(spec.runtime_dir).api_keys).add(
-        args.name, priority_class=priority_class, tokens_per_min=budget)
-    outcome = _apply_keys(spec, store)
+    before = keys.load_store(RuntimePaths(spec.runtime_dir).api_keys)
+    store, key = before.add(args.name, priority_class=priority_class, tokens_per_min=budget)
+    outcome = apply_keys(spec, store)
     shown_class = key.priority_class or spec.priority.default_class
     progress(f"created {key.id} ({key.name}, class {shown_class}, budget "
              f"{_budget_shown(spec, key)}); {outcome}"
              f"{_class_note(spec) if priority_class else ''}"
              f"{_budget_note(spec) if budget is not None else ''}")
     progress("the key is shown only now; store it where the client can read it")
-    print(key.secret)
+    print(key.secret, flush=True)
+    # After the secret is shown: a peer that fails must not lose it.
+    _send_to_peers(spec, store, expect=keys.store_digest(before))
     return 0
 
 
@@ -130,11 +114,12 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 def cmd_keys_class(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     priority_class = _priority_class(spec, args.priority_class)
-    store, key = keys.load_store(RuntimePaths(spec.runtime_dir).api_keys).with_class(
-        args.key, priority_class)
-    outcome = _apply_keys(spec, store)
+    before = keys.load_store(RuntimePaths(spec.runtime_dir).api_keys)
+    store, key = before.with_class(args.key, priority_class)
+    outcome = apply_keys(spec, store)
     progress(f"{key.id} ({key.name}) is in class "
              f"{key.priority_class or spec.priority.default_class}; {outcome}{_class_note(spec)}")
+    _send_to_peers(spec, store, expect=keys.store_digest(before))
     return 0
 
 
@@ -142,21 +127,38 @@ def cmd_keys_budget(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     budget = _budget(args.tokens_per_min)
     paths = RuntimePaths(spec.runtime_dir)
-    store, key = keys.load_store(paths.api_keys).with_budget(args.key, budget)
+    before = keys.load_store(paths.api_keys)
+    store, key = before.with_budget(args.key, budget)
     # The budget is the controller's to enforce (it reads the store when it
     # changes); nginx's key map does not hold it.
     keys.save_store(paths.api_keys, store)
     progress(f"{key.id} ({key.name}) has a budget of {_budget_shown(spec, key)} "
              f"(tokens per minute, prompt and completion); the controller applies it "
              f"within a second{_budget_note(spec)}")
+    _send_to_peers(spec, store, expect=keys.store_digest(before))
     return 0
 
 
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
-    store, key = keys.load_store(RuntimePaths(spec.runtime_dir).api_keys).revoke(args.key)
-    outcome = _apply_keys(spec, store)
+    before = keys.load_store(RuntimePaths(spec.runtime_dir).api_keys)
+    store, key = before.revoke(args.key)
+    outcome = apply_keys(spec, store)
     progress(f"revoked {key.id} ({key.name}); {outcome}")
+    _send_to_peers(spec, store, expect=keys.store_digest(before))
+    return 0
+
+
+def cmd_keys_push(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec)
+    if not spec.ha.enabled:
+        raise SpecError("`fleet keys push` sends this gateway's keys to the other gateways "
+                        "of a pair, and this spec has none (ha.enabled is false)",
+                        hint="set up the pair's ha section (docs/production.md)")
+    store = keys.load_store(RuntimePaths(spec.runtime_dir).api_keys)
+    progress(f"sending {len(store.keys)} key(s) (digest {keys.store_digest(store)}) to "
+             f"{', '.join(spec.ha.peers)}; what they hold is replaced")
+    _send_to_peers(spec, store, expect=None)
     return 0
 
 
@@ -193,6 +195,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     spec_arg(pk)
     pk.add_argument("--json", action="store_true", help="machine-readable output")
     pk.set_defaults(func=cmd_keys_list)
+    pk = keys_sub.add_parser("push", help="a gateway pair: make this gateway's keys the "
+                                          "other gateways' (after they diverged)")
+    spec_arg(pk)
+    pk.set_defaults(func=cmd_keys_push)
     pk = keys_sub.add_parser("revoke", help="revoke a key by id or name; it stops at once")
     spec_arg(pk)
     pk.add_argument("key", metavar="ID|NAME")

@@ -866,6 +866,11 @@ class HaSpec(_Model):
     check_timeout_s: int = Field(default=1, ge=1, le=60)
     fall: int = Field(default=2, ge=1, le=10)
     rise: int = Field(default=2, ge=1, le=10)
+    # A file holding one secret (16 characters or more) that every gateway
+    # of the pair has: each controller answers the other's admin calls with
+    # it (`fleet drain`, `pin` and `keys` reach both, `fleet status` compares
+    # them). Make it once, e.g. `openssl rand -hex 32`, and copy it over.
+    pair_token_file: Path | None = None
 
     @field_validator("virtual_ip")
     @classmethod
@@ -879,6 +884,11 @@ class HaSpec(_Model):
             if "/" not in value:
                 raise ValueError(f"{value!r} needs its prefix length, e.g. {value}/24")
         return value
+
+    @field_validator("pair_token_file")
+    @classmethod
+    def _expand_token(cls, value: Path | None) -> Path | None:
+        return None if value is None else _expand_home(value).absolute()
 
     @field_validator("unicast_src")
     @classmethod
@@ -904,10 +914,13 @@ class HaSpec(_Model):
         missing = [name for name in ("virtual_ip", "unicast_src") if getattr(self, name) is None]
         if not self.peers:
             missing.append("peers")
+        if self.pair_token_file is None:
+            missing.append("pair_token_file")
         if missing:
             raise ValueError(f"ha.enabled needs {', '.join(missing)}: the address clients use "
-                             "(virtual_ip), this host's own address (unicast_src) and the "
-                             "other gateway's (peers)")
+                             "(virtual_ip), this host's own address (unicast_src), the "
+                             "other gateway's (peers) and the file with the secret both "
+                             "share (pair_token_file)")
         if self.unicast_src in self.peers:
             raise ValueError(f"ha.peers lists this host's own address {self.unicast_src}; "
                              "list the other gateways only")

@@ -7,6 +7,9 @@
     POST /replicas/{name}/undrain
     POST /replicas/{name}/weight      {"weight": 1-100, "ttl_s": seconds} pins a weight;
                                       {"weight": null} removes the pin
+    GET  /keys/digest                 a digest of the gateway's API keys (a pair compares them)
+    PUT  /keys                        {"keys": [...], "expect": digest|null} makes them the
+                                      gateway's keys (the other gateway of a pair sends them)
     GET  /metrics                     the controller's Prometheus metrics (no token)
     GET  /fleet/status                read-only summary for the web console (no token;
                                       the gateway serves it at /fleet/status)
@@ -21,6 +24,7 @@ import os
 import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
@@ -31,6 +35,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from router.controller.policy import DEFAULT_PIN_TTL_S
 from router.controller.public import ClusterRecords, public_status
 from router.controller.service import Controller
+from router.disk.keys import KeyStore, store_digest, store_from_json
+from router.errors import FleetError
 from router.fleet_status import FleetStatus, PublicFleetStatus
 from router.upstream import MAX_WEIGHT, MIN_WEIGHT
 
@@ -49,6 +55,26 @@ class PinRequest(BaseModel):
                          description="seconds until the pin expires")
 
 
+class KeysBody(BaseModel):
+    """A whole key store, as the other gateway of a pair holds it after a change."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    keys: list[dict[str, Any]]
+    # The digest the sender's store had before its change: the store is
+    # replaced only while this gateway still has it, so a change made here
+    # meanwhile is never lost. Null replaces whatever is here (`fleet keys push`).
+    expect: str | None = None
+
+
+@dataclass(frozen=True)
+class KeysAccess:
+    """The gateway's key store, for a pair: read it, and make one the gateway's."""
+
+    read: Callable[[], KeyStore]
+    apply: Callable[[KeyStore], str]
+
+
 def _exit_if_loop_died(task: "asyncio.Task[None]") -> None:
     """A control loop that raised leaves an API that answers while nothing
     acts on health: end the process instead, so its supervisor restarts it
@@ -62,7 +88,8 @@ def _exit_if_loop_died(task: "asyncio.Task[None]") -> None:
 
 def create_app(controller: Controller, token: str, run_loop: bool = True,
                grafana_url: str | None = None,
-               records: Callable[[], ClusterRecords] | None = None) -> FastAPI:
+               records: Callable[[], ClusterRecords] | None = None,
+               keys: KeysAccess | None = None) -> FastAPI:
     bearer = HTTPBearer(auto_error=False)
 
     def authorised(
@@ -124,6 +151,35 @@ def create_app(controller: Controller, token: str, run_loop: bool = True,
                                                pin_expires_at=expires)
         return {"replica": name, "pinned_weight": body.weight, "pin_expires_at": expires,
                 "decision": record.model_dump()}
+
+    def key_access() -> KeysAccess:
+        if keys is None:
+            raise HTTPException(status_code=404, detail="this controller does not manage keys")
+        return keys
+
+    @app.get("/keys/digest", dependencies=guarded)
+    async def keys_digest() -> dict[str, str]:
+        return {"digest": store_digest(key_access().read())}
+
+    @app.put("/keys", dependencies=guarded)
+    async def put_keys(body: KeysBody) -> dict[str, str]:
+        access = key_access()
+        try:
+            store = store_from_json({"keys": body.keys})
+        except (KeyError, TypeError) as exc:
+            raise HTTPException(status_code=400, detail=f"not a key store: {exc}") from exc
+        held = store_digest(access.read())
+        if body.expect is not None and held != body.expect:
+            raise HTTPException(status_code=409, detail=(
+                f"this gateway's keys (digest {held}) are not the ones the sender had before "
+                f"its change ({body.expect}): they were changed here too"))
+        try:
+            outcome = await asyncio.to_thread(access.apply, store)
+        except FleetError as exc:
+            raise HTTPException(status_code=422, detail=exc.message) from exc
+        log.info("keys replaced decision=apply reason=%s digest=%s", "sent by a peer gateway",
+                 store_digest(store))
+        return {"applied": outcome, "digest": store_digest(store)}
 
     @app.get("/fleet/status")
     async def fleet_status() -> PublicFleetStatus:

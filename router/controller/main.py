@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -12,7 +13,7 @@ import uvicorn
 from router.config.spec import BUDGET_FOLDER, ClusterSpec
 from router.controller.actuator import Actuator
 from router.controller.admission import AdmissionInput, ShedBoard, queue_rate_window_s
-from router.controller.api import create_app
+from router.controller.api import KeysAccess, create_app
 from router.controller.budget import (
     SEED_QUERY,
     BudgetBoard,
@@ -27,11 +28,13 @@ from router.controller.processes import ProcessWatch
 from router.controller.public import ClusterRecords
 from router.controller.service import Controller, Member
 from router.controller.signals import PrometheusClient
+from router.disk.keys import load_store
 from router.disk.paths import RuntimePaths, read_admin_token
 from router.errors import ClusterError
 from router.fleet_status import PublicRollout
 from router.host.machine import nginx_run_user, shed_dir
 from router.runtime.applying import read_rollout
+from router.runtime.keys import apply_keys
 from router.runtime.state import ClusterState
 from router.runtime.supervise import Supervisor
 from router.upstream import serving_addresses
@@ -136,7 +139,20 @@ def run(spec: ClusterSpec) -> None:
                             metrics=metrics, affinity=spec.gateway.affinity.keyed)
     controller.assume_warm(m.name for m in members if m.address in _serving(paths))
     app = create_app(controller, read_admin_token(paths), grafana_url=spec.console.grafana_url,
-                     records=lambda: _records(paths))
-    log.info("controller for %d replicas on 127.0.0.1:%d", len(members), spec.controller.port)
-    uvicorn.run(app, host="127.0.0.1", port=spec.controller.port, log_level="warning",
-                access_log=False)
+                     records=lambda: _records(paths),
+                     keys=KeysAccess(read=lambda: load_store(paths.api_keys),
+                                     apply=lambda store: apply_keys(spec, store)))
+    # A gateway of a pair also answers its peer, on its own address there.
+    hosts = ["127.0.0.1"] + ([spec.ha.unicast_src] if spec.ha.enabled and spec.ha.unicast_src
+                             else [])
+    log.info("controller for %d replicas on %s port %d", len(members), " and ".join(hosts),
+             spec.controller.port)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    server.run(sockets=[_listening(host, spec.controller.port) for host in hosts])
+
+
+def _listening(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    return sock

@@ -12,13 +12,14 @@ list` still tells what was revoked and when.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import secrets
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from router.disk.paths import write_atomic
 from router.errors import SpecError
@@ -131,12 +132,27 @@ def load_store(path: Path) -> KeyStore:
                         hint="restore it from a backup, or move it away to start with no keys"
                         ) from exc
     try:
-        return KeyStore(tuple(ApiKey(**entry) for entry in data["keys"]))
+        return store_from_json(data)
     except (KeyError, TypeError) as exc:
         raise SpecError(f"the key store {path} is not in the expected format: {exc}",
                         hint="it is written by `fleet keys`; restore it from a backup") from exc
 
 
+def store_from_json(data: dict[str, Any]) -> KeyStore:
+    """The store from its JSON form; KeyError or TypeError when it is not one."""
+    return KeyStore(tuple(ApiKey(**entry) for entry in data["keys"]))
+
+
+def store_to_json(store: KeyStore) -> dict[str, Any]:
+    return {"keys": [asdict(k) for k in store.keys]}
+
+
+def store_digest(store: KeyStore) -> str:
+    """Equal on two gateways exactly when they hold the same keys, classes and budgets."""
+    text = json.dumps(store_to_json(store), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def save_store(path: Path, store: KeyStore) -> None:
-    text = json.dumps({"keys": [asdict(k) for k in store.keys]}, indent=2) + "\n"
+    text = json.dumps(store_to_json(store), indent=2) + "\n"
     write_atomic(path, text, mode=0o600)

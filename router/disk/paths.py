@@ -75,6 +75,11 @@ class RuntimePaths:
     def keepalived_conf(self) -> Path:
         return self.config_dir / "keepalived.conf"
 
+    @property
+    def gateway_down_flag(self) -> Path:
+        """1 while nginx is not running under supervisord, else 0 (keepalived tracks it)."""
+        return self.root / "run" / "gateway-down"
+
     def pid_file(self, program: str) -> Path:
         """The pid file a daemon that insists on one writes (keepalived)."""
         return self.root / "run" / f"{program}.pid"
@@ -214,6 +219,25 @@ def ensure_admin_token(paths: RuntimePaths) -> str:
     if not paths.admin_token.exists():
         write_atomic(paths.admin_token, secrets.token_urlsafe(32) + "\n", mode=0o600)
     return read_admin_token(paths)
+
+
+# The shortest pair token accepted: a guessable one would open both gateways.
+PAIR_TOKEN_MIN = 16
+
+
+def adopt_pair_token(paths: RuntimePaths, token_file: Path) -> None:
+    """Make the pair's shared secret this gateway's admin token."""
+    try:
+        token = token_file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ClusterError(f"cannot read ha.pair_token_file {token_file}: {exc.strerror}",
+                           hint="make it once (`openssl rand -hex 32 > FILE`, mode 0600) and "
+                                "copy the same file to every gateway of the pair") from exc
+    if len(token) < PAIR_TOKEN_MIN or any(c.isspace() for c in token):
+        raise ClusterError(f"ha.pair_token_file {token_file} holds no usable secret "
+                           f"({PAIR_TOKEN_MIN} characters or more, no spaces)",
+                           hint="write one with `openssl rand -hex 32 > FILE`")
+    write_atomic(paths.admin_token, token + "\n", mode=0o600)
 
 
 def read_admin_token(paths: RuntimePaths) -> str:

@@ -37,7 +37,8 @@ def render_all(plan: ClusterPlan, paths: RuntimePaths, machine: MachineFacts,
         paths.spec_json.name: plan.spec.model_dump_json(indent=2) + "\n",
     }
     if plan.spec.ha.enabled:
-        files[paths.keepalived_conf.name] = render_keepalived(plan.spec, machine.binary("curl"))
+        files[paths.keepalived_conf.name] = render_keepalived(plan.spec, machine.binary("curl"),
+                                                            paths.gateway_down_flag)
     if plan.spec.prometheus.enabled:
         files[paths.prometheus_yml.name] = render_prometheus(plan)
         files[paths.recording_rules.name] = recording_rules()

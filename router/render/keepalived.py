@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from router.config.spec import ClusterSpec
 from router.errors import SpecError
 from router.render.templates import template
 
 
-def render_keepalived(spec: ClusterSpec, curl: str) -> str:
-    """The config keepalived runs with on this host; ``curl``: its path here."""
+def render_keepalived(spec: ClusterSpec, curl: str, down_flag: Path) -> str:
+    """The config keepalived runs with on this host; ``curl``: its path here;
+    ``down_flag``: the file router.gateway_watch writes."""
     ha = spec.ha
     if not ha.enabled:
         raise SpecError("this spec has no gateway pair (ha.enabled is false)",
@@ -20,4 +23,5 @@ def render_keepalived(spec: ClusterSpec, curl: str) -> str:
         # Unique per host in keepalived's logs.
         router_id="llm_fleet_" + ha.unicast_src.replace(".", "_").replace(":", "_"),
         health_url=f"http://127.0.0.1:{spec.gateway.port}/health",
+        down_flag=down_flag,
     )

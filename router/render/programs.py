@@ -211,6 +211,21 @@ def programs(plan: ClusterPlan, paths: RuntimePaths, machine: MachineFacts) -> l
     return progs
 
 
+def gateway_watch_listener(paths: RuntimePaths, machine: MachineFacts) -> Program:
+    return Program(
+        name="gateway-watch",
+        comment="tells keepalived at once when nginx stops or starts (router.gateway_watch)",
+        argv=(machine.python, "-m", "router.gateway_watch", "--flag",
+              str(paths.gateway_down_flag), "--program", "gateway"),
+        startsecs=1,
+    )
+
+
+def listeners(plan: ClusterPlan, paths: RuntimePaths, machine: MachineFacts) -> list[Program]:
+    """supervisord's event listeners: only under supervisord, never a systemd unit."""
+    return [gateway_watch_listener(paths, machine)] if plan.spec.ha.enabled else []
+
+
 def render_supervisord(plan: ClusterPlan, paths: RuntimePaths, machine: MachineFacts) -> str:
     return template("deploy/supervisord.conf.j2").render(
         paths={
@@ -220,4 +235,5 @@ def render_supervisord(plan: ClusterPlan, paths: RuntimePaths, machine: MachineF
             "logs": paths.logs_dir,
         },
         programs=programs(plan, paths, machine),
+        listeners=listeners(plan, paths, machine),
     )

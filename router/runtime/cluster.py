@@ -32,6 +32,7 @@ from router.config.spec import (
 from router.disk.paths import (
     DiskUse,
     RuntimePaths,
+    adopt_pair_token,
     disk_use,
     ensure_admin_token,
     read_admin_token,
@@ -109,6 +110,8 @@ def _check_ports_free(plan: ClusterPlan) -> None:
 
 def _prepare_runtime(plan: ClusterPlan, paths: RuntimePaths) -> None:
     paths.create()
+    if plan.spec.ha.pair_token_file is not None:
+        adopt_pair_token(paths, plan.spec.ha.pair_token_file)
     ensure_admin_token(paths)
     write_checked(plan, paths)
 

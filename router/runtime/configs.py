@@ -80,6 +80,6 @@ def write_checked(plan: ClusterPlan, paths: RuntimePaths,
     if plan.spec.prometheus.enabled:
         check_prometheus(paths.prometheus_yml)
     if plan.spec.ha.enabled:
+        paths.gateway_down_flag.parent.mkdir(parents=True, exist_ok=True)
         check_keepalived(paths.keepalived_conf, machine.binary("keepalived"))
-        paths.pid_file("keepalived").parent.mkdir(parents=True, exist_ok=True)
     return rendered

@@ -10,7 +10,11 @@ where this process may not make network namespaces.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -20,12 +24,15 @@ from router.bench.pair_drill import (
     DrillTimes,
     LabShape,
     PairLab,
+    diverged_pair,
     gateway_failover,
+    key_fan_out,
     replica_host_loss,
     running_lab,
     settle,
 )
 from router.errors import EnvironmentError_
+from router.runtime.pair import KEYS_DIFFER
 
 WHY_NOT = netlab.available()
 pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=f"no network namespaces: {WHY_NOT}")
@@ -50,6 +57,47 @@ def test_both_gateways_route_to_every_replica_host(lab: PairLab) -> None:
     for gateway in GATEWAYS:
         state = (lab.workdir / gateway / "state.json").read_text()
         assert all(address in state for address in wanted), state
+
+
+def _status(lab: PairLab, gateway: str) -> dict[str, Any]:
+    argv = lab.net.run_in(gateway) + [sys.executable, "-m", "router.cli", "status", "--json",
+                                      "--spec", str(lab.spec_path(gateway))]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    status: dict[str, Any] = json.loads(proc.stdout)
+    return status
+
+
+def _pair_status(lab: PairLab, gateway: str) -> dict[str, Any]:
+    pair: dict[str, Any] = _status(lab, gateway)["pair"]
+    return pair
+
+
+def _differences(lab: PairLab, gateway: str) -> list[str]:
+    return [line for peer in _pair_status(lab, gateway)["peers"] for line in peer["differences"]]
+
+
+def test_a_key_added_on_one_gateway_works_through_the_other(lab: PairLab) -> None:
+    result = key_fan_out(lab)
+    assert result["works_after_s"] is not None, result
+
+
+def test_a_drain_reaches_both_gateways(lab: PairLab) -> None:
+    lab.fleet("gw-a", "drain", "replica-0")
+    try:
+        for gateway in GATEWAYS:
+            replicas = _status(lab, gateway)["controller"]["replicas"]
+            drained = [r["name"] for r in replicas if r["override"]["drained"]]
+            assert drained == ["replica-0"], gateway
+        assert _differences(lab, "gw-a") == []
+    finally:
+        lab.fleet("gw-a", "undrain", "replica-0")
+
+
+def test_status_flags_a_pair_whose_keys_diverged_and_push_mends_it(lab: PairLab) -> None:
+    result = diverged_pair(lab)
+    assert "not on peer" in (result["add_refused"] or ""), result
+    assert any(KEYS_DIFFER in line for line in result["status_flagged"]), result
+    assert result["after_push"] == [], result
 
 
 def test_gateway_failover_when_the_active_host_loses_its_link(lab: PairLab) -> None:

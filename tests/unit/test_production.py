@@ -165,7 +165,8 @@ def _pair_spec(priority: int, me: str, peer: str) -> ClusterSpec:
     return parse_spec({"gateway": {"host": "0.0.0.0", "port": 8080},
                        "ha": {"enabled": True, "virtual_ip": "192.0.2.10/24",
                               "interface": _interface(), "priority": priority,
-                              "unicast_src": me, "peers": [peer]}})
+                              "unicast_src": me, "peers": [peer],
+                              "pair_token_file": "/etc/llm-fleet/pair-token"}})
 
 
 PAIR = {"primary": _pair_spec(150, "192.0.2.11", "192.0.2.12"),
@@ -175,7 +176,7 @@ PAIR = {"primary": _pair_spec(150, "192.0.2.11", "192.0.2.12"),
 @pytest.mark.parametrize("role", sorted(PAIR))
 def test_rendered_keepalived_config_passes_keepalived_t(tmp_path: Path, role: str) -> None:
     config = tmp_path / "keepalived.conf"
-    config.write_text(render_keepalived(PAIR[role], _tool("curl")))
+    config.write_text(render_keepalived(PAIR[role], _tool("curl"), tmp_path / "down"))
     check_keepalived(config, _tool("keepalived"))
     text = config.read_text()
     assert "nopreempt" in text and "state BACKUP" in text
@@ -185,7 +186,7 @@ def test_rendered_keepalived_config_passes_keepalived_t(tmp_path: Path, role: st
 
 def test_keepalived_t_failure_is_one_line_and_keeps_the_running_pair(tmp_path: Path) -> None:
     config = tmp_path / "keepalived.conf"
-    config.write_text(render_keepalived(PAIR["primary"], _tool("curl"))
+    config.write_text(render_keepalived(PAIR["primary"], _tool("curl"), tmp_path / "down")
                       .replace("virtual_router_id 51", "virtual_router_id 300"))
     with pytest.raises(RenderError) as caught:
         check_keepalived(config, _tool("keepalived"))
@@ -194,7 +195,7 @@ def test_keepalived_t_failure_is_one_line_and_keeps_the_running_pair(tmp_path: P
 
 def test_keepalived_render_needs_a_pair() -> None:
     with pytest.raises(SpecError, match="ha.enabled is false"):
-        render_keepalived(parse_spec({}), "/usr/bin/curl")
+        render_keepalived(parse_spec({}), "/usr/bin/curl", Path("/run/down"))
 
 
 class _Health(http.server.BaseHTTPRequestHandler):
@@ -212,7 +213,7 @@ class _Health(http.server.BaseHTTPRequestHandler):
 def _rendered_check(port: int) -> int:
     """Run the health check keepalived runs, as rendered for a gateway on ``port``."""
     spec = PAIR["primary"].model_copy(update={"gateway": GatewaySpec(host="0.0.0.0", port=port)})
-    text = render_keepalived(spec, _tool("curl"))
+    text = render_keepalived(spec, _tool("curl"), Path("/run/down"))
     command = re.search(r'^\s*script "(.*)"$', text, re.MULTILINE)
     assert command is not None, text
     return subprocess.run(shlex.split(command.group(1)), capture_output=True, timeout=30,

@@ -4,6 +4,7 @@ role runs. No network: the listing is read through an injected `get`."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 import requests
 
+from router import gateway_watch
 from router.config.plan import build_plan
 from router.config.spec import REPLICA_LISTING_PATH, parse_spec, resolve_engine_settings
 from router.config.topology import (
@@ -50,15 +52,16 @@ def _listing(*ports: int, served: str = "qwen", generation: str = "abc") -> Repl
     ({"topology": {"role": "replicas"}, "engine": "external",
       "external_replicas": [{"address": "10.0.0.1:8000"}]}, "runs none"),
     ({"topology": {"role": "replicas", "listen": "gpu-box"}}, "not an IP address"),
-    ({"ha": {"enabled": True}}, "needs virtual_ip, unicast_src, peers"),
+    ({"ha": {"enabled": True}}, "needs virtual_ip, unicast_src, peers, pair_token_file"),
     ({"ha": {"enabled": True, "virtual_ip": "10.0.0.10", "unicast_src": "10.0.0.11",
-             "peers": ["10.0.0.12"]}}, "needs its prefix length"),
+             "peers": ["10.0.0.12"], "pair_token_file": "/t"}}, "needs its prefix length"),
     ({"ha": {"enabled": True, "virtual_ip": "10.0.0.10/24", "unicast_src": "10.0.0.11",
-             "peers": ["10.0.0.11"]}}, "own address"),
+             "peers": ["10.0.0.11"], "pair_token_file": "/t"}}, "own address"),
     ({"ha": {"enabled": True, "virtual_ip": "10.0.0.10/24", "unicast_src": "10.0.0.11",
-             "peers": ["10.0.0.12"]}}, "needs gateway.host: 0.0.0.0"),
+             "peers": ["10.0.0.12"], "pair_token_file": "/t"}},
+     "needs gateway.host: 0.0.0.0"),
     ({"ha": {"enabled": True, "virtual_ip": "10.0.0.10/24", "unicast_src": "10.0.0.11",
-             "peers": ["10.0.0.12"]}, "topology": {"role": "replicas"},
+             "peers": ["10.0.0.12"], "pair_token_file": "/t"}, "topology": {"role": "replicas"},
       "gateway": {"host": "0.0.0.0"}}, "ha is for gateway hosts"),
     ({"ha": {"interface": "eth0; rm"}}, "not an interface name"),
 ])
@@ -185,7 +188,8 @@ def test_a_paired_gateway_runs_keepalived(tmp_path: Path) -> None:
     plan = _plan({"engine": "external", "external_replicas": [{"address": "10.0.0.21:8100"}],
                   "gateway": {"host": "0.0.0.0"},
                   "ha": {"enabled": True, "virtual_ip": "10.0.0.10/24",
-                         "unicast_src": "10.0.0.11", "peers": ["10.0.0.12"]}}, tmp_path)
+                         "unicast_src": "10.0.0.11", "peers": ["10.0.0.12"],
+                         "pair_token_file": "/t"}}, tmp_path)
     progs = {p.name: p for p in programs(plan, RuntimePaths(tmp_path), machine)}
     assert "keepalived" in progs and "--dont-fork" in progs["keepalived"].argv
     assert "replica-listing" not in progs
@@ -199,3 +203,30 @@ def test_the_listing_is_what_the_state_records(tmp_path: Path) -> None:
                                                           ("replica-1", 8101)]
     assert shown.served_model_name == "sim-model"
     assert shown.generation == plan.spec.generation()
+
+
+def _event(name: str, process: str) -> str:
+    payload = f"processname:{process} groupname:{process} from_state:STARTING pid:42"
+    return (f"ver:3.0 server:supervisor serial:1 pool:gateway-watch poolserial:1 "
+            f"eventname:PROCESS_STATE_{name} len:{len(payload)}\n{payload}")
+
+
+def test_gateway_watch_flags_nginx_down_and_up_at_once(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    flag = tmp_path / "gateway-down"
+    events = "".join([_event("RUNNING", "gateway"), _event("RUNNING", "replica-0"),
+                      _event("EXITED", "gateway"), _event("STOPPED", "controller")])
+    out, log = io.StringIO(), io.StringIO()
+    seen: list[str] = []
+    real_write = gateway_watch.write_flag
+
+    def recording(path: Path, value: str) -> None:
+        real_write(path, value)
+        seen.append(path.read_text().strip())
+
+    monkeypatch.setattr(gateway_watch, "write_flag", recording)
+    gateway_watch.serve(flag, "gateway", io.StringIO(events), out, log)
+    assert seen == ["0", "1"]
+    # supervisord's protocol: READY before each event, a RESULT after it.
+    assert out.getvalue() == "READY\nRESULT 2\nOK" * 4 + "READY\n"
+    assert "decision=flag-1" in log.getvalue()
