@@ -23,6 +23,8 @@ import sys
 import tempfile
 import threading
 import time
+import xmlrpc.client
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -33,6 +35,7 @@ from typing import Any
 import yaml
 
 from router.bench.netlab import NetLab
+from router.bench.stats import percentile
 from router.config.spec import SIM_SERVED_MODEL_NAME
 from router.disk.paths import RuntimePaths
 from router.errors import ClusterError
@@ -198,16 +201,32 @@ class PairLab:
                          for i in range(self.shape.replicas_per_host))
 
     def kill_gateway(self, host: str) -> None:
-        """nginx on ``host`` dies and stays down: supervisord is told to stop it
-        and every nginx process of it is killed at once, streams and all."""
+        """nginx on ``host`` dies, as in a crash, and stays down: every nginx
+        process of it is killed first (the kernel closes its connections), then
+        supervisord is told to stop the program instead of starting it again."""
         supervisor = self.supervisor(host)
         info = supervisor.process("gateway")
-        supervisor._call("supervisor.stopProcess", "gateway", False)
         for pid in [info.pid, *descendants(info.pid)]:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        # supervisord sees the exit and starts nginx again on its own: wait
+        # for that start and stop it, so the gateway stays down for the hold.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            state = supervisor.process("gateway").state
+            if state in ("STOPPED", "FATAL"):
+                return
+            if state in ("STARTING", "RUNNING", "BACKOFF"):
+                try:
+                    supervisor.stop_process("gateway")
+                    return
+                except xmlrpc.client.Fault as exc:
+                    if "NOT_RUNNING" not in exc.faultString:
+                        raise
+            time.sleep(0.02)
+        raise ClusterError(f"the gateway on {host} did not stop after its kill")
 
     def start_gateway(self, host: str) -> None:
         self.supervisor(host).start_process("gateway")
@@ -284,10 +303,14 @@ def read_outcomes(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
-def client_figures(outcomes: list[dict[str, Any]], fault_at: float) -> dict[str, Any]:
+def client_figures(outcomes: list[dict[str, Any]], fault_at: float,
+                   moved_at: float | None = None) -> dict[str, Any]:
     """What the clients saw: failures before the first byte, streams cut, and
-    how long after the fault a new connection first streamed again."""
-    after = [o for o in outcomes if o["connected_at"] and o["connected_at"] >= fault_at]
+    how long after the fault a new connection first streamed again, once the
+    address had moved (``moved_at``), where it moves: a gateway that crashed
+    may answer for a moment as its supervisor starts it again."""
+    since = max(fault_at, moved_at or fault_at)
+    after = [o for o in outcomes if o["connected_at"] and o["connected_at"] >= since]
     answered = min((o["connected_at"] for o in after), default=None)
     return {
         "requests": len(outcomes),
@@ -295,6 +318,8 @@ def client_figures(outcomes: list[dict[str, Any]], fault_at: float) -> dict[str,
         "failed_before_first_byte": sum(o["result"] == "failed" for o in outcomes),
         "streams_cut": sum(o["result"] == "cut" for o in outcomes),
         "retried": sum(o["attempts"] > 1 for o in outcomes),
+        "retried_after": dict(Counter(reason for o in outcomes
+                                      for reason in o.get("retried_after", []))),
         "answered_again_s": None if answered is None else round(answered - fault_at, 2),
         "errors": sorted({o["error"] for o in outcomes if o["result"] != "ok" and o["error"]}),
     }
@@ -354,7 +379,7 @@ def gateway_failover(lab: PairLab, kill: str, rate: float, times: DrillTimes, ou
     moved = holders.first_after(fault_at, lambda held: held == other)
     backup = states.first_after(restored_at, lambda state: state == "BACKUP")
     holders_after = [value for when, value in holders.changes if when >= (moved or fault_at)]
-    figures = client_figures(read_outcomes(out), fault_at)
+    figures = client_figures(read_outcomes(out), fault_at, moved)
     return {
         "drill": "gateway-failover", "kill": kill, "rate": rate, "active": active,
         "backup": other,
@@ -473,3 +498,25 @@ def diverged_pair(lab: PairLab, timeout_s: float = 60.0) -> dict[str, Any]:
     lab.fleet("gw-a", "keys", "push")
     return {"add_refused": refused, "status_flagged": flagged,
             "after_push": pair_differences(lab, "gw-a")}
+
+
+def added_latency(lab: PairLab, requests: int, out: Path) -> dict[str, Any]:
+    """Short answers through the virtual IP against straight from one replica,
+    from the client host: what the pair's gateway adds (p50, p99, in ms)."""
+    replica = sorted(lab.host_replicas(lab.replica_hosts[0]))[0]
+    argv = lab.net.run_in(CLIENT) + [
+        lab.python, "-m", "router.bench.vip_load", "--url", lab.url, "--key", lab.key,
+        "--model", SIM_SERVED_MODEL_NAME, "--compare", f"direct=http://{replica}",
+        "--requests", str(requests), "--out", str(out)]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=requests * 2 + 60,
+                          check=False)
+    if proc.returncode != 0:
+        raise ClusterError("the latency client failed: " + proc.stderr[-800:])
+    seconds = json.loads(out.read_text(encoding="utf-8"))
+    figures: dict[str, Any] = {"requests": requests, "replica": replica}
+    for name, values in seconds.items():
+        figures[f"{name}_p50_ms"] = round(percentile(values, 50) * 1000, 2)
+        figures[f"{name}_p99_ms"] = round(percentile(values, 99) * 1000, 2)
+    figures["added_p50_ms"] = round(figures["pair_p50_ms"] - figures["direct_p50_ms"], 2)
+    figures["added_p99_ms"] = round(figures["pair_p99_ms"] - figures["direct_p99_ms"], 2)
+    return figures

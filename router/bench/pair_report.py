@@ -52,9 +52,9 @@ def admin_targets(admin: dict[str, Any]) -> list[Target]:
 
 
 def _admin_lines(admin: dict[str, Any]) -> list[str]:
-    fan, diverged = admin["key_fan_out"], admin["diverged"]
+    fan, diverged, lat = admin["key_fan_out"], admin["diverged"], admin["latency"]
     return [
-        "## Admin actions across the pair", "",
+        "## Admin actions and added latency across the pair", "",
         f"- `fleet keys add` on {fan['added_on']} (the command took "
         f"{_secs(fan.get('command_s'))}, its reload included): the key answered 200 through "
         f"{fan['works_through']}'s own address {_secs(fan['works_after_s'])} after the "
@@ -65,6 +65,11 @@ def _admin_lines(admin: dict[str, Any]) -> list[str]:
                                                   or "nothing") + ".",
         "- After `fleet keys push` on gw-a it said: " + ("; ".join(diverged["after_push"])
                                                           or "the pair agrees") + ".",
+        f"- Added latency: {lat['requests']} one-token answers through the virtual IP and "
+        f"as many straight from {lat['replica']}, interleaved, each on a kept-alive "
+        f"connection from the client host: p50 {lat['pair_p50_ms']} ms against "
+        f"{lat['direct_p50_ms']} ms ({lat['added_p50_ms']:+} ms), p99 {lat['pair_p99_ms']} "
+        f"ms against {lat['direct_p99_ms']} ms ({lat['added_p99_ms']:+} ms).",
         "", "| target | measured | verdict |", "| --- | --- | --- |",
         *[f"| {text} | {figure} | {'met' if met else 'missed'} |"
           for text, figure, met in admin_targets(admin)],
@@ -73,16 +78,17 @@ def _admin_lines(admin: dict[str, Any]) -> list[str]:
 
 
 def _failover_lines(result: dict[str, Any]) -> list[str]:
-    kill = ("its nginx killed (SIGKILL of master and workers, kept down)" if result["kill"] ==
-            "nginx" else "its link pulled (the bridge's end of its veth down)")
+    kill = ("its nginx killed (SIGKILL of master and workers; the start supervisord then "
+            "made was stopped, so it stayed down for the hold)" if result["kill"] == "nginx"
+            else "its link pulled (the bridge's end of its veth down)")
     timeline = ", ".join(f"{at:+.2f} s {held or 'nobody'}"
                          for at, held in result["holder_timeline"])
     return [
         f"- {result['active']}, which held the address, had {kill} at 0 s; it was put back "
         "after the hold.",
         f"- The address moved to {result['backup']} after {_secs(result['address_moved_s'])} "
-        f"(polled every 50 ms); a new connection streamed again after "
-        f"{_secs(result['answered_again_s'])}.",
+        f"(polled every 50 ms); the first new connection after the move streamed "
+        f"{_secs(result['answered_again_s'])} after the kill.",
         f"- {result['active']} announced BACKUP {_secs(result['back_as_backup_s'])} after it "
         f"was put back; the address moved {result['flaps']} time(s) after the failover.",
         f"- Who held the address (seconds from the kill): {timeline}.",
@@ -125,6 +131,10 @@ def write(out: Path, results: list[dict[str, Any]], command: str,
                   else _host_loss_lines(result))
         if result["errors"]:
             lines.append(f"- What failed or cut requests saw: {', '.join(result['errors'])}.")
+        if result["retried_after"]:
+            lines.append("- What the attempts tried again saw: " + ", ".join(
+                f"{reason} ({count})" for reason, count in sorted(result["retried_after"].items())
+            ) + ".")
         lines += ["", "| target | measured | verdict |", "| --- | --- | --- |"]
         lines += [f"| {text} | {figure} | {'met' if met else 'missed'} |"
                   for text, figure, met in targets(result)]

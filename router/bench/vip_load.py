@@ -3,6 +3,8 @@ line per request: the client side of the gateway-pair drills.
 
 Usage: python -m router.bench.vip_load --url URL [--key KEY] --model NAME
            --rate R --seconds S --out FILE [--max-tokens N]
+       python -m router.bench.vip_load --url URL --compare NAME=URL ... --model NAME
+           --requests N --out FILE
 
 Run on a lab host (router.bench.netlab) while a drill pulls a gateway. Each
 request is a chat completion stream on a new connection. Before its first
@@ -20,7 +22,7 @@ import asyncio
 import json
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
@@ -46,6 +48,8 @@ class Outcome:
     # ok, failed (no first byte after the retries) or cut (after its first byte).
     result: str = "failed"
     error: str | None = None
+    # What each attempt that was tried again saw.
+    retried_after: list[str] = field(default_factory=list)
 
 
 async def one_request(client: httpx.AsyncClient, url: str, body: dict[str, object],
@@ -69,6 +73,7 @@ async def one_request(client: httpx.AsyncClient, url: str, body: dict[str, objec
                 return outcome
             outcome.error = type(exc).__name__
         if attempt < SDK_MAX_RETRIES:
+            outcome.retried_after.append(outcome.error or "unknown")
             await asyncio.sleep(sdk_retry_delay(attempt, random.random()))
     outcome.ended_at = time.time()
     return outcome
@@ -119,18 +124,52 @@ async def run(url: str, key: str | None, model: str, rate: float, seconds: float
             handle.write(json.dumps(asdict(outcome)) + "\n")
 
 
+def compare_latency(urls: dict[str, str], key: str | None, model: str, requests: int,
+                    out: Path) -> None:
+    """``requests`` short answers from each URL, interleaved so that drift on a
+    busy machine falls on both alike; one kept-alive connection per URL, as a
+    client's pool would hold. Writes the seconds of each, per URL."""
+    body = {"model": model, "max_tokens": 1,
+            "messages": [{"role": "user", "content": "Say yes."}]}
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    clients = {name: httpx.Client(headers=headers, timeout=30) for name in urls}
+    seconds: dict[str, list[float]] = {name: [] for name in urls}
+    try:
+        for _ in range(requests):
+            for name, url in urls.items():
+                started = time.perf_counter()
+                clients[name].post(url + "/v1/chat/completions", json=body).raise_for_status()
+                seconds[name].append(time.perf_counter() - started)
+    finally:
+        for client in clients.values():
+            client.close()
+    out.write_text(json.dumps(seconds), encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m router.bench.vip_load", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", required=True)
     parser.add_argument("--key", help="API key, where the gateway wants one")
     parser.add_argument("--model", required=True)
-    parser.add_argument("--rate", type=float, required=True)
-    parser.add_argument("--seconds", type=float, required=True)
+    parser.add_argument("--rate", type=float)
+    parser.add_argument("--seconds", type=float)
+    parser.add_argument("--requests", type=int, default=300,
+                        help="--compare: short answers from each URL")
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--stall", type=float, default=5.0)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--compare", metavar="NAME=URL", action="append", default=[],
+                        help="instead of the load: --requests short answers from --url (as "
+                             "'pair') and from each of these, interleaved")
     args = parser.parse_args(argv)
+    if args.compare:
+        urls = {"pair": args.url.rstrip("/")}
+        urls.update(item.split("=", 1) for item in args.compare)
+        compare_latency(urls, args.key, args.model, args.requests, args.out)
+        return 0
+    if args.rate is None or args.seconds is None:
+        parser.error("the load needs --rate and --seconds")
     asyncio.run(run(args.url.rstrip("/"), args.key, args.model, args.rate, args.seconds,
                     args.max_tokens, args.stall, args.out))
     return 0

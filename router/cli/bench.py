@@ -225,7 +225,9 @@ def _pair_drill(args: argparse.Namespace) -> int:
     with pair_drill.running_lab(None, pair_drill.LabShape(), progress) as lab:
         if args.fault == "gateway-failover":
             admin = {"key_fan_out": pair_drill.key_fan_out(lab),
-                     "diverged": pair_drill.diverged_pair(lab)}
+                     "diverged": pair_drill.diverged_pair(lab),
+                     "latency": pair_drill.added_latency(lab, args.latency_requests,
+                                                         lab.workdir / "latency.json")}
             progress(f"admin fan-out: {admin['key_fan_out']}")
             for kill in kills:
                 results.append(pair_drill.gateway_failover(
@@ -338,6 +340,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "load; gateway-failover, replica-host-loss: a gateway pair and "
                         "replica hosts built as network namespaces (root), the active "
                         "gateway or a replica host pulled under load")
+    p.add_argument("--latency-requests", type=int, default=400, metavar="N",
+                   help="gateway-failover: short answers through the pair and straight from "
+                        "a replica, each, for the added latency (default 400)")
     p.add_argument("--kill", choices=("nginx", "link"),
                    help="gateway-failover: kill only nginx or only the link (default: both, "
                         "one after the other)")

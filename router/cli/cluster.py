@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 import requests
 
 from router.cli.common import progress, spec_arg, table
-from router.config.spec import ClusterSpec, load_spec
+from router.config.spec import REPLICA_LISTING_PATH, ClusterSpec, load_spec
 from router.disk import keys
 from router.disk.paths import RuntimePaths
 from router.errors import ClusterError, SpecError
@@ -20,7 +20,7 @@ from router.fleet_status import AdmissionView, BudgetsView
 from router.host.machine import detect
 from router.render.programs import replica_program
 from router.runtime import apply, cluster, pair
-from router.runtime.health import holds_address
+from router.runtime.health import holds_address, probe
 from router.runtime.state import ClusterState
 
 
@@ -90,8 +90,15 @@ def cmd_status(args: argparse.Namespace) -> int:
                   + f"\n  last log line: {cluster.last_log_line(paths.log(r.name))}"
                   f"\n  fix the cause (`fleet logs {r.name}`), then `fleet restart {r.name}`")
     gw = status.gateway_health
-    print(f"\ngateway: {status.gateway_url}  /health: "
-          f"{gw.status if gw and gw.status else (gw.error if gw else '-')}")
+    if spec.topology.role == "replicas":
+        listing = probe(f"http://{spec.topology.advertised_host}:{spec.topology.listing_port}"
+                        + REPLICA_LISTING_PATH)
+        print(f"\nrole replicas: no gateway here; the listing gateway hosts read "
+              f"({spec.topology.listen}:{spec.topology.listing_port}): "
+              f"{listing.status or listing.error}")
+    else:
+        print(f"\ngateway: {status.gateway_url}  /health: "
+              f"{gw.status if gw and gw.status else (gw.error if gw else '-')}")
     if spec.ha.enabled:
         print(_pair_lines(spec, _pair_view(spec, status)))
     if status.disk is not None:

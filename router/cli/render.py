@@ -10,9 +10,11 @@ from router.cli.common import spec_arg
 from router.config.spec import ClusterSpec, load_spec
 from router.disk.paths import RuntimePaths, write_atomic
 from router.errors import SpecError
+from router.host.machine import require_binary
 from router.render import compose
+from router.render.keepalived import render_keepalived
 from router.runtime import cluster, units
-from router.runtime.configs import write_checked
+from router.runtime.configs import check_keepalived, write_checked
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -25,6 +27,18 @@ def cmd_render(args: argparse.Namespace) -> int:
     if args.out is None:
         raise SpecError(f"fleet render {args.target} needs --out DIR",
                         hint=f"fleet render {args.target} --out /tmp/llm-fleet-configs")
+    if args.target == "keepalived":
+        # keepalived's config needs no replicas: rendered from the spec alone,
+        # for hosts whose keepalived runs as the system's own service.
+        out = args.out.resolve()
+        paths = RuntimePaths(spec.runtime_dir)
+        path = out / paths.keepalived_conf.name
+        out.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, render_keepalived(spec, require_binary("curl"),
+                                             paths.gateway_down_flag))
+        check_keepalived(path, require_binary("keepalived"))
+        print(path)
+        return 0
     if args.target == "systemd":
         for path in units.write_units(spec, args.spec, args.out.resolve()):
             print(path)
@@ -56,11 +70,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("render", help="write configs: the cluster's (default), a "
                                       "docker-compose deployment, or systemd units")
     spec_arg(p)
-    p.add_argument("target", nargs="?", default="configs", choices=("configs", "compose",
-                                                                     "systemd"),
+    p.add_argument("target", nargs="?", default="configs",
+                   choices=("configs", "compose", "systemd", "keepalived"),
                    help="configs: nginx/Prometheus/supervisor files for inspection; compose: "
                         "docker-compose.yml and the gateway's spec (default --out: the "
-                        "repository); systemd: unit files")
+                        "repository); systemd: unit files; keepalived: this gateway's "
+                        "keepalived.conf (the spec's ha section), checked with keepalived -t")
     p.add_argument("--out", type=Path, metavar="DIR")
     p.add_argument("--gpus", type=int, metavar="N", help="compose: GPUs, one replica each")
     p.set_defaults(func=cmd_render)

@@ -197,7 +197,12 @@ def _refusals(keys: tuple[KeyChange, ...], old: ClusterSide, new: ClusterSide) -
         came = sorted(new.other_programs.keys() - old.other_programs.keys())
         refused.append(f"programs would change (start: {', '.join(came) or '-'}; stop: "
                        f"{', '.join(gone) or '-'}); `fleet down`, then `fleet up --spec FILE`")
-    if new.plan.replicas and any(r.external for r in new.plan.replicas):
+    if keys and new.plan.spec.topology.role == "gateway":
+        refused.append("topology.role: gateway: the replica hosts run the replicas; change "
+                       "them there with `fleet apply` (their addresses stay), and what this "
+                       "gateway routes to with `fleet down` and `fleet up` on each gateway "
+                       "of the pair, the one not holding the address first")
+    elif keys and new.plan.replicas and any(r.external for r in new.plan.replicas):
         refused.append("engine external: the replicas are run by something else; change "
                        "them there, and the gateway with `fleet down` and `fleet up`")
     return refused

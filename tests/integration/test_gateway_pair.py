@@ -39,7 +39,7 @@ pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=f"no network namespa
 
 # Short phases: what is asserted is that each thing happened, not how fast
 # (the drills' reports hold the timings).
-TIMES = DrillTimes(before_s=3.0, hold_s=6.0, after_s=6.0)
+TIMES = DrillTimes(before_s=2.0, hold_s=5.0, after_s=4.0)
 RATE = 4.0
 
 

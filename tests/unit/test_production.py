@@ -5,6 +5,7 @@ keepalived pair (keepalived -t)."""
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import re
 import shlex
@@ -291,3 +292,17 @@ def test_disk_use_counts_logs_and_prometheus_apart(tmp_path: Path) -> None:
     use = disk_use(paths)
     assert (use.logs, use.prometheus, use.total) == (1000, 300, 1302)
     assert disk_use(RuntimePaths(tmp_path / "absent")) == DiskUse(0, 0, 0)
+
+
+def test_fleet_render_keepalived_writes_a_checked_config(tmp_path: Path) -> None:
+    spec = tmp_path / "pair.yaml"
+    spec.write_text(yaml.safe_dump(json.loads(PAIR["backup"].model_dump_json())))
+    result = fleet("render", "keepalived", "--spec", str(spec), "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    assert "priority 100" in (tmp_path / "out" / "keepalived.conf").read_text()
+
+
+def test_fleet_render_keepalived_without_a_pair_is_one_line() -> None:
+    result = fleet("render", "keepalived", "--out", "/tmp/unused-keepalived")
+    assert result.returncode != 0
+    assert "error: this spec has no gateway pair" in result.stderr and "hint:" in result.stderr

@@ -22,13 +22,16 @@ from router.config.topology import (
     listing_url,
     with_listed_replicas,
 )
+from router.controller.service import Controller
 from router.disk.paths import RuntimePaths
 from router.errors import ClusterError, SpecError
 from router.render.programs import programs
 from router.replica_listing import listing
 from router.runtime.discovery import discover
+from router.runtime.pair import KEYS_DIFFER, PeerView, differences
 from router.runtime.state import ClusterState
 from tests.support.fakes import cpu_inventory
+from tests.unit.test_controller_loop import _run, _tick
 from tests.unit.test_render import MACHINE
 
 GATEWAY = {"topology": {"role": "gateway", "replica_hosts": ["10.0.0.21", "gpu-2:9000"]}}
@@ -230,3 +233,22 @@ def test_gateway_watch_flags_nginx_down_and_up_at_once(tmp_path: Path,
     # supervisord's protocol: READY before each event, a RESULT after it.
     assert out.getvalue() == "READY\nRESULT 2\nOK" * 4 + "READY\n"
     assert "decision=flag-1" in log.getvalue()
+
+
+def test_pair_differences_name_what_an_operator_must_know() -> None:
+    async def scenario(controller: Controller, fleet: Any, actuator: Any, clock: Any) -> None:
+        await _tick(controller, clock, 0.0, "start")
+        same = controller.status()
+        await controller.set_override("c", drained=True)
+        await controller.set_override("b", pinned_weight=7, pin_expires_at=clock() + 60)
+        changed = controller.status()
+        assert differences(same, "k1", PeerView("10.0.0.12", same, "k1")) == []
+        found = differences(same, "k1", PeerView("10.0.0.12", changed, "k2"))
+        assert any(line.startswith(KEYS_DIFFER) for line in found), found
+        assert "c: drained on the peer only" in found
+        assert "b: pinned at None here, 7 on the peer" in found
+        gone = PeerView("10.0.0.12", None, None, "did not answer (ConnectionError)")
+        assert differences(same, "k1", gone) == ["peer 10.0.0.12 did not answer "
+                                                 "(ConnectionError)"]
+
+    _run(scenario)
