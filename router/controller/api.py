@@ -165,7 +165,7 @@ def create_app(controller: Controller, token: str, run_loop: bool = True,
     async def put_keys(body: KeysBody) -> dict[str, str]:
         access = key_access()
         try:
-            store = store_from_json({"keys": body.keys})
+            store = store_from_json({"keys": body.keys}, checked=True)
         except (KeyError, TypeError) as exc:
             raise HTTPException(status_code=400, detail=f"not a key store: {exc}") from exc
         held = store_digest(access.read())

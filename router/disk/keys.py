@@ -30,6 +30,9 @@ KEY_PREFIX = "sk-fleet-"
 UNLIMITED: Final = "unlimited"
 Budget = int | Literal["unlimited"] | None
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_ID = re.compile(r"^key-[0-9a-f]{8}$")
+_SECRET = re.compile(r"^sk-fleet-[A-Za-z0-9_-]{16,128}$")
+_CLASS = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -138,9 +141,47 @@ def load_store(path: Path) -> KeyStore:
                         hint="it is written by `fleet keys`; restore it from a backup") from exc
 
 
-def store_from_json(data: dict[str, Any]) -> KeyStore:
-    """The store from its JSON form; KeyError or TypeError when it is not one."""
-    return KeyStore(tuple(ApiKey(**entry) for entry in data["keys"]))
+def store_from_json(data: dict[str, Any], checked: bool = False) -> KeyStore:
+    """The store from its JSON form; KeyError or TypeError when it is not one.
+
+    ``checked``: every field's type and form too, for a store that arrives
+    over the network (from the other gateway of a pair) and is rendered into
+    nginx's config."""
+    keys = tuple(_checked(entry) if checked else ApiKey(**entry) for entry in data["keys"])
+    ids = [k.id for k in keys]
+    if len(set(ids)) != len(ids):
+        raise TypeError("a key id appears twice")
+    return KeyStore(keys)
+
+
+def _checked(entry: Any) -> ApiKey:
+    if not isinstance(entry, dict):
+        raise TypeError("each key is an object")
+    key = ApiKey(**entry)
+    problems = []
+    if not (isinstance(key.id, str) and _ID.match(key.id)):
+        problems.append("id is not key-<8 hex digits>")
+    if not (isinstance(key.name, str) and _NAME.match(key.name)):
+        problems.append("name is not 1-64 letters, digits, '.', '_' or '-'")
+    if key.secret is not None and not (isinstance(key.secret, str) and _SECRET.match(key.secret)):
+        problems.append(f"secret is not {KEY_PREFIX}<token>")
+    for name in ("created_at", "revoked_at"):
+        value = getattr(key, name)
+        if not (value is None and name == "revoked_at") and (
+                isinstance(value, bool) or not isinstance(value, int | float)):
+            problems.append(f"{name} is not a time")
+    if key.priority_class is not None and not (isinstance(key.priority_class, str)
+                                               and _CLASS.match(key.priority_class)):
+        problems.append("class is not a class name")
+    budget = key.tokens_per_min
+    if not (budget is None or budget == UNLIMITED
+            or (isinstance(budget, int) and not isinstance(budget, bool) and budget >= 1)):
+        problems.append("tokens_per_min is not a count, 'unlimited' or null")
+    if (key.secret is None) != (key.revoked_at is not None):
+        problems.append("a key has its secret exactly while it is not revoked")
+    if problems:
+        raise TypeError(f"key {str(key.id)[:20]!r}: " + "; ".join(problems))
+    return key
 
 
 def store_to_json(store: KeyStore) -> dict[str, Any]:

@@ -55,7 +55,8 @@ def test_the_schema_covers_every_admin_route(admin: tuple[str, str]) -> None:
     url, _ = admin
     paths = set(requests.get(f"{url}/openapi.json", timeout=5).json()["paths"])
     assert paths == {"/status", "/decisions", "/replicas/{name}/drain",
-                     "/replicas/{name}/undrain", "/replicas/{name}/weight", "/fleet/status"}
+                     "/replicas/{name}/undrain", "/replicas/{name}/weight", "/fleet/status",
+                     "/keys", "/keys/digest"}
 
 
 def test_fuzzing_left_the_fleet_serving(admin: tuple[str, str], tmp_path: Path) -> None:

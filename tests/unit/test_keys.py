@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from router.disk import keys
 from router.disk.keys import KEY_PREFIX, KeyStore, load_store, save_store
 from router.errors import SpecError
 from router.render.keys import render_keys_conf
@@ -106,3 +107,17 @@ def test_a_store_written_before_classes_loads_with_none(tmp_path: Path) -> None:
     path.write_text(json.dumps({"keys": [{"id": "key-1", "name": "a", "created_at": 1.0,
                                           "secret": "sk-fleet-x", "revoked_at": None}]}))
     assert load_store(path).keys[0].priority_class is None
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("id", "key-1\n}"), ("name", "a b"), ("secret", 'sk-fleet-x" "other'),
+    ("secret", 7), ("created_at", "yesterday"), ("priority_class", "Batch;"),
+    ("tokens_per_min", 0), ("tokens_per_min", True), ("revoked_at", 5.0),
+])
+def test_a_store_from_the_network_is_checked_field_by_field(field: str, value: object) -> None:
+    store, key = KeyStore().add("team", now=1.0)
+    data = keys.store_to_json(store)
+    assert keys.store_from_json(data, checked=True) == store
+    data["keys"][0][field] = value
+    with pytest.raises(TypeError, match=key.id if field != "id" else "id is not"):
+        keys.store_from_json(data, checked=True)
