@@ -36,7 +36,7 @@ import yaml
 
 from router.bench.netlab import NetLab
 from router.bench.stats import percentile
-from router.config.spec import SIM_SERVED_MODEL_NAME
+from router.config.spec import SIM_SERVED_MODEL_NAME, PortsSpec
 from router.disk.paths import RuntimePaths
 from router.errors import ClusterError
 from router.runtime.pair import KEYS_DIFFER
@@ -196,7 +196,7 @@ class PairLab:
         return serving_addresses(text)
 
     def host_replicas(self, host: str) -> frozenset[str]:
-        base = 8100
+        base = PortsSpec().replica_base
         return frozenset(f"{self.address(host)}:{base + i}"
                          for i in range(self.shape.replicas_per_host))
 

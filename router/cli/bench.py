@@ -222,6 +222,7 @@ def _pair_drill(args: argparse.Namespace) -> int:
     times = pair_drill.DrillTimes(before_s=args.before, hold_s=args.hold, after_s=args.after)
     kills = [args.kill] if args.kill else list(pair_drill.GATEWAY_KILLS)
     results = []
+    admin = None
     with pair_drill.running_lab(None, pair_drill.LabShape(), progress) as lab:
         if args.fault == "gateway-failover":
             admin = {"key_fan_out": pair_drill.key_fan_out(lab),
@@ -237,10 +238,9 @@ def _pair_drill(args: argparse.Namespace) -> int:
             results.append(pair_drill.replica_host_loss(
                 lab, args.load, times, lab.workdir / "load.jsonl", progress))
     out = args.out or REPO_ROOT / "docs" / "benchmarks" / f"drill-{args.fault}"
-    written = pair_report.write(out, results, command_line(args), load.machine(),
-                                admin if args.fault == "gateway-failover" else None)
+    written = pair_report.write(out, results, command_line(args), load.machine(), admin)
     announce(written, [t for result in results for t in pair_report.targets(result)]
-             + (pair_report.admin_targets(admin) if args.fault == "gateway-failover" else []))
+             + (pair_report.admin_targets(admin) if admin else []))
     return 0
 
 

@@ -40,8 +40,12 @@ def read_listing(entry: str, spec: ClusterSpec, get: Get = requests.get) -> Repl
 
 
 def discover(spec: ClusterSpec, get: Get = requests.get) -> ClusterSpec:
-    """The spec with every replica host's replicas in it (role gateway), or as it is."""
-    if spec.topology.role != "gateway":
+    """The spec with every replica host's replicas in it (role gateway), or as it is.
+
+    A spec that already names its replicas is the one `fleet up` recorded
+    (config/spec.json): it says what runs, so it is not read again from the
+    hosts, whose listings may have moved on since."""
+    if spec.topology.role != "gateway" or spec.external_replicas:
         return spec
     listings = [(entry, read_listing(entry, spec, get)) for entry in spec.topology.replica_hosts]
     for entry, listing in listings:

@@ -27,6 +27,7 @@ from router.bench.pair_drill import (
     diverged_pair,
     gateway_failover,
     key_fan_out,
+    pair_differences,
     replica_host_loss,
     running_lab,
     settle,
@@ -67,14 +68,6 @@ def _status(lab: PairLab, gateway: str) -> dict[str, Any]:
     return status
 
 
-def _pair_status(lab: PairLab, gateway: str) -> dict[str, Any]:
-    pair: dict[str, Any] = _status(lab, gateway)["pair"]
-    return pair
-
-
-def _differences(lab: PairLab, gateway: str) -> list[str]:
-    return [line for peer in _pair_status(lab, gateway)["peers"] for line in peer["differences"]]
-
 
 def test_a_key_added_on_one_gateway_works_through_the_other(lab: PairLab) -> None:
     result = key_fan_out(lab)
@@ -88,7 +81,7 @@ def test_a_drain_reaches_both_gateways(lab: PairLab) -> None:
             replicas = _status(lab, gateway)["controller"]["replicas"]
             drained = [r["name"] for r in replicas if r["override"]["drained"]]
             assert drained == ["replica-0"], gateway
-        assert _differences(lab, "gw-a") == []
+        assert pair_differences(lab, "gw-a") == []
     finally:
         lab.fleet("gw-a", "undrain", "replica-0")
 

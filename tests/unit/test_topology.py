@@ -156,6 +156,12 @@ def test_discovery_failures_name_the_host(answer: object, message: str) -> None:
     assert caught.value.hint
 
 
+def test_the_recorded_spec_of_a_running_gateway_is_not_discovered_again() -> None:
+    recorded = with_listed_replicas(parse_spec(GATEWAY), [("10.0.0.21", _listing(8100)),
+                                                          ("gpu-2:9000", _listing(8100))])
+    assert discover(recorded, get=lambda *a, **k: pytest.fail("asked the network")) is recorded
+
+
 def test_discovery_leaves_other_roles_alone() -> None:
     spec = parse_spec({})
     assert discover(spec, get=lambda *a, **k: pytest.fail("asked the network")) is spec
