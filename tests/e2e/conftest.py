@@ -19,6 +19,11 @@ from router.disk.paths import RuntimePaths
 from router.models import store as model_store
 from tests.support.fleet import running_fleet
 
+# Greedy decoding: a sampled answer from a 135M model may be a word and a stop
+# (seen: "Ten." to "Count to five."), or a stop at once, which says nothing of
+# the gateway or of the simulator's likeness.
+GREEDY = {"temperature": 0}
+
 
 @dataclass
 class Cluster:

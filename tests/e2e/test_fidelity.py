@@ -16,7 +16,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from router.sim.metrics import NOT_SIMULATED
-from tests.e2e.conftest import Cluster
+from tests.e2e.conftest import GREEDY, Cluster
 from tests.support.fidelity import metric_families, shape
 from tests.support.harness import wait_for
 from tests.support.sim import SimProcess, sim_replica
@@ -66,16 +66,16 @@ def _answers(url: str, model: str) -> dict[str, Any]:
     hi = [{"role": "user", "content": "Say hi."}]
     with openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0,
                        timeout=120) as client:
-        chat = client.chat.completions.create(model=model, max_tokens=4, messages=hi)
-        completion = client.completions.create(model=model, max_tokens=4, prompt="Hello")
+        chat = client.chat.completions.create(model=model, max_tokens=4, messages=hi, **GREEDY)
+        completion = client.completions.create(model=model, max_tokens=4, prompt="Hello", **GREEDY)
         chat_chunks = list(client.chat.completions.create(
-            model=model, max_tokens=4, messages=hi, stream=True,
+            model=model, max_tokens=4, messages=hi, stream=True, **GREEDY,
             stream_options={"include_usage": True}))
         completion_chunks = list(client.completions.create(
-            model=model, max_tokens=4, prompt="Hello", stream=True,
+            model=model, max_tokens=4, prompt="Hello", stream=True, **GREEDY,
             stream_options={"include_usage": True}))
         plain_stream = list(client.chat.completions.create(
-            model=model, max_tokens=4, messages=hi, stream=True))
+            model=model, max_tokens=4, messages=hi, stream=True, **GREEDY))
     return {
         "chat": _present(chat),
         "chat.finish": chat.choices[0].finish_reason in {"stop", "length"},
@@ -107,12 +107,13 @@ def _responses(url: str, model: str) -> dict[str, Any]:
     kind of streamed event in order (deltas once), with their shapes."""
     with openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0,
                        timeout=120) as client:
-        answer = client.responses.create(model=model, input="Say hi.", max_output_tokens=4)
+        answer = client.responses.create(model=model, input="Say hi.", max_output_tokens=4,
+                                         **GREEDY)
         items = client.responses.create(
-            model=model, instructions="Be brief.", max_output_tokens=4,
+            model=model, instructions="Be brief.", max_output_tokens=4, **GREEDY,
             input=[{"role": "user", "content": [{"type": "input_text", "text": "Say hi."}]}])
         events = list(client.responses.create(model=model, input="Say hi.",
-                                              max_output_tokens=4, stream=True))
+                                              max_output_tokens=4, stream=True, **GREEDY))
     kinds: dict[str, Any] = {}
     for event in events:
         kinds.setdefault(event.type, _present(event))

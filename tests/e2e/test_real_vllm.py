@@ -17,16 +17,12 @@ import requests
 from router.runtime.health import port_in_use
 from router.runtime.procs import descendants, process_alive
 from router.runtime.supervise import Supervisor
-from tests.e2e.conftest import Cluster
+from tests.e2e.conftest import GREEDY, Cluster
 from tests.support.cli import fleet
 from tests.support.harness import wait_for
 from tests.support.njs import count_answers
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
-
-# Greedy decoding: a sampled answer from a 135M model may be a word and a stop
-# (seen: "Ten." to "Count to five."), which says nothing of the gateway.
-GREEDY = {"temperature": 0}
 
 
 def test_chat_completion(cluster: Cluster, client: openai.OpenAI) -> None:
