@@ -39,8 +39,11 @@ WHY_NOT = netlab.available()
 pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=f"no network namespaces: {WHY_NOT}")
 
 # Short phases: what is asserted is that each thing happened, not how fast
-# (the drills' reports hold the timings).
-TIMES = DrillTimes(before_s=2.0, hold_s=5.0, after_s=4.0)
+# (the drills' reports hold the timings). The fault is held long enough for a
+# busy machine: the address moves and a lost host leaves rotation in about a
+# second on an idle one, and whatever has not happened when the fault is
+# undone is never seen.
+TIMES = DrillTimes(before_s=2.0, hold_s=10.0, after_s=4.0)
 RATE = 4.0
 
 
@@ -66,7 +69,6 @@ def _status(lab: PairLab, gateway: str) -> dict[str, Any]:
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     status: dict[str, Any] = json.loads(proc.stdout)
     return status
-
 
 
 def test_a_key_added_on_one_gateway_works_through_the_other(lab: PairLab) -> None:
