@@ -12,7 +12,8 @@ from typing import Any, NoReturn
 import requests
 
 from router.cli.common import progress, spec_arg, table
-from router.config.spec import REPLICA_LISTING_PATH, ClusterSpec, load_spec
+from router.config.spec import ClusterSpec, load_spec
+from router.config.topology import own_listing_url
 from router.disk import keys
 from router.disk.paths import RuntimePaths
 from router.errors import ClusterError, SpecError
@@ -91,8 +92,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                   f"\n  fix the cause (`fleet logs {r.name}`), then `fleet restart {r.name}`")
     gw = status.gateway_health
     if spec.topology.role == "replicas":
-        listing = probe(f"http://{spec.topology.advertised_host}:{spec.topology.listing_port}"
-                        + REPLICA_LISTING_PATH)
+        listing = probe(own_listing_url(spec.topology))
         print(f"\nrole replicas: no gateway here; the listing gateway hosts read "
               f"({spec.topology.listen}:{spec.topology.listing_port}): "
               f"{listing.status or listing.error}")

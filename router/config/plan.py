@@ -17,6 +17,7 @@ from router.config.spec import (
     ClusterSpec,
     EngineSettings,
     ResolvedEngine,
+    url_host,
 )
 from router.errors import DeviceError, SpecError
 from router.host.devices import Inventory
@@ -53,6 +54,7 @@ class ReplicaPlan:
     gpu_uuid: str | None = None
     gpu_index: int | None = None
     cpu_core: int | None = None
+    # Where the gateway reaches it, without brackets (``address`` adds them).
     host: str = REPLICA_HOST
     # Other replicas share its GPU: it starts only while none of them is
     # starting (router.launch --start-lock).
@@ -68,7 +70,7 @@ class ReplicaPlan:
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        return f"{url_host(self.host)}:{self.port}"
 
     @property
     def url(self) -> str:
@@ -205,6 +207,7 @@ def external_replicas(spec: ClusterSpec, inventory: Inventory) -> tuple[ReplicaP
     replicas = []
     for i, external in enumerate(spec.external_replicas):
         host, _, port = external.address.rpartition(":")
+        host = host.strip("[]")
         gpu = gpus.get(external.gpu_index) if external.gpu_index is not None else None
         replicas.append(ReplicaPlan(
             name=f"replica-{i}", index=i, port=int(port), host=host,

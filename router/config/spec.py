@@ -776,6 +776,12 @@ _HOST_ENTRY = re.compile(r"^[A-Za-z0-9._\[\]:-]{1,255}$")
 REPLICA_LISTING_PATH = "/fleet/replicas"
 
 
+def url_host(host: str) -> str:
+    """An address as a URL or nginx's ``listen`` writes it beside a port:
+    an IPv6 one in brackets."""
+    return f"[{host}]" if ":" in host else host
+
+
 def _ip_address(value: str, what: str) -> str:
     try:
         ipaddress.ip_address(value)

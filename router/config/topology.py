@@ -16,6 +16,8 @@ from router.config.spec import (
     ClusterSpec,
     ExternalReplicaSpec,
     Port,
+    TopologySpec,
+    url_host,
 )
 from router.errors import SpecError
 
@@ -53,8 +55,13 @@ def listing_address(entry: str, default_port: int) -> tuple[str, int]:
 
 def listing_url(entry: str, default_port: int) -> str:
     host, port = listing_address(entry, default_port)
-    shown = f"[{host}]" if ":" in host else host
-    return f"http://{shown}:{port}{REPLICA_LISTING_PATH}"
+    return f"http://{url_host(host)}:{port}{REPLICA_LISTING_PATH}"
+
+
+def own_listing_url(topology: TopologySpec) -> str:
+    """Where a replica host's own listing answers, asked from that host."""
+    return (f"http://{url_host(topology.advertised_host)}:{topology.listing_port}"
+            f"{REPLICA_LISTING_PATH}")
 
 
 def with_listed_replicas(spec: ClusterSpec,
@@ -84,8 +91,7 @@ def with_listed_replicas(spec: ClusterSpec,
     replicas = []
     for entry, listing in listings:
         host, _ = listing_address(entry, spec.topology.listing_port)
-        shown = f"[{host}]" if ":" in host else host
-        replicas += [ExternalReplicaSpec(address=f"{shown}:{replica.port}",
+        replicas += [ExternalReplicaSpec(address=f"{url_host(host)}:{replica.port}",
                                          max_num_seqs=replica.max_num_seqs)
                      for replica in listing.replicas]
     runners = {listing.runner for _, listing in listings}

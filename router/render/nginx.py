@@ -16,6 +16,7 @@ from router.config.spec import (
     IN_FLIGHT_LEVELS,
     ClusterSpec,
     GatewaySpec,
+    url_host,
 )
 from router.disk.paths import RuntimePaths
 from router.host.machine import MachineFacts, shed_dir
@@ -212,7 +213,7 @@ def limits_view(spec: ClusterSpec) -> LimitsView:
 
 
 def listen_address(gw: GatewaySpec) -> str:
-    return f"[{gw.host}]:{gw.port}" if ":" in gw.host else f"{gw.host}:{gw.port}"
+    return f"{url_host(gw.host)}:{gw.port}"
 
 
 def nginx_view(plan: ClusterPlan, paths: RuntimePaths, machine: MachineFacts) -> NginxView:

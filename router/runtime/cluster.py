@@ -29,6 +29,7 @@ from router.config.spec import (
     load_spec,
     resolve_engine_settings,
 )
+from router.config.topology import own_listing_url
 from router.disk.paths import (
     DiskUse,
     RuntimePaths,
@@ -291,7 +292,7 @@ def _wait_healthy(plan: ClusterPlan, paths: RuntimePaths, supervisor: Supervisor
                 healthy[replica.name] = elapsed
                 progress(f"{replica.name} on {replica.device} healthy after {elapsed:.0f}s")
         if len(healthy) == len(plan.replicas) and plan.spec.topology.role == "replicas":
-            listing = _listing_url(plan)
+            listing = own_listing_url(plan.spec.topology)
             if probe(listing).ok:
                 progress(f"replica host ready after {elapsed:.0f}s: gateway hosts list "
                          f"{listing.removesuffix(REPLICA_LISTING_PATH)} in "
@@ -319,11 +320,6 @@ def _wait_healthy(plan: ClusterPlan, paths: RuntimePaths, supervisor: Supervisor
                 progress(f"waiting for {', '.join(waiting)} ({elapsed:.0f}s)")
             last_note = elapsed
         time.sleep(0.5)
-
-
-def _listing_url(plan: ClusterPlan) -> str:
-    topology = plan.spec.topology
-    return f"http://{topology.advertised_host}:{topology.listing_port}{REPLICA_LISTING_PATH}"
 
 
 def _controller_ready(plan: ClusterPlan, paths: RuntimePaths) -> bool:

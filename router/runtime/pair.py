@@ -17,7 +17,7 @@ from typing import Any
 import requests
 from pydantic import ValidationError
 
-from router.config.spec import ClusterSpec
+from router.config.spec import ClusterSpec, url_host
 from router.disk.paths import RuntimePaths, read_admin_token
 from router.errors import ClusterError
 from router.fleet_status import FleetStatus
@@ -40,8 +40,7 @@ class PeerAnswer:
 
 
 def peer_url(spec: ClusterSpec, peer: str) -> str:
-    shown = f"[{peer}]" if ":" in peer else peer
-    return f"http://{shown}:{spec.controller.port}"
+    return f"http://{url_host(peer)}:{spec.controller.port}"
 
 
 def call_peers(spec: ClusterSpec, paths: RuntimePaths, method: str, path: str,

@@ -20,6 +20,7 @@ from router.config.topology import (
     ReplicaListing,
     listing_address,
     listing_url,
+    own_listing_url,
     with_listed_replicas,
 )
 from router.controller.service import Controller
@@ -189,6 +190,18 @@ def test_replicas_listening_everywhere_are_reached_on_loopback(tmp_path: Path) -
                   "topology": {"role": "replicas", "listen": "0.0.0.0"}}, tmp_path)
     assert plan.replicas[0].address == "127.0.0.1:8100"
     assert "0.0.0.0" in plan.replicas[0].argv
+
+
+def test_a_replica_host_on_ipv6_is_reached_in_brackets(tmp_path: Path) -> None:
+    plan = _plan({"engine": "sim", "replicas": 1,
+                  "topology": {"role": "replicas", "listen": "fd00::21"}}, tmp_path)
+    assert plan.replicas[0].url == "http://[fd00::21]:8100"
+    assert "fd00::21" in plan.replicas[0].argv
+    assert own_listing_url(plan.spec.topology) == "http://[fd00::21]:8099" + REPLICA_LISTING_PATH
+    listed = with_listed_replicas(parse_spec(GATEWAY), [("[fd00::21]", _listing(8100))])
+    gateway = build_plan(listed, resolve_engine_settings(listed, "external"), cpu_inventory(2),
+                         "qwen", "python")
+    assert [(r.host, r.address) for r in gateway.replicas] == [("fd00::21", "[fd00::21]:8100")]
 
 
 def test_a_paired_gateway_runs_keepalived(tmp_path: Path) -> None:
