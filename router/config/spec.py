@@ -776,6 +776,16 @@ _HOST_ENTRY = re.compile(r"^[A-Za-z0-9._\[\]:-]{1,255}$")
 REPLICA_LISTING_PATH = "/fleet/replicas"
 
 
+def split_host_entry(entry: str) -> tuple[str, str]:
+    """"host", "host:port", "[v6]" or "[v6]:port" -> (the host without
+    brackets, the port as written or "")."""
+    if entry.startswith("["):
+        host, _, rest = entry[1:].partition("]")
+        return host, rest[1:] if rest.startswith(":") else rest
+    host, sep, port = entry.rpartition(":")
+    return (host, port) if sep else (entry, "")
+
+
 def url_host(host: str) -> str:
     """An address as a URL or nginx's ``listen`` writes it beside a port:
     an IPv6 one in brackets."""
@@ -822,7 +832,11 @@ class TopologySpec(_Model):
     @classmethod
     def _hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for host in value:
-            name, _, port = host.rpartition(":") if ":" in host else (host, "", "")
+            if host.count(":") > 1 and not host.startswith("["):
+                raise ValueError(f"{host!r}: write an IPv6 address in brackets, e.g. "
+                                 f"[{host}] or [{host}]:8099, so its last part is not read "
+                                 "as a port")
+            name, port = split_host_entry(host)
             if (not _HOST_ENTRY.match(host) or not name
                     or (port and not (port.isdigit() and 1 <= int(port) <= 65535))):
                 raise ValueError(f"{host!r}: write an address or name, with :port where the "

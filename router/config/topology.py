@@ -17,6 +17,7 @@ from router.config.spec import (
     ExternalReplicaSpec,
     Port,
     TopologySpec,
+    split_host_entry,
     url_host,
 )
 from router.errors import SpecError
@@ -47,10 +48,8 @@ class ReplicaListing(BaseModel):
 
 def listing_address(entry: str, default_port: int) -> tuple[str, int]:
     """``topology.replica_hosts`` entry -> (host, port of its listing)."""
-    host, sep, port = entry.rpartition(":")
-    if sep and port.isdigit() and "]" not in port:
-        return host.strip("[]"), int(port)
-    return entry.strip("[]"), default_port
+    host, port = split_host_entry(entry)
+    return host, int(port) if port else default_port
 
 
 def listing_url(entry: str, default_port: int) -> str:

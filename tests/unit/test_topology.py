@@ -51,6 +51,8 @@ def _listing(*ports: int, served: str = "qwen", generation: str = "abc") -> Repl
     ({"topology": {"role": "gateway", "replica_hosts": ["a", "a"]}}, "repeated: a"),
     ({"topology": {"role": "gateway", "replica_hosts": ["http://a/"]}}, "write an address"),
     ({"topology": {"role": "gateway", "replica_hosts": ["a:99999"]}}, "write an address"),
+    ({"topology": {"role": "gateway", "replica_hosts": ["fd00::5"]}}, "in brackets"),
+    ({"topology": {"role": "gateway", "replica_hosts": ["[fd00::5]x"]}}, "write an address"),
     ({"topology": {"role": "gateway", "replica_hosts": ["a"]}, "engine": "cpu"},
      "runs no replicas"),
     ({"topology": {"role": "replicas"}, "engine": "external",
