@@ -8,7 +8,7 @@ from typing import Any
 
 from router.bench import stats
 from router.bench.drill import DUTY_PERIOD_S, SLOW_FACTOR, DrillResult, window_bounds
-from router.bench.report import Event, plot_timeline, targets_table
+from router.bench.report import Event, plot_timeline, seen_s, targets_table
 
 _FAULT_TEXT = {
     "kill": "SIGKILL of the replica and every process under it; the supervisor starts it again",
@@ -18,10 +18,6 @@ _FAULT_TEXT = {
 }
 _REAL_SLOW_TEXT = (f"the replica's engine processes run {SLOW_FACTOR:g} of every "
                    f"{DUTY_PERIOD_S * 1000:g} ms (SIGSTOP, SIGCONT), then run freely again")
-
-
-def _secs(value: float | None) -> str:
-    return "not seen" if value is None else f"{value:.2f} s"
 
 
 def events(result: DrillResult) -> list[Event]:
@@ -46,27 +42,27 @@ def _moments(result: DrillResult) -> list[str]:
     if unhealthy is None:
         lines.append("- The replica's `/health` kept answering throughout.")
     else:
-        lines.append(f"- The replica's `/health` failed {_secs(unhealthy)} after the fault"
-                     + (f" and answered again {_secs(healthy)} after it." if healthy is not None
+        lines.append(f"- The replica's `/health` failed {seen_s(unhealthy)} after the fault"
+                     + (f" and answered again {seen_s(healthy)} after it." if healthy is not None
                         else "; it did not answer again while the drill watched."))
     out, back = m["out_of_rotation_after_fault_s"], m["back_after_healthy_s"]
     if out is None:
         lines.append("- The gateway never took it out of rotation.")
     else:
-        lines.append(f"- The gateway stopped routing to it {_secs(out)} after the fault (read "
+        lines.append(f"- The gateway stopped routing to it {seen_s(out)} after the fault (read "
                      "from `/fleet/status`: the controller's reload was live)"
-                     + (f", and routed to it again {_secs(back)} after it was healthy."
+                     + (f", and routed to it again {seen_s(back)} after it was healthy."
                         if back is not None else "; it was not back while the drill watched."))
     before, lowest = m.get("weight_before"), m.get("weight_lowest_during")
     if before is not None and lowest is not None and out is None:
         halved = m.get("weight_halved_after_fault_s")
         lines.append(f"- The controller's weight for it went from {before:g} to {lowest:g} at "
                      "the lowest during the fault"
-                     + (f"; it was halved {_secs(halved)} after the fault." if halved is not None
+                     + (f"; it was halved {seen_s(halved)} after the fault." if halved is not None
                         else "; it was never halved."))
         regained = m.get("weight_regained_after_clear_s")
         if result.plan.fault in ("hang", "slow") and halved is not None:
-            lines.append(f"- It had 80 % of its weight again {_secs(regained)} after the "
+            lines.append(f"- It had 80 % of its weight again {seen_s(regained)} after the "
                          "fault ended." if regained is not None else
                          "- It did not have 80 % of its weight again while the drill watched.")
     if result.plan.static:
@@ -86,7 +82,7 @@ def markdown(result: DrillResult, command: str, machine: dict[str, Any], plot: s
              "## What happened", "",
              f"- Load: streamed chat requests, {plan.output_tokens[0]}-{plan.output_tokens[1]} "
              f"output tokens, Poisson arrivals at {plan.rate:g} requests/s through the gateway.",
-             f"- Fault at {_secs(seen.fault_at)}: "
+             f"- Fault at {seen_s(seen.fault_at)}: "
              + (_REAL_SLOW_TEXT if plan.fault == "slow" and result.engine != "sim"
                 else _FAULT_TEXT[plan.fault])
              + (f"; held {plan.hold_s:g} s." if plan.fault in ("hang", "slow") else "."),

@@ -36,7 +36,7 @@ import yaml
 
 from router.bench.netlab import NetLab
 from router.bench.stats import percentile
-from router.config.spec import SIM_SERVED_MODEL_NAME, PortsSpec
+from router.config.spec import SIM_SERVED_MODEL_NAME, GatewaySpec, PortsSpec
 from router.disk.paths import RuntimePaths
 from router.errors import ClusterError
 from router.runtime.pair import KEYS_DIFFER
@@ -54,6 +54,8 @@ VIP_OCTET = 10
 PRIORITIES = {"gw-a": 250, "gw-b": 240}
 GATEWAY_KILLS = ("nginx", "link")
 POLL_S = 0.05
+# Every host of the lab keeps the default ports, as separate machines would.
+GATEWAY_PORT = GatewaySpec().port
 UP_TIMEOUT_S = 240.0
 
 
@@ -85,7 +87,7 @@ class PairLab:
 
     @property
     def url(self) -> str:
-        return f"http://{self.vip}:8080"
+        return f"http://{self.vip}:{GATEWAY_PORT}"
 
     def spec(self, host: str) -> dict[str, Any]:
         runtime = str(self.workdir / host)
@@ -119,15 +121,24 @@ class PairLab:
     def spec_path(self, host: str) -> Path:
         return self.workdir / f"{host}.yaml"
 
-    def fleet(self, host: str, *args: str, timeout_s: float = UP_TIMEOUT_S) -> str:
-        argv = self.net.run_in(host) + [self.python, "-m", "router.cli", *args,
+    def _fleet_argv(self, host: str, *args: str) -> list[str]:
+        return self.net.run_in(host) + [self.python, "-m", "router.cli", *args,
                                          "--spec", str(self.spec_path(host))]
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s,
-                              check=False)
+
+    def fleet(self, host: str, *args: str, timeout_s: float = UP_TIMEOUT_S) -> str:
+        proc = subprocess.run(self._fleet_argv(host, *args), capture_output=True, text=True,
+                              timeout=timeout_s, check=False)
         if proc.returncode != 0:
             raise ClusterError(f"`fleet {' '.join(args)}` on {host} failed:\n"
                                + (proc.stderr or proc.stdout).strip()[-2000:])
         return proc.stdout + proc.stderr
+
+    def status(self, host: str) -> dict[str, Any]:
+        """`fleet status --json` on ``host`` (it answers even where its exit status is 1)."""
+        proc = subprocess.run(self._fleet_argv(host, "status", "--json"), capture_output=True,
+                              text=True, timeout=60, check=False)
+        status: dict[str, Any] = json.loads(proc.stdout)
+        return status
 
     def start(self, progress: Progress) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -168,7 +179,7 @@ class PairLab:
         return int(proc.stdout or 0)
 
     def gateway_url(self, gateway: str) -> str:
-        return f"http://{self.address(gateway)}:8080"
+        return f"http://{self.address(gateway)}:{GATEWAY_PORT}"
 
     def stop(self) -> None:
         """`fleet down` on every host started, then the namespaces; never raises."""
@@ -468,10 +479,7 @@ def key_fan_out(lab: PairLab, timeout_s: float = 30.0) -> dict[str, Any]:
 
 def pair_differences(lab: PairLab, gateway: str) -> list[str]:
     """What `fleet status` on ``gateway`` says differs from its peer."""
-    argv = lab.net.run_in(gateway) + [lab.python, "-m", "router.cli", "status", "--json",
-                                      "--spec", str(lab.spec_path(gateway))]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
-    pair = json.loads(proc.stdout).get("pair", {})
+    pair = lab.status(gateway).get("pair", {})
     return [line for peer in pair.get("peers", []) for line in peer["differences"]]
 
 

@@ -6,15 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from router.bench.report import seen_s, targets_rows
+
 # The issue's targets (docs/production.md repeats them).
 FAILOVER_TARGET_S = 3.0
 OUT_OF_ROTATION_TARGET_S = 2.0
 
 Target = tuple[str, str, bool | None]
-
-
-def _secs(value: float | None) -> str:
-    return "not seen" if value is None else f"{value:.2f} s"
 
 
 def targets(result: dict[str, Any]) -> list[Target]:
@@ -24,7 +22,7 @@ def targets(result: dict[str, Any]) -> list[Target]:
     if result["drill"] == "gateway-failover":
         answered = result["answered_again_s"]
         rows.insert(0, (f"the address answers from the other gateway within "
-                        f"{FAILOVER_TARGET_S:g} s", _secs(answered),
+                        f"{FAILOVER_TARGET_S:g} s", seen_s(answered),
                         answered is not None and answered <= FAILOVER_TARGET_S))
         rows.append(("no flap back once the first gateway returns",
                      f"{result['flaps']} move(s) after the failover", result["flaps"] == 0))
@@ -32,7 +30,7 @@ def targets(result: dict[str, Any]) -> list[Target]:
     for gateway in ("gw-a", "gw-b"):
         out = result[f"{gateway}_out_of_rotation_s"]
         rows.insert(0, (f"{gateway}: the host's replicas out of rotation within "
-                        f"{OUT_OF_ROTATION_TARGET_S:g} s", _secs(out),
+                        f"{OUT_OF_ROTATION_TARGET_S:g} s", seen_s(out),
                         out is not None and out <= OUT_OF_ROTATION_TARGET_S))
     return rows
 
@@ -44,7 +42,7 @@ def admin_targets(admin: dict[str, Any]) -> list[Target]:
     fan = admin["key_fan_out"]["works_after_s"]
     diverged = admin["diverged"]
     return [(f"a key added on one gateway works through the other within "
-             f"{KEY_FAN_OUT_TARGET_S:g} s", _secs(fan),
+             f"{KEY_FAN_OUT_TARGET_S:g} s", seen_s(fan),
              fan is not None and fan <= KEY_FAN_OUT_TARGET_S),
             ("`fleet status` flags a deliberately diverged pair",
              "; ".join(diverged["status_flagged"]) or "nothing flagged",
@@ -56,8 +54,8 @@ def _admin_lines(admin: dict[str, Any]) -> list[str]:
     return [
         "## Admin actions and added latency across the pair", "",
         f"- `fleet keys add` on {fan['added_on']} (the command took "
-        f"{_secs(fan.get('command_s'))}, its reload included): the key answered 200 through "
-        f"{fan['works_through']}'s own address {_secs(fan['works_after_s'])} after the "
+        f"{seen_s(fan.get('command_s'))}, its reload included): the key answered 200 through "
+        f"{fan['works_through']}'s own address {seen_s(fan['works_after_s'])} after the "
         "command started (polled every 50 ms).",
         "- With gw-b's controller stopped, `fleet keys add` on gw-a said: "
         f"{diverged['add_refused'] or 'nothing (it was not refused)'}.",
@@ -70,10 +68,7 @@ def _admin_lines(admin: dict[str, Any]) -> list[str]:
         f"connection from the client host: p50 {lat['pair_p50_ms']} ms against "
         f"{lat['direct_p50_ms']} ms ({lat['added_p50_ms']:+} ms), p99 {lat['pair_p99_ms']} "
         f"ms against {lat['direct_p99_ms']} ms ({lat['added_p99_ms']:+} ms).",
-        "", "| target | measured | verdict |", "| --- | --- | --- |",
-        *[f"| {text} | {figure} | {'met' if met else 'missed'} |"
-          for text, figure, met in admin_targets(admin)],
-        "",
+        "", *targets_rows(admin_targets(admin)), "",
     ]
 
 
@@ -86,10 +81,10 @@ def _failover_lines(result: dict[str, Any]) -> list[str]:
     return [
         f"- {result['active']}, which held the address, had {kill} at 0 s; it was put back "
         "after the hold.",
-        f"- The address moved to {result['backup']} after {_secs(result['address_moved_s'])} "
+        f"- The address moved to {result['backup']} after {seen_s(result['address_moved_s'])} "
         f"(polled every 50 ms); the first new connection after the move streamed "
-        f"{_secs(result['answered_again_s'])} after the kill.",
-        f"- {result['active']} announced BACKUP {_secs(result['back_as_backup_s'])} after it "
+        f"{seen_s(result['answered_again_s'])} after the kill.",
+        f"- {result['active']} announced BACKUP {seen_s(result['back_as_backup_s'])} after it "
         f"was put back; the address moved {result['flaps']} time(s) after the failover.",
         f"- Who held the address (seconds from the kill): {timeline}.",
     ]
@@ -100,8 +95,8 @@ def _host_loss_lines(result: dict[str, Any]) -> list[str]:
              f"{', '.join(result['replicas'])} serving, and put back after the hold."]
     for gateway in ("gw-a", "gw-b"):
         lines.append(f"- {gateway} stopped routing to them after "
-                     f"{_secs(result[f'{gateway}_out_of_rotation_s'])} and routed to them "
-                     f"again {_secs(result[f'{gateway}_back_s'])} after the link was back "
+                     f"{seen_s(result[f'{gateway}_out_of_rotation_s'])} and routed to them "
+                     f"again {seen_s(result[f'{gateway}_back_s'])} after the link was back "
                      "(its upstream file, which the controller writes before it reloads).")
     return lines
 
@@ -135,10 +130,7 @@ def write(out: Path, results: list[dict[str, Any]], command: str,
             lines.append("- What the attempts tried again saw: " + ", ".join(
                 f"{reason} ({count})" for reason, count in sorted(result["retried_after"].items())
             ) + ".")
-        lines += ["", "| target | measured | verdict |", "| --- | --- | --- |"]
-        lines += [f"| {text} | {figure} | {'met' if met else 'missed'} |"
-                  for text, figure, met in targets(result)]
-        lines.append("")
+        lines += ["", *targets_rows(targets(result)), ""]
     if admin is not None:
         lines += _admin_lines(admin)
     readme = out / "README.md"

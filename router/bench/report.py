@@ -20,13 +20,23 @@ def _ms(value: float | None) -> str:
     return "–" if value is None or math.isnan(value) else f"{value * 1000:,.1f}"
 
 
-def targets_table(targets: list[tuple[str, str, bool | None]]) -> list[str]:
+def seen_s(value: float | None) -> str:
+    """A drill's time to an event, or that the event never came."""
+    return "not seen" if value is None else f"{value:.2f} s"
+
+
+def targets_rows(targets: list[tuple[str, str, bool | None]]) -> list[str]:
     """A Markdown table of targets: what was asked, what was measured, the verdict."""
+    verdicts = {True: "met", False: "**missed**", None: "not measured"}
+    return (["| target | measured | verdict |", "| --- | --- | --- |"]
+            + [f"| {text} | {figure} | {verdicts[met]} |" for text, figure, met in targets])
+
+
+def targets_table(targets: list[tuple[str, str, bool | None]]) -> list[str]:
+    """The targets under their own heading; nothing where there are none."""
     if not targets:
         return []
-    verdicts = {True: "met", False: "**missed**", None: "not measured"}
-    return (["", "## Targets", "", "| target | measured | verdict |", "| --- | --- | --- |"]
-            + [f"| {text} | {figure} | {verdicts[met]} |" for text, figure, met in targets])
+    return ["", "## Targets", "", *targets_rows(targets)]
 
 
 def markdown(name: str, command: str, results: list[dict[str, Any]],

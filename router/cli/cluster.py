@@ -120,8 +120,9 @@ def _pair_view(spec: ClusterSpec, status: cluster.ClusterStatus) -> dict[str, An
         view["error"] = "this gateway's controller does not answer; nothing was compared"
         return view
     digest = keys.store_digest(keys.load_store(paths.api_keys))
-    view["peers"] = [{"peer": peer.peer, "differences": pair.differences(status.controller,
-                                                                         digest, peer)}
+    view["peers"] = [{"peer": peer.peer,
+                      "differences": pair.differences(status.controller, digest, peer,
+                                                      spec.controller.min_weight_change)}
                      for peer in pair.peer_views(spec, paths)]
     return view
 

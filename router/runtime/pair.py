@@ -17,7 +17,7 @@ from typing import Any
 import requests
 from pydantic import ValidationError
 
-from router.config.spec import ClusterSpec, url_host
+from router.config.spec import ClusterSpec, ControllerSpec, url_host
 from router.disk.paths import RuntimePaths, read_admin_token
 from router.errors import ClusterError
 from router.fleet_status import FleetStatus
@@ -26,9 +26,6 @@ log = logging.getLogger(__name__)
 
 PEER_TIMEOUT_S = 5.0
 KEYS_DIFFER = "API keys differ"
-# Weights the two controllers set from the same signals differ a little at
-# times; a gap this large (the reload threshold's) is worth an operator's eye.
-WEIGHT_GAP = 0.2
 
 
 @dataclass(frozen=True)
@@ -113,8 +110,13 @@ def peer_views(spec: ClusterSpec, paths: RuntimePaths) -> list[PeerView]:
     return views
 
 
-def differences(own: FleetStatus, own_keys: str, peer: PeerView) -> list[str]:
-    """What an operator must know differs between this gateway and ``peer``."""
+def differences(own: FleetStatus, own_keys: str, peer: PeerView,
+                weight_gap: float = ControllerSpec().min_weight_change) -> list[str]:
+    """What an operator must know differs between this gateway and ``peer``.
+
+    Weights the two controllers set from the same signals differ a little at
+    times; a gap of ``weight_gap`` (the controller's reload threshold,
+    ``controller.min_weight_change``) is worth an operator's eye."""
     if peer.status is None:
         return [f"peer {peer.peer} {peer.error}"]
     found = []
@@ -139,7 +141,7 @@ def differences(own: FleetStatus, own_keys: str, peer: PeerView) -> list[str]:
             where = "here" if replica.in_rotation else "on the peer"
             found.append(f"{replica.name}: in rotation {where} only")
         elif (replica.weight and other.weight
-              and abs(replica.weight - other.weight) > WEIGHT_GAP * max(replica.weight,
+              and abs(replica.weight - other.weight) > weight_gap * max(replica.weight,
                                                                         other.weight)):
             found.append(f"{replica.name}: weight {replica.weight} here, {other.weight} on "
                          "the peer")

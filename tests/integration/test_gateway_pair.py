@@ -10,11 +10,7 @@ where this process may not make network namespaces.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -63,14 +59,6 @@ def test_both_gateways_route_to_every_replica_host(lab: PairLab) -> None:
         assert all(address in state for address in wanted), state
 
 
-def _status(lab: PairLab, gateway: str) -> dict[str, Any]:
-    argv = lab.net.run_in(gateway) + [sys.executable, "-m", "router.cli", "status", "--json",
-                                      "--spec", str(lab.spec_path(gateway))]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
-    status: dict[str, Any] = json.loads(proc.stdout)
-    return status
-
-
 def test_a_key_added_on_one_gateway_works_through_the_other(lab: PairLab) -> None:
     result = key_fan_out(lab)
     assert result["works_after_s"] is not None, result
@@ -80,7 +68,7 @@ def test_a_drain_reaches_both_gateways(lab: PairLab) -> None:
     lab.fleet("gw-a", "drain", "replica-0")
     try:
         for gateway in GATEWAYS:
-            replicas = _status(lab, gateway)["controller"]["replicas"]
+            replicas = lab.status(gateway)["controller"]["replicas"]
             drained = [r["name"] for r in replicas if r["override"]["drained"]]
             assert drained == ["replica-0"], gateway
         assert pair_differences(lab, "gw-a") == []
