@@ -22,26 +22,31 @@ from router.render.files import RenderedConfig, render_all
 from router.runtime.gateway import nginx_test
 
 
+def _refusal(argv: list[str]) -> str | None:
+    """Run a tool's own check of a config: None when it passes, else the last
+    line the tool said (its verdict: promtool and keepalived end on it)."""
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    if proc.returncode == 0:
+        return None
+    lines = [line.strip() for line in (proc.stderr or proc.stdout).splitlines() if line.strip()]
+    return lines[-1] if lines else f"exit status {proc.returncode}"
+
+
 def check_prometheus(config: Path) -> None:
     """Run `promtool check config` when promtool is installed."""
     promtool = find_binary("promtool")
     if promtool is None:
         return
-    proc = subprocess.run([promtool, "check", "config", str(config)], capture_output=True,
-                          text=True, timeout=30, check=False)
-    if proc.returncode != 0:
-        detail = (proc.stderr or proc.stdout).strip().splitlines()
-        raise RenderError(f"promtool rejected {config}: {detail[-1] if detail else ''}")
+    problem = _refusal([promtool, "check", "config", str(config)])
+    if problem is not None:
+        raise RenderError(f"promtool rejected {config}: {problem}")
 
 
 def check_keepalived(config: Path, keepalived: str) -> None:
     """Run `keepalived -t` on the rendered config: its own words on a bad one."""
-    proc = subprocess.run([keepalived, "-t", "-l", "-f", str(config)], capture_output=True,
-                          text=True, timeout=30, check=False)
-    if proc.returncode != 0:
-        lines = [line for line in (proc.stderr + proc.stdout).splitlines() if line.strip()]
-        last = lines[-1] if lines else f"exit status {proc.returncode}"
-        raise RenderError(f"keepalived rejected {config}: {last}",
+    problem = _refusal([keepalived, "-t", "-l", "-f", str(config)])
+    if problem is not None:
+        raise RenderError(f"keepalived rejected {config}: {problem}",
                           hint="fix the ha value it names in the spec; the running pair was "
                                "left as it was")
 
